@@ -1,0 +1,15 @@
+//! Types and logic shared by hairpin's eBPF programs and its controller.
+//!
+//! Everything that crosses the kernel/user boundary is defined here exactly once: `#[repr(C)]`,
+//! explicit padding, `bytemuck::Pod`, with its size and alignment asserted at compile time so
+//! that the two sides can never disagree on a layout.
+#![cfg_attr(not(test), no_std)]
+
+pub mod consts;
+pub mod csum;
+pub mod nat;
+pub mod reason;
+pub mod types;
+
+pub use reason::Reason;
+pub use types::*;

@@ -1,0 +1,181 @@
+//! Pure NAT decisions: what a new flow's two conntrack entries and egress rewrites are, and
+//! which source ports a hairpinned flow may take. The dataplane does the map operations; the
+//! decisions live here so they are unit-tested on the host.
+
+use crate::types::*;
+
+/// Which interface a packet arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Lan,
+    Wan,
+}
+
+/// Everything a new flow writes, computed before anything is inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowPlan {
+    /// Original direction: key as seen at ingress, and its entry.
+    pub orig_key: FlowKey,
+    pub orig: CtEntry,
+    /// Reply direction: key as the reply will be seen at ingress, and its entry.
+    pub reply_key: FlowKey,
+    pub reply: CtEntry,
+}
+
+/// The egress source rewrite one conntrack entry implies, if any: packets leave ingress with
+/// the original source and the translated destination, and egress finds them by that tuple.
+#[inline(always)]
+pub fn egress_rewrite(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, Endpoint)> {
+    let new_src = entry.xlate.src_ep();
+    if new_src == key.src_ep() {
+        return None;
+    }
+    let seen_at_egress = FlowKey::new(key.proto, key.src_ep(), entry.xlate.dst_ep());
+    Some((seen_at_egress, new_src))
+}
+
+/// Plans a flow for a packet `key` that matched the mapping to `private`.
+///
+/// `hairpin_src` is the gateway's own LAN endpoint when the flow is hairpinned (the source is
+/// rewritten to it so the server's reply comes back through the gateway), or `None` for a plain
+/// port-forward, where the server sees the client's real address.
+#[inline(always)]
+pub fn plan_flow(key: &FlowKey, private: Endpoint, hairpin_src: Option<Endpoint>, now_ns: u64) -> FlowPlan {
+    let (new_src, hairpin_flag) = match hairpin_src {
+        Some(ep) => (ep, CT_F_HAIRPIN),
+        None => (key.src_ep(), 0),
+    };
+    let orig_xlate = FlowKey::new(key.proto, new_src, private);
+    let reply_key = orig_xlate.reversed();
+    FlowPlan {
+        orig_key: *key,
+        orig: CtEntry { xlate: orig_xlate, created_ns: now_ns, last_seen_ns: now_ns, flags: hairpin_flag, _pad: 0 },
+        reply_key,
+        // The reply must look like it came from the address the client dialled.
+        reply: CtEntry {
+            xlate: key.reversed(),
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+            flags: hairpin_flag | CT_F_REPLY,
+            _pad: 0,
+        },
+    }
+}
+
+/// The `attempt`-th candidate hairpin source port (host byte order) for the flow `key`.
+///
+/// Attempt 0 preserves the client's own port when it lies in the range (as netfilter does);
+/// later attempts spread over the range from a hash of the flow, so concurrent flows don't
+/// probe the same sequence. Returns `None` for an empty range.
+#[inline(always)]
+pub fn candidate_port(cfg: &Config, key: &FlowKey, attempt: u32) -> Option<u16> {
+    let (min, max) = (cfg.port_min as u32, cfg.port_max as u32);
+    if min > max {
+        return None;
+    }
+    let size = max - min + 1;
+    let own = key.sport.host() as u32;
+    if attempt == 0 && own >= min && own <= max {
+        return Some(own as u16);
+    }
+    let h = flow_hash(key);
+    // An odd stride visits every port of a power-of-two range; others are still well spread.
+    let stride = (h >> 16) | 1;
+    Some((min + (h.wrapping_add(attempt.wrapping_mul(stride)) % size)) as u16)
+}
+
+/// A cheap, well-mixed hash of a tuple (murmur3 finalizer over the folded words).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = key.src.0 ^ key.dst.0.rotate_left(7) ^ ((key.sport.0 as u32) << 16 | key.dport.0 as u32);
+    h ^= key.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consts::*;
+
+    fn ep(a: [u8; 4], p: u16) -> Endpoint {
+        Endpoint::new(Ipv4Be::from_octets(a), PortBe::from_host(p))
+    }
+
+    const PUBLIC: [u8; 4] = [203, 0, 113, 1];
+    const SERVER: [u8; 4] = [192, 168, 0, 2];
+    const CLIENT: [u8; 4] = [192, 168, 0, 3];
+    const GW_LAN: [u8; 4] = [192, 168, 0, 1];
+    const INET: [u8; 4] = [198, 51, 100, 7];
+
+    fn cfg() -> Config {
+        Config {
+            lan_addr: Ipv4Be::from_octets(GW_LAN),
+            public_addr: Ipv4Be::from_octets(PUBLIC),
+            port_min: DEFAULT_PORT_MIN,
+            port_max: DEFAULT_PORT_MAX,
+            flags: CFG_F_HAIRPIN,
+        }
+    }
+
+    #[test]
+    fn port_forward_rewrites_destination_then_reply_source() {
+        let key = FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(PUBLIC, 8080));
+        let p = plan_flow(&key, ep(SERVER, 80), None, 5);
+        assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(SERVER, 80)));
+        assert_eq!(egress_rewrite(&p.orig_key, &p.orig), None, "the server sees the real client");
+        assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(INET, 40000)));
+        assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 8080), ep(INET, 40000)));
+        // The reply keeps its destination at ingress and gets the public source at egress.
+        assert_eq!(egress_rewrite(&p.reply_key, &p.reply), Some((p.reply_key, ep(PUBLIC, 8080))));
+        assert_eq!(p.reply.flags, CT_F_REPLY);
+        assert_eq!((p.orig.created_ns, p.reply.last_seen_ns), (5, 5));
+    }
+
+    #[test]
+    fn hairpin_rewrites_both_ends_and_restores_both_on_reply() {
+        let key = FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(PUBLIC, 80));
+        let p = plan_flow(&key, ep(SERVER, 80), Some(ep(GW_LAN, 5201)), 0);
+        assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(GW_LAN, 5201), ep(SERVER, 80)));
+        // After ingress the packet is CLIENT:1025 -> SERVER:80; egress swaps in the gateway.
+        assert_eq!(
+            egress_rewrite(&p.orig_key, &p.orig),
+            Some((FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(SERVER, 80)), ep(GW_LAN, 5201)))
+        );
+        // The server answers the gateway; ingress restores the client, egress the public source.
+        assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(GW_LAN, 5201)));
+        assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 80), ep(CLIENT, 1025)));
+        assert_eq!(
+            egress_rewrite(&p.reply_key, &p.reply),
+            Some((FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(CLIENT, 1025)), ep(PUBLIC, 80)))
+        );
+        assert_eq!(p.orig.flags, CT_F_HAIRPIN);
+        assert_eq!(p.reply.flags, CT_F_HAIRPIN | CT_F_REPLY);
+    }
+
+    #[test]
+    fn candidate_ports_preserve_then_spread_within_range() {
+        let mut c = cfg();
+        let key = FlowKey::new(IPPROTO_UDP, ep(CLIENT, 33000), ep(PUBLIC, 53));
+        assert_eq!(candidate_port(&c, &key, 0), Some(33000));
+        let low = FlowKey::new(IPPROTO_UDP, ep(CLIENT, 53), ep(PUBLIC, 53));
+        assert_ne!(candidate_port(&c, &low, 0), Some(53), "a port below the range is not kept");
+        c.port_min = 5000;
+        c.port_max = 5003;
+        let mut seen = [false; 4];
+        for a in 0..PORT_ALLOC_TRIES {
+            let p = candidate_port(&c, &key, a).unwrap();
+            assert!((5000..=5003).contains(&p));
+            seen[(p - 5000) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "an odd stride covers a small range: {seen:?}");
+        c.port_min = 6000;
+        c.port_max = 5999;
+        assert_eq!(candidate_port(&c, &key, 0), None);
+        c.port_max = 6000;
+        assert_eq!(candidate_port(&c, &key, 3), Some(6000), "single-port range");
+    }
+}

@@ -1,0 +1,86 @@
+//! Why a packet got the verdict it got: one counter per reason, per CPU.
+//!
+//! Numbers are ABI: the controller decodes the stats map by index. Append new reasons at the
+//! end and never renumber; a retired reason keeps its number.
+
+macro_rules! reasons {
+    ($( $(#[doc = $doc:literal])* $name:ident = $num:literal, $label:literal; )*) => {
+        /// Every pass/drop/translate decision the dataplane makes.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[doc = $doc])* $name = $num, )*
+        }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name),*];
+
+            /// Stable snake_case name, used by `hairpin-ctl stats`.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+
+            /// The doc line, used by `hairpin-ctl stats` to explain a counter.
+            pub const fn help(self) -> &'static str {
+                match self { $(Reason::$name => concat!($($doc),*),)* }
+            }
+
+            pub const fn from_index(i: u32) -> Option<Reason> {
+                match i { $($num => Some(Reason::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged...): passed to the kernel untouched.
+    PassNotIpv4 = 0, "pass_not_ipv4";
+    /// IPv4 fragment: passed untouched (ports are only in the first fragment).
+    PassFragment = 1, "pass_fragment";
+    /// IPv4 protocol other than TCP/UDP: passed untouched.
+    PassOtherProto = 2, "pass_other_proto";
+    /// Ingress packet with no flow and no port-forward mapping: passed untouched.
+    PassNoMapping = 3, "pass_no_mapping";
+    /// Ingress packet that matched a mapping: flow created, destination rewritten.
+    IngressNewFlow = 4, "ingress_new_flow";
+    /// Ingress packet of a known flow: destination restored or rewritten as recorded.
+    IngressFlow = 5, "ingress_flow";
+    /// Egress packet of a known flow: source rewritten as recorded.
+    EgressFlow = 6, "egress_flow";
+    /// Egress packet with nothing to rewrite: passed untouched.
+    PassEgressNoFlow = 7, "pass_egress_no_flow";
+    /// Truncated or inconsistent header (bad IHL, total length): dropped.
+    DropMalformed = 8, "drop_malformed";
+    /// New hairpin flow but every candidate source port was taken: dropped.
+    DropNoPort = 9, "drop_no_port";
+    /// New flow that could not be recorded in conntrack: dropped, nothing half-inserted.
+    DropFlowInsert = 10, "drop_flow_insert";
+    /// The program ran before the controller wrote its configuration: passed untouched.
+    PassNoConfig = 11, "pass_no_config";
+}
+
+impl Reason {
+    /// Number of reasons, i.e. the size of the stats array.
+    pub const COUNT: u32 = Reason::ALL.len() as u32;
+
+    /// Drops are the reasons whose verdict is to discard the packet.
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Reason::DropMalformed | Reason::DropNoPort | Reason::DropFlowInsert)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_round_trip() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{} out of order", r.name());
+            assert_eq!(Reason::from_index(i as u32), Some(*r));
+            assert!(!r.help().is_empty());
+        }
+        assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Map keys and values. Addresses and ports are kept in network byte order, exactly as they sit
+//! in packet memory ([`Ipv4Be`], [`PortBe`]), so the dataplane copies them without swapping.
+
+use bytemuck::{Pod, Zeroable};
+use core::mem::{align_of, size_of};
+
+/// An IPv4 address in network byte order (the raw `u32` as loaded from a packet).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Ipv4Be(pub u32);
+
+impl Ipv4Be {
+    pub const fn from_octets(o: [u8; 4]) -> Self {
+        Self(u32::from_ne_bytes(o))
+    }
+    pub const fn octets(self) -> [u8; 4] {
+        self.0.to_ne_bytes()
+    }
+}
+
+/// A TCP/UDP port in network byte order (the raw `u16` as loaded from a packet).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PortBe(pub u16);
+
+impl PortBe {
+    pub const fn from_host(p: u16) -> Self {
+        Self(p.to_be())
+    }
+    pub const fn host(self) -> u16 {
+        u16::from_be(self.0)
+    }
+}
+
+/// An address and port: one side of a flow, or the target of a translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Endpoint {
+    pub addr: Ipv4Be,
+    pub port: PortBe,
+    pub _pad: u16,
+}
+
+impl Endpoint {
+    pub const fn new(addr: Ipv4Be, port: PortBe) -> Self {
+        Self { addr, port, _pad: 0 }
+    }
+}
+
+/// A 5-tuple as seen on the wire at one hook: the conntrack and egress map key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: Ipv4Be,
+    pub dst: Ipv4Be,
+    pub sport: PortBe,
+    pub dport: PortBe,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    pub const fn new(proto: u8, src: Endpoint, dst: Endpoint) -> Self {
+        Self { src: src.addr, dst: dst.addr, sport: src.port, dport: dst.port, proto, _pad: [0; 3] }
+    }
+    pub const fn src_ep(&self) -> Endpoint {
+        Endpoint::new(self.src, self.sport)
+    }
+    pub const fn dst_ep(&self) -> Endpoint {
+        Endpoint::new(self.dst, self.dport)
+    }
+    /// The same flow seen from the other end: what the reply to this packet carries.
+    pub const fn reversed(&self) -> Self {
+        Self::new(self.proto, self.dst_ep(), self.src_ep())
+    }
+}
+
+/// A port-forward: which public address, port and protocol it catches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct MappingKey {
+    pub addr: Ipv4Be,
+    pub port: PortBe,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl MappingKey {
+    pub const fn new(proto: u8, public: Endpoint) -> Self {
+        Self { addr: public.addr, port: public.port, proto, _pad: 0 }
+    }
+}
+
+/// The private server a mapping forwards to.
+pub type MappingValue = Endpoint;
+
+/// [`CtEntry::flags`]: this entry is the reply direction of its flow.
+pub const CT_F_REPLY: u32 = 1 << 0;
+/// [`CtEntry::flags`]: the flow is hairpinned (LAN client to a LAN server via the public address).
+pub const CT_F_HAIRPIN: u32 = 1 << 1;
+
+/// One direction of a translated flow, keyed by its [`FlowKey`] as seen at ingress.
+///
+/// `xlate` is the whole translation (source and destination) so that a single lookup can apply
+/// it; on the split path, ingress writes the destination and egress the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    /// The tuple as it leaves the gateway.
+    pub xlate: FlowKey,
+    /// `bpf_ktime_get_boot_ns` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the last packet seen in this direction.
+    pub last_seen_ns: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
+pub const CFG_F_HAIRPIN: u32 = 1 << 0;
+
+/// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// The gateway's LAN address: hairpinned flows are sourced from it.
+    pub lan_addr: Ipv4Be,
+    /// The gateway's public (WAN) address.
+    pub public_addr: Ipv4Be,
+    /// Hairpin source port range, host byte order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub flags: u32,
+}
+
+impl Config {
+    pub const fn hairpin(&self) -> bool {
+        self.flags & CFG_F_HAIRPIN != 0
+    }
+}
+
+// The layouts are ABI between the BPF object and the controller.
+const _: () = assert!(size_of::<Ipv4Be>() == 4 && align_of::<Ipv4Be>() == 4);
+const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
+const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4);
+const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
+const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
+const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<Config>() == 16 && align_of::<Config>() == 4);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] Pod types with explicit padding and no pointers.
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for MappingKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Config {}
+}

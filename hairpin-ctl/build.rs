@@ -1,1 +1,29 @@
-fn main() {}
+//! Builds the eBPF programs (hairpin-ebpf) for the BPF target with the pinned nightly, so the
+//! controller can embed the object: `cargo build` alone produces a complete hairpin-ctl.
+
+use anyhow::{Context as _, bail};
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest.join("../hairpin-ebpf").canonicalize()?;
+    let pin = ebpf_dir.join("rust-toolchain.toml");
+    println!("cargo::rerun-if-changed={}", pin.display());
+    let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {}", pin.display()))?;
+    let nightly = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel").map(|v| v.trim_start_matches([' ', '=']).trim().trim_matches('"')))
+        .with_context(|| format!("no channel in {}", pin.display()))?
+        .to_owned();
+    let have_linker = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()))
+        .unwrap_or(false);
+    if !have_linker && std::env::var_os("AYA_BUILD_SKIP").is_none() {
+        bail!("bpf-linker is not on PATH: run `cargo xtask setup` (installs {nightly} and bpf-linker)");
+    }
+    let root = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "hairpin-ebpf", root_dir: root, ..Default::default() }],
+        aya_build::Toolchain::Custom(&nightly),
+    )
+}

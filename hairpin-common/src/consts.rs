@@ -17,13 +17,14 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Names of the maps as pinned under the pin directory; the eBPF statics carry the same names.
+/// Names of the maps as pinned under the pin directory; the eBPF statics carry the same names
+/// (at most 15 characters, the kernel's object name limit).
 pub mod map_names {
-    pub const CONFIG: &str = "HAIRPIN_CONFIG";
-    pub const MAPPINGS: &str = "HAIRPIN_MAPPINGS";
-    pub const CONNTRACK: &str = "HAIRPIN_CT";
-    pub const SNAT: &str = "HAIRPIN_SNAT";
-    pub const STATS: &str = "HAIRPIN_STATS";
+    pub const CONFIG: &str = "HP_CONFIG";
+    pub const MAPPINGS: &str = "HP_MAPPINGS";
+    pub const CONNTRACK: &str = "HP_CT";
+    pub const SNAT: &str = "HP_SNAT";
+    pub const STATS: &str = "HP_STATS";
     pub const ALL: [&str; 5] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS];
 }
 
@@ -31,5 +32,36 @@ pub mod map_names {
 pub mod prog_names {
     pub const XDP_LAN: &str = "xdp_lan";
     pub const XDP_WAN: &str = "xdp_wan";
-    pub const TC_EGRESS: &str = "tc_egress";
+    pub const TC_LAN: &str = "tc_egress_lan";
+    pub const TC_WAN: &str = "tc_egress_wan";
 }
+
+/// Where a program runs; the stats map holds one row of [`crate::Reason`] counters per hook.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    LanIngress = 0,
+    WanIngress = 1,
+    LanEgress = 2,
+    WanEgress = 3,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [Hook::LanIngress, Hook::WanIngress, Hook::LanEgress, Hook::WanEgress];
+    pub const COUNT: u32 = 4;
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::LanIngress => "lan_ingress",
+            Hook::WanIngress => "wan_ingress",
+            Hook::LanEgress => "lan_egress",
+            Hook::WanEgress => "wan_egress",
+        }
+    }
+    /// Index of `reason`'s counter for this hook in the stats array.
+    pub const fn stat_index(self, reason: crate::Reason) -> u32 {
+        self as u32 * crate::Reason::COUNT + reason as u32
+    }
+}
+
+/// Entries in the per-CPU stats array.
+pub const STATS_LEN: u32 = Hook::COUNT * crate::Reason::COUNT;

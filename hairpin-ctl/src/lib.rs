@@ -1,0 +1,11 @@
+//! hairpin's controller as a library: the CLI definition, the typed view of the pinned
+//! dataplane, and one module per subcommand. `main.rs` only parses and reports errors.
+
+pub mod cli;
+pub mod cmd;
+pub mod dataplane;
+pub mod netif;
+pub mod output;
+
+/// The compiled eBPF object (hairpin-ebpf), built by build.rs with the pinned nightly.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hairpin"));

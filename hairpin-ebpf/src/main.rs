@@ -1,2 +1,59 @@
+//! hairpin's dataplane. Entry points only: each calls a `try_*` function that returns the
+//! [`Reason`] for its verdict, and [`fwd::finish`] counts the reason and picks the action.
+//!
+//! Ingress (XDP on the LAN and WAN interfaces) rewrites destinations: DNAT of new flows that
+//! match a port-forward, and restoring the client on replies. Egress (TC on both interfaces)
+//! rewrites sources: the hairpin source, and the public address on replies. The kernel routes
+//! in between, so it resolves neighbours and never sees one of its own addresses as a source.
 #![no_std]
 #![no_main]
+
+mod csum;
+mod ctx;
+mod ct;
+mod fwd;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use hairpin_common::{consts::Hook, nat::Side};
+
+#[xdp]
+pub fn xdp_lan(ctx: XdpContext) -> u32 {
+    let reason = nat::ingress(&ctx::Xdp(&ctx), Side::Lan);
+    fwd::finish_xdp(Hook::LanIngress, reason)
+}
+
+#[xdp]
+pub fn xdp_wan(ctx: XdpContext) -> u32 {
+    let reason = nat::ingress(&ctx::Xdp(&ctx), Side::Wan);
+    fwd::finish_xdp(Hook::WanIngress, reason)
+}
+
+#[classifier]
+pub fn tc_egress_lan(ctx: TcContext) -> i32 {
+    let reason = nat::egress(&ctx::Tc(&ctx));
+    fwd::finish_tc(Hook::LanEgress, reason)
+}
+
+#[classifier]
+pub fn tc_egress_wan(ctx: TcContext) -> i32 {
+    let reason = nat::egress(&ctx::Tc(&ctx));
+    fwd::finish_tc(Hook::WanEgress, reason)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects any program that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

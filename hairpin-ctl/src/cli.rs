@@ -1,0 +1,221 @@
+//! The command line. Values are parsed into checked types here ([`Proto`], [`PublicEndpoint`]),
+//! so a bad argument is rejected by clap with a one-line error before anything is touched.
+
+use std::{net::{Ipv4Addr, SocketAddrV4}, path::PathBuf, str::FromStr};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hairpin_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hairpin";
+
+/// hairpin: port forwarding and hairpin NAT for a Linux gateway, in eBPF.
+///
+/// hairpin translates a gateway's port-forwards in XDP and TC programs. A LAN host that dials
+/// the gateway's public address reaches the forwarded LAN server too ("hairpin" or NAT
+/// loopback): the gateway rewrites the source to its own LAN address so the server's reply comes
+/// back through it.
+///
+/// Typical use:
+///   hairpin-ctl up --lan eth1 --wan eth0
+///   hairpin-ctl map add tcp 203.0.113.1:80 192.168.0.2:80
+///   hairpin-ctl flows
+///   hairpin-ctl down
+#[derive(Debug, Parser)]
+#[command(name = "hairpin-ctl", version, verbatim_doc_comment, propagate_version = true)]
+pub struct Cli {
+    /// Directory in bpffs where the maps and program links are pinned. Several gateways (in
+    /// different network namespaces) can run side by side with different pin directories.
+    #[arg(long, global = true, env = "HAIRPIN_PIN_DIR", default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the dataplane to the LAN and WAN interfaces and pin its state, then exit.
+    ///
+    /// Loads the XDP programs (ingress, destination rewrites) on both interfaces and the TC
+    /// programs (egress, source rewrites) on both, and pins maps and links under the pin
+    /// directory: the dataplane keeps running after this command returns, until `down`.
+    /// Either everything is attached and pinned, or nothing is.
+    Up(UpArgs),
+    /// Detach the dataplane and remove everything pinned under the pin directory.
+    Down,
+    /// Add, delete or list port-forward mappings.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Show the per-reason packet counters of every hook (summed over CPUs).
+    Stats(JsonArg),
+    /// Show the conntrack entries: one per direction of each translated flow.
+    Flows(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// LAN-side interface (where the servers and LAN clients are).
+    #[arg(long, value_name = "IFACE")]
+    pub lan: String,
+    /// WAN-side interface (towards the internet).
+    #[arg(long, value_name = "IFACE")]
+    pub wan: String,
+    /// The gateway's public address [default: the WAN interface's primary IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// The gateway's LAN address, the source of hairpinned flows [default: the LAN
+    /// interface's primary IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub lan_ip: Option<Ipv4Addr>,
+    /// Do not hairpin: LAN clients dialling the public address get destination NAT only, as on
+    /// a gateway without NAT loopback (their connections fail; useful to show why hairpin is
+    /// needed).
+    #[arg(long)]
+    pub no_hairpin: bool,
+    /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
+    /// interface, slower) or auto (native, else generic).
+    #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
+    pub xdp_mode: XdpAttachMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpAttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MapCommand {
+    /// Forward PUBLIC_IP:PORT to PRIVATE_IP:PORT for one protocol.
+    ///
+    /// Example: hairpin-ctl map add tcp 203.0.113.1:80 192.168.0.2:80
+    /// The public address must be the gateway's public address given to `up`.
+    Add {
+        #[arg(value_enum)]
+        proto: Proto,
+        /// Public address and port, e.g. 203.0.113.1:80.
+        #[arg(value_name = "PUBLIC_IP:PORT")]
+        public: Endpoint,
+        /// LAN server address and port, e.g. 192.168.0.2:80.
+        #[arg(value_name = "PRIVATE_IP:PORT")]
+        private: Endpoint,
+    },
+    /// Delete a mapping, and the flows it created (the forward stops at once).
+    Del {
+        #[arg(value_enum)]
+        proto: Proto,
+        #[arg(value_name = "PUBLIC_IP:PORT")]
+        public: Endpoint,
+    },
+    /// List the mappings.
+    List(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print a JSON array, one object per entry.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// An IPv4 `ADDR:PORT` with a non-zero port and a usable unicast address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub SocketAddrV4);
+
+impl FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let sa: SocketAddrV4 = s.parse().map_err(|_| format!("'{s}' is not an IPv4 ADDR:PORT (e.g. 192.168.0.2:80)"))?;
+        if sa.port() == 0 {
+            return Err(format!("'{s}': port 0 cannot be forwarded"));
+        }
+        let ip = sa.ip();
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(format!("'{s}': {ip} is not a unicast host address"));
+        }
+        Ok(Endpoint(sa))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hairpin-ctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn pin_dir_is_global_before_or_after_the_subcommand() {
+        let a = parse(&["--pin-dir", "/sys/fs/bpf/a", "map", "list"]).unwrap();
+        let b = parse(&["map", "list", "--pin-dir", "/sys/fs/bpf/b"]).unwrap();
+        assert_eq!(a.pin_dir, PathBuf::from("/sys/fs/bpf/a"));
+        assert_eq!(b.pin_dir, PathBuf::from("/sys/fs/bpf/b"));
+        assert!(matches!(b.command, Command::Map(MapCommand::List(JsonArg { json: false }))));
+    }
+
+    #[test]
+    fn map_add_parses_protocol_and_endpoints() {
+        let c = parse(&["map", "add", "udp", "203.0.113.1:5353", "192.168.0.2:53"]).unwrap();
+        let Command::Map(MapCommand::Add { proto, public, private }) = c.command else { panic!("{c:?}") };
+        assert_eq!(proto, Proto::Udp);
+        assert_eq!(public.0, "203.0.113.1:5353".parse().unwrap());
+        assert_eq!(private.0, "192.168.0.2:53".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected_with_a_reason() {
+        for (args, needle) in [
+            (&["map", "add", "sctp", "203.0.113.1:80", "192.168.0.2:80"][..], "invalid value 'sctp'"),
+            (&["map", "add", "tcp", "203.0.113.1:0", "192.168.0.2:80"][..], "port 0"),
+            (&["map", "add", "tcp", "203.0.113.1:80", "192.168.0.2"][..], "not an IPv4 ADDR:PORT"),
+            (&["map", "add", "tcp", "203.0.113.300:80", "192.168.0.2:80"][..], "not an IPv4 ADDR:PORT"),
+            (&["map", "add", "tcp", "224.0.0.1:80", "192.168.0.2:80"][..], "not a unicast"),
+            (&["map", "add", "tcp", "203.0.113.1:80"][..], "PRIVATE_IP:PORT"),
+            (&["map", "del", "tcp", "[::1]:80"][..], "not an IPv4"),
+            (&["up", "--lan", "a"][..], "--wan"),
+            (&["up", "--lan", "a", "--wan", "b", "--public-ip", "nope"][..], "invalid value 'nope'"),
+        ] {
+            let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_renders() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("hairpin") && help.contains("--pin-dir"));
+    }
+}

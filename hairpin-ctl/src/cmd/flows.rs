@@ -1,0 +1,71 @@
+//! `hairpin-ctl flows`: the conntrack table, one entry per direction of each flow.
+
+use hairpin_common::{CT_F_HAIRPIN, CT_F_REPLY};
+use serde::Serialize;
+
+use crate::{cli::Proto, dataplane::PinDir, output};
+
+#[derive(Serialize)]
+struct Row {
+    proto: Proto,
+    direction: &'static str,
+    hairpin: bool,
+    /// The tuple as it arrives at the gateway.
+    src: String,
+    dst: String,
+    /// The tuple as it leaves the gateway.
+    translated_src: String,
+    translated_dst: String,
+    age_s: f64,
+    idle_s: f64,
+}
+
+/// CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns`.
+fn boot_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
+    let maps = pins.open()?;
+    let now = boot_ns();
+    let secs = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
+    let mut rows = Vec::new();
+    for item in maps.ct.iter() {
+        let (k, e) = item?;
+        let Some(proto) = Proto::from_number(k.proto) else { continue };
+        rows.push(Row {
+            proto,
+            direction: if e.flags & CT_F_REPLY != 0 { "reply" } else { "original" },
+            hairpin: e.flags & CT_F_HAIRPIN != 0,
+            src: output::src(&k).to_string(),
+            dst: output::dst(&k).to_string(),
+            translated_src: output::src(&e.xlate).to_string(),
+            translated_dst: output::dst(&e.xlate).to_string(),
+            age_s: secs(e.created_ns),
+            idle_s: secs(e.last_seen_ns),
+        });
+    }
+    rows.sort_by(|a, b| a.age_s.total_cmp(&b.age_s).reverse());
+    if json {
+        return output::json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no flows");
+    }
+    for r in rows {
+        println!(
+            "{} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {}age {:.0}s idle {:.0}s",
+            r.proto.name(),
+            r.direction,
+            r.src,
+            r.dst,
+            r.translated_src,
+            r.translated_dst,
+            if r.hairpin { "hairpin " } else { "" },
+            r.age_s,
+            r.idle_s
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! One module per subcommand, each exposing `run`.
+
+pub mod down;
+pub mod flows;
+pub mod map;
+pub mod stats;
+pub mod up;
+
+use crate::{cli::{Cli, Command}, dataplane::PinDir};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let pins = PinDir::new(cli.pin_dir);
+    match cli.command {
+        Command::Up(args) => up::run(&pins, &args),
+        Command::Down => down::run(&pins),
+        Command::Map(cmd) => map::run(&pins, cmd),
+        Command::Stats(a) => stats::run(&pins, a.json),
+        Command::Flows(a) => flows::run(&pins, a.json),
+    }
+}

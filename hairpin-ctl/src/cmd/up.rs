@@ -1,0 +1,154 @@
+//! `hairpin-ctl up`: load, configure, attach and pin; all of it or none of it.
+
+use std::fs;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+};
+use hairpin_common::{
+    CFG_F_HAIRPIN, Config, Ipv4Be,
+    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, map_names},
+};
+
+use crate::{
+    cli::{UpArgs, XdpAttachMode},
+    dataplane::{self, LINKS, PinDir},
+    netif,
+};
+
+pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
+    if pins.exists() {
+        bail!(
+            "hairpin is already up here (pins at {}): run `hairpin-ctl down` first, or use another --pin-dir",
+            pins.root.display()
+        );
+    }
+    if a.lan == a.wan {
+        bail!("--lan and --wan are both '{}': they must be different interfaces", a.lan);
+    }
+    let lan_ifindex = netif::ifindex(&a.lan).context("--lan")?;
+    let wan_ifindex = netif::ifindex(&a.wan).context("--wan")?;
+    let lan_ip = match a.lan_ip {
+        Some(ip) => ip,
+        None => netif::primary_ipv4(&a.lan).context("--lan-ip")?,
+    };
+    let public_ip = match a.public_ip {
+        Some(ip) => ip,
+        None => netif::primary_ipv4(&a.wan).context("--public-ip")?,
+    };
+    let cfg = Config {
+        lan_addr: Ipv4Be::from_octets(lan_ip.octets()),
+        public_addr: Ipv4Be::from_octets(public_ip.octets()),
+        port_min: DEFAULT_PORT_MIN,
+        port_max: DEFAULT_PORT_MAX,
+        flags: if a.no_hairpin { 0 } else { CFG_F_HAIRPIN },
+    };
+
+    let mut ebpf = dataplane::load()?;
+    Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
+        .set(0, &cfg, 0)
+        .context("writing the dataplane configuration")?;
+    // Until pinned, each link lives only as long as this process: an error below detaches it.
+    let mut links = Vec::new();
+    for (prog, hook) in LINKS {
+        let (iface, ifindex) = match hook {
+            Hook::LanIngress | Hook::LanEgress => (&a.lan, lan_ifindex),
+            Hook::WanIngress | Hook::WanEgress => (&a.wan, wan_ifindex),
+        };
+        let link = attach(&mut ebpf, prog, hook, ifindex, a.xdp_mode)
+            .with_context(|| format!("attaching {prog} to {iface}"))?;
+        links.push((prog, link));
+    }
+    pin_all(pins, &mut ebpf, links).inspect_err(|_| {
+        let _ = pins.remove_all();
+    })?;
+
+    warn_sysctls(&a.lan, !a.no_hairpin);
+    println!(
+        "hairpin up: lan {} ({lan_ip}), wan {} ({public_ip}), hairpin {}, pinned at {}",
+        a.lan,
+        a.wan,
+        if a.no_hairpin { "off" } else { "on" },
+        pins.root.display()
+    );
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, prog: &str, hook: Hook, ifindex: u32, mode: XdpAttachMode) -> anyhow::Result<FdLink> {
+    let p = ebpf.program_mut(prog).context("program missing")?;
+    match hook {
+        Hook::LanIngress | Hook::WanIngress => {
+            let xdp: &mut Xdp = p.try_into()?;
+            let id = match mode {
+                XdpAttachMode::Native => xdp.attach(ifindex, XdpMode::Driver)?,
+                XdpAttachMode::Generic => xdp.attach(ifindex, XdpMode::Skb)?,
+                XdpAttachMode::Auto => match xdp.attach(ifindex, XdpMode::Driver) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        eprintln!("warning: native XDP unavailable on ifindex {ifindex} ({e}); using generic XDP");
+                        xdp.attach(ifindex, XdpMode::Skb)?
+                    }
+                },
+            };
+            Ok(xdp.take_link(id)?.try_into()?)
+        }
+        Hook::LanEgress | Hook::WanEgress => {
+            let tc: &mut SchedClassifier = p.try_into()?;
+            let id = tc.attach(ifindex, TcAttachType::Egress)?;
+            Ok(tc.take_link(id)?.try_into()?)
+        }
+    }
+}
+
+fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow::Result<()> {
+    check_bpffs(pins)?;
+    for dir in [&pins.root, &pins.maps(), &pins.links()] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
+    }
+    for name in map_names::ALL {
+        let path = pins.map(name);
+        ebpf.map(name)
+            .with_context(|| format!("map {name} missing from the object"))?
+            .pin(&path)
+            .with_context(|| format!("pinning map {}", path.display()))?;
+    }
+    for (prog, link) in links {
+        dataplane::pin_link(link, &pins.link(prog))?;
+    }
+    Ok(())
+}
+
+/// A gateway needs forwarding on, and hairpin traffic leaves the LAN interface it came in on,
+/// which makes the kernel send ICMP redirects pointing the client at the server: warn, since
+/// changing system settings is the operator's call.
+fn warn_sysctls(lan: &str, hairpin: bool) {
+    let read = |p: String| fs::read_to_string(p).map(|s| s.trim() == "1").ok();
+    if read("/proc/sys/net/ipv4/ip_forward".into()) == Some(false) {
+        eprintln!("warning: net.ipv4.ip_forward is 0: the gateway will not forward translated packets");
+    }
+    let redirects = |i: &str| read(format!("/proc/sys/net/ipv4/conf/{i}/send_redirects"));
+    if hairpin && (redirects("all") == Some(true) || redirects(lan) == Some(true)) {
+        eprintln!(
+            "warning: ICMP redirects are on for {lan}: LAN clients may be told to bypass the gateway; \
+             set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.{lan}.send_redirects=0"
+        );
+    }
+}
+
+
+/// Pins only work on a bpf filesystem; say so plainly instead of failing on a path.
+fn check_bpffs(pins: &PinDir) -> anyhow::Result<()> {
+    use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+    let parent = pins.root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    match statfs(parent) {
+        Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => Ok(()),
+        Ok(_) => bail!(
+            "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or choose --pin-dir under one",
+            parent.display()
+        ),
+        Err(e) => bail!("--pin-dir {}: {}: {e}", pins.root.display(), parent.display()),
+    }
+}

@@ -1,0 +1,159 @@
+//! The dataplane as the controller sees it: where its pins live, how to load and attach it,
+//! and typed access to its pinned maps.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, Xdp,
+        links::{FdLink, PinnedLink},
+    },
+};
+use hairpin_common::{
+    Config, CtEntry, Endpoint, FlowKey, MappingKey,
+    consts::{Hook, map_names, prog_names},
+};
+
+/// The links pinned by `up`, in attach order: (program, hook, file name under `links/`).
+pub const LINKS: [(&str, Hook); 4] = [
+    (prog_names::XDP_LAN, Hook::LanIngress),
+    (prog_names::XDP_WAN, Hook::WanIngress),
+    (prog_names::TC_LAN, Hook::LanEgress),
+    (prog_names::TC_WAN, Hook::WanEgress),
+];
+
+/// Paths under the pin directory: `maps/<MAP>` and `links/<program>`.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+    pub fn link(&self, prog: &str) -> PathBuf {
+        self.links().join(prog)
+    }
+
+    /// Whether anything of a dataplane is pinned here.
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    /// The pinned maps, or an error saying hairpin is not up here.
+    pub fn open(&self) -> anyhow::Result<Maps> {
+        if !self.map(map_names::CONFIG).exists() {
+            bail!("hairpin is not up (nothing pinned at {}): run `hairpin-ctl up` first", self.root.display());
+        }
+        Maps::open(self)
+    }
+
+    /// Removes every pin and the directories; unpinning a link detaches its program. Returns
+    /// what was removed. Used by `down` and to roll back a failed `up`.
+    pub fn remove_all(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for dir in [self.links(), self.maps()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for e in entries {
+                let path = e?.path();
+                fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+                removed.push(path);
+            }
+            fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        if self.root.exists() {
+            fs::remove_dir(&self.root).with_context(|| format!("removing {} (not empty?)", self.root.display()))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Loads the embedded object. Programs are verified by the kernel here.
+pub fn load() -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(crate::EBPF_OBJECT).context("loading the eBPF object")?;
+    for (prog, hook) in LINKS {
+        let p = ebpf.program_mut(prog).with_context(|| format!("program {prog} missing from the object"))?;
+        match hook {
+            Hook::LanIngress | Hook::WanIngress => <&mut Xdp>::try_from(p)?.load(),
+            Hook::LanEgress | Hook::WanEgress => <&mut SchedClassifier>::try_from(p)?.load(),
+        }
+        .with_context(|| format!("verifying program {prog}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// Pins an attached link so it outlives this process.
+pub fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
+    link.pin(path).with_context(|| format!("pinning link {}", path.display()))?;
+    Ok(())
+}
+
+/// Detaches by unpinning (the pin held the last reference to the link).
+pub fn unpin_link(path: &Path) -> anyhow::Result<()> {
+    let link = PinnedLink::from_pin(path).with_context(|| format!("opening link {}", path.display()))?;
+    drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?);
+    Ok(())
+}
+
+/// Typed handles on the pinned maps.
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub mappings: HashMap<MapData, MappingKey, Endpoint>,
+    pub ct: HashMap<MapData, FlowKey, CtEntry>,
+    pub snat: HashMap<MapData, FlowKey, Endpoint>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    fn open(pins: &PinDir) -> anyhow::Result<Self> {
+        let data = |name: &str| {
+            let path = pins.map(name);
+            MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+        };
+        let map = |name: &str| -> anyhow::Result<aya::maps::Map> {
+            aya::maps::Map::from_map_data(data(name)?).with_context(|| format!("map {name}"))
+        };
+        Ok(Self {
+            config: map(map_names::CONFIG)?.try_into()?,
+            mappings: map(map_names::MAPPINGS)?.try_into()?,
+            ct: map(map_names::CONNTRACK)?.try_into()?,
+            snat: map(map_names::SNAT)?.try_into()?,
+            stats: map(map_names::STATS)?.try_into()?,
+        })
+    }
+
+    pub fn config(&self) -> anyhow::Result<Config> {
+        self.config.get(&0, 0).context("reading the dataplane configuration")
+    }
+}
+
+impl Maps {
+    /// Removes a flow's two conntrack entries and their egress rewrites, given either entry.
+    pub fn remove_flow(&mut self, key: &FlowKey, entry: &CtEntry) {
+        let twin_key = entry.xlate.reversed();
+        let twin = self.ct.get(&twin_key, 0).ok();
+        for (k, e) in [(Some(*key), Some(*entry)), (Some(twin_key), twin)] {
+            let (Some(k), Some(e)) = (k, e) else { continue };
+            if let Some((egress_key, _)) = hairpin_common::nat::egress_rewrite(&k, &e) {
+                let _ = self.snat.remove(&egress_key);
+            }
+            let _ = self.ct.remove(&k);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Conntrack: finding a flow, and creating one with both directions (and their egress
+//! rewrites) inserted together or not at all.
+
+use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST}, helpers::bpf_ktime_get_boot_ns};
+use hairpin_common::{
+    Config, CtEntry, Endpoint, FlowKey, PortBe, Reason,
+    consts::PORT_ALLOC_TRIES,
+    nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
+};
+
+use crate::maps::{CT, SNAT};
+
+const EEXIST: i32 = -17;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // Boot time keeps counting across suspend, so idle timeouts stay honest.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The flow `key` belongs to, with its last-seen time refreshed.
+#[inline(always)]
+pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
+    let entry = CT.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
+    // write into a recycled element's timestamp, which the next packet rewrites anyway.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        Some((*entry).xlate)
+    }
+}
+
+/// Creates the flow for `key`, which matched the port-forward to `private`, and returns the
+/// translated tuple of its original direction.
+///
+/// A hairpinned flow (`hairpin`) takes the gateway's LAN address and a free source port: the
+/// reply entry's key contains that port, so inserting it with `BPF_NOEXIST` both checks and
+/// claims the port atomically.
+#[inline(always)]
+pub fn create(cfg: &Config, key: &FlowKey, private: Endpoint, hairpin: bool, now: u64) -> Result<FlowKey, Reason> {
+    if !hairpin {
+        return insert(&plan_flow(key, private, None, now));
+    }
+    for attempt in 0..PORT_ALLOC_TRIES {
+        let Some(port) = candidate_port(cfg, key, attempt) else {
+            break;
+        };
+        let src = Endpoint::new(cfg.lan_addr, PortBe::from_host(port));
+        match insert(&plan_flow(key, private, Some(src), now)) {
+            Err(Reason::DropNoPort) => continue,
+            other => return other,
+        }
+    }
+    Err(Reason::DropNoPort)
+}
+
+/// Inserts a planned flow. `DropNoPort` means the reply tuple belongs to another flow (the
+/// caller may try another port); any other error has rolled back what was inserted.
+#[inline(always)]
+fn insert(plan: &FlowPlan) -> Result<FlowKey, Reason> {
+    match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // The same flow created by a packet on another CPU is fine; anything else owns
+            // this reply tuple.
+            let same = CT.get_ptr(&plan.reply_key).map(|e| unsafe { (*e).xlate } == plan.reply.xlate);
+            if same != Some(true) {
+                return Err(Reason::DropNoPort);
+            }
+        }
+        Err(_) => return Err(Reason::DropFlowInsert),
+    }
+    if let Err(e) = CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
+        if e == EEXIST {
+            // Lost a race for the original direction: keep the winner's flow.
+            if let Some(xlate) = lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns) {
+                if xlate != plan.orig.xlate {
+                    let _ = CT.remove(&plan.reply_key);
+                }
+                return Ok(xlate);
+            }
+        }
+        let _ = CT.remove(&plan.reply_key);
+        return Err(Reason::DropFlowInsert);
+    }
+    if insert_egress(&plan.orig_key, &plan.orig).and_then(|_| insert_egress(&plan.reply_key, &plan.reply)).is_err() {
+        remove_egress(&plan.orig_key, &plan.orig);
+        let _ = CT.remove(&plan.orig_key);
+        let _ = CT.remove(&plan.reply_key);
+        return Err(Reason::DropFlowInsert);
+    }
+    Ok(plan.orig.xlate)
+}
+
+#[inline(always)]
+fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
+    match egress_rewrite(key, entry) {
+        Some((egress_key, new_src)) => SNAT.insert(&egress_key, &new_src, BPF_ANY as u64),
+        None => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn remove_egress(key: &FlowKey, entry: &CtEntry) {
+    if let Some((egress_key, _)) = egress_rewrite(key, entry) {
+        let _ = SNAT.remove(&egress_key);
+    }
+}

@@ -1,0 +1,113 @@
+//! The only code that touches packet memory. XDP and TC differ in how checksums are updated,
+//! so both implement [`Packet`]; everything above this module is written once against it.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use hairpin_common::{Reason, csum::CsumDelta};
+
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+
+    /// Applies `delta` to the IPv4 header checksum at offset `off`.
+    fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason>;
+
+    /// Applies address (`pseudo`, covered through the pseudo-header) and port changes to the
+    /// TCP/UDP checksum at offset `off`. A zero UDP checksum ("none") stays zero.
+    fn update_l4_csum(&self, off: usize, pseudo: CsumDelta, ports: CsumDelta, udp: bool) -> Result<(), Reason>;
+}
+
+/// A pointer to a `T` at `off` bytes into the packet, or `DropMalformed` if the packet is too
+/// short. The one bounds check every header access goes through.
+#[inline(always)]
+pub fn ptr_at<T>(pkt: &impl Packet, off: usize) -> Result<*mut T, Reason> {
+    let start = pkt.data();
+    if start + off + core::mem::size_of::<T>() > pkt.data_end() {
+        return Err(Reason::DropMalformed);
+    }
+    Ok((start + off) as *mut T)
+}
+
+pub struct Xdp<'a>(pub &'a XdpContext);
+
+impl Packet for Xdp<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason> {
+        let p = ptr_at::<u16>(self, off)?;
+        // SAFETY: bounds checked by ptr_at; packet memory is writable in XDP.
+        unsafe { p.write_unaligned(delta.apply(p.read_unaligned())) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn update_l4_csum(&self, off: usize, pseudo: CsumDelta, ports: CsumDelta, udp: bool) -> Result<(), Reason> {
+        // XDP sees frames as they are on the wire: the checksum is complete, so one update
+        // covers both parts.
+        let p = ptr_at::<u16>(self, off)?;
+        let delta = pseudo.plus(ports);
+        // SAFETY: as above.
+        unsafe {
+            let old = p.read_unaligned();
+            p.write_unaligned(if udp { delta.apply_udp(old) } else { delta.apply(old) });
+        }
+        Ok(())
+    }
+}
+
+pub struct Tc<'a>(pub &'a TcContext);
+
+impl Packet for Tc<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason> {
+        // size 0: `to` is a diff (what CsumDelta holds).
+        self.0.l3_csum_replace(off, 0, delta.wsum() as u64, 0).map_err(|_| Reason::DropMalformed)
+    }
+
+    #[inline(always)]
+    fn update_l4_csum(&self, off: usize, pseudo: CsumDelta, ports: CsumDelta, udp: bool) -> Result<(), Reason> {
+        // An skb may carry CHECKSUM_PARTIAL (GRO, local TX), where the field holds only the
+        // pseudo-header sum: the kernel helper then applies the address part and must skip the
+        // port part, so the two parts go in separately with their own flags.
+        let mangled0 = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.0
+            .l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mangled0)
+            .and_then(|_| self.0.l4_csum_replace(off, 0, ports.wsum() as u64, mangled0))
+            .map_err(|_| Reason::DropMalformed)
+    }
+}
+
+impl Tc<'_> {
+    /// Makes at least `len` bytes of headers directly accessible (they may sit in paged data
+    /// of a non-linear skb), without pulling more than the packet has.
+    #[inline(always)]
+    pub fn pull_headers(&self, len: u32) {
+        let linear = (self.0.data_end() - self.0.data()) as u32;
+        let total = self.0.len();
+        if linear < len && total > linear {
+            let want = if total < len { total } else { len };
+            let _ = self.0.skb.pull_data(want);
+        }
+    }
+}

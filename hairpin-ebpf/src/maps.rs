@@ -1,0 +1,31 @@
+//! Every map of the dataplane, sized by the constants in `hairpin_common::consts`. Names match
+//! `consts::map_names`, under which the controller pins them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use hairpin_common::{
+    Config, CtEntry, Endpoint, FlowKey, MappingKey,
+    consts::{CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+};
+
+/// One element: the settings `hairpin-ctl up` wrote.
+#[map(name = "HP_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Port-forwards: public (proto, address, port) -> private endpoint.
+#[map(name = "HP_MAPPINGS")]
+pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+
+/// Conntrack, keyed by the tuple as seen at ingress; two entries per flow.
+#[map(name = "HP_CT")]
+pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_CAPACITY, 0);
+
+/// Egress source rewrites, keyed by the tuple as it leaves ingress (destination translated).
+#[map(name = "HP_SNAT")]
+pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SNAT_CAPACITY, 0);
+
+/// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
+#[map(name = "HP_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

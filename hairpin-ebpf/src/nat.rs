@@ -1,0 +1,98 @@
+//! The NAT decisions at each hook, and the one function that rewrites an address and port.
+
+use hairpin_common::{
+    Endpoint, MappingKey, Reason,
+    csum::CsumDelta,
+    nat::Side,
+};
+
+use crate::{
+    csum,
+    ct,
+    ctx::{Packet, Tc, ptr_at},
+    maps::{CONFIG, MAPPINGS, SNAT},
+    parse::{MAX_HDR_LEN, Parsed, parse},
+};
+
+/// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
+/// that match a port-forward. Sources are left for egress: writing the gateway's own address
+/// as a source here would make the kernel drop the packet as a martian.
+#[inline(always)]
+pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
+    match try_ingress(pkt, side) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
+    let p = parse(pkt)?;
+    let now = ct::now_ns();
+    if let Some(xlate) = ct::lookup_refresh(&p.key, now) {
+        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        return Ok(Reason::IngressFlow);
+    }
+    let Some(private) = (unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }).copied() else {
+        return Ok(Reason::PassNoMapping);
+    };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return Ok(Reason::PassNoConfig);
+    };
+    let hairpin = side == Side::Lan && cfg.hairpin();
+    let xlate = ct::create(&cfg, &p.key, private, hairpin, now)?;
+    rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+    Ok(Reason::IngressNewFlow)
+}
+
+/// Egress (TC): give packets of known flows the source recorded for them.
+#[inline(always)]
+pub fn egress(pkt: &Tc) -> Reason {
+    pkt.pull_headers(MAX_HDR_LEN);
+    match try_egress(pkt) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_egress(pkt: &Tc) -> Result<Reason, Reason> {
+    let p = parse(pkt)?;
+    let Some(new_src) = (unsafe { SNAT.get(&p.key) }).copied() else {
+        return Ok(Reason::PassEgressNoFlow);
+    };
+    rewrite(pkt, &p, End::Src, new_src)?;
+    Ok(Reason::EgressFlow)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// Offsets of the fields within their headers.
+const IP_SRC_OFF: usize = 12;
+const IP_DST_OFF: usize = 16;
+const L4_SPORT_OFF: usize = 0;
+const L4_DPORT_OFF: usize = 2;
+
+/// Rewrites one end of the packet to `to` and updates every checksum that covers it.
+#[inline(always)]
+fn rewrite(pkt: &impl Packet, p: &Parsed, end: End, to: Endpoint) -> Result<(), Reason> {
+    let (from, addr_off, port_off) = match end {
+        End::Src => (p.key.src_ep(), IP_SRC_OFF, L4_SPORT_OFF),
+        End::Dst => (p.key.dst_ep(), IP_DST_OFF, L4_DPORT_OFF),
+    };
+    if from == to {
+        return Ok(());
+    }
+    let addr = ptr_at::<u32>(pkt, p.l3_off + addr_off)?;
+    let port = ptr_at::<u16>(pkt, p.l4_off + port_off)?;
+    // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
+    unsafe {
+        addr.write_unaligned(to.addr.0);
+        port.write_unaligned(to.port.0);
+    }
+    let addrs = CsumDelta::ZERO.replace32(from.addr.0, to.addr.0);
+    let ports = CsumDelta::ZERO.replace16(from.port.0, to.port.0);
+    csum::apply(pkt, p, addrs, ports)
+}

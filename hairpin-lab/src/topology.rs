@@ -1,0 +1,201 @@
+//! Builds the lab's namespaces and links, runs hairpin-ctl in the gateway, tears it all down.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::Output,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{Netns, netns::run, traffic::Servers};
+
+pub const GW_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 3);
+/// Documentation ranges (RFC 5737) stand in for the internet.
+pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const INET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+pub const HTTP_PORT: u16 = 80;
+pub const ALT_HTTP_PORT: u16 = 8080;
+pub const DNS_PORT: u16 = 53;
+pub const PUBLIC_DNS_PORT: u16 = 5353;
+
+/// The port-forwards the scenarios use: (proto, public port, private port).
+pub const MAPPINGS: [(&str, u16, u16); 3] =
+    [("tcp", HTTP_PORT, HTTP_PORT), ("tcp", ALT_HTTP_PORT, HTTP_PORT), ("udp", PUBLIC_DNS_PORT, DNS_PORT)];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub prefix: String,
+    pub pin_dir: PathBuf,
+    ctl: PathBuf,
+    servers: Option<Servers>,
+    // Dropped in declaration order: servers above stop first, then the namespaces.
+    pub gw: Netns,
+    pub sw: Netns,
+    pub srv: Netns,
+    pub cli: Netns,
+    pub inet: Netns,
+}
+
+impl Lab {
+    /// Creates the topology under a unique prefix and starts the servers; hairpin is not up yet.
+    pub fn new(ctl: PathBuf) -> anyhow::Result<Self> {
+        let prefix = format!("hp{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let ns = |role: &str| Netns::new(&format!("{prefix}-{role}"));
+        // Each Netns deletes itself if a later step fails.
+        let (gw, sw, srv, cli, inet) = (ns("gw")?, ns("sw")?, ns("srv")?, ns("cli")?, ns("inet")?);
+        let lab = Self { pin_dir: PathBuf::from(format!("/sys/fs/bpf/{prefix}")), prefix, ctl, servers: None, gw, sw, srv, cli, inet };
+        lab.wire().context("building the lab topology")?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let Self { gw, sw, srv, cli, inet, .. } = self;
+        // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        for (host, port, ifname) in [(gw, "p-gw", "lan0"), (srv, "p-srv", "eth0"), (cli, "p-cli", "eth0")] {
+            veth(host, ifname, sw, port)?;
+            sw.ip(&["link", "set", port, "master", "br0", "up"])?;
+        }
+        veth(gw, "wan0", inet, "eth0")?;
+        for ns in [gw, sw, srv, cli, inet] {
+            for link in links(ns)? {
+                ns.ip(&["link", "set", &link, "up"])?;
+            }
+        }
+
+        gw.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
+        gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
+        gw.ip(&["route", "add", "198.51.100.0/24", "dev", "wan0"])?;
+        gw.sysctl("net.ipv4.ip_forward", "1")?;
+        // Hairpinned packets leave lan0 the way they came in; a redirect would tell the client
+        // to bypass the gateway.
+        gw.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        gw.sysctl("net.ipv4.conf.lan0.send_redirects", "0")?;
+
+        for (host, addr) in [(srv, "192.168.0.2/24"), (cli, "192.168.0.3/24")] {
+            host.ip(&["addr", "add", addr, "dev", "eth0"])?;
+            host.ip(&["route", "add", "default", "via", "192.168.0.1"])?;
+        }
+        inet.ip(&["addr", "add", "198.51.100.7/24", "dev", "eth0"])?;
+        inet.ip(&["route", "add", "203.0.113.0/24", "dev", "eth0"])?;
+
+        // Hosts send complete checksums, as packets on a wire have: XDP sees wire frames.
+        for host in [srv, cli, inet] {
+            host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    /// Starts the TCP echo server (:80) and UDP echo server (:53) on the LAN server.
+    pub fn start_servers(&mut self) -> anyhow::Result<()> {
+        if self.servers.is_none() {
+            self.servers = Some(Servers::start(&self.srv, SocketAddrV4::new(SERVER, HTTP_PORT), SocketAddrV4::new(SERVER, DNS_PORT))?);
+        }
+        Ok(())
+    }
+
+    /// Runs `hairpin-ctl --pin-dir <lab pins> args...` in the gateway namespace.
+    pub fn ctl_output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.gw
+            .command(self.ctl.to_str().context("non-UTF-8 path")?)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.ctl.display()))
+    }
+
+    /// As [`ctl_output`](Self::ctl_output), failing unless the command succeeds; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.ctl_output(args)?;
+        if !out.status.success() {
+            bail!("hairpin-ctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `hairpin-ctl up` on lan0/wan0 (plus `extra` flags) and the scenario's mappings.
+    pub fn up(&self, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0"];
+        args.extend_from_slice(extra);
+        self.ctl(&args)?;
+        for (proto, public, private) in MAPPINGS {
+            self.ctl(&["map", "add", proto, &format!("{PUBLIC}:{public}"), &format!("{SERVER}:{private}")])?;
+        }
+        Ok(())
+    }
+
+    pub fn down(&self) -> anyhow::Result<()> {
+        self.ctl(&["down"]).map(|_| ())
+    }
+
+    /// Forgets every neighbour everywhere, so a flow's first packet must resolve them again.
+    pub fn flush_neighbours(&self) -> anyhow::Result<()> {
+        for ns in [&self.gw, &self.srv, &self.cli, &self.inet] {
+            ns.ip(&["neigh", "flush", "all"])?;
+        }
+        Ok(())
+    }
+
+    /// `hairpin-ctl stats --json`: counter totals by reason name.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ctl(&["stats", "--json"])?)?)
+    }
+
+    /// The total of one reason's counter over all hooks.
+    pub fn counter(&self, reason: &str) -> anyhow::Result<u64> {
+        let stats = self.stats()?;
+        stats
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["reason"] == reason))
+            .and_then(|r| r["total"].as_u64())
+            .with_context(|| format!("no counter {reason} in stats"))
+    }
+
+    /// The gateway's nftables/iptables rules, which must be empty: NAT is hairpin's alone.
+    pub fn kernel_nat_rules(&self) -> anyhow::Result<String> {
+        let mut rules = String::new();
+        if let Ok(s) = self.gw.exec("nft", &["list", "ruleset"]) {
+            rules.push_str(s.trim());
+        }
+        if let Ok(s) = self.gw.exec("iptables-save", &[]) {
+            rules.extend(s.lines().filter(|l| l.starts_with("-A")).map(|l| format!("{l}\n")));
+        }
+        Ok(rules)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.take();
+        if self.pin_dir.exists() {
+            let _ = self.ctl_output(&["down"]);
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+/// A veth pair with one end in each namespace.
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
+    run(std::process::Command::new("ip").args([
+        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+    ]))
+    .map(|_| ())
+}
+
+fn links(ns: &Netns) -> anyhow::Result<Vec<String>> {
+    Ok(ns
+        .ip(&["-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n != "lo")
+        .collect())
+}

@@ -1,0 +1,208 @@
+//! Real sockets: the LAN server's TCP and UDP echo services, and the clients that use them.
+//!
+//! TCP: the client sends `ECHO <n>\n` and n bytes; the server answers `PEER <addr>\n` (the peer
+//! address it sees) and echoes the bytes. UDP: the server answers each datagram with
+//! `PEER <addr>\n` and the datagram. So a client learns what the server saw, and every byte that
+//! crossed the NAT both ways is checked.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::Netns;
+
+/// How long a server waits on one client before giving up on it, and how often the accept and
+/// receive loops look at the stop flag.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// The largest transfer a server accepts (bounds the traffic any test can make).
+const MAX_ECHO: usize = 64 << 20;
+
+/// The byte at offset `i` of every transfer: position-dependent, so reordering or loss shows.
+pub fn pattern(i: usize) -> u8 {
+    ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8 ^ (i >> 16) as u8
+}
+
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Binds both servers in `ns` and returns once they are listening.
+    pub fn start(ns: &Netns, tcp: SocketAddrV4, udp: SocketAddrV4) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+        {
+            let (stop, ready) = (stop.clone(), ready_tx.clone());
+            threads.push(ns.spawn(move || tcp_server(tcp, &stop, ready))?);
+        }
+        {
+            let (stop, ready) = (stop.clone(), ready_tx);
+            threads.push(ns.spawn(move || udp_server(udp, &stop, ready))?);
+        }
+        let servers = Self { stop, threads };
+        for _ in 0..2 {
+            ready_rx.recv_timeout(IO_TIMEOUT).context("server did not start")??;
+        }
+        Ok(servers)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tcp_server(addr: SocketAddrV4, stop: &AtomicBool, ready: mpsc::Sender<anyhow::Result<()>>) {
+    let listener = match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+        Ok(l) => l,
+        Err(e) => return drop(ready.send(Err(anyhow::anyhow!("binding TCP {addr}: {e}")))),
+    };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                // One connection at a time is plenty for the lab; a bad client only times out.
+                let _ = serve_tcp(stream, peer);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(STOP_POLL),
+            Err(_) => thread::sleep(STOP_POLL),
+        }
+    }
+}
+
+fn serve_tcp(stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let n: usize = line
+        .strip_prefix("ECHO ")
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n <= MAX_ECHO)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad request"))?;
+    let mut writer = stream;
+    writer.write_all(format!("PEER {peer}\n").as_bytes())?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut left = n;
+    while left > 0 {
+        let got = reader.read(&mut buf[..left.min(64 << 10)])?;
+        if got == 0 {
+            break;
+        }
+        writer.write_all(&buf[..got])?;
+        left -= got;
+    }
+    Ok(())
+}
+
+fn udp_server(addr: SocketAddrV4, stop: &AtomicBool, ready: mpsc::Sender<anyhow::Result<()>>) {
+    let sock = match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(STOP_POLL)).map(|_| s)) {
+        Ok(s) => s,
+        Err(e) => return drop(ready.send(Err(anyhow::anyhow!("binding UDP {addr}: {e}")))),
+    };
+    let _ = ready.send(Ok(()));
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let mut reply = format!("PEER {peer}\n").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, peer);
+        }
+    }
+}
+
+/// What a TCP client saw of an echo exchange.
+#[derive(Debug, Clone)]
+pub struct TcpEcho {
+    /// The client's own address and port.
+    pub local: SocketAddr,
+    /// The address the LAN server saw as its peer.
+    pub seen_by_server: SocketAddr,
+    /// Bytes sent and received back identical.
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+/// Connects from `ns` to `to` and echoes `bytes` bytes, verifying each one.
+pub fn tcp_echo(ns: &Netns, to: SocketAddrV4, bytes: usize, connect_timeout: Duration) -> anyhow::Result<TcpEcho> {
+    ns.run(move || -> anyhow::Result<TcpEcho> {
+        let start = Instant::now();
+        let stream = TcpStream::connect_timeout(&to.into(), connect_timeout).map_err(|e| {
+            anyhow::Error::new(e).context(format!("connecting to {to}"))
+        })?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let local = stream.local_addr()?;
+        // Write on another thread: echoing 1 MiB while only writing would fill both windows.
+        let mut w = stream.try_clone()?;
+        let writer = thread::spawn(move || -> io::Result<()> {
+            w.write_all(format!("ECHO {bytes}\n").as_bytes())?;
+            let chunk: Vec<u8> = (0..bytes).map(pattern).collect();
+            w.write_all(&chunk)
+        });
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).context("reading the server's PEER line")?;
+        let seen: SocketAddr = line
+            .strip_prefix("PEER ")
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| format!("bad server greeting {line:?}"))?;
+        let mut got = vec![0u8; bytes];
+        reader.read_exact(&mut got).context("reading the echo")?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))?.context("sending")?;
+        if let Some(i) = (0..bytes).find(|&i| got[i] != pattern(i)) {
+            bail!("echo differs at byte {i} of {bytes}");
+        }
+        Ok(TcpEcho { local, seen_by_server: seen, bytes, elapsed: start.elapsed() })
+    })?
+}
+
+/// What a UDP client saw of one request/response.
+#[derive(Debug, Clone)]
+pub struct UdpEcho {
+    pub local: SocketAddr,
+    /// Where the response came from (must be the address the client sent to).
+    pub reply_from: SocketAddr,
+    pub seen_by_server: SocketAddr,
+}
+
+/// Sends one datagram from `ns` to `to` and waits up to `timeout` for the echo.
+pub fn udp_echo(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<UdpEcho> {
+    let payload = payload.to_vec();
+    ns.run(move || -> anyhow::Result<UdpEcho> {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.send_to(&payload, to)?;
+        let mut buf = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
+        let text = &buf[..n];
+        let nl = text.iter().position(|b| *b == b'\n').context("no PEER line")?;
+        let seen: SocketAddr = std::str::from_utf8(&text[..nl])?
+            .strip_prefix("PEER ")
+            .and_then(|s| s.parse().ok())
+            .context("bad PEER line")?;
+        if text[nl + 1..] != payload[..] {
+            bail!("UDP echo payload differs");
+        }
+        Ok(UdpEcho { local: sock.local_addr()?, reply_from: from, seen_by_server: seen })
+    })?
+}

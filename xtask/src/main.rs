@@ -1,1 +1,50 @@
-fn main(){}
+//! `cargo xtask <task>`: everything a fresh machine needs to build, demo and test hairpin.
+
+mod build;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hairpin developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent): apt packages, the pinned nightly
+    /// with rust-src, bpf-linker built against that nightly's LLVM, a mounted bpffs.
+    Setup,
+    /// Release build: target/release/hairpin-ctl with the eBPF object embedded.
+    Build,
+    /// The demo: build, create the namespaced gateway, LAN server, LAN client and internet
+    /// host, run the four hairpin cases with real TCP/UDP, print each step, tear down.
+    Lab,
+    /// Every test: host unit tests, BPF_PROG_TEST_RUN packet tests, veth lab tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => build::run().map(|_| ()),
+        Task::Lab => lab::run(),
+        Task::Test { args } => test::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The real compiled programs, loaded but not attached, with their maps prepared by the test
+//! and packets fed through BPF_PROG_TEST_RUN.
+
+use std::net::SocketAddrV4;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use hairpin_common::{
+    CFG_F_HAIRPIN, Config, CtEntry, Endpoint, FlowKey, Ipv4Be, MappingKey, PortBe, Reason,
+    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, IPPROTO_TCP, IPPROTO_UDP, map_names, prog_names},
+};
+
+use crate::frame::L4;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+/// TCX_NEXT (-1): continue, i.e. pass.
+pub const TC_NEXT: u32 = u32::MAX;
+pub const TC_SHOT: u32 = 2;
+
+pub fn ep(s: &str) -> Endpoint {
+    let sa: SocketAddrV4 = s.parse().expect("ADDR:PORT");
+    Endpoint::new(Ipv4Be::from_octets(sa.ip().octets()), PortBe::from_host(sa.port()))
+}
+
+pub fn proto(l4: L4) -> u8 {
+    match l4 {
+        L4::Tcp => IPPROTO_TCP,
+        L4::Udp => IPPROTO_UDP,
+    }
+}
+
+/// The lab's gateway configuration: LAN 192.168.0.1, public 203.0.113.1, hairpin on.
+pub fn lab_config() -> Config {
+    Config {
+        lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
+        public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
+        port_min: DEFAULT_PORT_MIN,
+        port_max: DEFAULT_PORT_MAX,
+        flags: CFG_F_HAIRPIN,
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads (and so verifies) every program of the embedded object with fresh maps.
+    pub fn load(cfg: Config) -> Self {
+        crate::require_root();
+        let mut ebpf = hairpin_ctl::dataplane::load().expect("load and verify the eBPF object");
+        Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
+        Self { ebpf }
+    }
+
+    pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
+        let mut m: HashMap<_, MappingKey, Endpoint> = HashMap::try_from(self.ebpf.map_mut(map_names::MAPPINGS).unwrap()).unwrap();
+        m.insert(&MappingKey::new(proto(l4), ep(public)), &ep(private), 0).unwrap();
+    }
+
+    pub fn ct(&self) -> Vec<(FlowKey, CtEntry)> {
+        let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf.map(map_names::CONNTRACK).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
+    pub fn insert_ct(&mut self, key: FlowKey, entry: CtEntry) {
+        let mut m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        m.insert(&key, &entry, 0).unwrap();
+    }
+
+    pub fn snat(&self) -> Vec<(FlowKey, Endpoint)> {
+        let m: HashMap<_, FlowKey, Endpoint> = HashMap::try_from(self.ebpf.map(map_names::SNAT).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
+    /// The counter of `reason` at `hook`, summed over CPUs.
+    pub fn counter(&self, hook: Hook, reason: Reason) -> u64 {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
+        m.get(&hook.stat_index(reason), 0).unwrap().iter().sum()
+    }
+
+    /// Runs `hook`'s program on `frame`: its return value and the frame it left.
+    pub fn run(&mut self, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
+        let name = match hook {
+            Hook::LanIngress => prog_names::XDP_LAN,
+            Hook::WanIngress => prog_names::XDP_WAN,
+            Hook::LanEgress => prog_names::TC_LAN,
+            Hook::WanEgress => prog_names::TC_WAN,
+        };
+        let prog = self.ebpf.program_mut(name).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+        let r = match hook {
+            Hook::LanIngress | Hook::WanIngress => <&mut Xdp>::try_from(prog).unwrap().test_run(opts),
+            Hook::LanEgress | Hook::WanEgress => <&mut SchedClassifier>::try_from(prog).unwrap().test_run(opts),
+        }
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}

@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {}", pin.display()))?;
     let nightly = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("channel").map(|v| v.trim_start_matches([' ', '=']).trim().trim_matches('"')))
+        .find_map(|l| {
+            l.trim().strip_prefix("channel").map(|v| v.trim_start_matches([' ', '=']).trim().trim_matches('"'))
+        })
         .with_context(|| format!("no channel in {}", pin.display()))?
         .to_owned();
     let have_linker = std::env::var_os("PATH")

@@ -81,11 +81,11 @@ impl CsumDelta {
 /// Full one's complement sum of `data` (odd tail padded with zero), not folded; raw words.
 pub fn sum(data: &[u8], initial: u32) -> u32 {
     let mut acc = initial;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc = add32(acc, u16::from_ne_bytes([c[0], c[1]]) as u32);
+    let (words, tail) = data.as_chunks::<2>();
+    for w in words {
+        acc = add32(acc, u16::from_ne_bytes(*w) as u32);
     }
-    if let [last] = chunks.remainder() {
+    if let [last] = tail {
         acc = add32(acc, u16::from_ne_bytes([*last, 0]) as u32);
     }
     acc
@@ -129,8 +129,8 @@ mod tests {
     fn known_ipv4_header() {
         // A textbook header (wikipedia "IPv4 header checksum"): checksum b861.
         let mut h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         assert_eq!(checksum(&h).to_ne_bytes(), [0xb8, 0x61]);
         h[10..12].copy_from_slice(&[0xb8, 0x61]);

@@ -1,7 +1,11 @@
 //! The command line. Values are parsed into checked types here ([`Proto`], [`PublicEndpoint`]),
 //! so a bad argument is rejected by clap with a one-line error before anything is touched.
 
-use std::{net::{Ipv4Addr, SocketAddrV4}, path::PathBuf, str::FromStr};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hairpin_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
@@ -155,7 +159,8 @@ pub struct Endpoint(pub SocketAddrV4);
 impl FromStr for Endpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let sa: SocketAddrV4 = s.parse().map_err(|_| format!("'{s}' is not an IPv4 ADDR:PORT (e.g. 192.168.0.2:80)"))?;
+        let sa: SocketAddrV4 =
+            s.parse().map_err(|_| format!("'{s}' is not an IPv4 ADDR:PORT (e.g. 192.168.0.2:80)"))?;
         if sa.port() == 0 {
             return Err(format!("'{s}': port 0 cannot be forwarded"));
         }

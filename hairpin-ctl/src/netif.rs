@@ -6,7 +6,8 @@ use anyhow::{Context as _, bail};
 
 /// The interface's index, or a clear error if it does not exist here.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
-    nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface named '{name}' in this network namespace"))
+    nix::net::if_::if_nametoindex(name)
+        .with_context(|| format!("no interface named '{name}' in this network namespace"))
 }
 
 /// The interface's primary (first listed) IPv4 address.

@@ -1,7 +1,10 @@
 //! Conntrack: finding a flow, and creating one with both directions (and their egress
 //! rewrites) inserted together or not at all.
 
-use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST}, helpers::bpf_ktime_get_boot_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_boot_ns,
+};
 use hairpin_common::{
     Config, CtEntry, Endpoint, FlowKey, PortBe, Reason,
     consts::PORT_ALLOC_TRIES,

@@ -9,8 +9,8 @@
 #![no_main]
 
 mod csum;
-mod ctx;
 mod ct;
+mod ctx;
 mod fwd;
 mod maps;
 mod nat;

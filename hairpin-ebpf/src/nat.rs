@@ -1,14 +1,9 @@
 //! The NAT decisions at each hook, and the one function that rewrites an address and port.
 
-use hairpin_common::{
-    Endpoint, MappingKey, Reason,
-    csum::CsumDelta,
-    nat::Side,
-};
+use hairpin_common::{Endpoint, MappingKey, Reason, csum::CsumDelta, nat::Side};
 
 use crate::{
-    csum,
-    ct,
+    csum, ct,
     ctx::{Packet, Tc, ptr_at},
     maps::{CONFIG, MAPPINGS, SNAT},
     parse::{MAX_HDR_LEN, Parsed, parse},

@@ -5,12 +5,7 @@ use hairpin_common::{
     FlowKey, Ipv4Be, PortBe, Reason,
     consts::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use network_types::{
-    eth::EthHdr,
-    ip::Ipv4Hdr,
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::ctx::{Packet, ptr_at};
 

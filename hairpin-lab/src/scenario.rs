@@ -32,7 +32,11 @@ fn ip_of(a: SocketAddr) -> IpAddr {
 pub fn port_forward(lab: &Lab, public_port: u16) -> anyhow::Result<TcpEcho> {
     let to = SocketAddrV4::new(PUBLIC, public_port);
     let e = traffic::tcp_echo(&lab.inet, to, WAN_BYTES, CONNECT_TIMEOUT).context("internet host -> public address")?;
-    ensure!(ip_of(e.seen_by_server) == IpAddr::V4(INET), "server saw {} instead of the internet host {INET}", e.seen_by_server);
+    ensure!(
+        ip_of(e.seen_by_server) == IpAddr::V4(INET),
+        "server saw {} instead of the internet host {INET}",
+        e.seen_by_server
+    );
     Ok(e)
 }
 
@@ -41,7 +45,11 @@ pub fn port_forward(lab: &Lab, public_port: u16) -> anyhow::Result<TcpEcho> {
 pub fn hairpin_tcp(lab: &Lab, public_port: u16, bytes: usize) -> anyhow::Result<TcpEcho> {
     let to = SocketAddrV4::new(PUBLIC, public_port);
     let e = traffic::tcp_echo(&lab.cli, to, bytes, CONNECT_TIMEOUT).context("LAN client -> public address")?;
-    ensure!(ip_of(e.seen_by_server) == IpAddr::V4(GW_LAN), "server saw {} instead of the gateway {GW_LAN}", e.seen_by_server);
+    ensure!(
+        ip_of(e.seen_by_server) == IpAddr::V4(GW_LAN),
+        "server saw {} instead of the gateway {GW_LAN}",
+        e.seen_by_server
+    );
     ensure!(e.bytes == bytes, "echoed {} of {bytes} bytes", e.bytes);
     Ok(e)
 }
@@ -68,7 +76,11 @@ pub fn udp_forward(from: &Netns, expect_seen: std::net::Ipv4Addr) -> anyhow::Res
     let to = SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT);
     let e = traffic::udp_echo(from, to, b"hairpin udp probe", UDP_TIMEOUT)?;
     ensure!(e.reply_from == SocketAddr::V4(to), "reply came from {} instead of {to}", e.reply_from);
-    ensure!(ip_of(e.seen_by_server) == IpAddr::V4(expect_seen), "server saw {} instead of {expect_seen}", e.seen_by_server);
+    ensure!(
+        ip_of(e.seen_by_server) == IpAddr::V4(expect_seen),
+        "server saw {} instead of {expect_seen}",
+        e.seen_by_server
+    );
     Ok(e)
 }
 
@@ -84,7 +96,10 @@ pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     say("\n[1] port forward: internet host 198.51.100.7 -> http://203.0.113.1:80".into());
     lab.flush_neighbours()?;
     let e = port_forward(lab, HTTP_PORT)?;
-    say(format!("    ok: {} bytes echoed in {:?}; the server saw the real client {}", e.bytes, e.elapsed, e.seen_by_server));
+    say(format!(
+        "    ok: {} bytes echoed in {:?}; the server saw the real client {}",
+        e.bytes, e.elapsed, e.seen_by_server
+    ));
 
     say(format!("\n[2] hairpin: LAN client {CLIENT} -> http://203.0.113.1:80"));
     lab.flush_neighbours()?;

@@ -49,7 +49,17 @@ impl Lab {
         let ns = |role: &str| Netns::new(&format!("{prefix}-{role}"));
         // Each Netns deletes itself if a later step fails.
         let (gw, sw, srv, cli, inet) = (ns("gw")?, ns("sw")?, ns("srv")?, ns("cli")?, ns("inet")?);
-        let lab = Self { pin_dir: PathBuf::from(format!("/sys/fs/bpf/{prefix}")), prefix, ctl, servers: None, gw, sw, srv, cli, inet };
+        let lab = Self {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            prefix,
+            ctl,
+            servers: None,
+            gw,
+            sw,
+            srv,
+            cli,
+            inet,
+        };
         lab.wire().context("building the lab topology")?;
         Ok(lab)
     }
@@ -96,7 +106,11 @@ impl Lab {
     /// Starts the TCP echo server (:80) and UDP echo server (:53) on the LAN server.
     pub fn start_servers(&mut self) -> anyhow::Result<()> {
         if self.servers.is_none() {
-            self.servers = Some(Servers::start(&self.srv, SocketAddrV4::new(SERVER, HTTP_PORT), SocketAddrV4::new(SERVER, DNS_PORT))?);
+            self.servers = Some(Servers::start(
+                &self.srv,
+                SocketAddrV4::new(SERVER, HTTP_PORT),
+                SocketAddrV4::new(SERVER, DNS_PORT),
+            )?);
         }
         Ok(())
     }
@@ -184,9 +198,8 @@ impl Drop for Lab {
 
 /// A veth pair with one end in each namespace.
 fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
-    run(std::process::Command::new("ip").args([
-        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
-    ]))
+    run(std::process::Command::new("ip")
+        .args(["link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name]))
     .map(|_| ())
 }
 

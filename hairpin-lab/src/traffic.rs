@@ -146,9 +146,8 @@ pub struct TcpEcho {
 pub fn tcp_echo(ns: &Netns, to: SocketAddrV4, bytes: usize, connect_timeout: Duration) -> anyhow::Result<TcpEcho> {
     ns.run(move || -> anyhow::Result<TcpEcho> {
         let start = Instant::now();
-        let stream = TcpStream::connect_timeout(&to.into(), connect_timeout).map_err(|e| {
-            anyhow::Error::new(e).context(format!("connecting to {to}"))
-        })?;
+        let stream = TcpStream::connect_timeout(&to.into(), connect_timeout)
+            .map_err(|e| anyhow::Error::new(e).context(format!("connecting to {to}")))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let local = stream.local_addr()?;

@@ -58,7 +58,8 @@ impl Dataplane {
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
-        let mut m: HashMap<_, MappingKey, Endpoint> = HashMap::try_from(self.ebpf.map_mut(map_names::MAPPINGS).unwrap()).unwrap();
+        let mut m: HashMap<_, MappingKey, Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::MAPPINGS).unwrap()).unwrap();
         m.insert(&MappingKey::new(proto(l4), ep(public)), &ep(private), 0).unwrap();
     }
 
@@ -68,7 +69,8 @@ impl Dataplane {
     }
 
     pub fn insert_ct(&mut self, key: FlowKey, entry: CtEntry) {
-        let mut m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        let mut m: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
         m.insert(&key, &entry, 0).unwrap();
     }
 

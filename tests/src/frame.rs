@@ -62,8 +62,14 @@ impl Pkt {
             L4::Tcp => (IpNumber::TCP, TcpHeader::MIN_LEN),
             L4::Udp => (IpNumber::UDP, UdpHeader::LEN),
         };
-        let mut ip = Ipv4Header::new((l4_len + self.payload.len()) as u16, 64, proto, self.src.ip().octets(), self.dst.ip().octets())
-            .expect("ipv4 header");
+        let mut ip = Ipv4Header::new(
+            (l4_len + self.payload.len()) as u16,
+            64,
+            proto,
+            self.src.ip().octets(),
+            self.dst.ip().octets(),
+        )
+        .expect("ipv4 header");
         ip.identification = 0x1234;
         ip.dont_fragment = true;
         ip.options = self.ip_options[..].try_into().expect("options length is a multiple of 4, at most 40");
@@ -80,7 +86,8 @@ impl Pkt {
                 out.extend_from_slice(&tcp.to_bytes());
             }
             L4::Udp => {
-                let mut udp = UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &self.payload).expect("udp");
+                let mut udp =
+                    UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &self.payload).expect("udp");
                 if self.no_udp_csum {
                     udp.checksum = 0;
                 }
@@ -130,10 +137,14 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
 /// A per-header description of where two frames differ, for test failure messages.
 pub fn diff(got: &[u8], want: &[u8]) -> String {
     let describe = |f: &[u8]| match SlicedPacket::from_ethernet(f) {
-        Ok(p) => format!("{:?}\n    {:?}", p.net.as_ref().map(|n| match n {
-            NetSlice::Ipv4(ip) => format!("{:?}", ip.header().to_header()),
-            other => format!("{other:?}"),
-        }), p.transport),
+        Ok(p) => format!(
+            "{:?}\n    {:?}",
+            p.net.as_ref().map(|n| match n {
+                NetSlice::Ipv4(ip) => format!("{:?}", ip.header().to_header()),
+                other => format!("{other:?}"),
+            }),
+            p.transport
+        ),
         Err(e) => format!("unparsable: {e}"),
     };
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));

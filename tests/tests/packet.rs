@@ -5,7 +5,7 @@
 //! Every step asserts the verdict, the exact output bytes (built independently, checksums from
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
 
-use hairpin_common::{Config, CtEntry, FlowKey, Reason, consts::Hook, CT_F_REPLY};
+use hairpin_common::{CT_F_REPLY, Config, CtEntry, FlowKey, Reason, consts::Hook};
 use hairpin_tests::{
     dp::{self, Dataplane, TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS, ep},
     frame::{self, L4, Pkt, diff, verify_checksums},
@@ -71,13 +71,23 @@ fn wan_port_forward_tcp_with_port_change() {
     let dnat = syn.with("198.51.100.7:40000", SERVER_80);
     let reply = Pkt::tcp(SERVER_80, "198.51.100.7:40000");
     let unsnat = reply.with("203.0.113.1:8080", "198.51.100.7:40000");
-    run_case("wan tcp", &mut dp, &[
-        step("first packet: flow created, destination rewritten", Hook::WanIngress, &syn, Reason::IngressNewFlow, Some(&dnat)),
-        step("towards the server: source kept", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
-        step("reply at ingress: destination already right", Hook::LanIngress, &reply, Reason::IngressFlow, None),
-        step("reply at egress: public source restored", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&unsnat)),
-        step("second packet uses the flow", Hook::WanIngress, &syn, Reason::IngressFlow, Some(&dnat)),
-    ]);
+    run_case(
+        "wan tcp",
+        &mut dp,
+        &[
+            step(
+                "first packet: flow created, destination rewritten",
+                Hook::WanIngress,
+                &syn,
+                Reason::IngressNewFlow,
+                Some(&dnat),
+            ),
+            step("towards the server: source kept", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
+            step("reply at ingress: destination already right", Hook::LanIngress, &reply, Reason::IngressFlow, None),
+            step("reply at egress: public source restored", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&unsnat)),
+            step("second packet uses the flow", Hook::WanIngress, &syn, Reason::IngressFlow, Some(&dnat)),
+        ],
+    );
     assert_eq!(dp.ct().len(), 2, "one entry per direction");
     assert_eq!(dp.snat().len(), 1, "only the reply needs a source rewrite");
 }
@@ -92,12 +102,34 @@ fn hairpin_tcp_rewrites_source_and_restores_both_ends() {
     let reply = Pkt::tcp(SERVER_80, "192.168.0.1:1025");
     let restored = reply.with(SERVER_80, "192.168.0.3:1025");
     let unsnat = reply.with(PUBLIC_80, "192.168.0.3:1025");
-    run_case("hairpin tcp", &mut dp, &[
-        step("client dials the public address", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
-        step("leaving for the server: source = gateway, client port kept", Hook::LanEgress, &dnat, Reason::EgressFlow, Some(&snat)),
-        step("server answers the gateway: client restored", Hook::LanIngress, &reply, Reason::IngressFlow, Some(&restored)),
-        step("leaving for the client: source = public address", Hook::LanEgress, &restored, Reason::EgressFlow, Some(&unsnat)),
-    ]);
+    run_case(
+        "hairpin tcp",
+        &mut dp,
+        &[
+            step("client dials the public address", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
+            step(
+                "leaving for the server: source = gateway, client port kept",
+                Hook::LanEgress,
+                &dnat,
+                Reason::EgressFlow,
+                Some(&snat),
+            ),
+            step(
+                "server answers the gateway: client restored",
+                Hook::LanIngress,
+                &reply,
+                Reason::IngressFlow,
+                Some(&restored),
+            ),
+            step(
+                "leaving for the client: source = public address",
+                Hook::LanEgress,
+                &restored,
+                Reason::EgressFlow,
+                Some(&unsnat),
+            ),
+        ],
+    );
     let ct = dp.ct();
     assert_eq!(ct.len(), 2);
     assert!(ct.iter().any(|(_, e)| e.flags & CT_F_REPLY != 0));
@@ -111,14 +143,54 @@ fn hairpin_and_wan_udp() {
     let r = Pkt::udp("192.168.0.2:53", "192.168.0.1:33000");
     let wq = Pkt::udp("198.51.100.7:5000", "203.0.113.1:5353");
     let wr = Pkt::udp("192.168.0.2:53", "198.51.100.7:5000");
-    run_case("udp", &mut dp, &[
-        step("hairpin query in", Hook::LanIngress, &q, Reason::IngressNewFlow, Some(&q.with("192.168.0.3:33000", "192.168.0.2:53"))),
-        step("hairpin query out", Hook::LanEgress, &q.with("192.168.0.3:33000", "192.168.0.2:53"), Reason::EgressFlow, Some(&q.with("192.168.0.1:33000", "192.168.0.2:53"))),
-        step("hairpin answer in", Hook::LanIngress, &r, Reason::IngressFlow, Some(&r.with("192.168.0.2:53", "192.168.0.3:33000"))),
-        step("hairpin answer out", Hook::LanEgress, &r.with("192.168.0.2:53", "192.168.0.3:33000"), Reason::EgressFlow, Some(&r.with("203.0.113.1:5353", "192.168.0.3:33000"))),
-        step("wan query in", Hook::WanIngress, &wq, Reason::IngressNewFlow, Some(&wq.with("198.51.100.7:5000", "192.168.0.2:53"))),
-        step("wan answer out", Hook::WanEgress, &wr, Reason::EgressFlow, Some(&wr.with("203.0.113.1:5353", "198.51.100.7:5000"))),
-    ]);
+    run_case(
+        "udp",
+        &mut dp,
+        &[
+            step(
+                "hairpin query in",
+                Hook::LanIngress,
+                &q,
+                Reason::IngressNewFlow,
+                Some(&q.with("192.168.0.3:33000", "192.168.0.2:53")),
+            ),
+            step(
+                "hairpin query out",
+                Hook::LanEgress,
+                &q.with("192.168.0.3:33000", "192.168.0.2:53"),
+                Reason::EgressFlow,
+                Some(&q.with("192.168.0.1:33000", "192.168.0.2:53")),
+            ),
+            step(
+                "hairpin answer in",
+                Hook::LanIngress,
+                &r,
+                Reason::IngressFlow,
+                Some(&r.with("192.168.0.2:53", "192.168.0.3:33000")),
+            ),
+            step(
+                "hairpin answer out",
+                Hook::LanEgress,
+                &r.with("192.168.0.2:53", "192.168.0.3:33000"),
+                Reason::EgressFlow,
+                Some(&r.with("203.0.113.1:5353", "192.168.0.3:33000")),
+            ),
+            step(
+                "wan query in",
+                Hook::WanIngress,
+                &wq,
+                Reason::IngressNewFlow,
+                Some(&wq.with("198.51.100.7:5000", "192.168.0.2:53")),
+            ),
+            step(
+                "wan answer out",
+                Hook::WanEgress,
+                &wr,
+                Reason::EgressFlow,
+                Some(&wr.with("203.0.113.1:5353", "198.51.100.7:5000")),
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -128,12 +200,40 @@ fn udp_without_checksum_stays_without() {
     let q = Pkt::udp("198.51.100.7:5000", "203.0.113.1:5353").without_udp_checksum();
     let r = Pkt::udp("192.168.0.2:53", "198.51.100.7:5000").without_udp_checksum();
     let h = Pkt::udp("192.168.0.3:40000", "203.0.113.1:5353").without_udp_checksum();
-    run_case("udp csum 0", &mut dp, &[
-        step("xdp rewrite keeps 0", Hook::WanIngress, &q, Reason::IngressNewFlow, Some(&q.with("198.51.100.7:5000", "192.168.0.2:53"))),
-        step("tc rewrite keeps 0", Hook::WanEgress, &r, Reason::EgressFlow, Some(&r.with("203.0.113.1:5353", "198.51.100.7:5000"))),
-        step("hairpin in", Hook::LanIngress, &h, Reason::IngressNewFlow, Some(&h.with("192.168.0.3:40000", "192.168.0.2:53"))),
-        step("hairpin out", Hook::LanEgress, &h.with("192.168.0.3:40000", "192.168.0.2:53"), Reason::EgressFlow, Some(&h.with("192.168.0.1:40000", "192.168.0.2:53"))),
-    ]);
+    run_case(
+        "udp csum 0",
+        &mut dp,
+        &[
+            step(
+                "xdp rewrite keeps 0",
+                Hook::WanIngress,
+                &q,
+                Reason::IngressNewFlow,
+                Some(&q.with("198.51.100.7:5000", "192.168.0.2:53")),
+            ),
+            step(
+                "tc rewrite keeps 0",
+                Hook::WanEgress,
+                &r,
+                Reason::EgressFlow,
+                Some(&r.with("203.0.113.1:5353", "198.51.100.7:5000")),
+            ),
+            step(
+                "hairpin in",
+                Hook::LanIngress,
+                &h,
+                Reason::IngressNewFlow,
+                Some(&h.with("192.168.0.3:40000", "192.168.0.2:53")),
+            ),
+            step(
+                "hairpin out",
+                Hook::LanEgress,
+                &h.with("192.168.0.3:40000", "192.168.0.2:53"),
+                Reason::EgressFlow,
+                Some(&h.with("192.168.0.1:40000", "192.168.0.2:53")),
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -147,11 +247,33 @@ fn ipv4_options_are_skipped_and_kept() {
     rr.resize(39, 0);
     rr.push(0);
     let long = Pkt::udp("192.168.0.3:40002", "203.0.113.1:5353").options(&rr);
-    run_case("ip options", &mut dp, &[
-        step("IHL 6, tcp", Hook::WanIngress, &short, Reason::IngressNewFlow, Some(&short.with("198.51.100.7:40001", SERVER_80))),
-        step("IHL 15, udp hairpin in", Hook::LanIngress, &long, Reason::IngressNewFlow, Some(&long.with("192.168.0.3:40002", "192.168.0.2:53"))),
-        step("IHL 15, udp hairpin out", Hook::LanEgress, &long.with("192.168.0.3:40002", "192.168.0.2:53"), Reason::EgressFlow, Some(&long.with("192.168.0.1:40002", "192.168.0.2:53"))),
-    ]);
+    run_case(
+        "ip options",
+        &mut dp,
+        &[
+            step(
+                "IHL 6, tcp",
+                Hook::WanIngress,
+                &short,
+                Reason::IngressNewFlow,
+                Some(&short.with("198.51.100.7:40001", SERVER_80)),
+            ),
+            step(
+                "IHL 15, udp hairpin in",
+                Hook::LanIngress,
+                &long,
+                Reason::IngressNewFlow,
+                Some(&long.with("192.168.0.3:40002", "192.168.0.2:53")),
+            ),
+            step(
+                "IHL 15, udp hairpin out",
+                Hook::LanEgress,
+                &long.with("192.168.0.3:40002", "192.168.0.2:53"),
+                Reason::EgressFlow,
+                Some(&long.with("192.168.0.1:40002", "192.168.0.2:53")),
+            ),
+        ],
+    );
 }
 
 /// Frames that are not IPv4 TCP/UDP, or not ours, pass untouched with their reason counted.
@@ -181,17 +303,39 @@ fn pass_through_untouched() {
         f[14 + 9] = 1; // protocol ICMP
         f
     };
-    run_case("pass", &mut dp, &[
-        raw("arp", Hook::WanIngress, arp.clone(), Reason::PassNotIpv4),
-        raw("arp at egress", Hook::LanEgress, arp, Reason::PassNotIpv4),
-        raw("ipv6", Hook::LanIngress, ipv6, Reason::PassNotIpv4),
-        raw("first fragment", Hook::WanIngress, fragment, Reason::PassFragment),
-        raw("later fragment", Hook::WanIngress, later_fragment, Reason::PassFragment),
-        raw("icmp", Hook::WanIngress, icmp, Reason::PassOtherProto),
-        step("unmapped port", Hook::WanIngress, &Pkt::tcp("198.51.100.7:40000", "203.0.113.1:22"), Reason::PassNoMapping, None),
-        step("unmapped protocol", Hook::WanIngress, &Pkt::udp("198.51.100.7:40000", PUBLIC_80), Reason::PassNoMapping, None),
-        step("gateway's own traffic at egress", Hook::WanEgress, &Pkt::tcp("203.0.113.1:22", "198.51.100.7:40000"), Reason::PassEgressNoFlow, None),
-    ]);
+    run_case(
+        "pass",
+        &mut dp,
+        &[
+            raw("arp", Hook::WanIngress, arp.clone(), Reason::PassNotIpv4),
+            raw("arp at egress", Hook::LanEgress, arp, Reason::PassNotIpv4),
+            raw("ipv6", Hook::LanIngress, ipv6, Reason::PassNotIpv4),
+            raw("first fragment", Hook::WanIngress, fragment, Reason::PassFragment),
+            raw("later fragment", Hook::WanIngress, later_fragment, Reason::PassFragment),
+            raw("icmp", Hook::WanIngress, icmp, Reason::PassOtherProto),
+            step(
+                "unmapped port",
+                Hook::WanIngress,
+                &Pkt::tcp("198.51.100.7:40000", "203.0.113.1:22"),
+                Reason::PassNoMapping,
+                None,
+            ),
+            step(
+                "unmapped protocol",
+                Hook::WanIngress,
+                &Pkt::udp("198.51.100.7:40000", PUBLIC_80),
+                Reason::PassNoMapping,
+                None,
+            ),
+            step(
+                "gateway's own traffic at egress",
+                Hook::WanEgress,
+                &Pkt::tcp("203.0.113.1:22", "198.51.100.7:40000"),
+                Reason::PassEgressNoFlow,
+                None,
+            ),
+        ],
+    );
     assert!(dp.ct().is_empty(), "nothing passed through created a flow");
 }
 
@@ -209,16 +353,19 @@ fn malformed_headers_are_dropped() {
     let tcp_cut = good[..14 + 20 + 10].to_vec(); // half a TCP header
     let ip_cut = good[..14 + 12].to_vec(); // half an IPv4 header
     let no_ip = frame::eth(0x0800); // IPv4 ethertype, nothing after
-    run_case("malformed", &mut dp, &[
-        raw("truncated payload", Hook::WanIngress, truncated, Reason::DropMalformed),
-        raw("IHL 4", Hook::WanIngress, ihl4, Reason::DropMalformed),
-        raw("version 6 in an IPv4 frame", Hook::WanIngress, version6, Reason::DropMalformed),
-        raw("half a TCP header", Hook::WanIngress, tcp_cut.clone(), Reason::DropMalformed),
-        raw("half a TCP header at egress", Hook::LanEgress, tcp_cut, Reason::DropMalformed),
-        raw("half an IPv4 header", Hook::LanIngress, ip_cut, Reason::DropMalformed),
-        raw("no IPv4 header at all", Hook::WanIngress, no_ip.clone(), Reason::DropMalformed),
-        raw("no IPv4 header at all, egress", Hook::WanEgress, no_ip, Reason::DropMalformed),
-    ]);
+    run_case(
+        "malformed",
+        &mut dp,
+        &[
+            raw("truncated payload", Hook::WanIngress, truncated, Reason::DropMalformed),
+            raw("IHL 4", Hook::WanIngress, ihl4, Reason::DropMalformed),
+            raw("version 6 in an IPv4 frame", Hook::WanIngress, version6, Reason::DropMalformed),
+            raw("half a TCP header", Hook::WanIngress, tcp_cut.clone(), Reason::DropMalformed),
+            raw("half a TCP header at egress", Hook::LanEgress, tcp_cut, Reason::DropMalformed),
+            raw("half an IPv4 header", Hook::LanIngress, ip_cut, Reason::DropMalformed),
+            raw("no IPv4 header at all", Hook::WanIngress, no_ip, Reason::DropMalformed),
+        ],
+    );
     assert!(dp.ct().is_empty());
 }
 
@@ -229,12 +376,21 @@ fn no_hairpin_rewrites_destination_only() {
     dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let out = Pkt::tcp("192.168.0.3:1025", PUBLIC_80);
     let dnat = out.with("192.168.0.3:1025", SERVER_80);
-    run_case("no hairpin", &mut dp, &[
-        step("destination rewritten", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
-        step("source left alone", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
-        step("the server's direct reply never needed the gateway; if it came, the public source is restored",
-            Hook::LanEgress, &Pkt::tcp(SERVER_80, "192.168.0.3:1025"), Reason::EgressFlow, Some(&Pkt::tcp(PUBLIC_80, "192.168.0.3:1025"))),
-    ]);
+    run_case(
+        "no hairpin",
+        &mut dp,
+        &[
+            step("destination rewritten", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
+            step("source left alone", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
+            step(
+                "the server's direct reply never needed the gateway; if it came, the public source is restored",
+                Hook::LanEgress,
+                &Pkt::tcp(SERVER_80, "192.168.0.3:1025"),
+                Reason::EgressFlow,
+                Some(&Pkt::tcp(PUBLIC_80, "192.168.0.3:1025")),
+            ),
+        ],
+    );
 }
 
 /// A hairpin source port held by another flow is not reused: the new flow gets another port
@@ -245,7 +401,11 @@ fn hairpin_port_taken_allocates_another() {
     dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     // Another flow's reply entry already owns SERVER:80 -> GW:1025.
     let squatter = FlowKey::new(6, ep(SERVER_80), ep("192.168.0.1:1025"));
-    let other = CtEntry { xlate: FlowKey::new(6, ep(PUBLIC_80), ep("192.168.0.4:1025")), flags: CT_F_REPLY, ..Default::default() };
+    let other = CtEntry {
+        xlate: FlowKey::new(6, ep(PUBLIC_80), ep("192.168.0.4:1025")),
+        flags: CT_F_REPLY,
+        ..Default::default()
+    };
     dp.insert_ct(squatter, other);
 
     let out = Pkt::tcp("192.168.0.3:1025", PUBLIC_80);
@@ -272,12 +432,34 @@ fn hairpin_port_exhaustion_drops_new_flows_only() {
     dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let first = Pkt::tcp("192.168.0.3:40000", PUBLIC_80);
     let second = Pkt::tcp("192.168.0.4:40000", PUBLIC_80);
-    run_case("exhaustion", &mut dp, &[
-        step("first flow takes the only port", Hook::LanIngress, &first, Reason::IngressNewFlow, Some(&first.with("192.168.0.3:40000", SERVER_80))),
-        step("its source is that port", Hook::LanEgress, &first.with("192.168.0.3:40000", SERVER_80), Reason::EgressFlow, Some(&first.with("192.168.0.1:5000", SERVER_80))),
-        step("second flow: no port left", Hook::LanIngress, &second, Reason::DropNoPort, None),
-        step("first flow still translated", Hook::LanIngress, &first, Reason::IngressFlow, Some(&first.with("192.168.0.3:40000", SERVER_80))),
-    ]);
+    run_case(
+        "exhaustion",
+        &mut dp,
+        &[
+            step(
+                "first flow takes the only port",
+                Hook::LanIngress,
+                &first,
+                Reason::IngressNewFlow,
+                Some(&first.with("192.168.0.3:40000", SERVER_80)),
+            ),
+            step(
+                "its source is that port",
+                Hook::LanEgress,
+                &first.with("192.168.0.3:40000", SERVER_80),
+                Reason::EgressFlow,
+                Some(&first.with("192.168.0.1:5000", SERVER_80)),
+            ),
+            step("second flow: no port left", Hook::LanIngress, &second, Reason::DropNoPort, None),
+            step(
+                "first flow still translated",
+                Hook::LanIngress,
+                &first,
+                Reason::IngressFlow,
+                Some(&first.with("192.168.0.3:40000", SERVER_80)),
+            ),
+        ],
+    );
     assert_eq!(dp.ct().len(), 2, "the dropped flow left no entry");
     assert_eq!(dp.snat().len(), 2);
 }

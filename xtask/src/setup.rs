@@ -45,7 +45,10 @@ fn apt() -> anyhow::Result<()> {
         return Ok(());
     }
     if !util::is_root() {
-        bail!("missing packages {missing:?}: install them (apt-get install {}) or run setup as root", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}: install them (apt-get install {}) or run setup as root",
+            missing.join(" ")
+        );
     }
     sh(Command::new("apt-get").arg("update").arg("-q"))?;
     sh(Command::new("apt-get")
@@ -64,14 +67,23 @@ fn bpffs() -> anyhow::Result<()> {
 }
 
 fn sysroot(nightly: &str) -> Option<PathBuf> {
-    output(Command::new("rustup").args(["run", nightly, "rustc", "--print", "sysroot"])).map(|s| PathBuf::from(s.trim()))
+    output(Command::new("rustup").args(["run", nightly, "rustc", "--print", "sysroot"]))
+        .map(|s| PathBuf::from(s.trim()))
 }
 
 fn nightly() -> anyhow::Result<String> {
     let nightly = nightly_name()?;
     let has_src = |s: &PathBuf| s.join("lib/rustlib/src/rust/library/core").is_dir();
     if !sysroot(&nightly).is_some_and(|s| has_src(&s)) {
-        sh(Command::new("rustup").args(["toolchain", "install", &nightly, "--profile", "minimal", "--component", "rust-src"]))?;
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            &nightly,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
     Ok(nightly)
 }

@@ -73,7 +73,11 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
-                    Some(Row { proto: Proto::from_number(k.proto)?, public: output::endpoint(Endpoint::new(k.addr, k.port)).to_string(), private: output::endpoint(v).to_string() })
+                    Some(Row {
+                        proto: Proto::from_number(k.proto)?,
+                        public: output::endpoint(Endpoint::new(k.addr, k.port)).to_string(),
+                        private: output::endpoint(v).to_string(),
+                    })
                 })
                 .collect();
             rows.sort_by(|a, b| (a.proto.name(), &a.public).cmp(&(b.proto.name(), &b.public)));

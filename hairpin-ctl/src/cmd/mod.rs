@@ -6,7 +6,10 @@ pub mod map;
 pub mod stats;
 pub mod up;
 
-use crate::{cli::{Cli, Command}, dataplane::PinDir};
+use crate::{
+    cli::{Cli, Command},
+    dataplane::PinDir,
+};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinDir::new(cli.pin_dir);

@@ -19,13 +19,13 @@ struct Row {
 
 pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let maps = pins.open()?;
-    let count = |hook: Hook, r: Reason| -> anyhow::Result<u64> {
-        Ok(maps.stats.get(&hook.stat_index(r), 0)?.iter().sum())
-    };
+    let count =
+        |hook: Hook, r: Reason| -> anyhow::Result<u64> { Ok(maps.stats.get(&hook.stat_index(r), 0)?.iter().sum()) };
     let mut rows = Vec::new();
     for &r in Reason::ALL {
         let c = Hook::ALL.map(|h| count(h, r));
-        let [li, wi, le, we] = [c[0].as_ref(), c[1].as_ref(), c[2].as_ref(), c[3].as_ref()].map(|x| x.copied().unwrap_or(0));
+        let [li, wi, le, we] =
+            [c[0].as_ref(), c[1].as_ref(), c[2].as_ref(), c[3].as_ref()].map(|x| x.copied().unwrap_or(0));
         if let Some(e) = c.into_iter().find_map(Result::err) {
             return Err(e);
         }
@@ -45,7 +45,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     }
     println!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
     for r in rows {
-        println!("{:<22} {:>12} {:>12} {:>12} {:>12}", r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress);
+        println!(
+            "{:<22} {:>12} {:>12} {:>12} {:>12}",
+            r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress
+        );
     }
     Ok(())
 }

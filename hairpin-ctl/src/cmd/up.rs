@@ -138,7 +138,6 @@ fn warn_sysctls(lan: &str, hairpin: bool) {
     }
 }
 
-
 /// Pins only work on a bpf filesystem; say so plainly instead of failing on a path.
 fn check_bpffs(pins: &PinDir) -> anyhow::Result<()> {
     use nix::sys::statfs::{BPF_FS_MAGIC, statfs};

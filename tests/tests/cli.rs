@@ -1,0 +1,108 @@
+//! hairpin-ctl as an operator meets it, in a lab gateway namespace: bad arguments and wrong
+//! states give one clear line and a non-zero exit, and change nothing.
+
+use hairpin_lab::Lab;
+use hairpin_tests::{hairpin_ctl, require_root};
+
+fn lab() -> Lab {
+    require_root();
+    Lab::new(hairpin_ctl()).expect("build the lab")
+}
+
+/// Runs hairpin-ctl expecting failure; returns stderr, which must be one `error:` line.
+fn fails(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.ctl_output(args).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "hairpin-ctl {args:?} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "{args:?} printed to stdout on failure");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+    stderr
+}
+
+fn mappings(lab: &Lab) -> serde_json::Value {
+    serde_json::from_str(&lab.ctl(&["map", "list", "--json"]).unwrap()).unwrap()
+}
+
+#[test]
+fn commands_need_the_dataplane_up() {
+    let lab = lab();
+    for args in [
+        &["map", "add", "tcp", "203.0.113.1:80", "192.168.0.2:80"][..],
+        &["map", "list"],
+        &["stats"],
+        &["flows"],
+        &["down"],
+    ] {
+        let e = fails(&lab, args);
+        assert!(e.contains("hairpin is not up"), "{args:?}: {e}");
+    }
+    // A failed up leaves nothing behind.
+    let e = fails(&lab, &["up", "--lan", "lan0", "--wan", "nosuch0"]);
+    assert!(e.contains("nosuch0"), "{e}");
+    assert!(!lab.pin_dir.exists(), "a failed up left pins");
+    let e = fails(&lab, &["up", "--lan", "lan0", "--wan", "lan0"]);
+    assert!(e.contains("different interfaces"), "{e}");
+    assert!(!lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"), "a failed up left XDP attached");
+}
+
+#[test]
+fn bad_mappings_are_refused_and_change_nothing() {
+    let lab = lab();
+    lab.ctl(&["up", "--lan", "lan0", "--wan", "wan0"]).unwrap();
+    lab.ctl(&["map", "add", "tcp", "203.0.113.1:80", "192.168.0.2:80"]).unwrap();
+    let before = mappings(&lab);
+    assert_eq!(
+        before,
+        serde_json::json!([{ "proto": "tcp", "public": "203.0.113.1:80", "private": "192.168.0.2:80" }])
+    );
+
+    for (args, needle) in [
+        (&["map", "add", "tcp", "203.0.113.1:80", "192.168.0.9:80"][..], "already exists"),
+        (&["map", "add", "tcp", "203.0.113.1:0", "192.168.0.2:80"], "port 0"),
+        (&["map", "add", "tcp", "203.0.113.1:81", "192.168.0.2:0"], "port 0"),
+        (&["map", "add", "icmp", "203.0.113.1:81", "192.168.0.2:80"], "invalid value 'icmp'"),
+        (&["map", "add", "tcp", "203.0.113.1:81", "192.168.0.256:80"], "not an IPv4 ADDR:PORT"),
+        (&["map", "add", "tcp", "198.51.100.1:81", "192.168.0.2:80"], "not this gateway's public address"),
+        (&["map", "add", "tcp", "203.0.113.1:81", "192.168.0.1:80"], "gateway's own LAN address"),
+        (&["map", "del", "udp", "203.0.113.1:80"], "no mapping udp 203.0.113.1:80"),
+        (&["up", "--lan", "lan0", "--wan", "wan0"], "already up"),
+    ] {
+        let out = lab.ctl_output(args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(mappings(&lab), before, "{args:?} changed the mappings");
+    }
+    // The dataplane survived the refused second `up`.
+    assert!(lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"));
+
+    lab.ctl(&["map", "del", "tcp", "203.0.113.1:80"]).unwrap();
+    assert_eq!(mappings(&lab), serde_json::json!([]));
+    for cmd in [&["stats", "--json"][..], &["flows", "--json"]] {
+        let v: serde_json::Value = serde_json::from_str(&lab.ctl(cmd).unwrap()).unwrap();
+        assert!(v.is_array(), "{cmd:?} --json is not an array");
+    }
+    lab.ctl(&["down"]).unwrap();
+    assert!(!lab.pin_dir.exists());
+    assert!(!lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"), "down left XDP attached");
+}
+
+#[test]
+fn help_describes_every_command() {
+    let lab = lab();
+    let top = lab.ctl(&["--help"]).unwrap();
+    for cmd in ["up", "down", "map", "stats", "flows", "--pin-dir", "HAIRPIN_PIN_DIR"] {
+        assert!(top.contains(cmd), "--help lacks {cmd}:\n{top}");
+    }
+    let up = lab.ctl(&["up", "--help"]).unwrap();
+    for flag in ["--lan", "--wan", "--public-ip", "--lan-ip", "--no-hairpin", "--xdp-mode"] {
+        assert!(up.contains(flag), "up --help lacks {flag}");
+    }
+    assert!(lab.ctl(&["map", "add", "--help"]).unwrap().contains("PUBLIC_IP:PORT"));
+}

@@ -1,0 +1,90 @@
+//! Lab tests: the four cases of the hairpin story in network namespaces, with real TCP and UDP
+//! sockets, through the real hairpin-ctl binary. Each test builds its own uniquely named lab
+//! and tears it down on drop, pass or fail.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use hairpin_lab::{
+    Lab,
+    scenario::{self, HAIRPIN_BYTES},
+    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
+    traffic,
+};
+use hairpin_tests::{hairpin_ctl, require_root};
+
+fn lab() -> Lab {
+    require_root();
+    let mut lab = Lab::new(hairpin_ctl()).expect("build the lab");
+    lab.start_servers().expect("start the LAN server");
+    lab
+}
+
+/// Proof that the NAT was hairpin's: the gateway has no nftables/iptables rules at all.
+fn assert_no_kernel_nat(lab: &Lab) {
+    let rules = lab.kernel_nat_rules().expect("list kernel rules");
+    assert!(rules.trim().is_empty(), "the gateway has kernel rules:\n{rules}");
+}
+
+#[test]
+fn port_forward_and_hairpin_over_tcp_and_udp() {
+    let lab = lab();
+    lab.up(&[]).expect("hairpin-ctl up");
+    assert_no_kernel_nat(&lab);
+
+    // Case 1: the first packet of the flow must resolve every neighbour itself.
+    lab.flush_neighbours().unwrap();
+    let wan = scenario::port_forward(&lab, HTTP_PORT).expect("case 1: port forward");
+    assert_eq!(wan.seen_by_server.ip(), IpAddr::V4(INET));
+
+    // Case 2: 1 MiB each way, byte for byte, and the server sees the gateway.
+    lab.flush_neighbours().unwrap();
+    let before = lab.counter("egress_flow").unwrap();
+    let hp = scenario::hairpin_tcp(&lab, HTTP_PORT, HAIRPIN_BYTES).expect("case 2: hairpin");
+    assert_eq!(hp.bytes, 1 << 20);
+    assert_eq!(hp.seen_by_server.ip(), IpAddr::V4(GW_LAN));
+    // Port preservation: the gateway kept the client's port when it was free.
+    assert_eq!(hp.seen_by_server.port(), hp.local.port());
+    let moved = lab.counter("egress_flow").unwrap() - before;
+    assert!(moved > 2 * (HAIRPIN_BYTES as u64 / 65536), "egress_flow moved only {moved} for a 1 MiB echo");
+
+    // Case 4: a mapping that changes the port, and UDP both ways.
+    assert_eq!(scenario::port_forward(&lab, ALT_HTTP_PORT).unwrap().seen_by_server.ip(), IpAddr::V4(INET));
+    assert_eq!(scenario::hairpin_tcp(&lab, ALT_HTTP_PORT, 4096).unwrap().seen_by_server.ip(), IpAddr::V4(GW_LAN));
+    lab.flush_neighbours().unwrap();
+    scenario::udp_forward(&lab.inet, INET).expect("case 4: udp from the internet");
+    lab.flush_neighbours().unwrap();
+    scenario::udp_forward(&lab.cli, GW_LAN).expect("case 4: udp hairpin");
+
+    // Every flow is in conntrack, both directions, and the counters moved.
+    let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
+    let flows = flows.as_array().expect("flows --json is an array");
+    assert_eq!(flows.len(), 2 * 6, "six flows, two entries each: {flows:#?}");
+    assert_eq!(flows.iter().filter(|f| f["hairpin"] == true).count(), 2 * 3);
+    assert!(lab.counter("ingress_new_flow").unwrap() >= 6);
+    assert_eq!(lab.counter("drop_malformed").unwrap(), 0);
+    assert_no_kernel_nat(&lab);
+    lab.down().unwrap();
+    assert!(!lab.pin_dir.exists(), "down removed the pins");
+}
+
+#[test]
+fn without_hairpin_the_lan_client_times_out_but_the_internet_still_gets_in() {
+    let lab = lab();
+    lab.up(&["--no-hairpin"]).expect("hairpin-ctl up --no-hairpin");
+    lab.flush_neighbours().unwrap();
+    let new_flows = lab.counter("ingress_new_flow").unwrap();
+    let kind = scenario::no_hairpin_fails(&lab).expect("case 3");
+    assert_eq!(kind, std::io::ErrorKind::TimedOut);
+    // The gateway did translate the SYN (so the failure is the missing source rewrite).
+    assert!(lab.counter("ingress_new_flow").unwrap() > new_flows);
+    let wan = scenario::port_forward(&lab, HTTP_PORT).expect("case 1 still works");
+    assert_eq!(wan.seen_by_server.ip(), IpAddr::V4(INET));
+    // UDP shows why: the server saw the client itself and answered it directly, so the reply
+    // comes from 192.168.0.2:53, not the 203.0.113.1:5353 the client asked (a connected socket,
+    // or any real resolver, drops it).
+    let to = SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT);
+    let udp = traffic::udp_echo(&lab.cli, to, b"probe", scenario::UDP_TIMEOUT).expect("the direct reply arrives");
+    assert_eq!(udp.reply_from, SocketAddr::V4(SocketAddrV4::new(SERVER, DNS_PORT)));
+    assert_eq!(udp.seen_by_server.ip(), IpAddr::V4(CLIENT));
+    assert_no_kernel_nat(&lab);
+}

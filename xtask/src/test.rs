@@ -1,6 +1,13 @@
 //! `cargo xtask test`: all tests, after the format and lint gates. Packet and lab tests need
 //! root and a BPF-capable kernel; they fail (never skip) without them.
 
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, bail};
+
 use crate::{build, util};
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
@@ -9,5 +16,35 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     util::run(util::cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
     // Default members only: the eBPF crate builds for the BPF target, through hairpin-ctl.
-    util::run(util::cargo().args(["test", "--release"]).args(extra).env("HAIRPIN_CTL", ctl))
+    let mut child = util::cargo()
+        .args(["test", "--release"])
+        .args(extra)
+        .env("HAIRPIN_CTL", ctl)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through and add up every binary's "test result:" line, so the run ends
+    // with one total rather than the last (often empty) binary's count.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            };
+            passed += num("passed").unwrap_or(0);
+            failed += num("failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }

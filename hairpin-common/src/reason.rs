@@ -54,7 +54,8 @@ reasons! {
     DropMalformed = 8, "drop_malformed";
     /// New hairpin flow but every candidate source port was taken: dropped.
     DropNoPort = 9, "drop_no_port";
-    /// New flow that could not be recorded in conntrack: dropped, nothing half-inserted.
+    /// New flow that could not be recorded in conntrack (table error, or its reply tuple
+    /// belongs to another flow): dropped, nothing half-inserted.
     DropFlowInsert = 10, "drop_flow_insert";
     /// The program ran before the controller wrote its configuration: passed untouched.
     PassNoConfig = 11, "pass_no_config";

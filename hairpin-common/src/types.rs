@@ -147,6 +147,14 @@ const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<Config>() == 16 && align_of::<Config>() == 4);
+// Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(FlowKey, dst) == 4 && offset_of!(FlowKey, sport) == 8 && offset_of!(FlowKey, proto) == 12);
+    assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
+    assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
+    assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
+};
 
 #[cfg(feature = "user")]
 mod user {

@@ -21,6 +21,10 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// Last-seen times are written at most this often: a write per packet would bounce the
+/// entry's cache line between CPUs for a precision no timeout needs.
+const REFRESH_NS: u64 = 1_000_000_000;
+
 /// The flow `key` belongs to, with its last-seen time refreshed.
 #[inline(always)]
 pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
@@ -28,7 +32,9 @@ pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element's timestamp, which the next packet rewrites anyway.
     unsafe {
-        (*entry).last_seen_ns = now;
+        if now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS {
+            (*entry).last_seen_ns = now;
+        }
         Some((*entry).xlate)
     }
 }
@@ -42,7 +48,11 @@ pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
 #[inline(always)]
 pub fn create(cfg: &Config, key: &FlowKey, private: Endpoint, hairpin: bool, now: u64) -> Result<FlowKey, Reason> {
     if !hairpin {
-        return insert(&plan_flow(key, private, None, now));
+        // Without a port to choose, a taken reply tuple is simply a failed insert.
+        return insert(&plan_flow(key, private, None, now)).map_err(|r| match r {
+            Reason::DropNoPort => Reason::DropFlowInsert,
+            r => r,
+        });
     }
     for attempt in 0..PORT_ALLOC_TRIES {
         let Some(port) = candidate_port(cfg, key, attempt) else {

@@ -63,6 +63,22 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     assert!(lab.counter("ingress_new_flow").unwrap() >= 6);
     assert_eq!(lab.counter("drop_malformed").unwrap(), 0);
     assert_no_kernel_nat(&lab);
+
+    // Deleting a mapping removes its flows (both directions) and stops the forward at once.
+    let out = lab.ctl(&["map", "del", "tcp", "203.0.113.1:8080"]).unwrap();
+    assert!(out.contains("2 flows removed"), "{out}");
+    let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
+    assert_eq!(flows.as_array().unwrap().len(), 2 * 4);
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["dst"] != "203.0.113.1:8080" && f["translated_src"] != "203.0.113.1:8080")
+    );
+    let refused = scenario::port_forward(&lab, ALT_HTTP_PORT).expect_err("the deleted forward still works");
+    let kind = refused.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{refused:#}");
     lab.down().unwrap();
     assert!(!lab.pin_dir.exists(), "down removed the pins");
 }

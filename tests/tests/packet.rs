@@ -463,3 +463,38 @@ fn hairpin_port_exhaustion_drops_new_flows_only() {
     assert_eq!(dp.ct().len(), 2, "the dropped flow left no entry");
     assert_eq!(dp.snat().len(), 2);
 }
+
+/// Two mappings to one server, dialled from one client port: the second flow's reply tuple
+/// (server -> client) is the first flow's, so replies could not be told apart. It is dropped
+/// and counted, and leaves nothing behind.
+#[test]
+fn reply_tuple_owned_by_another_flow_is_refused_whole() {
+    let mut dp = Dataplane::load(dp::lab_config());
+    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+    dp.add_mapping(L4::Tcp, "203.0.113.1:8080", SERVER_80);
+    let first = Pkt::tcp("198.51.100.7:40000", PUBLIC_80);
+    let second = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:8080");
+    run_case(
+        "reply tuple taken",
+        &mut dp,
+        &[
+            step(
+                "first flow",
+                Hook::WanIngress,
+                &first,
+                Reason::IngressNewFlow,
+                Some(&first.with("198.51.100.7:40000", SERVER_80)),
+            ),
+            step("second flow, same reply tuple", Hook::WanIngress, &second, Reason::DropFlowInsert, None),
+            step(
+                "first flow unaffected",
+                Hook::WanIngress,
+                &first,
+                Reason::IngressFlow,
+                Some(&first.with("198.51.100.7:40000", SERVER_80)),
+            ),
+        ],
+    );
+    assert_eq!(dp.ct().len(), 2);
+    assert_eq!(dp.snat().len(), 1);
+}

@@ -31,8 +31,14 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let now = boot_ns();
     let secs = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
     let mut rows = Vec::new();
-    for item in maps.ct.iter() {
-        let (k, e) = item?;
+    let mut entries = maps.ct.iter().collect::<Result<Vec<_>, _>>()?;
+    // One flow's two directions together, original first: a reply sorts under its twin's key.
+    entries.sort_by_key(|(k, e)| {
+        let reply = e.flags & CT_F_REPLY != 0;
+        let orig = if reply { e.xlate.reversed() } else { *k };
+        (orig.proto, orig.src.octets(), orig.sport.host(), orig.dst.octets(), orig.dport.host(), reply)
+    });
+    for (k, e) in entries {
         let Some(proto) = Proto::from_number(k.proto) else { continue };
         rows.push(Row {
             proto,
@@ -46,7 +52,6 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             idle_s: secs(e.last_seen_ns),
         });
     }
-    rows.sort_by(|a, b| a.age_s.total_cmp(&b.age_s).reverse());
     if json {
         return output::json(&rows);
     }

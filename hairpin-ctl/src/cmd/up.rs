@@ -93,12 +93,17 @@ fn attach(ebpf: &mut Ebpf, prog: &str, hook: Hook, ifindex: u32, mode: XdpAttach
                     }
                 },
             };
-            Ok(xdp.take_link(id)?.try_into()?)
+            xdp.take_link(id)?
+                .try_into()
+                .context("the XDP attachment is not a bpf_link (kernel < 5.9?), so it cannot be pinned")
         }
         Hook::LanEgress | Hook::WanEgress => {
             let tc: &mut SchedClassifier = p.try_into()?;
+            // TCX (kernel >= 6.6) attaches through a bpf_link, which can be pinned.
             let id = tc.attach(ifindex, TcAttachType::Egress)?;
-            Ok(tc.take_link(id)?.try_into()?)
+            tc.take_link(id)?
+                .try_into()
+                .context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
         }
     }
 }

@@ -8,8 +8,12 @@ use aya_ebpf::{
 use hairpin_common::{Reason, csum::CsumDelta};
 
 pub trait Packet {
+    /// Start and end of the directly accessible (linear) bytes.
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The whole packet's length, which for a non-linear skb (GSO, paged data) exceeds the
+    /// linear part: what an IPv4 total length is checked against.
+    fn len(&self) -> usize;
 
     /// Applies `delta` to the IPv4 header checksum at offset `off`.
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason>;
@@ -41,6 +45,12 @@ impl Packet for Xdp<'_> {
     #[inline(always)]
     fn data_end(&self) -> usize {
         self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // hairpin does not declare XDP frags support, so a frame is always one buffer.
+        self.0.data_end() - self.0.data()
     }
 
     #[inline(always)]
@@ -77,6 +87,11 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn data_end(&self) -> usize {
         self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
     }
 
     #[inline(always)]

@@ -76,7 +76,7 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
     };
     // Truncation is checked only now: done before the header accesses above, it would let the
     // compiler prove their bounds checks redundant and drop them, which the verifier rejects.
-    if l3_off + tot_len > pkt.data_end() - pkt.data() {
+    if l3_off + tot_len > pkt.len() {
         return Err(Reason::DropMalformed);
     }
     Ok(Parsed {

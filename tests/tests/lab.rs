@@ -47,6 +47,14 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     let moved = lab.counter("egress_flow").unwrap() - before;
     assert!(moved > 2 * (HAIRPIN_BYTES as u64 / 65536), "egress_flow moved only {moved} for a 1 MiB echo");
 
+    // The gateway's own traffic passes untouched, including large segments: its veth does TSO,
+    // so egress sees GSO skbs whose IPv4 total length exceeds their linear part.
+    let own =
+        traffic::tcp_echo(&lab.gw, SocketAddrV4::new(SERVER, HTTP_PORT), HAIRPIN_BYTES, scenario::CONNECT_TIMEOUT)
+            .expect("the gateway's own connection to the server");
+    assert_eq!(own.seen_by_server.ip(), IpAddr::V4(GW_LAN));
+    assert_eq!(own.seen_by_server.port(), own.local.port(), "the gateway's own source port was rewritten");
+
     // Case 4: a mapping that changes the port, and UDP both ways.
     assert_eq!(scenario::port_forward(&lab, ALT_HTTP_PORT).unwrap().seen_by_server.ip(), IpAddr::V4(INET));
     assert_eq!(scenario::hairpin_tcp(&lab, ALT_HTTP_PORT, 4096).unwrap().seen_by_server.ip(), IpAddr::V4(GW_LAN));

@@ -1,19 +1,13 @@
 //! The dataplane as the controller sees it: where its pins live, how to load and attach it,
 //! and typed access to its pinned maps.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{
-        SchedClassifier, Xdp,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{SchedClassifier, Xdp},
 };
 use hairpin_common::{
     Config, CtEntry, Endpoint, FlowKey, MappingKey,
@@ -96,19 +90,6 @@ pub fn load() -> anyhow::Result<Ebpf> {
         .with_context(|| format!("verifying program {prog}"))?;
     }
     Ok(ebpf)
-}
-
-/// Pins an attached link so it outlives this process.
-pub fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
-    link.pin(path).with_context(|| format!("pinning link {}", path.display()))?;
-    Ok(())
-}
-
-/// Detaches by unpinning (the pin held the last reference to the link).
-pub fn unpin_link(path: &Path) -> anyhow::Result<()> {
-    let link = PinnedLink::from_pin(path).with_context(|| format!("opening link {}", path.display()))?;
-    drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?);
-    Ok(())
 }
 
 /// Typed handles on the pinned maps.

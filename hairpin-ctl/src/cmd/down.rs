@@ -2,20 +2,15 @@
 
 use anyhow::bail;
 
-use crate::dataplane::{LINKS, PinDir, unpin_link};
+use crate::dataplane::PinDir;
 
 pub fn run(pins: &PinDir) -> anyhow::Result<()> {
     if !pins.exists() {
         bail!("hairpin is not up (nothing pinned at {})", pins.root.display());
     }
-    // Links first, so no program runs against maps that are going away.
-    for (prog, _) in LINKS {
-        let path = pins.link(prog);
-        if path.exists() {
-            unpin_link(&path)?;
-        }
-    }
-    pins.remove_all()?;
-    println!("hairpin down: programs detached, pins under {} removed", pins.root.display());
+    // Unpinning a link drops its last reference, which detaches the program; links go first so
+    // no program runs against maps that are going away. Tolerates a half-removed directory.
+    let removed = pins.remove_all()?;
+    println!("hairpin down: programs detached, {} pins under {} removed", removed.len(), pins.root.display());
     Ok(())
 }

@@ -23,12 +23,12 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         |hook: Hook, r: Reason| -> anyhow::Result<u64> { Ok(maps.stats.get(&hook.stat_index(r), 0)?.iter().sum()) };
     let mut rows = Vec::new();
     for &r in Reason::ALL {
-        let c = Hook::ALL.map(|h| count(h, r));
-        let [li, wi, le, we] =
-            [c[0].as_ref(), c[1].as_ref(), c[2].as_ref(), c[3].as_ref()].map(|x| x.copied().unwrap_or(0));
-        if let Some(e) = c.into_iter().find_map(Result::err) {
-            return Err(e);
-        }
+        let [li, wi, le, we] = [
+            count(Hook::LanIngress, r)?,
+            count(Hook::WanIngress, r)?,
+            count(Hook::LanEgress, r)?,
+            count(Hook::WanEgress, r)?,
+        ];
         rows.push(Row {
             reason: r.name(),
             drop: r.is_drop(),

@@ -121,7 +121,8 @@ fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow
             .with_context(|| format!("pinning map {}", path.display()))?;
     }
     for (prog, link) in links {
-        dataplane::pin_link(link, &pins.link(prog))?;
+        let path = pins.link(prog);
+        link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
     }
     Ok(())
 }

@@ -34,35 +34,34 @@ pub fn egress_rewrite(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, Endpoi
     Some((seen_at_egress, new_src))
 }
 
-/// Plans a flow for a packet `key` that matched the mapping to `private`.
-///
-/// `hairpin_src` is the gateway's own LAN endpoint when the flow is hairpinned (the source is
-/// rewritten to it so the server's reply comes back through the gateway), or `None` for a plain
-/// port-forward, where the server sees the client's real address.
+/// Plans a flow for a packet `key` whose destination becomes `dst` (a port-forward's private
+/// server, or the packet's own destination) and whose source becomes `new_src`, if given:
+/// the gateway's LAN endpoint for a hairpinned flow (so the server's reply comes back through
+/// the gateway), or its public endpoint for a masqueraded one. `flags` marks the kind.
 #[inline(always)]
-pub fn plan_flow(key: &FlowKey, private: Endpoint, hairpin_src: Option<Endpoint>, now_ns: u64) -> FlowPlan {
-    let (new_src, hairpin_flag) = match hairpin_src {
-        Some(ep) => (ep, CT_F_HAIRPIN),
-        None => (key.src_ep(), 0),
+pub fn plan_flow(key: &FlowKey, dst: Endpoint, new_src: Option<Endpoint>, flags: u32, now_ns: u64) -> FlowPlan {
+    let new_src = match new_src {
+        Some(ep) => ep,
+        None => key.src_ep(),
     };
-    let orig_xlate = FlowKey::new(key.proto, new_src, private);
+    let orig_xlate = FlowKey::new(key.proto, new_src, dst);
     let reply_key = orig_xlate.reversed();
     FlowPlan {
         orig_key: *key,
-        orig: CtEntry { xlate: orig_xlate, created_ns: now_ns, last_seen_ns: now_ns, flags: hairpin_flag, _pad: 0 },
+        orig: CtEntry { xlate: orig_xlate, created_ns: now_ns, last_seen_ns: now_ns, flags, _pad: 0 },
         reply_key,
         // The reply must look like it came from the address the client dialled.
         reply: CtEntry {
             xlate: key.reversed(),
             created_ns: now_ns,
             last_seen_ns: now_ns,
-            flags: hairpin_flag | CT_F_REPLY,
+            flags: flags | CT_F_REPLY,
             _pad: 0,
         },
     }
 }
 
-/// The `attempt`-th candidate hairpin source port (host byte order) for the flow `key`.
+/// The `attempt`-th candidate source port (host byte order) for the flow `key`.
 ///
 /// Attempt 0 preserves the client's own port when it lies in the range (as netfilter does);
 /// later attempts spread over the range from a hash of the flow, so concurrent flows don't
@@ -118,13 +117,14 @@ mod tests {
             port_min: DEFAULT_PORT_MIN,
             port_max: DEFAULT_PORT_MAX,
             flags: CFG_F_HAIRPIN,
+            wan_ifindex: 2,
         }
     }
 
     #[test]
     fn port_forward_rewrites_destination_then_reply_source() {
         let key = FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(PUBLIC, 8080));
-        let p = plan_flow(&key, ep(SERVER, 80), None, 5);
+        let p = plan_flow(&key, ep(SERVER, 80), None, 0, 5);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(SERVER, 80)));
         assert_eq!(egress_rewrite(&p.orig_key, &p.orig), None, "the server sees the real client");
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(INET, 40000)));
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn hairpin_rewrites_both_ends_and_restores_both_on_reply() {
         let key = FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(PUBLIC, 80));
-        let p = plan_flow(&key, ep(SERVER, 80), Some(ep(GW_LAN, 5201)), 0);
+        let p = plan_flow(&key, ep(SERVER, 80), Some(ep(GW_LAN, 5201)), CT_F_HAIRPIN, 0);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(GW_LAN, 5201), ep(SERVER, 80)));
         // After ingress the packet is CLIENT:1025 -> SERVER:80; egress swaps in the gateway.
         assert_eq!(
@@ -154,6 +154,18 @@ mod tests {
         );
         assert_eq!(p.orig.flags, CT_F_HAIRPIN);
         assert_eq!(p.reply.flags, CT_F_HAIRPIN | CT_F_REPLY);
+    }
+
+    #[test]
+    fn masquerade_rewrites_source_and_restores_the_client_on_replies() {
+        let key = FlowKey::new(IPPROTO_UDP, ep(CLIENT, 33000), ep(INET, 53));
+        let p = plan_flow(&key, key.dst_ep(), Some(ep(PUBLIC, 33000)), CT_F_MASQ, 0);
+        assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_UDP, ep(PUBLIC, 33000), ep(INET, 53)));
+        assert_eq!(egress_rewrite(&p.orig_key, &p.orig), Some((key, ep(PUBLIC, 33000))));
+        assert_eq!(p.reply_key, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(PUBLIC, 33000)));
+        assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(CLIENT, 33000)));
+        assert_eq!(egress_rewrite(&p.reply_key, &p.reply), None, "the reply keeps the internet host's source");
+        assert_eq!(p.reply.flags, CT_F_MASQ | CT_F_REPLY);
     }
 
     #[test]

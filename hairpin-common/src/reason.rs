@@ -40,7 +40,8 @@ reasons! {
     PassFragment = 1, "pass_fragment";
     /// IPv4 protocol other than TCP/UDP: passed untouched.
     PassOtherProto = 2, "pass_other_proto";
-    /// Ingress packet with no flow and no port-forward mapping: passed untouched.
+    /// Ingress packet with no flow, no port-forward mapping and not masqueraded (for the
+    /// gateway itself, or unsolicited from the WAN): passed untouched to the gateway's stack.
     PassNoMapping = 3, "pass_no_mapping";
     /// Ingress packet that matched a mapping: flow created, destination rewritten.
     IngressNewFlow = 4, "ingress_new_flow";
@@ -52,13 +53,16 @@ reasons! {
     PassEgressNoFlow = 7, "pass_egress_no_flow";
     /// Truncated or inconsistent header (bad IHL, total length): dropped.
     DropMalformed = 8, "drop_malformed";
-    /// New hairpin flow but every candidate source port was taken: dropped.
+    /// New hairpin or masqueraded flow but every candidate source port was taken: dropped.
     DropNoPort = 9, "drop_no_port";
     /// New flow that could not be recorded in conntrack (table error, or its reply tuple
     /// belongs to another flow): dropped, nothing half-inserted.
     DropFlowInsert = 10, "drop_flow_insert";
     /// The program ran before the controller wrote its configuration: passed untouched.
     PassNoConfig = 11, "pass_no_config";
+    /// LAN packet the kernel routes out of the WAN: flow created, source to become the public
+    /// address at egress (masquerade).
+    IngressMasquerade = 12, "ingress_masquerade";
 }
 
 impl Reason {

@@ -98,6 +98,8 @@ pub type MappingValue = Endpoint;
 pub const CT_F_REPLY: u32 = 1 << 0;
 /// [`CtEntry::flags`]: the flow is hairpinned (LAN client to a LAN server via the public address).
 pub const CT_F_HAIRPIN: u32 = 1 << 1;
+/// [`CtEntry::flags`]: the flow is masqueraded (LAN client to the internet, source = public address).
+pub const CT_F_MASQ: u32 = 1 << 2;
 
 /// One direction of a translated flow, keyed by its [`FlowKey`] as seen at ingress.
 ///
@@ -127,10 +129,12 @@ pub struct Config {
     pub lan_addr: Ipv4Be,
     /// The gateway's public (WAN) address.
     pub public_addr: Ipv4Be,
-    /// Hairpin source port range, host byte order, inclusive.
+    /// Source port range for hairpin and masquerade, host byte order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
     pub flags: u32,
+    /// The WAN interface: LAN traffic the kernel would route out of it is masqueraded.
+    pub wan_ifindex: u32,
 }
 
 impl Config {
@@ -146,7 +150,7 @@ const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4)
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
-const _: () = assert!(size_of::<Config>() == 16 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Config>() == 20 && align_of::<Config>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
 const _: () = {
     use core::mem::offset_of;
@@ -154,6 +158,7 @@ const _: () = {
     assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
+    assert!(offset_of!(Config, wan_ifindex) == 16);
 };
 
 #[cfg(feature = "user")]

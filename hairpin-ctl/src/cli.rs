@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hairpin_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
+use hairpin_common::consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hairpin";
 
@@ -17,7 +17,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hairpin";
 /// hairpin translates a gateway's port-forwards in XDP and TC programs. A LAN host that dials
 /// the gateway's public address reaches the forwarded LAN server too ("hairpin" or NAT
 /// loopback): the gateway rewrites the source to its own LAN address so the server's reply comes
-/// back through it.
+/// back through it. Other LAN traffic routed out of the WAN is masqueraded to the public address.
 ///
 /// Typical use:
 ///   hairpin-ctl up --lan eth1 --wan eth0
@@ -43,7 +43,8 @@ pub enum Command {
     /// Loads the XDP programs (ingress, destination rewrites) on both interfaces and the TC
     /// programs (egress, source rewrites) on both, and pins maps and links under the pin
     /// directory: the dataplane keeps running after this command returns, until `down`.
-    /// Either everything is attached and pinned, or nothing is.
+    /// Either everything is attached and pinned, or nothing is. LAN traffic that the kernel
+    /// routes out of the WAN interface is masqueraded to the public address.
     Up(UpArgs),
     /// Detach the dataplane and remove everything pinned under the pin directory.
     Down,
@@ -76,10 +77,40 @@ pub struct UpArgs {
     /// needed).
     #[arg(long)]
     pub no_hairpin: bool,
+    /// Source ports that hairpinned and masqueraded flows may take, MIN-MAX inclusive (the
+    /// client's own port is kept when it lies in the range and is free).
+    #[arg(long, default_value_t = PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }, value_name = "MIN-MAX")]
+    pub port_range: PortRange,
     /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
     /// interface, slower) or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
     pub xdp_mode: XdpAttachMode,
+}
+
+/// An inclusive, non-empty range of non-zero ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a port range MIN-MAX (e.g. 1024-65535)");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (min, max): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if min == 0 || min > max {
+            return Err(format!("'{s}': the range must be non-empty and start above 0"));
+        }
+        Ok(Self { min, max })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,6 +241,9 @@ mod tests {
             (&["map", "del", "tcp", "[::1]:80"][..], "not an IPv4"),
             (&["up", "--lan", "a"][..], "--wan"),
             (&["up", "--lan", "a", "--wan", "b", "--public-ip", "nope"][..], "invalid value 'nope'"),
+            (&["up", "--lan", "a", "--wan", "b", "--port-range", "2000-1000"][..], "non-empty"),
+            (&["up", "--lan", "a", "--wan", "b", "--port-range", "0-10"][..], "start above 0"),
+            (&["up", "--lan", "a", "--wan", "b", "--port-range", "1024"][..], "MIN-MAX"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -6,12 +6,12 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
 };
 use hairpin_common::{
-    Config, CtEntry, Endpoint, FlowKey, PortBe, Reason,
+    CT_F_HAIRPIN, CT_F_MASQ, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::PORT_ALLOC_TRIES,
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
 
-use crate::maps::{CT, SNAT};
+use crate::maps::{CT, MAPPINGS, SNAT};
 
 const EEXIST: i32 = -17;
 
@@ -39,27 +39,45 @@ pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
     }
 }
 
-/// Creates the flow for `key`, which matched the port-forward to `private`, and returns the
-/// translated tuple of its original direction.
+/// What a new flow's source becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SourceNat {
+    /// Kept: a port-forward from the internet (the server sees the real client).
+    Keep,
+    /// The gateway's LAN address: a hairpinned flow, whose reply must come back through it.
+    Hairpin,
+    /// The gateway's public address: a LAN host reaching the internet.
+    Masquerade,
+}
+
+/// Creates the flow for `key`, whose destination becomes `dst`, and returns the translated
+/// tuple of its original direction.
 ///
-/// A hairpinned flow (`hairpin`) takes the gateway's LAN address and a free source port: the
-/// reply entry's key contains that port, so inserting it with `BPF_NOEXIST` both checks and
-/// claims the port atomically.
+/// A rewritten source takes a free port: the reply entry's key contains that port, so
+/// inserting it with `BPF_NOEXIST` both checks and claims the port atomically. A masqueraded
+/// flow also stays off the public ports that port-forwards own.
 #[inline(always)]
-pub fn create(cfg: &Config, key: &FlowKey, private: Endpoint, hairpin: bool, now: u64) -> Result<FlowKey, Reason> {
-    if !hairpin {
-        // Without a port to choose, a taken reply tuple is simply a failed insert.
-        return insert(&plan_flow(key, private, None, now)).map_err(|r| match r {
-            Reason::DropNoPort => Reason::DropFlowInsert,
-            r => r,
-        });
-    }
+pub fn create(cfg: &Config, key: &FlowKey, dst: Endpoint, snat: SourceNat, now: u64) -> Result<FlowKey, Reason> {
+    let (addr, flags) = match snat {
+        SourceNat::Keep => {
+            // Without a port to choose, a taken reply tuple is simply a failed insert.
+            return insert(&plan_flow(key, dst, None, 0, now)).map_err(|r| match r {
+                Reason::DropNoPort => Reason::DropFlowInsert,
+                r => r,
+            });
+        }
+        SourceNat::Hairpin => (cfg.lan_addr, CT_F_HAIRPIN),
+        SourceNat::Masquerade => (cfg.public_addr, CT_F_MASQ),
+    };
     for attempt in 0..PORT_ALLOC_TRIES {
         let Some(port) = candidate_port(cfg, key, attempt) else {
             break;
         };
-        let src = Endpoint::new(cfg.lan_addr, PortBe::from_host(port));
-        match insert(&plan_flow(key, private, Some(src), now)) {
+        let src = Endpoint::new(addr, PortBe::from_host(port));
+        if snat == SourceNat::Masquerade && MAPPINGS.get_ptr(&MappingKey::new(key.proto, src)).is_some() {
+            continue;
+        }
+        match insert(&plan_flow(key, dst, Some(src), flags, now)) {
             Err(Reason::DropNoPort) => continue,
             other => return other,
         }

@@ -2,6 +2,7 @@
 //! so both implement [`Packet`]; everything above this module is written once against it.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
@@ -14,6 +15,11 @@ pub trait Packet {
     /// The whole packet's length, which for a non-linear skb (GSO, paged data) exceeds the
     /// linear part: what an IPv4 total length is checked against.
     fn len(&self) -> usize;
+
+    /// The context pointer for helpers that take it (`bpf_fib_lookup`), and the interface the
+    /// packet is on.
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void;
+    fn ifindex(&self) -> u32;
 
     /// Applies `delta` to the IPv4 header checksum at offset `off`.
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason>;
@@ -51,6 +57,16 @@ impl Packet for Xdp<'_> {
     fn len(&self) -> usize {
         // hairpin does not declare XDP frags support, so a frame is always one buffer.
         self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ingress_ifindex() as u32
     }
 
     #[inline(always)]
@@ -92,6 +108,17 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.0.len() as usize
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: a TC program's context is its __sk_buff.
+        unsafe { (*(self.0.as_ptr() as *const aya_ebpf::bindings::__sk_buff)).ifindex }
     }
 
     #[inline(always)]

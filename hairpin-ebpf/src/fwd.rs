@@ -1,10 +1,21 @@
-//! Verdicts. For now every packet that is not dropped continues into the kernel stack, which
-//! routes it; the fast path (XDP redirect) will live here too.
+//! Verdicts and routing. For now every packet that is not dropped continues into the kernel
+//! stack, which routes it; the FIB is consulted only to choose NAT. The fast path (XDP
+//! redirect) will live here too.
 
-use aya_ebpf::bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action};
-use hairpin_common::{Reason, consts::Hook};
+use core::mem::size_of;
 
-use crate::stats;
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_SHOT, bpf_fib_lookup, tcx_action_base::TCX_NEXT,
+        xdp_action,
+    },
+    helpers::bpf_fib_lookup,
+};
+use hairpin_common::{FlowKey, Reason, consts::Hook};
+
+use crate::{ctx::Packet, stats};
+
+const AF_INET: u8 = 2;
 
 #[inline(always)]
 pub fn finish_xdp(hook: Hook, reason: Reason) -> u32 {
@@ -17,4 +28,33 @@ pub fn finish_tc(hook: Hook, reason: Reason) -> i32 {
     stats::count(hook, reason);
     // TCX_NEXT (== TC_ACT_UNSPEC) lets later programs on the hook run; the default is pass.
     if reason.is_drop() { TC_ACT_SHOT as i32 } else { TCX_NEXT }
+}
+
+/// Where the kernel would send a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Forwarded out of this interface.
+    Out(u32),
+    /// Delivered locally, or not forwardable (no route, forwarding off, ...).
+    NotForwarded,
+}
+
+/// Asks the kernel's FIB where `key` goes from the packet's interface. Neighbours are not
+/// needed to choose NAT, so their resolution is skipped.
+#[inline(always)]
+pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
+    // SAFETY: bpf_fib_lookup is plain data; zeroed is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = key.proto;
+    params.sport = key.sport.0;
+    params.dport = key.dport.0;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = pkt.ifindex();
+    params.__bindgen_anon_3.ipv4_src = key.src.0;
+    params.__bindgen_anon_4.ipv4_dst = key.dst.0;
+    let rc = unsafe {
+        bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH)
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 { Route::Out(params.ifindex) } else { Route::NotForwarded }
 }

@@ -3,14 +3,16 @@
 use hairpin_common::{Endpoint, MappingKey, Reason, csum::CsumDelta, nat::Side};
 
 use crate::{
-    csum, ct,
+    csum,
+    ct::{self, SourceNat},
     ctx::{Packet, Tc, ptr_at},
+    fwd::{self, Route},
     maps::{CONFIG, MAPPINGS, SNAT},
     parse::{MAX_HDR_LEN, Parsed, parse},
 };
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
-/// that match a port-forward. Sources are left for egress: writing the gateway's own address
+/// that match a port-forward or that a LAN host sends to the internet. Sources are left for egress: writing the gateway's own address
 /// as a source here would make the kernel drop the packet as a martian.
 #[inline(always)]
 pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
@@ -27,16 +29,21 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressFlow);
     }
-    let Some(private) = (unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }).copied() else {
-        return Ok(Reason::PassNoMapping);
-    };
     let Some(cfg) = CONFIG.get(0).copied() else {
         return Ok(Reason::PassNoConfig);
     };
-    let hairpin = side == Side::Lan && cfg.hairpin();
-    let xlate = ct::create(&cfg, &p.key, private, hairpin, now)?;
-    rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
-    Ok(Reason::IngressNewFlow)
+    if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
+        let snat = if side == Side::Lan && cfg.hairpin() { SourceNat::Hairpin } else { SourceNat::Keep };
+        let xlate = ct::create(&cfg, &p.key, private, snat, now)?;
+        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        return Ok(Reason::IngressNewFlow);
+    }
+    // A LAN host reaching the internet: the destination stays, egress rewrites the source.
+    if side == Side::Lan && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex) {
+        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, now)?;
+        return Ok(Reason::IngressMasquerade);
+    }
+    Ok(Reason::PassNoMapping)
 }
 
 /// Egress (TC): give packets of known flows the source recorded for them.

@@ -20,6 +20,8 @@ pub struct Parsed {
     pub l3_off: usize,
     /// Offset of the TCP/UDP header (after IPv4 options, if any).
     pub l4_off: usize,
+    /// IPv4 total length.
+    pub tot_len: u16,
 }
 
 /// Headers hairpin may need to pull into the linear area: Ethernet, IPv4 with the longest
@@ -90,5 +92,6 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
         },
         l3_off,
         l4_off,
+        tot_len: tot_len as u16,
     })
 }

@@ -84,11 +84,33 @@ pub fn udp_forward(from: &Netns, expect_seen: std::net::Ipv4Addr) -> anyhow::Res
     Ok(e)
 }
 
+/// Beyond the story: the LAN client reaches the internet host (TCP and UDP), which sees the
+/// gateway's public address (masquerade). Returns what the TCP and UDP servers saw.
+pub fn masquerade(lab: &Lab) -> anyhow::Result<(TcpEcho, UdpEcho)> {
+    let tcp = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(INET, HTTP_PORT), WAN_BYTES, CONNECT_TIMEOUT)
+        .context("LAN client -> internet host (TCP)")?;
+    ensure!(
+        ip_of(tcp.seen_by_server) == IpAddr::V4(PUBLIC),
+        "internet host saw {} instead of {PUBLIC}",
+        tcp.seen_by_server
+    );
+    let to = SocketAddrV4::new(INET, crate::topology::DNS_PORT);
+    let udp = traffic::udp_echo(&lab.cli, to, b"hairpin masquerade probe", UDP_TIMEOUT)
+        .context("LAN client -> internet host (UDP)")?;
+    ensure!(udp.reply_from == SocketAddr::V4(to), "UDP reply came from {}", udp.reply_from);
+    ensure!(
+        ip_of(udp.seen_by_server) == IpAddr::V4(PUBLIC),
+        "internet host saw {} instead of {PUBLIC}",
+        udp.seen_by_server
+    );
+    Ok((tcp, udp))
+}
+
 /// Runs the whole story, narrating through `say`. Fails at the first case that does not
 /// behave as described.
 pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     lab.start_servers()?;
-    say(format!("LAN server {}: TCP echo on :80, UDP echo on :53", crate::topology::SERVER));
+    say(format!("LAN server {} and internet host {INET}: TCP echo on :80, UDP echo on :53", crate::topology::SERVER));
     lab.up(&[])?;
     say(format!("hairpin-ctl up --lan lan0 --wan wan0  (pins under {})", lab.pin_dir.display()));
     say(lab.ctl(&["map", "list"])?.trim_end().to_owned());
@@ -118,6 +140,11 @@ pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     say(format!("    udp from the internet: reply from {}, server saw {}", e.reply_from, e.seen_by_server));
     let e = udp_forward(&lab.cli, GW_LAN)?;
     say(format!("    udp from the LAN (hairpin): reply from {}, server saw {}", e.reply_from, e.seen_by_server));
+
+    say("\n[+] masquerade: LAN client -> internet host 198.51.100.7 (TCP :80, UDP :53)".into());
+    let (tcp, udp) = masquerade(lab)?;
+    say(format!("    tcp: client {} -> the internet host saw {}", tcp.local, tcp.seen_by_server));
+    say(format!("    udp: reply from {}, the internet host saw {}", udp.reply_from, udp.seen_by_server));
 
     say("\nflows (hairpin-ctl flows):".into());
     say(lab.ctl(&["flows"])?.trim_end().to_owned());

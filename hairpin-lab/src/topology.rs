@@ -34,6 +34,7 @@ pub struct Lab {
     pub pin_dir: PathBuf,
     ctl: PathBuf,
     servers: Option<Servers>,
+    inet_servers: Option<Servers>,
     // Dropped in declaration order: servers above stop first, then the namespaces.
     pub gw: Netns,
     pub sw: Netns,
@@ -54,6 +55,7 @@ impl Lab {
             prefix,
             ctl,
             servers: None,
+            inet_servers: None,
             gw,
             sw,
             srv,
@@ -103,14 +105,16 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the TCP echo server (:80) and UDP echo server (:53) on the LAN server.
+    /// Starts the TCP echo (:80) and UDP echo (:53) servers on the LAN server and on the
+    /// internet host.
     pub fn start_servers(&mut self) -> anyhow::Result<()> {
         if self.servers.is_none() {
-            self.servers = Some(Servers::start(
-                &self.srv,
-                SocketAddrV4::new(SERVER, HTTP_PORT),
-                SocketAddrV4::new(SERVER, DNS_PORT),
-            )?);
+            let (tcp, udp) = (SocketAddrV4::new(SERVER, HTTP_PORT), SocketAddrV4::new(SERVER, DNS_PORT));
+            self.servers = Some(Servers::start(&self.srv, tcp, udp)?);
+        }
+        if self.inet_servers.is_none() {
+            let (tcp, udp) = (SocketAddrV4::new(INET, HTTP_PORT), SocketAddrV4::new(INET, DNS_PORT));
+            self.inet_servers = Some(Servers::start(&self.inet, tcp, udp)?);
         }
         Ok(())
     }
@@ -189,6 +193,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.take();
+        self.inet_servers.take();
         if self.pin_dir.exists() {
             let _ = self.ctl_output(&["down"]);
             let _ = std::fs::remove_dir_all(&self.pin_dir);

@@ -41,11 +41,15 @@ pub fn lab_config() -> Config {
         port_min: DEFAULT_PORT_MIN,
         port_max: DEFAULT_PORT_MAX,
         flags: CFG_F_HAIRPIN,
+        wan_ifindex: 0,
     }
 }
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Interface the XDP test runs pretend to arrive on (in the calling thread's netns);
+    /// `None` is the kernel's default, loopback. Routing decisions (masquerade) depend on it.
+    pub ingress_ifindex: Option<u32>,
 }
 
 impl Dataplane {
@@ -54,7 +58,7 @@ impl Dataplane {
         crate::require_root();
         let mut ebpf = hairpin_ctl::dataplane::load().expect("load and verify the eBPF object");
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
-        Self { ebpf }
+        Self { ebpf, ingress_ifindex: None }
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
@@ -93,12 +97,19 @@ impl Dataplane {
             Hook::LanEgress => prog_names::TC_LAN,
             Hook::WanEgress => prog_names::TC_WAN,
         };
+        let xdp = matches!(hook, Hook::LanIngress | Hook::WanIngress);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let xdp_md: Vec<u8> = [0, frame.len() as u32, 0, self.ingress_ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
         let prog = self.ebpf.program_mut(name).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+        let ctx_in = (xdp && self.ingress_ifindex.is_some()).then_some(&xdp_md[..]);
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, ..Default::default() };
         let r = match hook {
-            Hook::LanIngress | Hook::WanIngress => <&mut Xdp>::try_from(prog).unwrap().test_run(opts),
-            Hook::LanEgress | Hook::WanEgress => <&mut SchedClassifier>::try_from(prog).unwrap().test_run(opts),
+            _ if xdp => <&mut Xdp>::try_from(prog).unwrap().test_run(opts),
+            _ => <&mut SchedClassifier>::try_from(prog).unwrap().test_run(opts),
         }
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"));
         out.truncate(r.data_size_out as usize);

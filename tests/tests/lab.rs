@@ -63,11 +63,24 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     lab.flush_neighbours().unwrap();
     scenario::udp_forward(&lab.cli, GW_LAN).expect("case 4: udp hairpin");
 
+    // Masquerade: the LAN client reaches the internet host, which sees the public address.
+    lab.flush_neighbours().unwrap();
+    let (tcp, udp) = scenario::masquerade(&lab).expect("masquerade");
+    assert_eq!(tcp.seen_by_server.port(), tcp.local.port(), "the client's port was free: preserved");
+    assert_eq!(udp.seen_by_server.ip(), IpAddr::V4(PUBLIC));
+    // Unsolicited traffic from the internet goes to the gateway's own stack (which refuses it).
+    let before = lab.counter("pass_no_mapping").unwrap();
+    let e = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 9), 1, scenario::CONNECT_TIMEOUT).unwrap_err();
+    let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{e:#}");
+    assert!(lab.counter("pass_no_mapping").unwrap() > before);
+
     // Every flow is in conntrack, both directions, and the counters moved.
     let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
     let flows = flows.as_array().expect("flows --json is an array");
-    assert_eq!(flows.len(), 2 * 6, "six flows, two entries each: {flows:#?}");
+    assert_eq!(flows.len(), 2 * 8, "eight flows, two entries each: {flows:#?}");
     assert_eq!(flows.iter().filter(|f| f["hairpin"] == true).count(), 2 * 3);
+    assert_eq!(flows.iter().filter(|f| f["masquerade"] == true).count(), 2 * 2);
     assert!(lab.counter("ingress_new_flow").unwrap() >= 6);
     assert_eq!(lab.counter("drop_malformed").unwrap(), 0);
     assert_no_kernel_nat(&lab);
@@ -76,7 +89,7 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     let out = lab.ctl(&["map", "del", "tcp", "203.0.113.1:8080"]).unwrap();
     assert!(out.contains("2 flows removed"), "{out}");
     let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
-    assert_eq!(flows.as_array().unwrap().len(), 2 * 4);
+    assert_eq!(flows.as_array().unwrap().len(), 2 * 6);
     assert!(
         flows
             .as_array()

@@ -498,3 +498,157 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole() {
     assert_eq!(dp.ct().len(), 2);
     assert_eq!(dp.snat().len(), 1);
 }
+
+/// Masquerade decides by the kernel's routes, so these steps run in a namespace of their own
+/// whose `lan0`/`wan0` (veth, peers left dangling) and routes make the FIB answer as on a
+/// gateway.
+fn in_gateway_ns(name: &str, cfg: Config, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+    hairpin_tests::require_root();
+    let ns = hairpin_lab::Netns::new(&format!("hpt{}-{name}", std::process::id())).unwrap();
+    for (dev, addr) in [("lan0", "192.168.0.1/24"), ("wan0", "203.0.113.1/24")] {
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+        ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
+        ns.ip(&["link", "set", &peer, "up"]).unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    ns.ip(&["route", "add", "default", "via", "203.0.113.254", "dev", "wan0"]).unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let index = |dev: &str| -> u32 {
+        let line = ns.ip(&["-o", "link", "show", dev]).unwrap();
+        line.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    let (lan, wan) = (index("lan0"), index("wan0"));
+    ns.run(move || {
+        let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg });
+        dp.ingress_ifindex = Some(lan);
+        test(&mut dp);
+    })
+    .expect("test body (see the panic above)");
+}
+
+#[test]
+fn masquerade_lan_to_internet_tcp_and_udp() {
+    in_gateway_ns("masq", dp::lab_config(), |dp| {
+        dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+        let out = Pkt::tcp("192.168.0.3:40000", "198.51.100.7:443");
+        let back = Pkt::tcp("198.51.100.7:443", "203.0.113.1:40000");
+        let q = Pkt::udp("192.168.0.3:33000", "198.51.100.7:53").without_udp_checksum();
+        let a = Pkt::udp("198.51.100.7:53", "203.0.113.1:33000");
+        run_case(
+            "masquerade",
+            dp,
+            &[
+                step(
+                    "LAN -> internet: flow created, nothing rewritten yet",
+                    Hook::LanIngress,
+                    &out,
+                    Reason::IngressMasquerade,
+                    None,
+                ),
+                step(
+                    "leaving the WAN: public source, client port kept",
+                    Hook::WanEgress,
+                    &out,
+                    Reason::EgressFlow,
+                    Some(&out.with("203.0.113.1:40000", "198.51.100.7:443")),
+                ),
+                step(
+                    "reply: client restored",
+                    Hook::WanIngress,
+                    &back,
+                    Reason::IngressFlow,
+                    Some(&back.with("198.51.100.7:443", "192.168.0.3:40000")),
+                ),
+                step(
+                    "reply leaves the LAN side untouched",
+                    Hook::LanEgress,
+                    &back.with("198.51.100.7:443", "192.168.0.3:40000"),
+                    Reason::PassEgressNoFlow,
+                    None,
+                ),
+                step("udp out", Hook::LanIngress, &q, Reason::IngressMasquerade, None),
+                step(
+                    "udp out at egress, zero checksum kept",
+                    Hook::WanEgress,
+                    &q,
+                    Reason::EgressFlow,
+                    Some(&q.with("203.0.113.1:33000", "198.51.100.7:53")),
+                ),
+                step(
+                    "udp answer",
+                    Hook::WanIngress,
+                    &a,
+                    Reason::IngressFlow,
+                    Some(&a.with("198.51.100.7:53", "192.168.0.3:33000")),
+                ),
+                step(
+                    "unsolicited from the internet: to the gateway's stack",
+                    Hook::WanIngress,
+                    &Pkt::udp("198.51.100.7:53", "203.0.113.1:33001"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+                step(
+                    "LAN -> the gateway itself: not masqueraded",
+                    Hook::LanIngress,
+                    &Pkt::tcp("192.168.0.3:40001", "192.168.0.1:22"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+                step(
+                    "LAN -> another LAN host via the gateway: not masqueraded",
+                    Hook::LanIngress,
+                    &Pkt::tcp("192.168.0.3:40001", "192.168.0.9:22"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+            ],
+        );
+        assert_eq!(dp.ct().len(), 4);
+        assert!(dp.ct().iter().all(|(_, e)| e.flags & hairpin_common::CT_F_MASQ != 0));
+    });
+}
+
+/// The public source port of a masqueraded flow from `pkt` (after egress).
+fn masqueraded_port(dp: &mut Dataplane, pkt: &Pkt) -> u16 {
+    let (_, out) = dp.run(Hook::WanEgress, &pkt.build());
+    verify_checksums(&out).unwrap();
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert_eq!(out, pkt.with(&format!("203.0.113.1:{port}"), &pkt.dst.to_string()).build());
+    port
+}
+
+/// A masqueraded flow never takes a public port that a port-forward owns, nor one another flow
+/// holds for the same peer; with none left it is dropped and counted.
+#[test]
+fn masquerade_ports_avoid_forwards_and_live_flows() {
+    in_gateway_ns("masqports", dp::lab_config(), |dp| {
+        dp.add_mapping(L4::Tcp, "203.0.113.1:8080", SERVER_80);
+        // The client's own port is a forwarded public port: it must get another.
+        let c = Pkt::tcp("192.168.0.3:8080", "198.51.100.7:443");
+        assert_eq!(dp.run(Hook::LanIngress, &c.build()), (XDP_PASS, c.build()));
+        let port = masqueraded_port(dp, &c);
+        assert!(port != 8080 && port >= 1024, "masqueraded to {port}");
+        // Two clients with the same port to the same peer: the second gets another port.
+        let a = Pkt::udp("192.168.0.3:7000", "198.51.100.7:53");
+        let b = Pkt::udp("192.168.0.4:7000", "198.51.100.7:53");
+        dp.run(Hook::LanIngress, &a.build());
+        dp.run(Hook::LanIngress, &b.build());
+        assert_eq!(masqueraded_port(dp, &a), 7000);
+        assert_ne!(masqueraded_port(dp, &b), 7000, "two flows share one public tuple");
+    });
+    in_gateway_ns("masqfull", Config { port_min: 7000, port_max: 7000, ..dp::lab_config() }, |dp| {
+        let a = Pkt::udp("192.168.0.3:7000", "198.51.100.7:53");
+        let b = Pkt::udp("192.168.0.4:7000", "198.51.100.7:53");
+        run_case(
+            "masq exhaustion",
+            dp,
+            &[
+                step("first flow takes the only port", Hook::LanIngress, &a, Reason::IngressMasquerade, None),
+                step("second: no port left", Hook::LanIngress, &b, Reason::DropNoPort, None),
+            ],
+        );
+        assert_eq!(dp.ct().len(), 2);
+    });
+}

@@ -1,6 +1,6 @@
 //! `hairpin-ctl flows`: the conntrack table, one entry per direction of each flow.
 
-use hairpin_common::{CT_F_HAIRPIN, CT_F_REPLY};
+use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CT_F_REPLY};
 use serde::Serialize;
 
 use crate::{cli::Proto, dataplane::PinDir, output};
@@ -10,6 +10,7 @@ struct Row {
     proto: Proto,
     direction: &'static str,
     hairpin: bool,
+    masquerade: bool,
     /// The tuple as it arrives at the gateway.
     src: String,
     dst: String,
@@ -44,6 +45,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             proto,
             direction: if e.flags & CT_F_REPLY != 0 { "reply" } else { "original" },
             hairpin: e.flags & CT_F_HAIRPIN != 0,
+            masquerade: e.flags & CT_F_MASQ != 0,
             src: output::src(&k).to_string(),
             dst: output::dst(&k).to_string(),
             translated_src: output::src(&e.xlate).to_string(),
@@ -67,7 +69,13 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             r.dst,
             r.translated_src,
             r.translated_dst,
-            if r.hairpin { "hairpin " } else { "" },
+            if r.hairpin {
+                "hairpin "
+            } else if r.masquerade {
+                "masquerade "
+            } else {
+                ""
+            },
             r.age_s,
             r.idle_s
         );

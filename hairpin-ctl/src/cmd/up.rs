@@ -10,7 +10,7 @@ use aya::{
 };
 use hairpin_common::{
     CFG_F_HAIRPIN, Config, Ipv4Be,
-    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, map_names},
+    consts::{Hook, map_names},
 };
 
 use crate::{
@@ -42,9 +42,10 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     let cfg = Config {
         lan_addr: Ipv4Be::from_octets(lan_ip.octets()),
         public_addr: Ipv4Be::from_octets(public_ip.octets()),
-        port_min: DEFAULT_PORT_MIN,
-        port_max: DEFAULT_PORT_MAX,
+        port_min: a.port_range.min,
+        port_max: a.port_range.max,
         flags: if a.no_hairpin { 0 } else { CFG_F_HAIRPIN },
+        wan_ifindex,
     };
 
     let mut ebpf = dataplane::load()?;

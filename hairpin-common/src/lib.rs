@@ -7,6 +7,7 @@
 
 pub mod consts;
 pub mod csum;
+pub mod expiry;
 pub mod nat;
 pub mod reason;
 pub mod types;

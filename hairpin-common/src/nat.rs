@@ -118,6 +118,7 @@ mod tests {
             port_max: DEFAULT_PORT_MAX,
             flags: CFG_F_HAIRPIN,
             wan_ifindex: 2,
+            timeouts: Timeouts::default(),
         }
     }
 

@@ -101,6 +101,41 @@ pub const CT_F_HAIRPIN: u32 = 1 << 1;
 /// [`CtEntry::flags`]: the flow is masqueraded (LAN client to the internet, source = public address).
 pub const CT_F_MASQ: u32 = 1 << 2;
 
+// What the dataplane has seen in an entry's direction, ORed into [`CtEntry::flags`] as packets
+// pass; the controller derives TCP state and timeouts from the two directions' bits.
+/// A packet.
+pub const CT_S_SEEN: u32 = 1 << 8;
+/// A TCP SYN.
+pub const CT_S_SYN: u32 = 1 << 9;
+/// A TCP segment without SYN (the handshake completed from this side).
+pub const CT_S_ACK: u32 = 1 << 10;
+/// A TCP FIN.
+pub const CT_S_FIN: u32 = 1 << 11;
+/// A TCP RST.
+pub const CT_S_RST: u32 = 1 << 12;
+/// Every state bit.
+pub const CT_S_ALL: u32 = CT_S_SEEN | CT_S_SYN | CT_S_ACK | CT_S_FIN | CT_S_RST;
+
+/// The state bits a packet adds to its entry: `tcp_flags` is byte 13 of the TCP header (0 for
+/// other protocols).
+#[inline(always)]
+pub const fn ct_state_bits(proto: u8, tcp_flags: u8) -> u32 {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    let mut bits = CT_S_SEEN;
+    if proto == crate::consts::IPPROTO_TCP {
+        bits |= if tcp_flags & SYN != 0 { CT_S_SYN } else { CT_S_ACK };
+        if tcp_flags & FIN != 0 {
+            bits |= CT_S_FIN;
+        }
+        if tcp_flags & RST != 0 {
+            bits |= CT_S_RST;
+        }
+    }
+    bits
+}
+
 /// One direction of a translated flow, keyed by its [`FlowKey`] as seen at ingress.
 ///
 /// `xlate` is the whole translation (source and destination) so that a single lookup can apply
@@ -135,6 +170,27 @@ pub struct Config {
     pub flags: u32,
     /// The WAN interface: LAN traffic the kernel would route out of it is masqueraded.
     pub wan_ifindex: u32,
+    /// Idle timeouts in seconds, applied by the controller (`hairpin-ctl run`).
+    pub timeouts: Timeouts,
+}
+
+/// How long a flow may stay idle, by protocol and TCP state, in seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Timeouts {
+    /// TCP with the handshake done and no FIN/RST (RFC 5382 REQ-5: at least 2 h 4 min).
+    pub tcp_established: u32,
+    /// TCP while opening (SYN seen) or closing (FIN or RST seen).
+    pub tcp_transitory: u32,
+    /// UDP, refreshed by outbound packets only (RFC 4787 REQ-5/6: at least 120 s).
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { tcp_established: 7440, tcp_transitory: 240, udp: 300, icmp: 60 }
+    }
 }
 
 impl Config {
@@ -150,7 +206,8 @@ const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4)
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
-const _: () = assert!(size_of::<Config>() == 20 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Config>() == 36 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
 const _: () = {
     use core::mem::offset_of;
@@ -158,7 +215,7 @@ const _: () = {
     assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
-    assert!(offset_of!(Config, wan_ifindex) == 16);
+    assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
 };
 
 #[cfg(feature = "user")]
@@ -170,4 +227,5 @@ mod user {
     unsafe impl aya::Pod for MappingKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Timeouts {}
 }

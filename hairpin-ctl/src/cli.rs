@@ -53,8 +53,36 @@ pub enum Command {
     Map(MapCommand),
     /// Show the per-reason packet counters of every hook (summed over CPUs).
     Stats(JsonArg),
-    /// Show the conntrack entries: one per direction of each translated flow.
-    Flows(JsonArg),
+    /// Show the conntrack entries (one per direction of each flow), or flush them.
+    Flows(FlowsArgs),
+    /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
+    /// until SIGTERM or SIGINT, leaving the dataplane running on exit.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    #[command(subcommand)]
+    pub action: Option<FlowsAction>,
+    /// Print a JSON array, one object per entry.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsAction {
+    /// Remove every flow (both directions and their rewrites). Established connections through
+    /// the gateway break; port-forwards and masquerade create new flows for new traffic.
+    Flush,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Seconds between two sweeps of the flow table.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600), value_name = "SECS")]
+    pub sweep_interval: u32,
 }
 
 #[derive(Debug, Args)]
@@ -81,10 +109,40 @@ pub struct UpArgs {
     /// client's own port is kept when it lies in the range and is free).
     #[arg(long, default_value_t = PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }, value_name = "MIN-MAX")]
     pub port_range: PortRange,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
     /// interface, slower) or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
     pub xdp_mode: XdpAttachMode,
+}
+
+/// Idle timeouts (seconds), enforced by `hairpin-ctl run`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct TimeoutArgs {
+    /// Idle timeout of established TCP flows (RFC 5382 asks at least 7440).
+    #[arg(long, default_value_t = 7440, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub tcp_established_timeout: u32,
+    /// Idle timeout of TCP flows opening (SYN seen) or closing (FIN or RST seen).
+    #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub tcp_transitory_timeout: u32,
+    /// Idle timeout of UDP flows, refreshed by outbound packets only (RFC 4787 asks at least 120).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub udp_timeout: u32,
+    /// Idle timeout of ICMP flows.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub icmp_timeout: u32,
+}
+
+impl TimeoutArgs {
+    pub fn to_timeouts(self) -> hairpin_common::Timeouts {
+        hairpin_common::Timeouts {
+            tcp_established: self.tcp_established_timeout,
+            tcp_transitory: self.tcp_transitory_timeout,
+            udp: self.udp_timeout,
+            icmp: self.icmp_timeout,
+        }
+    }
 }
 
 /// An inclusive, non-empty range of non-zero ports.
@@ -244,10 +302,26 @@ mod tests {
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "2000-1000"][..], "non-empty"),
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "0-10"][..], "start above 0"),
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "1024"][..], "MIN-MAX"),
+            (&["up", "--lan", "a", "--wan", "b", "--udp-timeout", "0"][..], "--udp-timeout"),
+            (&["run", "--lan", "a", "--wan", "b", "--sweep-interval", "0"][..], "--sweep-interval"),
+            (&["flows", "purge"][..], "unrecognized subcommand"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn run_takes_the_flags_of_up_and_timeouts_default_to_the_rfc_values() {
+        let c = parse(&["run", "--lan", "l", "--wan", "w", "--udp-timeout", "30"]).unwrap();
+        let Command::Run(r) = c.command else { panic!() };
+        assert_eq!((r.up.lan.as_str(), r.up.wan.as_str()), ("l", "w"));
+        let t = r.up.timeouts.to_timeouts();
+        assert_eq!((t.tcp_established, t.tcp_transitory, t.udp, t.icmp), (7440, 240, 30, 60));
+        assert!(matches!(
+            parse(&["flows", "flush"]).unwrap().command,
+            Command::Flows(FlowsArgs { action: Some(FlowsAction::Flush), .. })
+        ));
     }
 
     #[test]

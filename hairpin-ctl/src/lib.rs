@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;
+pub mod expire;
 pub mod netif;
 pub mod output;
 

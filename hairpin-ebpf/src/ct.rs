@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
 };
 use hairpin_common::{
-    CT_F_HAIRPIN, CT_F_MASQ, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    CT_F_HAIRPIN, CT_F_MASQ, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::PORT_ALLOC_TRIES,
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
@@ -25,15 +25,22 @@ pub fn now_ns() -> u64 {
 /// entry's cache line between CPUs for a precision no timeout needs.
 const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The flow `key` belongs to, with its last-seen time refreshed.
+/// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
+/// (`ct_state_bits`) recorded.
 #[inline(always)]
-pub fn lookup_refresh(key: &FlowKey, now: u64) -> Option<FlowKey> {
+pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
     let entry = CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
-    // write into a recycled element's timestamp, which the next packet rewrites anyway.
+    // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
         if now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS {
             (*entry).last_seen_ns = now;
+        }
+        // Bits only ever get set, and rarely: test first to keep the line shared. Only this
+        // direction's packets write this entry; should two CPUs race and lose a bit, the next
+        // packet that carries it sets it again (Rust has no atomic RMW for the BPF target).
+        if (*entry).flags & seen != seen {
+            (*entry).flags |= seen;
         }
         Some((*entry).xlate)
     }
@@ -57,11 +64,23 @@ pub enum SourceNat {
 /// inserting it with `BPF_NOEXIST` both checks and claims the port atomically. A masqueraded
 /// flow also stays off the public ports that port-forwards own.
 #[inline(always)]
-pub fn create(cfg: &Config, key: &FlowKey, dst: Endpoint, snat: SourceNat, now: u64) -> Result<FlowKey, Reason> {
+pub fn create(
+    cfg: &Config,
+    key: &FlowKey,
+    dst: Endpoint,
+    snat: SourceNat,
+    seen: u32,
+    now: u64,
+) -> Result<FlowKey, Reason> {
+    let plan = |src, flags| {
+        let mut plan = plan_flow(key, dst, src, flags, now);
+        plan.orig.flags |= seen;
+        plan
+    };
     let (addr, flags) = match snat {
         SourceNat::Keep => {
             // Without a port to choose, a taken reply tuple is simply a failed insert.
-            return insert(&plan_flow(key, dst, None, 0, now)).map_err(|r| match r {
+            return insert(&plan(None, 0)).map_err(|r| match r {
                 Reason::DropNoPort => Reason::DropFlowInsert,
                 r => r,
             });
@@ -77,7 +96,7 @@ pub fn create(cfg: &Config, key: &FlowKey, dst: Endpoint, snat: SourceNat, now: 
         if snat == SourceNat::Masquerade && MAPPINGS.get_ptr(&MappingKey::new(key.proto, src)).is_some() {
             continue;
         }
-        match insert(&plan_flow(key, dst, Some(src), flags, now)) {
+        match insert(&plan(Some(src), flags)) {
             Err(Reason::DropNoPort) => continue,
             other => return other,
         }
@@ -104,7 +123,7 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, Reason> {
     if let Err(e) = CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
         if e == EEXIST {
             // Lost a race for the original direction: keep the winner's flow.
-            if let Some(xlate) = lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns) {
+            if let Some(xlate) = lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns, plan.orig.flags & CT_S_ALL) {
                 if xlate != plan.orig.xlate {
                     let _ = CT.remove(&plan.reply_key);
                 }

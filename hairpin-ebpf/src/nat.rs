@@ -1,6 +1,6 @@
 //! The NAT decisions at each hook, and the one function that rewrites an address and port.
 
-use hairpin_common::{Endpoint, MappingKey, Reason, csum::CsumDelta, nat::Side};
+use hairpin_common::{Endpoint, MappingKey, Reason, csum::CsumDelta, ct_state_bits, nat::Side};
 
 use crate::{
     csum,
@@ -25,7 +25,8 @@ pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
 fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     let p = parse(pkt)?;
     let now = ct::now_ns();
-    if let Some(xlate) = ct::lookup_refresh(&p.key, now) {
+    let seen = ct_state_bits(p.key.proto, p.tcp_flags);
+    if let Some(xlate) = ct::lookup_refresh(&p.key, now, seen) {
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressFlow);
     }
@@ -34,13 +35,13 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     };
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let snat = if side == Side::Lan && cfg.hairpin() { SourceNat::Hairpin } else { SourceNat::Keep };
-        let xlate = ct::create(&cfg, &p.key, private, snat, now)?;
+        let xlate = ct::create(&cfg, &p.key, private, snat, seen, now)?;
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressNewFlow);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
     if side == Side::Lan && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex) {
-        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, now)?;
+        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, seen, now)?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

@@ -22,6 +22,8 @@ pub struct Parsed {
     pub l4_off: usize,
     /// IPv4 total length.
     pub tot_len: u16,
+    /// TCP flags (byte 13 of the header), 0 for UDP.
+    pub tcp_flags: u8,
 }
 
 /// Headers hairpin may need to pull into the linear area: Ethernet, IPv4 with the longest
@@ -59,20 +61,21 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
         return Err(Reason::PassFragment);
     }
     let l4_off = l3_off + ihl;
-    let ports = match proto {
+    const TCP_FLAGS_OFF: usize = 13;
+    let (ports, tcp_flags) = match proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let tcp = ptr_at::<TcpHdr>(pkt, l4_off)?;
-            unsafe { ((*tcp).source, (*tcp).dest) }
+            unsafe { (((*tcp).source, (*tcp).dest), *(tcp as *const u8).add(TCP_FLAGS_OFF)) }
         }
         IPPROTO_UDP => {
             if tot_len < ihl + UdpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let udp = ptr_at::<UdpHdr>(pkt, l4_off)?;
-            unsafe { ((*udp).src, (*udp).dst) }
+            unsafe { (((*udp).src, (*udp).dst), 0) }
         }
         _ => return Err(Reason::PassOtherProto),
     };
@@ -93,5 +96,6 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
         l3_off,
         l4_off,
         tot_len: tot_len as u16,
+        tcp_flags,
     })
 }

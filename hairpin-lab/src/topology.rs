@@ -119,15 +119,16 @@ impl Lab {
         Ok(())
     }
 
+    /// `hairpin-ctl --pin-dir <lab pins> args...` in the gateway namespace, not started.
+    pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<std::process::Command> {
+        let mut c = self.gw.command(self.ctl.to_str().context("non-UTF-8 path")?);
+        c.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        Ok(c)
+    }
+
     /// Runs `hairpin-ctl --pin-dir <lab pins> args...` in the gateway namespace.
     pub fn ctl_output(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.gw
-            .command(self.ctl.to_str().context("non-UTF-8 path")?)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", self.ctl.display()))
+        self.ctl_command(args)?.output().with_context(|| format!("running {}", self.ctl.display()))
     }
 
     /// As [`ctl_output`](Self::ctl_output), failing unless the command succeeds; its stdout.
@@ -144,6 +145,11 @@ impl Lab {
         let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0"];
         args.extend_from_slice(extra);
         self.ctl(&args)?;
+        self.add_mappings()
+    }
+
+    /// Adds the scenario's port-forwards to a running dataplane.
+    pub fn add_mappings(&self) -> anyhow::Result<()> {
         for (proto, public, private) in MAPPINGS {
             self.ctl(&["map", "add", proto, &format!("{PUBLIC}:{public}"), &format!("{SERVER}:{private}")])?;
         }

@@ -42,6 +42,7 @@ pub fn lab_config() -> Config {
         port_max: DEFAULT_PORT_MAX,
         flags: CFG_F_HAIRPIN,
         wan_ifindex: 0,
+        timeouts: Default::default(),
     }
 }
 

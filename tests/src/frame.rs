@@ -5,6 +5,11 @@ use std::net::SocketAddrV4;
 
 use etherparse::{IpNumber, Ipv4Header, NetSlice, SlicedPacket, TcpHeader, TransportSlice, UdpHeader};
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 
@@ -24,6 +29,8 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// UDP sent without a checksum (field 0).
     pub no_udp_csum: bool,
+    /// TCP flags byte (default ACK).
+    pub tcp_flags: u8,
 }
 
 impl Pkt {
@@ -41,6 +48,7 @@ impl Pkt {
             ip_options: Vec::new(),
             payload: b"hairpin test payload: 0123456789".to_vec(),
             no_udp_csum: false,
+            tcp_flags: TCP_ACK,
         }
     }
     /// The same packet with other addresses (what a translation should produce).
@@ -49,6 +57,10 @@ impl Pkt {
     }
     pub fn options(mut self, opts: &[u8]) -> Self {
         self.ip_options = opts.to_vec();
+        self
+    }
+    pub fn flags(mut self, tcp_flags: u8) -> Self {
+        self.tcp_flags = tcp_flags;
         self
     }
     pub fn without_udp_checksum(mut self) -> Self {
@@ -80,8 +92,11 @@ impl Pkt {
         match self.l4 {
             L4::Tcp => {
                 let mut tcp = TcpHeader::new(self.src.port(), self.dst.port(), 1000, 64240);
-                tcp.ack = true;
-                tcp.acknowledgment_number = 77;
+                tcp.fin = self.tcp_flags & TCP_FIN != 0;
+                tcp.syn = self.tcp_flags & TCP_SYN != 0;
+                tcp.rst = self.tcp_flags & TCP_RST != 0;
+                tcp.ack = self.tcp_flags & TCP_ACK != 0;
+                tcp.acknowledgment_number = if tcp.ack { 77 } else { 0 };
                 tcp.checksum = tcp.calc_checksum_ipv4(&ip, &self.payload).expect("tcp checksum");
                 out.extend_from_slice(&tcp.to_bytes());
             }

@@ -125,3 +125,105 @@ fn without_hairpin_the_lan_client_times_out_but_the_internet_still_gets_in() {
     assert_eq!(udp.seen_by_server.ip(), IpAddr::V4(CLIENT));
     assert_no_kernel_nat(&lab);
 }
+
+/// Polls `cond` every 100 ms until it holds or `secs` pass.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A `hairpin-ctl run` child process, stopped with SIGTERM (by its PID) when dropped.
+struct Controller(std::process::Child);
+
+impl Controller {
+    fn start(lab: &Lab, extra: &[&str]) -> Self {
+        let mut args = vec!["run", "--lan", "lan0", "--wan", "wan0", "--sweep-interval", "1"];
+        args.extend_from_slice(extra);
+        let child = lab
+            .ctl_command(&args)
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start hairpin-ctl run");
+        wait_for(10, "run to pin the dataplane", || lab.ctl_output(&["map", "list"]).is_ok_and(|o| o.status.success()));
+        Self(child)
+    }
+
+    /// SIGTERM, then the exit status and stdout.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.terminate();
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        (status, out)
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // nsenter execs hairpin-ctl, so this PID is the controller itself.
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let mut status = None;
+        wait_for(10, "run to exit on SIGTERM", || {
+            status = self.0.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+fn udp_flows(lab: &Lab) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
+    v.as_array().unwrap().iter().filter(|f| f["proto"] == "udp").cloned().collect()
+}
+
+#[test]
+fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
+    let lab = lab();
+    let ctl = Controller::start(&lab, &["--udp-timeout", "2"]);
+    lab.add_mappings().unwrap();
+
+    // A UDP hairpin exchange creates a flow with a lifetime of (at most) the UDP timeout.
+    scenario::udp_forward(&lab.cli, GW_LAN).expect("udp through the gateway");
+    let flows = udp_flows(&lab);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    assert!(
+        flows.iter().all(|f| f["expires_in_s"].as_f64().unwrap() > 0.0 && f["expires_in_s"].as_f64().unwrap() <= 2.0)
+    );
+    // The controller removes it, both directions, once idle past the timeout...
+    wait_for(15, "the idle UDP flow to expire", || udp_flows(&lab).is_empty());
+    // ...and the next exchange simply makes a new one.
+    scenario::udp_forward(&lab.cli, GW_LAN).expect("udp after expiry");
+    assert_eq!(udp_flows(&lab).len(), 2);
+    // An established TCP flow is not touched by the UDP timeout.
+    let tcp = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(INET, HTTP_PORT), 1024, scenario::CONNECT_TIMEOUT).unwrap();
+    assert_eq!(tcp.seen_by_server.ip(), IpAddr::V4(PUBLIC));
+
+    let (status, out) = ctl.stop();
+    assert!(status.success(), "run exited with {status}: {out}");
+    assert!(out.contains("expired"), "run did not report the expiry: {out}");
+    // Stopped, the controller left the dataplane up: translation goes on.
+    assert!(lab.pin_dir.exists());
+    scenario::udp_forward(&lab.inet, INET).expect("udp port-forward after run exited");
+
+    // A second run adopts the pinned state: mappings and flows survive.
+    let flows_before = udp_flows(&lab).len();
+    let ctl = Controller::start(&lab, &[]);
+    assert_eq!(udp_flows(&lab).len(), flows_before);
+    assert_eq!(lab.ctl(&["map", "list", "--json"]).unwrap().matches("\"proto\"").count(), 3);
+    let (status, out) = ctl.stop();
+    assert!(status.success() && out.contains("adopted"), "{status}: {out}");
+
+    lab.ctl(&["flows", "flush"]).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
+    assert_eq!(all, serde_json::json!([]));
+}

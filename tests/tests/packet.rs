@@ -652,3 +652,36 @@ fn masquerade_ports_avoid_forwards_and_live_flows() {
         assert_eq!(dp.ct().len(), 2);
     });
 }
+
+/// The dataplane records what each direction has seen, and the controller's state machine reads
+/// the handshake, both FINs and an RST from it.
+#[test]
+fn tcp_state_is_tracked_per_direction() {
+    use hairpin_common::expiry::{TcpState, tcp_state};
+    use hairpin_tests::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    let mut dp = Dataplane::load(dp::lab_config());
+    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+    let out = |f| Pkt::tcp("198.51.100.7:40000", PUBLIC_80).flags(f);
+    let back = |f| Pkt::tcp(SERVER_80, "198.51.100.7:40000").flags(f);
+    let state = |dp: &Dataplane| {
+        let ct = dp.ct();
+        let flags = |reply: bool| ct.iter().find(|(_, e)| (e.flags & CT_F_REPLY != 0) == reply).unwrap().1.flags;
+        tcp_state(flags(false), flags(true))
+    };
+    let expect = |dp: &mut Dataplane, hook, pkt: Pkt, want| {
+        let (v, _) = dp.run(hook, &pkt.build());
+        assert_eq!(v, XDP_PASS);
+        assert_eq!(state(dp), want, "after {:?} flags {:#04x}", hook, pkt.tcp_flags);
+    };
+    expect(&mut dp, Hook::WanIngress, out(TCP_SYN), TcpState::Opening);
+    expect(&mut dp, Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening);
+    expect(&mut dp, Hook::WanIngress, out(TCP_ACK), TcpState::Established);
+    expect(&mut dp, Hook::LanIngress, back(TCP_ACK), TcpState::Established);
+    expect(&mut dp, Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing);
+    expect(&mut dp, Hook::LanIngress, back(TCP_FIN | TCP_ACK), TcpState::Closed);
+
+    let mut dp = Dataplane::load(dp::lab_config());
+    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+    expect(&mut dp, Hook::WanIngress, out(TCP_SYN), TcpState::Opening);
+    expect(&mut dp, Hook::LanIngress, back(TCP_RST | TCP_ACK), TcpState::Closed);
+}

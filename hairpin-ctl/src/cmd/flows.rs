@@ -1,9 +1,14 @@
-//! `hairpin-ctl flows`: the conntrack table, one entry per direction of each flow.
+//! `hairpin-ctl flows`: the conntrack table, one entry per direction of each flow, with state
+//! and remaining lifetime; `flows flush` empties it.
 
-use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CT_F_REPLY};
+use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CtEntry, FlowKey, expiry};
 use serde::Serialize;
 
-use crate::{cli::Proto, dataplane::PinDir, output};
+use crate::{
+    cli::{FlowsAction, FlowsArgs, Proto},
+    dataplane::PinDir,
+    expire, output,
+};
 
 #[derive(Serialize)]
 struct Row {
@@ -11,6 +16,8 @@ struct Row {
     direction: &'static str,
     hairpin: bool,
     masquerade: bool,
+    /// TCP state, or "active".
+    state: &'static str,
     /// The tuple as it arrives at the gateway.
     src: String,
     dst: String,
@@ -19,65 +26,87 @@ struct Row {
     translated_dst: String,
     age_s: f64,
     idle_s: f64,
+    expires_in_s: f64,
 }
 
-/// CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns`.
-fn boot_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
-    let maps = pins.open()?;
-    let now = boot_ns();
-    let secs = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
-    let mut rows = Vec::new();
-    let mut entries = maps.ct.iter().collect::<Result<Vec<_>, _>>()?;
-    // One flow's two directions together, original first: a reply sorts under its twin's key.
-    entries.sort_by_key(|(k, e)| {
-        let reply = e.flags & CT_F_REPLY != 0;
-        let orig = if reply { e.xlate.reversed() } else { *k };
-        (orig.proto, orig.src.octets(), orig.sport.host(), orig.dst.octets(), orig.dport.host(), reply)
+pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
+    let mut maps = pins.open()?;
+    if let Some(FlowsAction::Flush) = a.action {
+        let (flows, lone) = expire::snapshot(&maps)?;
+        for f in &flows {
+            maps.remove_flow(&f.orig_key, &f.orig);
+        }
+        for (k, e) in &lone {
+            maps.remove_flow(k, e);
+        }
+        println!("flushed {} flows", flows.len());
+        return Ok(());
+    }
+    let timeouts = maps.config()?.timeouts;
+    let now = expire::boot_ns();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let (mut flows, lone) = expire::snapshot(&maps)?;
+    // Stable order: by protocol and original tuple.
+    flows.sort_by_key(|f| {
+        let k = f.orig_key;
+        (k.proto, k.src.octets(), k.sport.host(), k.dst.octets(), k.dport.host())
     });
-    for (k, e) in entries {
-        let Some(proto) = Proto::from_number(k.proto) else { continue };
+    let mut rows = Vec::new();
+    let mut push = |k: &FlowKey, e: &CtEntry, direction, state, left| {
+        let Some(proto) = Proto::from_number(k.proto) else { return };
         rows.push(Row {
             proto,
-            direction: if e.flags & CT_F_REPLY != 0 { "reply" } else { "original" },
+            direction,
             hairpin: e.flags & CT_F_HAIRPIN != 0,
             masquerade: e.flags & CT_F_MASQ != 0,
-            src: output::src(&k).to_string(),
-            dst: output::dst(&k).to_string(),
+            state,
+            src: output::src(k).to_string(),
+            dst: output::dst(k).to_string(),
             translated_src: output::src(&e.xlate).to_string(),
             translated_dst: output::dst(&e.xlate).to_string(),
-            age_s: secs(e.created_ns),
-            idle_s: secs(e.last_seen_ns),
+            age_s: secs(now.saturating_sub(e.created_ns)),
+            idle_s: secs(now.saturating_sub(e.last_seen_ns)),
+            expires_in_s: secs(left),
         });
+    };
+    for f in &flows {
+        let reply_flags = f.reply.as_ref().map_or(0, |(_, r)| r.flags);
+        let state = expiry::state_name(f.orig_key.proto, f.orig.flags, reply_flags);
+        let left = f.remaining_ns(&timeouts, now);
+        push(&f.orig_key, &f.orig, "original", state, left);
+        if let Some((rk, r)) = &f.reply {
+            push(rk, r, "reply", state, left);
+        }
     }
-    if json {
+    for (k, e) in &lone {
+        push(k, e, "reply", "orphan", 0);
+    }
+    if a.json {
         return output::json(&rows);
     }
     if rows.is_empty() {
         println!("no flows");
     }
     for r in rows {
+        let kind = if r.hairpin {
+            "hairpin "
+        } else if r.masquerade {
+            "masquerade "
+        } else {
+            ""
+        };
         println!(
-            "{} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {}age {:.0}s idle {:.0}s",
+            "{} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {kind}{} age {:.0}s idle {:.0}s expires in {:.0}s",
             r.proto.name(),
             r.direction,
             r.src,
             r.dst,
             r.translated_src,
             r.translated_dst,
-            if r.hairpin {
-                "hairpin "
-            } else if r.masquerade {
-                "masquerade "
-            } else {
-                ""
-            },
+            r.state,
             r.age_s,
-            r.idle_s
+            r.idle_s,
+            r.expires_in_s
         );
     }
     Ok(())

@@ -3,6 +3,7 @@
 pub mod down;
 pub mod flows;
 pub mod map;
+pub mod run;
 pub mod stats;
 pub mod up;
 
@@ -18,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down => down::run(&pins),
         Command::Map(cmd) => map::run(&pins, cmd),
         Command::Stats(a) => stats::run(&pins, a.json),
-        Command::Flows(a) => flows::run(&pins, a.json),
+        Command::Flows(a) => flows::run(&pins, a),
+        Command::Run(a) => run::run(&pins, &a).await,
     }
 }

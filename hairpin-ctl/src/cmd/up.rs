@@ -46,6 +46,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         port_max: a.port_range.max,
         flags: if a.no_hairpin { 0 } else { CFG_F_HAIRPIN },
         wan_ifindex,
+        timeouts: a.timeouts.to_timeouts(),
     };
 
     let mut ebpf = dataplane::load()?;

@@ -1,0 +1,93 @@
+//! The flow sweep: removes flows whose idle timeout has passed, both directions and their
+//! egress rewrites together, and entries whose twin has gone (LRU eviction, a crash).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use hairpin_common::{CT_F_REPLY, CtEntry, FlowKey, expiry};
+
+use crate::dataplane::Maps;
+
+/// An entry younger than this is never called an orphan: its twin may be being inserted.
+const ORPHAN_GRACE_NS: u64 = 1_000_000_000;
+
+/// CLOCK_BOOTTIME in ns, the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// One flow: its original-direction entry and, if present, the reply entry.
+pub struct Flow {
+    pub orig_key: FlowKey,
+    pub orig: CtEntry,
+    pub reply: Option<Entry>,
+}
+
+/// A conntrack entry with its key.
+pub type Entry = (FlowKey, CtEntry);
+
+/// Reads the whole table once. Returns the flows found through their original entries, and
+/// reply entries whose original is missing.
+pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
+    let all: HashMap<FlowKey, CtEntry> = maps.ct.iter().collect::<Result<_, _>>()?;
+    let mut flows = Vec::new();
+    let mut lone_replies = Vec::new();
+    for (k, e) in &all {
+        let twin_key = e.xlate.reversed();
+        if e.flags & CT_F_REPLY == 0 {
+            flows.push(Flow { orig_key: *k, orig: *e, reply: all.get(&twin_key).map(|r| (twin_key, *r)) });
+        } else if !all.contains_key(&twin_key) {
+            lone_replies.push((*k, *e));
+        }
+    }
+    Ok((flows, lone_replies))
+}
+
+impl Flow {
+    /// Nanoseconds left before the flow expires (0: expired). A flow without its reply entry
+    /// has no lifetime left once past the grace period.
+    pub fn remaining_ns(&self, t: &hairpin_common::Timeouts, now: u64) -> u64 {
+        match &self.reply {
+            Some((_, r)) => expiry::remaining_ns(self.orig_key.proto, &self.orig, r, t, now),
+            None if now.saturating_sub(self.orig.created_ns) < ORPHAN_GRACE_NS => 1,
+            None => 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub flows: usize,
+    pub expired: usize,
+    pub orphans: usize,
+    pub elapsed: Duration,
+}
+
+/// Removes expired flows and orphans at time `now` (boot ns).
+pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
+    let start = Instant::now();
+    let timeouts = maps.config()?.timeouts;
+    let (flows, lone_replies) = snapshot(maps)?;
+    let mut s = Sweep { flows: flows.len(), ..Default::default() };
+    for f in &flows {
+        if f.remaining_ns(&timeouts, now) == 0 {
+            if f.reply.is_none() {
+                s.orphans += 1;
+            } else {
+                s.expired += 1;
+            }
+            maps.remove_flow(&f.orig_key, &f.orig);
+        }
+    }
+    for (k, e) in &lone_replies {
+        if now.saturating_sub(e.created_ns) >= ORPHAN_GRACE_NS {
+            s.orphans += 1;
+            maps.remove_flow(k, e);
+        }
+    }
+    s.elapsed = start.elapsed();
+    Ok(s)
+}

@@ -2,13 +2,13 @@
 
 use anyhow::{Context as _, bail};
 use aya::maps::MapError;
-use hairpin_common::{CT_F_REPLY, Endpoint, Ipv4Be, MappingKey, PortBe};
+use hairpin_common::{Endpoint, Ipv4Be, MappingKey, PortBe};
 use serde::Serialize;
 
 use crate::{
     cli::{self, MapCommand, Proto},
     dataplane::PinDir,
-    output,
+    expire, output,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -56,16 +56,15 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             }
             maps.mappings.remove(&key).context("deleting the mapping")?;
             // Flows created by the mapping stop too: their original direction was addressed to it.
-            let flows: Vec<_> = maps
-                .ct
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, e)| e.flags & CT_F_REPLY == 0 && k.proto == key.proto && k.dst_ep() == to_endpoint(public))
-                .collect();
-            for (k, e) in &flows {
-                maps.remove_flow(k, e);
+            let (flows, _) = expire::snapshot(&maps)?;
+            let mut removed = 0;
+            for f in
+                flows.iter().filter(|f| f.orig_key.proto == key.proto && f.orig_key.dst_ep() == to_endpoint(public))
+            {
+                maps.remove_flow(&f.orig_key, &f.orig);
+                removed += 1;
             }
-            println!("deleted {} {} ({} flows removed)", proto.name(), public.0, flows.len());
+            println!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
         }
         MapCommand::List(a) => {
             let mut rows: Vec<Row> = maps

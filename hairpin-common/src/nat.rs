@@ -119,6 +119,8 @@ mod tests {
             flags: CFG_F_HAIRPIN,
             wan_ifindex: 2,
             timeouts: Timeouts::default(),
+            lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
+            lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
         }
     }
 
@@ -167,6 +169,24 @@ mod tests {
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(CLIENT, 33000)));
         assert_eq!(egress_rewrite(&p.reply_key, &p.reply), None, "the reply keeps the internet host's source");
         assert_eq!(p.reply.flags, CT_F_MASQ | CT_F_REPLY);
+    }
+
+    #[test]
+    fn unicast_addresses() {
+        for a in [CLIENT, INET, PUBLIC, [223, 255, 255, 254]] {
+            assert!(Ipv4Be::from_octets(a).is_unicast(), "{a:?}");
+        }
+        for a in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 251], [239, 1, 1, 1], [255, 255, 255, 255]] {
+            assert!(!Ipv4Be::from_octets(a).is_unicast(), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn lan_prefix_membership() {
+        let c = cfg();
+        assert!(c.in_lan(Ipv4Be::from_octets(CLIENT)) && c.in_lan(Ipv4Be::from_octets([192, 168, 0, 255])));
+        assert!(!c.in_lan(Ipv4Be::from_octets(INET)) && !c.in_lan(Ipv4Be::from_octets([192, 168, 1, 3])));
+        assert!(!Config { lan_mask: Ipv4Be(0), ..c }.in_lan(Ipv4Be::from_octets(CLIENT)), "no prefix set");
     }
 
     #[test]

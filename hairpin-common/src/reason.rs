@@ -63,6 +63,15 @@ reasons! {
     /// LAN packet the kernel routes out of the WAN: flow created, source to become the public
     /// address at egress (masquerade).
     IngressMasquerade = 12, "ingress_masquerade";
+    /// WAN packet with a source in the LAN prefix (spoofed): dropped.
+    DropWanLanSource = 13, "drop_wan_lan_source";
+    /// WAN packet addressed straight to a LAN address: dropped, never forwarded.
+    DropWanToLan = 14, "drop_wan_to_lan";
+    /// LAN packet from outside the LAN prefix that the gateway would forward: dropped.
+    DropLanForeignSource = 15, "drop_lan_foreign_source";
+    /// Packet about to leave on the WAN with a LAN source and no translation (e.g. a protocol
+    /// hairpin does not translate yet): dropped.
+    DropLanSourceToWan = 16, "drop_lan_source_to_wan";
 }
 
 impl Reason {
@@ -71,7 +80,16 @@ impl Reason {
 
     /// Drops are the reasons whose verdict is to discard the packet.
     pub const fn is_drop(self) -> bool {
-        matches!(self, Reason::DropMalformed | Reason::DropNoPort | Reason::DropFlowInsert)
+        matches!(
+            self,
+            Reason::DropMalformed
+                | Reason::DropNoPort
+                | Reason::DropFlowInsert
+                | Reason::DropWanLanSource
+                | Reason::DropWanToLan
+                | Reason::DropLanForeignSource
+                | Reason::DropLanSourceToWan
+        )
     }
 }
 

@@ -16,6 +16,13 @@ impl Ipv4Be {
     pub const fn octets(self) -> [u8; 4] {
         self.0.to_ne_bytes()
     }
+    /// Neither "this host" (0/8), loopback, multicast, nor the limited broadcast: an address a
+    /// flow may be translated to or from.
+    #[inline(always)]
+    pub const fn is_unicast(self) -> bool {
+        let [a, ..] = self.octets();
+        a != 0 && a != 127 && a < 224
+    }
 }
 
 /// A TCP/UDP port in network byte order (the raw `u16` as loaded from a packet).
@@ -172,6 +179,10 @@ pub struct Config {
     pub wan_ifindex: u32,
     /// Idle timeouts in seconds, applied by the controller (`hairpin-ctl run`).
     pub timeouts: Timeouts,
+    /// The LAN prefix (network and mask, network byte order): LAN sources must be inside it,
+    /// WAN packets must not claim or target it.
+    pub lan_net: Ipv4Be,
+    pub lan_mask: Ipv4Be,
 }
 
 /// How long a flow may stay idle, by protocol and TCP state, in seconds.
@@ -197,6 +208,13 @@ impl Config {
     pub const fn hairpin(&self) -> bool {
         self.flags & CFG_F_HAIRPIN != 0
     }
+
+    /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).
+    #[inline(always)]
+    pub const fn in_lan(&self, addr: Ipv4Be) -> bool {
+        // Raw network-order words: masking works the same in either byte order.
+        self.lan_mask.0 != 0 && addr.0 & self.lan_mask.0 == self.lan_net.0
+    }
 }
 
 // The layouts are ABI between the BPF object and the controller.
@@ -206,7 +224,7 @@ const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4)
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
-const _: () = assert!(size_of::<Config>() == 36 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Config>() == 44 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
 const _: () = {
@@ -216,6 +234,7 @@ const _: () = {
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
     assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
+    assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
 };
 
 #[cfg(feature = "user")]

@@ -100,6 +100,10 @@ pub struct UpArgs {
     /// interface's primary IPv4 address].
     #[arg(long, value_name = "ADDR")]
     pub lan_ip: Option<Ipv4Addr>,
+    /// The LAN prefix, e.g. 192.168.0.0/24 [default: the LAN interface's primary address and
+    /// prefix]. LAN sources outside it are not forwarded; WAN packets from or to it are dropped.
+    #[arg(long, value_name = "CIDR")]
+    pub lan_prefix: Option<Ipv4Net>,
     /// Do not hairpin: LAN clients dialling the public address get destination NAT only, as on
     /// a gateway without NAT loopback (their connections fail; useful to show why hairpin is
     /// needed).
@@ -142,6 +146,46 @@ impl TimeoutArgs {
             udp: self.udp_timeout,
             icmp: self.icmp_timeout,
         }
+    }
+}
+
+/// An IPv4 prefix `ADDR/LEN` (host bits are cleared: 192.168.0.1/24 means 192.168.0.0/24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
+        let net = Ipv4Addr::from(u32::from(addr) & u32::from(Self::mask_of(len)));
+        Self { addr: net, len }
+    }
+    fn mask_of(len: u8) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))
+    }
+    pub fn mask(&self) -> Ipv4Addr {
+        Self::mask_of(self.len)
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not an IPv4 prefix ADDR/LEN (e.g. 192.168.0.0/24)");
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let len: u8 = l.parse().map_err(|_| bad())?;
+        if !(1..=32).contains(&len) {
+            return Err(format!("'{s}': the prefix length must be 1 to 32"));
+        }
+        Ok(Self::new(addr, len))
     }
 }
 
@@ -303,6 +347,8 @@ mod tests {
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "0-10"][..], "start above 0"),
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "1024"][..], "MIN-MAX"),
             (&["up", "--lan", "a", "--wan", "b", "--udp-timeout", "0"][..], "--udp-timeout"),
+            (&["up", "--lan", "a", "--wan", "b", "--lan-prefix", "192.168.0.0"][..], "ADDR/LEN"),
+            (&["up", "--lan", "a", "--wan", "b", "--lan-prefix", "192.168.0.0/0"][..], "1 to 32"),
             (&["run", "--lan", "a", "--wan", "b", "--sweep-interval", "0"][..], "--sweep-interval"),
             (&["flows", "purge"][..], "unrecognized subcommand"),
         ] {
@@ -322,6 +368,14 @@ mod tests {
             parse(&["flows", "flush"]).unwrap().command,
             Command::Flows(FlowsArgs { action: Some(FlowsAction::Flush), .. })
         ));
+    }
+
+    #[test]
+    fn lan_prefix_clears_host_bits() {
+        let n: Ipv4Net = "192.168.0.1/24".parse().unwrap();
+        assert_eq!((n.addr, n.mask()), (Ipv4Addr::new(192, 168, 0, 0), Ipv4Addr::new(255, 255, 255, 0)));
+        let h: Ipv4Net = "10.1.2.3/32".parse().unwrap();
+        assert_eq!((h.addr, h.mask()), (Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -12,13 +12,20 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
 
 /// The interface's primary (first listed) IPv4 address.
 pub fn primary_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
+    primary_ipv4_net(name).map(|(addr, _)| addr)
+}
+
+/// The interface's primary IPv4 address and its prefix length.
+pub fn primary_ipv4_net(name: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
     for ifa in addrs {
         if ifa.interface_name != name {
             continue;
         }
         if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-            return Ok(sin.ip());
+            let mask =
+                ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map_or(32, |m| u32::from(m.ip()).count_ones());
+            return Ok((sin.ip(), mask as u8));
         }
     }
     bail!("interface '{name}' has no IPv4 address; give one explicitly")

@@ -37,13 +37,13 @@ pub fn xdp_wan(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn tc_egress_lan(ctx: TcContext) -> i32 {
-    let reason = nat::egress(&ctx::Tc(&ctx));
+    let reason = nat::egress(&ctx::Tc(&ctx), Side::Lan);
     fwd::finish_tc(Hook::LanEgress, reason)
 }
 
 #[classifier]
 pub fn tc_egress_wan(ctx: TcContext) -> i32 {
-    let reason = nat::egress(&ctx::Tc(&ctx));
+    let reason = nat::egress(&ctx::Tc(&ctx), Side::Wan);
     fwd::finish_tc(Hook::WanEgress, reason)
 }
 

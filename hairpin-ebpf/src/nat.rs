@@ -1,6 +1,8 @@
 //! The NAT decisions at each hook, and the one function that rewrites an address and port.
 
-use hairpin_common::{Endpoint, MappingKey, Reason, csum::CsumDelta, ct_state_bits, nat::Side};
+use hairpin_common::{
+    Config, Endpoint, FlowKey, MappingKey, PortBe, Reason, csum::CsumDelta, ct_state_bits, nat::Side,
+};
 
 use crate::{
     csum,
@@ -8,7 +10,7 @@ use crate::{
     ctx::{Packet, Tc, ptr_at},
     fwd::{self, Route},
     maps::{CONFIG, MAPPINGS, SNAT},
-    parse::{MAX_HDR_LEN, Parsed, parse},
+    parse::{Ip, MAX_HDR_LEN, Parsed, parse_ip, parse_l4},
 };
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
@@ -23,16 +25,18 @@ pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
 
 #[inline(always)]
 fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
-    let p = parse(pkt)?;
+    let ip = parse_ip(pkt)?;
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return Ok(Reason::PassNoConfig);
+    };
+    check_source(pkt, &cfg, &ip, side)?;
+    let p = parse_l4(pkt, &ip)?;
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     if let Some(xlate) = ct::lookup_refresh(&p.key, now, seen) {
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressFlow);
     }
-    let Some(cfg) = CONFIG.get(0).copied() else {
-        return Ok(Reason::PassNoConfig);
-    };
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let snat = if side == Side::Lan && cfg.hairpin() { SourceNat::Hairpin } else { SourceNat::Keep };
         let xlate = ct::create(&cfg, &p.key, private, snat, seen, now)?;
@@ -40,27 +44,59 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::IngressNewFlow);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
-    if side == Side::Lan && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex) {
+    // Broadcast, multicast and address-less (DHCP) traffic never makes a flow.
+    if side == Side::Lan
+        && p.key.src.is_unicast()
+        && p.key.dst.is_unicast()
+        && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
+    {
         ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, seen, now)?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)
 }
 
-/// Egress (TC): give packets of known flows the source recorded for them.
+/// The gateway is a boundary: the WAN may neither claim a LAN source nor reach a LAN address
+/// directly, and the LAN may not have foreign sources forwarded (its own stack may still hear
+/// them: DHCP from 0.0.0.0, link-local chatter).
 #[inline(always)]
-pub fn egress(pkt: &Tc) -> Reason {
+fn check_source(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Result<(), Reason> {
+    match side {
+        Side::Wan if cfg.in_lan(ip.src) => Err(Reason::DropWanLanSource),
+        Side::Wan if cfg.in_lan(ip.dst) => Err(Reason::DropWanToLan),
+        // 0.0.0.0 is a host without an address yet (DHCP): only ever for the gateway itself.
+        Side::Lan if cfg.lan_mask.0 != 0 && ip.src.0 != 0 && !cfg.in_lan(ip.src) => {
+            let key = FlowKey::new(ip.proto, Endpoint::new(ip.src, PortBe(0)), Endpoint::new(ip.dst, PortBe(0)));
+            match fwd::route(pkt, &key, ip.tot_len as u16) {
+                Route::Out(_) => Err(Reason::DropLanForeignSource),
+                Route::NotForwarded => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Egress (TC): give packets of known flows the source recorded for them; on the WAN, let
+/// nothing out with a LAN source.
+#[inline(always)]
+pub fn egress(pkt: &Tc, side: Side) -> Reason {
     pkt.pull_headers(MAX_HDR_LEN);
-    match try_egress(pkt) {
+    match try_egress(pkt, side) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn try_egress(pkt: &Tc) -> Result<Reason, Reason> {
-    let p = parse(pkt)?;
+fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
+    let ip = parse_ip(pkt)?;
+    let leaks = || side == Side::Wan && CONFIG.get(0).is_some_and(|cfg| cfg.in_lan(ip.src));
+    let p = match parse_l4(pkt, &ip) {
+        Ok(p) => p,
+        Err(_) if leaks() => return Err(Reason::DropLanSourceToWan),
+        Err(r) => return Err(r),
+    };
     let Some(new_src) = (unsafe { SNAT.get(&p.key) }).copied() else {
-        return Ok(Reason::PassEgressNoFlow);
+        return if leaks() { Err(Reason::DropLanSourceToWan) } else { Ok(Reason::PassEgressNoFlow) };
     };
     rewrite(pkt, &p, End::Src, new_src)?;
     Ok(Reason::EgressFlow)

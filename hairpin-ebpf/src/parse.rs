@@ -30,10 +30,20 @@ pub struct Parsed {
 /// options, a TCP header.
 pub const MAX_HDR_LEN: u32 = (EthHdr::LEN + 60 + TcpHdr::LEN) as u32;
 
-/// Parses an IPv4 TCP/UDP packet. Anything else is an `Err` with the reason to pass it (or,
-/// for a malformed header, to drop it).
+/// The IPv4 header of a packet: what the security checks need, for every protocol.
+pub struct Ip {
+    pub src: Ipv4Be,
+    pub dst: Ipv4Be,
+    pub proto: u8,
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub tot_len: usize,
+    pub fragment: bool,
+}
+
+/// Parses Ethernet and IPv4. Non-IPv4 is an `Err` to pass; a bad IPv4 header one to drop.
 #[inline(always)]
-pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
+pub fn parse_ip(pkt: &impl Packet) -> Result<Ip, Reason> {
     let eth = ptr_at::<EthHdr>(pkt, 0).map_err(|_| Reason::PassNotIpv4)?;
     // SAFETY: ptr_at checked the bounds; headers are read unaligned (network-types fields are
     // byte arrays).
@@ -57,12 +67,20 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
         return Err(Reason::DropMalformed);
     }
-    if frags & IP_MF_OFFSET_MASK_BE != 0 {
+    Ok(Ip { src, dst, proto, l3_off, l4_off: l3_off + ihl, tot_len, fragment: frags & IP_MF_OFFSET_MASK_BE != 0 })
+}
+
+/// Parses the TCP/UDP header after `ip`. Fragments and other protocols are an `Err` to pass;
+/// a truncated or inconsistent header one to drop.
+#[inline(always)]
+pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<Parsed, Reason> {
+    if ip.fragment {
         return Err(Reason::PassFragment);
     }
-    let l4_off = l3_off + ihl;
+    let (l3_off, l4_off, tot_len) = (ip.l3_off, ip.l4_off, ip.tot_len);
+    let ihl = l4_off - l3_off;
     const TCP_FLAGS_OFF: usize = 13;
-    let (ports, tcp_flags) = match proto {
+    let (ports, tcp_flags) = match ip.proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN {
                 return Err(Reason::DropMalformed);
@@ -86,11 +104,11 @@ pub fn parse(pkt: &impl Packet) -> Result<Parsed, Reason> {
     }
     Ok(Parsed {
         key: FlowKey {
-            src,
-            dst,
+            src: ip.src,
+            dst: ip.dst,
             sport: PortBe(u16::from_ne_bytes(ports.0)),
             dport: PortBe(u16::from_ne_bytes(ports.1)),
-            proto,
+            proto: ip.proto,
             _pad: [0; 3],
         },
         l3_off,

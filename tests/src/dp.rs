@@ -43,6 +43,8 @@ pub fn lab_config() -> Config {
         flags: CFG_F_HAIRPIN,
         wan_ifindex: 0,
         timeouts: Default::default(),
+        lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
+        lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
     }
 }
 

@@ -2,7 +2,10 @@
 //! sockets, through the real hairpin-ctl binary. Each test builds its own uniquely named lab
 //! and tears it down on drop, pass or fail.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
 use hairpin_lab::{
     Lab,
@@ -74,6 +77,15 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
     assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{e:#}");
     assert!(lab.counter("pass_no_mapping").unwrap() > before);
+
+    // An internet host that routes the LAN prefix at the gateway still cannot reach a LAN host
+    // directly: the gateway drops it.
+    lab.inet.ip(&["route", "add", "192.168.0.0/24", "via", "203.0.113.1"]).unwrap();
+    let before = lab.counter("drop_wan_to_lan").unwrap();
+    let direct = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(SERVER, HTTP_PORT), 1, Duration::from_secs(2));
+    assert!(direct.is_err(), "the internet reached a LAN host directly");
+    assert!(lab.counter("drop_wan_to_lan").unwrap() > before);
+    lab.inet.ip(&["route", "del", "192.168.0.0/24"]).unwrap();
 
     // Every flow is in conntrack, both directions, and the counters moved.
     let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();

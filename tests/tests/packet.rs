@@ -685,3 +685,86 @@ fn tcp_state_is_tracked_per_direction() {
     expect(&mut dp, Hook::WanIngress, out(TCP_SYN), TcpState::Opening);
     expect(&mut dp, Hook::LanIngress, back(TCP_RST | TCP_ACK), TcpState::Closed);
 }
+
+/// The gateway as a boundary: spoofed LAN sources from the WAN, WAN packets aimed straight at
+/// LAN hosts, foreign sources from the LAN and untranslated LAN sources leaving on the WAN are
+/// dropped and counted; the gateway's own traffic is not.
+#[test]
+fn boundary_checks_drop_and_count() {
+    in_gateway_ns("boundary", dp::lab_config(), |dp| {
+        dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+        let icmp_from_lan = {
+            let mut f = Pkt::udp("192.168.0.3:0", "198.51.100.7:0").build();
+            f[14 + 9] = 1; // protocol ICMP: not translated yet, so it must not leak
+            f
+        };
+        run_case(
+            "boundary",
+            dp,
+            &[
+                step(
+                    "WAN source claiming the LAN",
+                    Hook::WanIngress,
+                    &Pkt::tcp("192.168.0.3:40000", PUBLIC_80),
+                    Reason::DropWanLanSource,
+                    None,
+                ),
+                step(
+                    "WAN straight to a LAN host",
+                    Hook::WanIngress,
+                    &Pkt::tcp("198.51.100.7:40000", SERVER_80),
+                    Reason::DropWanToLan,
+                    None,
+                ),
+                step(
+                    "foreign source from the LAN, to be forwarded",
+                    Hook::LanIngress,
+                    &Pkt::udp("10.9.9.9:5000", "198.51.100.7:53"),
+                    Reason::DropLanForeignSource,
+                    None,
+                ),
+                step(
+                    "foreign source from the LAN, for the gateway itself",
+                    Hook::LanIngress,
+                    &Pkt::udp("169.254.1.1:5353", "192.168.0.1:5353"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+                step(
+                    "DHCP discover from 0.0.0.0",
+                    Hook::LanIngress,
+                    &Pkt::udp("0.0.0.0:68", "255.255.255.255:67"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+                step(
+                    "untranslated LAN source leaving on the WAN",
+                    Hook::WanEgress,
+                    &Pkt::tcp("192.168.0.3:40000", "198.51.100.7:443"),
+                    Reason::DropLanSourceToWan,
+                    None,
+                ),
+                raw(
+                    "ICMP from a LAN source leaving on the WAN",
+                    Hook::WanEgress,
+                    icmp_from_lan,
+                    Reason::DropLanSourceToWan,
+                ),
+                step(
+                    "the gateway's own traffic on the WAN",
+                    Hook::WanEgress,
+                    &Pkt::tcp("203.0.113.1:40000", "198.51.100.7:443"),
+                    Reason::PassEgressNoFlow,
+                    None,
+                ),
+                step(
+                    "the internet still gets in through the forward",
+                    Hook::WanIngress,
+                    &Pkt::tcp("198.51.100.7:40000", PUBLIC_80),
+                    Reason::IngressNewFlow,
+                    Some(&Pkt::tcp("198.51.100.7:40000", SERVER_80)),
+                ),
+            ],
+        );
+    });
+}

@@ -14,7 +14,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    cli::{UpArgs, XdpAttachMode},
+    cli::{Ipv4Net, UpArgs, XdpAttachMode},
     dataplane::{self, LINKS, PinDir},
     netif,
 };
@@ -35,6 +35,13 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         Some(ip) => ip,
         None => netif::primary_ipv4(&a.lan).context("--lan-ip")?,
     };
+    let lan_prefix = match a.lan_prefix {
+        Some(net) => net,
+        None => {
+            let (addr, len) = netif::primary_ipv4_net(&a.lan).context("--lan-prefix")?;
+            Ipv4Net::new(addr, len)
+        }
+    };
     let public_ip = match a.public_ip {
         Some(ip) => ip,
         None => netif::primary_ipv4(&a.wan).context("--public-ip")?,
@@ -47,6 +54,8 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         flags: if a.no_hairpin { 0 } else { CFG_F_HAIRPIN },
         wan_ifindex,
         timeouts: a.timeouts.to_timeouts(),
+        lan_net: Ipv4Be::from_octets(lan_prefix.addr.octets()),
+        lan_mask: Ipv4Be::from_octets(lan_prefix.mask().octets()),
     };
 
     let mut ebpf = dataplane::load()?;
@@ -70,7 +79,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
 
     warn_sysctls(&a.lan, !a.no_hairpin);
     println!(
-        "hairpin up: lan {} ({lan_ip}), wan {} ({public_ip}), hairpin {}, pinned at {}",
+        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, pinned at {}",
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },

@@ -14,8 +14,9 @@ use crate::{
 };
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
-/// that match a port-forward or that a LAN host sends to the internet. Sources are left for egress: writing the gateway's own address
-/// as a source here would make the kernel drop the packet as a martian.
+/// that match a port-forward or that a LAN host sends to the internet. Sources are left for
+/// egress: writing the gateway's own address as a source here would make the kernel drop the
+/// packet as a martian.
 #[inline(always)]
 pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
     match try_ingress(pkt, side) {
@@ -29,7 +30,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     let Some(cfg) = CONFIG.get(0).copied() else {
         return Ok(Reason::PassNoConfig);
     };
-    check_source(pkt, &cfg, &ip, side)?;
+    check_boundary(pkt, &cfg, &ip, side)?;
     let p = parse_l4(pkt, &ip)?;
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
@@ -60,7 +61,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
 /// directly, and the LAN may not have foreign sources forwarded (its own stack may still hear
 /// them: DHCP from 0.0.0.0, link-local chatter).
 #[inline(always)]
-fn check_source(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Result<(), Reason> {
+fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Result<(), Reason> {
     match side {
         Side::Wan if cfg.in_lan(ip.src) => Err(Reason::DropWanLanSource),
         Side::Wan if cfg.in_lan(ip.dst) => Err(Reason::DropWanToLan),

@@ -78,13 +78,8 @@ pub fn create(
         plan
     };
     let (addr, flags) = match snat {
-        SourceNat::Keep => {
-            // Without a port to choose, a taken reply tuple is simply a failed insert.
-            return insert(&plan(None, 0)).map_err(|r| match r {
-                Reason::DropNoPort => Reason::DropFlowInsert,
-                r => r,
-            });
-        }
+        // Without a port to choose, a taken reply tuple is simply a failed insert.
+        SourceNat::Keep => return insert(&plan(None, 0)).map_err(|_| Reason::DropFlowInsert),
         SourceNat::Hairpin => (cfg.lan_addr, CT_F_HAIRPIN),
         SourceNat::Masquerade => (cfg.public_addr, CT_F_MASQ),
     };
@@ -97,47 +92,57 @@ pub fn create(
             continue;
         }
         match insert(&plan(Some(src), flags)) {
-            Err(Reason::DropNoPort) => continue,
-            other => return other,
+            Err(InsertError::TupleTaken) => continue,
+            Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
+            Ok(xlate) => return Ok(xlate),
         }
     }
     Err(Reason::DropNoPort)
 }
 
-/// Inserts a planned flow. `DropNoPort` means the reply tuple belongs to another flow (the
-/// caller may try another port); any other error has rolled back what was inserted.
+/// Why a planned flow was not inserted.
+enum InsertError {
+    /// Its reply tuple belongs to another flow: another source port may do.
+    TupleTaken,
+    /// A map operation failed; nothing of the flow is left behind.
+    Failed,
+}
+
+/// Inserts a planned flow: reply entry (claiming the reply tuple), original entry, egress
+/// rewrites. On failure, whatever this call inserted is removed again, and only that.
 #[inline(always)]
-fn insert(plan: &FlowPlan) -> Result<FlowKey, Reason> {
-    match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(EEXIST) => {
-            // The same flow created by a packet on another CPU is fine; anything else owns
-            // this reply tuple.
-            let same = CT.get_ptr(&plan.reply_key).map(|e| unsafe { (*e).xlate } == plan.reply.xlate);
-            if same != Some(true) {
-                return Err(Reason::DropNoPort);
-            }
+fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+    // Whether the reply entry is this call's to remove on failure.
+    let ours = match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // The same flow, created by a packet on another CPU, may share it; any other owner
+        // means the tuple is taken.
+        Err(EEXIST) if CT.get_ptr(&plan.reply_key).is_some_and(|e| unsafe { (*e).xlate } == plan.reply.xlate) => false,
+        Err(EEXIST) => return Err(InsertError::TupleTaken),
+        Err(_) => return Err(InsertError::Failed),
+    };
+    let undo_reply = || {
+        if ours {
+            let _ = CT.remove(&plan.reply_key);
         }
-        Err(_) => return Err(Reason::DropFlowInsert),
-    }
+    };
     if let Err(e) = CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
-        if e == EEXIST {
-            // Lost a race for the original direction: keep the winner's flow.
-            if let Some(xlate) = lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns, plan.orig.flags & CT_S_ALL) {
-                if xlate != plan.orig.xlate {
-                    let _ = CT.remove(&plan.reply_key);
-                }
-                return Ok(xlate);
-            }
+        // Lost a race for the original direction: the winner's flow stands.
+        let winner = if e == EEXIST {
+            lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns, plan.orig.flags & CT_S_ALL)
+        } else {
+            None
+        };
+        if winner != Some(plan.orig.xlate) {
+            undo_reply();
         }
-        let _ = CT.remove(&plan.reply_key);
-        return Err(Reason::DropFlowInsert);
+        return winner.ok_or(InsertError::Failed);
     }
     if insert_egress(&plan.orig_key, &plan.orig).and_then(|_| insert_egress(&plan.reply_key, &plan.reply)).is_err() {
         remove_egress(&plan.orig_key, &plan.orig);
         let _ = CT.remove(&plan.orig_key);
-        let _ = CT.remove(&plan.reply_key);
-        return Err(Reason::DropFlowInsert);
+        undo_reply();
+        return Err(InsertError::Failed);
     }
     Ok(plan.orig.xlate)
 }

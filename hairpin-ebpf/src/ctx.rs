@@ -13,8 +13,12 @@ pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// The whole packet's length, which for a non-linear skb (GSO, paged data) exceeds the
-    /// linear part: what an IPv4 total length is checked against.
-    fn len(&self) -> usize;
+    /// linear part: what an IPv4 total length is checked against. An XDP frame is one buffer
+    /// (hairpin does not declare frags support), so by default the linear part is all of it.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
 
     /// The context pointer for helpers that take it (`bpf_fib_lookup`), and the interface the
     /// packet is on.
@@ -51,12 +55,6 @@ impl Packet for Xdp<'_> {
     #[inline(always)]
     fn data_end(&self) -> usize {
         self.0.data_end()
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        // hairpin does not declare XDP frags support, so a frame is always one buffer.
-        self.0.data_end() - self.0.data()
     }
 
     #[inline(always)]

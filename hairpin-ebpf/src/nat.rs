@@ -45,10 +45,13 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::IngressNewFlow);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
-    // Broadcast, multicast and address-less (DHCP) traffic never makes a flow.
+    // Broadcast, multicast and address-less (DHCP) traffic never makes a flow, and traffic for
+    // the LAN or the gateway itself (its DNS, its SSH) is settled without asking the FIB.
     if side == Side::Lan
         && p.key.src.is_unicast()
         && p.key.dst.is_unicast()
+        && !cfg.in_lan(p.key.dst)
+        && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
         ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, seen, now)?;

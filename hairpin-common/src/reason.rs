@@ -21,9 +21,10 @@ macro_rules! reasons {
                 match self { $(Reason::$name => $label,)* }
             }
 
-            /// The doc line, used by `hairpin-ctl stats` to explain a counter.
-            pub const fn help(self) -> &'static str {
-                match self { $(Reason::$name => concat!($($doc),*),)* }
+            /// The doc comment, used by `hairpin-ctl stats` to explain a counter. Each doc line
+            /// keeps the space after `///`, which joins the lines; the first one's is trimmed.
+            pub fn help(self) -> &'static str {
+                match self { $(Reason::$name => concat!($($doc),*),)* }.trim_start()
             }
 
             pub const fn from_index(i: u32) -> Option<Reason> {
@@ -102,7 +103,8 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as u32, i as u32, "{} out of order", r.name());
             assert_eq!(Reason::from_index(i as u32), Some(*r));
-            assert!(!r.help().is_empty());
+            assert!(!r.help().is_empty() && !r.help().starts_with(' '), "{}: {:?}", r.name(), r.help());
+            assert!(!r.help().contains("  "), "{}: lines joined badly: {:?}", r.name(), r.help());
         }
         assert_eq!(Reason::from_index(Reason::COUNT), None);
     }

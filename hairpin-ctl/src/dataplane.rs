@@ -14,7 +14,8 @@ use hairpin_common::{
     consts::{Hook, map_names, prog_names},
 };
 
-/// The links pinned by `up`, in attach order: (program, hook, file name under `links/`).
+/// The programs `up` attaches, in attach order, with the hook each serves; each link is pinned
+/// under `links/` by its program's name.
 pub const LINKS: [(&str, Hook); 4] = [
     (prog_names::XDP_LAN, Hook::LanIngress),
     (prog_names::XDP_WAN, Hook::WanIngress),
@@ -122,15 +123,12 @@ impl Maps {
     pub fn config(&self) -> anyhow::Result<Config> {
         self.config.get(&0, 0).context("reading the dataplane configuration")
     }
-}
 
-impl Maps {
     /// Removes a flow's two conntrack entries and their egress rewrites, given either entry.
     pub fn remove_flow(&mut self, key: &FlowKey, entry: &CtEntry) {
         let twin_key = entry.xlate.reversed();
-        let twin = self.ct.get(&twin_key, 0).ok();
-        for (k, e) in [(Some(*key), Some(*entry)), (Some(twin_key), twin)] {
-            let (Some(k), Some(e)) = (k, e) else { continue };
+        let twin = self.ct.get(&twin_key, 0).ok().map(|e| (twin_key, e));
+        for (k, e) in std::iter::once((*key, *entry)).chain(twin) {
             if let Some((egress_key, _)) = hairpin_common::nat::egress_rewrite(&k, &e) {
                 let _ = self.snat.remove(&egress_key);
             }

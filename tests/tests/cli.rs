@@ -49,6 +49,18 @@ fn commands_need_the_dataplane_up() {
     let e = fails(&lab, &["up", "--lan", "lan0", "--wan", "lan0"]);
     assert!(e.contains("different interfaces"), "{e}");
     assert!(!lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"), "a failed up left XDP attached");
+    // A pin directory outside bpffs is refused before anything is loaded or attached.
+    let not_bpffs = std::env::temp_dir().join(format!("hairpin-not-bpffs-{}", std::process::id()));
+    let out = lab
+        .gw
+        .command(hairpin_ctl().to_str().unwrap())
+        .args(["--pin-dir", not_bpffs.to_str().unwrap(), "up", "--lan", "lan0", "--wan", "wan0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not on a bpf filesystem"), "{stderr}");
+    assert!(!not_bpffs.exists());
+    assert!(!lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"), "the refused up attached XDP");
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
             pins.root.display()
         );
     }
+    check_bpffs(pins)?;
     if a.lan == a.wan {
         bail!("--lan and --wan are both '{}': they must be different interfaces", a.lan);
     }
@@ -120,7 +121,6 @@ fn attach(ebpf: &mut Ebpf, prog: &str, hook: Hook, ifindex: u32, mode: XdpAttach
 }
 
 fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow::Result<()> {
-    check_bpffs(pins)?;
     for dir in [&pins.root, &pins.maps(), &pins.links()] {
         fs::create_dir_all(dir).with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
     }
@@ -155,7 +155,7 @@ fn warn_sysctls(lan: &str, hairpin: bool) {
     }
 }
 
-/// Pins only work on a bpf filesystem; say so plainly instead of failing on a path.
+/// Pins only work on a bpf filesystem; say so plainly, before anything is loaded or attached.
 fn check_bpffs(pins: &PinDir) -> anyhow::Result<()> {
     use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
     let parent = pins.root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));

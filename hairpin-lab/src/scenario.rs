@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
@@ -24,34 +24,29 @@ pub const UDP_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HAIRPIN_BYTES: usize = 1 << 20;
 pub const WAN_BYTES: usize = 64 << 10;
 
-fn ip_of(a: SocketAddr) -> IpAddr {
-    a.ip()
+/// A TCP echo of `bytes` from `from` to the public address's `public_port`, which must reach the
+/// LAN server and show it `expect_seen` as the peer.
+fn via_public(from: &Netns, public_port: u16, bytes: usize, expect_seen: Ipv4Addr) -> anyhow::Result<TcpEcho> {
+    let to = SocketAddrV4::new(PUBLIC, public_port);
+    let e = traffic::tcp_echo(from, to, bytes, CONNECT_TIMEOUT)?;
+    ensure!(
+        e.seen_by_server.ip() == IpAddr::V4(expect_seen),
+        "server saw {} instead of {expect_seen}",
+        e.seen_by_server
+    );
+    ensure!(e.bytes == bytes, "echoed {} of {bytes} bytes", e.bytes);
+    Ok(e)
 }
 
 /// Case 1: the internet host reaches the forwarded server, which sees its real address.
 pub fn port_forward(lab: &Lab, public_port: u16) -> anyhow::Result<TcpEcho> {
-    let to = SocketAddrV4::new(PUBLIC, public_port);
-    let e = traffic::tcp_echo(&lab.inet, to, WAN_BYTES, CONNECT_TIMEOUT).context("internet host -> public address")?;
-    ensure!(
-        ip_of(e.seen_by_server) == IpAddr::V4(INET),
-        "server saw {} instead of the internet host {INET}",
-        e.seen_by_server
-    );
-    Ok(e)
+    via_public(&lab.inet, public_port, WAN_BYTES, INET).context("internet host -> public address")
 }
 
 /// Case 2: the LAN client reaches the server through the public address; the server sees the
 /// gateway's LAN address, and every byte of the transfer comes back intact.
 pub fn hairpin_tcp(lab: &Lab, public_port: u16, bytes: usize) -> anyhow::Result<TcpEcho> {
-    let to = SocketAddrV4::new(PUBLIC, public_port);
-    let e = traffic::tcp_echo(&lab.cli, to, bytes, CONNECT_TIMEOUT).context("LAN client -> public address")?;
-    ensure!(
-        ip_of(e.seen_by_server) == IpAddr::V4(GW_LAN),
-        "server saw {} instead of the gateway {GW_LAN}",
-        e.seen_by_server
-    );
-    ensure!(e.bytes == bytes, "echoed {} of {bytes} bytes", e.bytes);
-    Ok(e)
+    via_public(&lab.cli, public_port, bytes, GW_LAN).context("LAN client -> public address")
 }
 
 /// Case 3 (hairpin off): the LAN client's connection must time out, as on a gateway without
@@ -60,24 +55,21 @@ pub fn no_hairpin_fails(lab: &Lab) -> anyhow::Result<io::ErrorKind> {
     let to = SocketAddrV4::new(PUBLIC, HTTP_PORT);
     match traffic::tcp_echo(&lab.cli, to, 1, NO_HAIRPIN_TIMEOUT) {
         Ok(e) => bail!("LAN client connected without hairpin (server saw {}): the demo is broken", e.seen_by_server),
-        Err(err) => {
-            let kind = err.downcast_ref::<io::Error>().map(io::Error::kind);
-            match kind {
-                Some(io::ErrorKind::TimedOut) => Ok(io::ErrorKind::TimedOut),
-                _ => bail!("expected a connect timeout, got: {err:#}"),
-            }
-        }
+        Err(err) => match traffic::io_kind(&err) {
+            Some(io::ErrorKind::TimedOut) => Ok(io::ErrorKind::TimedOut),
+            _ => bail!("expected a connect timeout, got: {err:#}"),
+        },
     }
 }
 
 /// Case 4 (UDP): request/response through `PUBLIC:5353 -> SERVER:53` from `from`; the reply
 /// must come from the public address. `expect_seen` is the source the server must see.
-pub fn udp_forward(from: &Netns, expect_seen: std::net::Ipv4Addr) -> anyhow::Result<UdpEcho> {
+pub fn udp_forward(from: &Netns, expect_seen: Ipv4Addr) -> anyhow::Result<UdpEcho> {
     let to = SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT);
     let e = traffic::udp_echo(from, to, b"hairpin udp probe", UDP_TIMEOUT)?;
     ensure!(e.reply_from == SocketAddr::V4(to), "reply came from {} instead of {to}", e.reply_from);
     ensure!(
-        ip_of(e.seen_by_server) == IpAddr::V4(expect_seen),
+        e.seen_by_server.ip() == IpAddr::V4(expect_seen),
         "server saw {} instead of {expect_seen}",
         e.seen_by_server
     );
@@ -90,7 +82,7 @@ pub fn masquerade(lab: &Lab) -> anyhow::Result<(TcpEcho, UdpEcho)> {
     let tcp = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(INET, HTTP_PORT), WAN_BYTES, CONNECT_TIMEOUT)
         .context("LAN client -> internet host (TCP)")?;
     ensure!(
-        ip_of(tcp.seen_by_server) == IpAddr::V4(PUBLIC),
+        tcp.seen_by_server.ip() == IpAddr::V4(PUBLIC),
         "internet host saw {} instead of {PUBLIC}",
         tcp.seen_by_server
     );
@@ -99,7 +91,7 @@ pub fn masquerade(lab: &Lab) -> anyhow::Result<(TcpEcho, UdpEcho)> {
         .context("LAN client -> internet host (UDP)")?;
     ensure!(udp.reply_from == SocketAddr::V4(to), "UDP reply came from {}", udp.reply_from);
     ensure!(
-        ip_of(udp.seen_by_server) == IpAddr::V4(PUBLIC),
+        udp.seen_by_server.ip() == IpAddr::V4(PUBLIC),
         "internet host saw {} instead of {PUBLIC}",
         udp.seen_by_server
     );
@@ -149,7 +141,7 @@ pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     say("\nflows (hairpin-ctl flows):".into());
     say(lab.ctl(&["flows"])?.trim_end().to_owned());
     say("\ncounters (hairpin-ctl stats, non-zero):".into());
-    for row in lab.stats()?.as_array().into_iter().flatten() {
+    for row in lab.stats()? {
         if row["total"].as_u64().unwrap_or(0) > 0 {
             say(format!("    {:<22} {}", row["reason"].as_str().unwrap_or("?"), row["total"]));
         }

@@ -168,17 +168,30 @@ impl Lab {
         Ok(())
     }
 
-    /// `hairpin-ctl stats --json`: counter totals by reason name.
-    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.ctl(&["stats", "--json"])?)?)
+    /// The rows of `hairpin-ctl <args> --json`, which must be a JSON array.
+    pub fn ctl_json(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        match serde_json::from_str(&self.ctl(&args)?)? {
+            serde_json::Value::Array(rows) => Ok(rows),
+            other => bail!("hairpin-ctl {} --json printed no array: {other}", args.join(" ")),
+        }
+    }
+
+    /// `hairpin-ctl stats --json`: one row per reason.
+    pub fn stats(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.ctl_json(&["stats"])
+    }
+
+    /// `hairpin-ctl flows --json`: one row per conntrack entry.
+    pub fn flows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.ctl_json(&["flows"])
     }
 
     /// The total of one reason's counter over all hooks.
     pub fn counter(&self, reason: &str) -> anyhow::Result<u64> {
-        let stats = self.stats()?;
-        stats
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["reason"] == reason))
+        self.stats()?
+            .iter()
+            .find(|r| r["reason"] == reason)
             .and_then(|r| r["total"].as_u64())
             .with_context(|| format!("no counter {reason} in stats"))
     }

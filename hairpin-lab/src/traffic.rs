@@ -130,6 +130,11 @@ fn udp_server(addr: SocketAddrV4, stop: &AtomicBool, ready: mpsc::Sender<anyhow:
     }
 }
 
+/// The I/O error kind behind a client error (connection refused, timed out...), if any.
+pub fn io_kind(err: &anyhow::Error) -> Option<io::ErrorKind> {
+    err.downcast_ref::<io::Error>().map(io::Error::kind)
+}
+
 /// What a TCP client saw of an echo exchange.
 #[derive(Debug, Clone)]
 pub struct TcpEcho {

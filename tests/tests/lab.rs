@@ -74,8 +74,7 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     // Unsolicited traffic from the internet goes to the gateway's own stack (which refuses it).
     let before = lab.counter("pass_no_mapping").unwrap();
     let e = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 9), 1, scenario::CONNECT_TIMEOUT).unwrap_err();
-    let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
-    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{e:#}");
+    assert_eq!(traffic::io_kind(&e), Some(std::io::ErrorKind::ConnectionRefused), "{e:#}");
     assert!(lab.counter("pass_no_mapping").unwrap() > before);
 
     // An internet host that routes the LAN prefix at the gateway still cannot reach a LAN host
@@ -88,8 +87,7 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     lab.inet.ip(&["route", "del", "192.168.0.0/24"]).unwrap();
 
     // Every flow is in conntrack, both directions, and the counters moved.
-    let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
-    let flows = flows.as_array().expect("flows --json is an array");
+    let flows = lab.flows().unwrap();
     assert_eq!(flows.len(), 2 * 8, "eight flows, two entries each: {flows:#?}");
     assert_eq!(flows.iter().filter(|f| f["hairpin"] == true).count(), 2 * 3);
     assert_eq!(flows.iter().filter(|f| f["masquerade"] == true).count(), 2 * 2);
@@ -100,18 +98,11 @@ fn port_forward_and_hairpin_over_tcp_and_udp() {
     // Deleting a mapping removes its flows (both directions) and stops the forward at once.
     let out = lab.ctl(&["map", "del", "tcp", "203.0.113.1:8080"]).unwrap();
     assert!(out.contains("2 flows removed"), "{out}");
-    let flows: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
-    assert_eq!(flows.as_array().unwrap().len(), 2 * 6);
-    assert!(
-        flows
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["dst"] != "203.0.113.1:8080" && f["translated_src"] != "203.0.113.1:8080")
-    );
+    let flows = lab.flows().unwrap();
+    assert_eq!(flows.len(), 2 * 6);
+    assert!(flows.iter().all(|f| f["dst"] != "203.0.113.1:8080" && f["translated_src"] != "203.0.113.1:8080"));
     let refused = scenario::port_forward(&lab, ALT_HTTP_PORT).expect_err("the deleted forward still works");
-    let kind = refused.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
-    assert_eq!(kind, Some(std::io::ErrorKind::ConnectionRefused), "{refused:#}");
+    assert_eq!(traffic::io_kind(&refused), Some(std::io::ErrorKind::ConnectionRefused), "{refused:#}");
     lab.down().unwrap();
     assert!(!lab.pin_dir.exists(), "down removed the pins");
 }
@@ -194,8 +185,7 @@ impl Drop for Controller {
 }
 
 fn udp_flows(lab: &Lab) -> Vec<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
-    v.as_array().unwrap().iter().filter(|f| f["proto"] == "udp").cloned().collect()
+    lab.flows().unwrap().into_iter().filter(|f| f["proto"] == "udp").collect()
 }
 
 #[test]
@@ -231,11 +221,10 @@ fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
     let flows_before = udp_flows(&lab).len();
     let ctl = Controller::start(&lab, &[]);
     assert_eq!(udp_flows(&lab).len(), flows_before);
-    assert_eq!(lab.ctl(&["map", "list", "--json"]).unwrap().matches("\"proto\"").count(), 3);
+    assert_eq!(lab.ctl_json(&["map", "list"]).unwrap().len(), 3);
     let (status, out) = ctl.stop();
     assert!(status.success() && out.contains("adopted"), "{status}: {out}");
 
     lab.ctl(&["flows", "flush"]).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&lab.ctl(&["flows", "--json"]).unwrap()).unwrap();
-    assert_eq!(all, serde_json::json!([]));
+    assert_eq!(lab.flows().unwrap(), Vec::<serde_json::Value>::new());
 }

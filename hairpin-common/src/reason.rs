@@ -39,7 +39,8 @@ reasons! {
     PassNotIpv4 = 0, "pass_not_ipv4";
     /// IPv4 fragment: passed untouched (ports are only in the first fragment).
     PassFragment = 1, "pass_fragment";
-    /// IPv4 protocol other than TCP/UDP: passed untouched.
+    /// IPv4 protocol other than TCP/UDP/ICMP, or an ICMP type other than echo and errors:
+    /// passed untouched.
     PassOtherProto = 2, "pass_other_proto";
     /// Ingress packet with no flow, no port-forward mapping and not masqueraded (for the
     /// gateway itself, or unsolicited from the WAN): passed untouched to the gateway's stack.
@@ -70,9 +71,12 @@ reasons! {
     DropWanToLan = 14, "drop_wan_to_lan";
     /// LAN packet from outside the LAN prefix that the gateway would forward: dropped.
     DropLanForeignSource = 15, "drop_lan_foreign_source";
-    /// Packet about to leave on the WAN with a LAN source and no translation (e.g. a protocol
-    /// hairpin does not translate yet): dropped.
+    /// Packet about to leave on the WAN with a LAN source and no translation (a protocol
+    /// hairpin does not translate), or an ICMP error quoting a LAN address: dropped.
     DropLanSourceToWan = 16, "drop_lan_source_to_wan";
+    /// ICMP error about a known flow: the packet it quotes and its outer addresses translated
+    /// (RFC 5508), every checksum updated.
+    IcmpError = 17, "icmp_error";
 }
 
 impl Reason {

@@ -53,7 +53,8 @@ pub enum Command {
     Map(MapCommand),
     /// Show the per-reason packet counters of every hook (summed over CPUs).
     Stats(JsonArg),
-    /// Show the conntrack entries (one per direction of each flow), or flush them.
+    /// Show the conntrack entries (one per direction of each flow; an ICMP echo flow shows its
+    /// identifier as the port), or flush them.
     Flows(FlowsArgs),
     /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
     /// until SIGTERM or SIGINT, leaving the dataplane running on exit.

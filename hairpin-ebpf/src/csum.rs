@@ -3,34 +3,35 @@
 
 use hairpin_common::{
     Reason,
-    consts::{IPPROTO_TCP, IPPROTO_UDP},
+    consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     csum::CsumDelta,
 };
 
 use crate::{ctx::Packet, parse::Parsed};
 
-/// Offset of the IPv4 header checksum within the IPv4 header.
-const IP_CSUM_OFF: usize = 10;
-const TCP_CSUM_OFF: usize = 16;
-const UDP_CSUM_OFF: usize = 6;
-
-/// The L4 checksum's offset in the packet and whether it follows UDP's zero rule.
-#[inline(always)]
-fn l4_csum_off(p: &Parsed) -> Option<(usize, bool)> {
-    match p.key.proto {
-        IPPROTO_TCP => Some((p.l4_off + TCP_CSUM_OFF, false)),
-        IPPROTO_UDP => Some((p.l4_off + UDP_CSUM_OFF, true)),
-        _ => None,
-    }
-}
+/// Offsets of the checksums within their headers.
+pub const IP_CSUM_OFF: usize = 10;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+pub const ICMP_CSUM_OFF: usize = 2;
 
 /// Updates the IPv4 and L4 checksums for changed addresses (`addrs`, which the IPv4 header and
-/// the L4 pseudo-header both cover) and changed ports (`ports`, L4 only).
+/// the TCP/UDP pseudo-header cover) and changed ports or echo id (`ports`, L4 only). ICMP has
+/// no pseudo-header: its checksum sees only the id.
 #[inline(always)]
 pub fn apply(pkt: &impl Packet, p: &Parsed, addrs: CsumDelta, ports: CsumDelta) -> Result<(), Reason> {
     pkt.update_l3_csum(p.l3_off + IP_CSUM_OFF, addrs)?;
-    match l4_csum_off(p) {
-        Some((off, udp)) => pkt.update_l4_csum(off, addrs, ports, udp),
-        None => Ok(()),
+    match p.key.proto {
+        IPPROTO_TCP => pkt.update_l4_csum(p.l4_off + TCP_CSUM_OFF, addrs, ports, false),
+        IPPROTO_UDP => pkt.update_l4_csum(p.l4_off + UDP_CSUM_OFF, addrs, ports, true),
+        IPPROTO_ICMP => apply_icmp(pkt, p.l4_off, ports),
+        _ => Ok(()),
     }
+}
+
+/// Updates the checksum of the ICMP header at `icmp_off` for a change `delta` of the bytes it
+/// covers.
+#[inline(always)]
+pub fn apply_icmp(pkt: &impl Packet, icmp_off: usize, delta: CsumDelta) -> Result<(), Reason> {
+    pkt.update_l4_csum(icmp_off + ICMP_CSUM_OFF, CsumDelta::ZERO, delta, false)
 }

@@ -46,6 +46,14 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
     }
 }
 
+/// The translation of the flow direction `key`, without counting it as traffic (an ICMP error
+/// about a flow does not keep it alive).
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<FlowKey> {
+    // SAFETY: a plain copy out of the map value.
+    unsafe { CT.get(key) }.map(|e| e.xlate)
+}
+
 /// What a new flow's source becomes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SourceNat {

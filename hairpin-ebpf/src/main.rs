@@ -12,6 +12,7 @@ mod csum;
 mod ct;
 mod ctx;
 mod fwd;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

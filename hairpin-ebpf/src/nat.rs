@@ -1,7 +1,8 @@
 //! The NAT decisions at each hook, and the one function that rewrites an address and port.
 
 use hairpin_common::{
-    Config, Endpoint, FlowKey, MappingKey, PortBe, Reason, csum::CsumDelta, ct_state_bits, nat::Side,
+    Config, Endpoint, FlowKey, MappingKey, PortBe, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, ct_state_bits,
+    nat::Side,
 };
 
 use crate::{
@@ -9,8 +10,9 @@ use crate::{
     ct::{self, SourceNat},
     ctx::{Packet, Tc, ptr_at},
     fwd::{self, Route},
+    icmp,
     maps::{CONFIG, MAPPINGS, SNAT},
-    parse::{Ip, MAX_HDR_LEN, Parsed, parse_ip, parse_l4},
+    parse::{ICMP_ID_OFF, Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, parse_ip, parse_l4},
 };
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
@@ -31,7 +33,15 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::PassNoConfig);
     };
     check_boundary(pkt, &cfg, &ip, side)?;
-    let p = parse_l4(pkt, &ip)?;
+    let p = match parse_l4(pkt, &ip)? {
+        L4::Flow(p) => p,
+        L4::IcmpError(quoted) => {
+            return Ok(match icmp::translate_error(pkt, &ip, &quoted)? {
+                Some(_) => Reason::IcmpError,
+                None => Reason::PassNoMapping,
+            });
+        }
+    };
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     if let Some(xlate) = ct::lookup_refresh(&p.key, now, seen) {
@@ -92,18 +102,53 @@ pub fn egress(pkt: &Tc, side: Side) -> Reason {
 
 #[inline(always)]
 fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
-    let ip = parse_ip(pkt)?;
-    let leaks = || side == Side::Wan && CONFIG.get(0).is_some_and(|cfg| cfg.in_lan(ip.src));
+    let mut ip = parse_ip(pkt)?;
+    if ip.proto == IPPROTO_ICMP {
+        // An error quotes a second IPv4 header; pulling invalidates what was parsed.
+        pkt.pull_headers(MAX_ICMP_ERROR_HDR_LEN);
+        ip = parse_ip(pkt)?;
+    }
+    let cfg = CONFIG.get(0);
+    let leaks = |addr| side == Side::Wan && cfg.is_some_and(|cfg| cfg.in_lan(addr));
     let p = match parse_l4(pkt, &ip) {
-        Ok(p) => p,
-        Err(_) if leaks() => return Err(Reason::DropLanSourceToWan),
+        Ok(L4::Flow(p)) => p,
+        Ok(L4::IcmpError(quoted)) => return egress_icmp_error(pkt, cfg, &ip, &quoted, leaks),
+        Err(_) if leaks(ip.src) => return Err(Reason::DropLanSourceToWan),
         Err(r) => return Err(r),
     };
     let Some(new_src) = (unsafe { SNAT.get(&p.key) }).copied() else {
-        return if leaks() { Err(Reason::DropLanSourceToWan) } else { Ok(Reason::PassEgressNoFlow) };
+        return if leaks(ip.src) { Err(Reason::DropLanSourceToWan) } else { Ok(Reason::PassEgressNoFlow) };
     };
     rewrite(pkt, &p, End::Src, new_src)?;
     Ok(Reason::EgressFlow)
+}
+
+/// An ICMP error leaving: the gateway's own stack may have sent it about a packet ingress
+/// had translated (TTL expired while forwarding), so it is translated here as at ingress; an
+/// error from a LAN host about a flow through the public address gets that source. Then no LAN
+/// address may be left in it for the WAN.
+#[inline(always)]
+fn egress_icmp_error(
+    pkt: &Tc,
+    cfg: Option<&Config>,
+    ip: &Ip,
+    quoted: &Parsed,
+    leaks: impl Fn(hairpin_common::Ipv4Be) -> bool,
+) -> Result<Reason, Reason> {
+    let translated = icmp::translate_error(pkt, ip, quoted)?;
+    let now = translated.unwrap_or(quoted.key);
+    let mut src = ip.src;
+    let mut fixed = false;
+    if let Some(cfg) = cfg
+        && icmp::fix_outer_source(pkt, cfg, ip, &now)?
+    {
+        src = cfg.public_addr;
+        fixed = true;
+    }
+    if leaks(src) || leaks(now.src) || leaks(now.dst) {
+        return Err(Reason::DropLanSourceToWan);
+    }
+    Ok(if translated.is_some() || fixed { Reason::IcmpError } else { Reason::PassEgressNoFlow })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,28 +157,42 @@ enum End {
     Dst,
 }
 
-/// Offsets of the fields within their headers.
-const IP_SRC_OFF: usize = 12;
-const IP_DST_OFF: usize = 16;
-const L4_SPORT_OFF: usize = 0;
-const L4_DPORT_OFF: usize = 2;
+/// Offsets of the addresses within the IPv4 header.
+pub const IP_SRC_OFF: usize = 12;
+pub const IP_DST_OFF: usize = 16;
+
+/// Offsets of the source and destination "ports" within the L4 header: an ICMP echo's id
+/// stands for both (see `parse`).
+#[inline(always)]
+pub fn port_offs(proto: u8) -> (usize, usize) {
+    if proto == IPPROTO_ICMP { (ICMP_ID_OFF, ICMP_ID_OFF) } else { (0, 2) }
+}
+
+#[inline(always)]
+pub fn write_addr(pkt: &impl Packet, off: usize, addr: u32) -> Result<(), Reason> {
+    let a = ptr_at::<u32>(pkt, off)?;
+    // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
+    unsafe { a.write_unaligned(addr) };
+    Ok(())
+}
 
 /// Rewrites one end of the packet to `to` and updates every checksum that covers it.
 #[inline(always)]
 fn rewrite(pkt: &impl Packet, p: &Parsed, end: End, to: Endpoint) -> Result<(), Reason> {
+    let (sport_off, dport_off) = port_offs(p.key.proto);
     let (from, addr_off, port_off) = match end {
-        End::Src => (p.key.src_ep(), IP_SRC_OFF, L4_SPORT_OFF),
-        End::Dst => (p.key.dst_ep(), IP_DST_OFF, L4_DPORT_OFF),
+        End::Src => (p.key.src_ep(), IP_SRC_OFF, sport_off),
+        End::Dst => (p.key.dst_ep(), IP_DST_OFF, dport_off),
     };
     if from == to {
         return Ok(());
     }
-    let addr = ptr_at::<u32>(pkt, p.l3_off + addr_off)?;
-    let port = ptr_at::<u16>(pkt, p.l4_off + port_off)?;
-    // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
-    unsafe {
-        addr.write_unaligned(to.addr.0);
-        port.write_unaligned(to.port.0);
+    write_addr(pkt, p.l3_off + addr_off, to.addr.0)?;
+    // The end of an echo without its id has port 0 on both sides: the id stays.
+    if from.port != to.port {
+        let port = ptr_at::<u16>(pkt, p.l4_off + port_off)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { port.write_unaligned(to.port.0) };
     }
     let addrs = CsumDelta::ZERO.replace32(from.addr.0, to.addr.0);
     let ports = CsumDelta::ZERO.replace16(from.port.0, to.port.0);

@@ -1,9 +1,14 @@
-//! Ethernet/IPv4/TCP/UDP parsing into a [`FlowKey`] plus the offsets the rewrite needs. Shared
-//! by the XDP and TC programs through [`Packet`].
+//! Ethernet/IPv4/TCP/UDP/ICMP parsing into a [`FlowKey`] plus the offsets the rewrite needs.
+//! Shared by the XDP and TC programs through [`Packet`].
+//!
+//! ICMP echo takes part in NAT with its identifier in the place of a port: a request carries it
+//! as its source "port" (destination 0), a reply as its destination "port" (source 0), so a
+//! request's tuple reversed is its reply's, as for TCP and UDP. ICMP errors are parsed down to
+//! the packet they quote, which is translated with the flow it belongs to (RFC 5508).
 
 use hairpin_common::{
     FlowKey, Ipv4Be, PortBe, Reason,
-    consts::{IPPROTO_TCP, IPPROTO_UDP},
+    consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -12,23 +17,47 @@ use crate::ctx::{Packet, ptr_at};
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// More-fragments flag and fragment offset, in the raw (network order) `frags` word.
 const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
+/// Fragment offset alone: non-zero means the L4 header is in another fragment.
+const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// The ICMP header: type, code, checksum, and four bytes (echo id + sequence, or unused).
+pub const ICMP_HDR_LEN: usize = 8;
+/// Offset of the echo identifier within the ICMP header.
+pub const ICMP_ID_OFF: usize = 4;
 
 /// Where the fields hairpin rewrites live, and the tuple they form.
 pub struct Parsed {
     pub key: FlowKey,
-    /// Offset of the IPv4 header (after Ethernet).
+    /// Offset of the IPv4 header.
     pub l3_off: usize,
-    /// Offset of the TCP/UDP header (after IPv4 options, if any).
+    /// Offset of the TCP/UDP/ICMP header (after IPv4 options, if any).
     pub l4_off: usize,
     /// IPv4 total length.
     pub tot_len: u16,
-    /// TCP flags (byte 13 of the header), 0 for UDP.
+    /// TCP flags (byte 13 of the header), 0 for other protocols.
     pub tcp_flags: u8,
+}
+
+/// What follows an IPv4 header that hairpin translates.
+pub enum L4 {
+    /// A TCP, UDP or ICMP echo packet: a flow of its own.
+    Flow(Parsed),
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem): the packet it
+    /// quotes, parsed as it sits inside the error. Only its first 8 L4 bytes are sure to be there.
+    IcmpError(Parsed),
 }
 
 /// Headers hairpin may need to pull into the linear area: Ethernet, IPv4 with the longest
 /// options, a TCP header.
 pub const MAX_HDR_LEN: u32 = (EthHdr::LEN + 60 + TcpHdr::LEN) as u32;
+/// As [`MAX_HDR_LEN`], for an ICMP error: the quoted IPv4 header and L4 header after it (of
+/// which only the first 8 bytes are sure to be quoted).
+pub const MAX_ICMP_ERROR_HDR_LEN: u32 = (EthHdr::LEN + 60 + ICMP_HDR_LEN + 60 + TcpHdr::LEN) as u32;
 
 /// The IPv4 header of a packet: what the security checks need, for every protocol.
 pub struct Ip {
@@ -38,7 +67,10 @@ pub struct Ip {
     pub l3_off: usize,
     pub l4_off: usize,
     pub tot_len: usize,
+    /// A fragment, first or later: a flow's ports are not in every packet of it.
     pub fragment: bool,
+    /// A fragment other than the first: it has no L4 header at all.
+    pub later_fragment: bool,
 }
 
 /// Parses Ethernet and IPv4. Non-IPv4 is an `Err` to pass; a bad IPv4 header one to drop.
@@ -50,7 +82,16 @@ pub fn parse_ip(pkt: &impl Packet) -> Result<Ip, Reason> {
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
         return Err(Reason::PassNotIpv4);
     }
-    let l3_off = EthHdr::LEN;
+    let (ip, ihl) = ipv4_at(pkt, EthHdr::LEN)?;
+    if ip.tot_len < ihl {
+        return Err(Reason::DropMalformed);
+    }
+    Ok(ip)
+}
+
+/// The IPv4 header at `l3_off` (of a packet, or quoted in an ICMP error), and its length.
+#[inline(always)]
+fn ipv4_at(pkt: &impl Packet, l3_off: usize) -> Result<(Ip, usize), Reason> {
     let ip = ptr_at::<Ipv4Hdr>(pkt, l3_off)?;
     let (vihl, tot_len, frags, proto, src, dst) = unsafe {
         let ip = &*ip;
@@ -64,36 +105,74 @@ pub fn parse_ip(pkt: &impl Packet) -> Result<Ip, Reason> {
         )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Reason::DropMalformed);
     }
-    Ok(Ip { src, dst, proto, l3_off, l4_off: l3_off + ihl, tot_len, fragment: frags & IP_MF_OFFSET_MASK_BE != 0 })
+    let ip = Ip {
+        src,
+        dst,
+        proto,
+        l3_off,
+        l4_off: l3_off + ihl,
+        tot_len,
+        fragment: frags & IP_MF_OFFSET_MASK_BE != 0,
+        later_fragment: frags & IP_OFFSET_MASK_BE != 0,
+    };
+    Ok((ip, ihl))
 }
 
-/// Parses the TCP/UDP header after `ip`. Fragments and other protocols are an `Err` to pass;
-/// a truncated or inconsistent header one to drop.
+/// The source and destination "ports" of an ICMP echo message (see the module doc), or `None`
+/// for another type.
 #[inline(always)]
-pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<Parsed, Reason> {
+fn echo_ports(icmp_type: u8, id: u16) -> Option<(u16, u16)> {
+    match icmp_type {
+        ICMP_ECHO => Some((id, 0)),
+        ICMP_ECHO_REPLY => Some((0, id)),
+        _ => None,
+    }
+}
+
+/// Parses the L4 header after `ip`. Fragments and protocols (or ICMP types) hairpin does not
+/// translate are an `Err` to pass; a truncated or inconsistent header one to drop.
+#[inline(always)]
+pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
     if ip.fragment {
         return Err(Reason::PassFragment);
     }
     let (l3_off, l4_off, tot_len) = (ip.l3_off, ip.l4_off, ip.tot_len);
     let ihl = l4_off - l3_off;
     const TCP_FLAGS_OFF: usize = 13;
-    let (ports, tcp_flags) = match ip.proto {
+    let mut error = false;
+    let (sport, dport, tcp_flags) = match ip.proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let tcp = ptr_at::<TcpHdr>(pkt, l4_off)?;
-            unsafe { (((*tcp).source, (*tcp).dest), *(tcp as *const u8).add(TCP_FLAGS_OFF)) }
+            unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(TCP_FLAGS_OFF)) }
         }
         IPPROTO_UDP => {
             if tot_len < ihl + UdpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let udp = ptr_at::<UdpHdr>(pkt, l4_off)?;
-            unsafe { (((*udp).src, (*udp).dst), 0) }
+            unsafe { ((*udp).src, (*udp).dst, 0) }
+        }
+        IPPROTO_ICMP => {
+            if tot_len < ihl + ICMP_HDR_LEN {
+                return Err(Reason::DropMalformed);
+            }
+            let icmp = ptr_at::<[u8; ICMP_HDR_LEN]>(pkt, l4_off)?;
+            let (ty, id) = unsafe { ((*icmp)[0], u16::from_ne_bytes([(*icmp)[4], (*icmp)[5]])) };
+            match ty {
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => error = true,
+                _ => {}
+            }
+            match echo_ports(ty, id) {
+                Some((s, d)) => (s.to_ne_bytes(), d.to_ne_bytes(), 0),
+                None if error => ([0; 2], [0; 2], 0),
+                None => return Err(Reason::PassOtherProto),
+            }
         }
         _ => return Err(Reason::PassOtherProto),
     };
@@ -102,12 +181,19 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<Parsed, Reason> {
     if l3_off + tot_len > pkt.len() {
         return Err(Reason::DropMalformed);
     }
-    Ok(Parsed {
+    if error {
+        let quoted = parse_quoted(pkt, l4_off + ICMP_HDR_LEN)?;
+        if quoted.l4_off + 8 > l3_off + tot_len {
+            return Err(Reason::DropMalformed);
+        }
+        return Ok(L4::IcmpError(quoted));
+    }
+    Ok(L4::Flow(Parsed {
         key: FlowKey {
             src: ip.src,
             dst: ip.dst,
-            sport: PortBe(u16::from_ne_bytes(ports.0)),
-            dport: PortBe(u16::from_ne_bytes(ports.1)),
+            sport: PortBe(u16::from_ne_bytes(sport)),
+            dport: PortBe(u16::from_ne_bytes(dport)),
             proto: ip.proto,
             _pad: [0; 3],
         },
@@ -115,5 +201,38 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<Parsed, Reason> {
         l4_off,
         tot_len: tot_len as u16,
         tcp_flags,
+    }))
+}
+
+/// The packet an ICMP error quotes, at `l3_off`: its IPv4 header and the first 8 bytes of its
+/// TCP/UDP/ICMP echo header, which hold the ports (or echo id). Anything else passes.
+#[inline(always)]
+fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
+    let (ip, _) = ipv4_at(pkt, l3_off)?;
+    // A quoted first fragment still has its ports; a later one has none to translate.
+    if ip.later_fragment {
+        return Err(Reason::PassFragment);
+    }
+    let l4 = ptr_at::<[u8; 8]>(pkt, ip.l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let b = unsafe { *l4 };
+    let (sport, dport) = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => (u16::from_ne_bytes([b[0], b[1]]), u16::from_ne_bytes([b[2], b[3]])),
+        IPPROTO_ICMP => echo_ports(b[0], u16::from_ne_bytes([b[4], b[5]])).ok_or(Reason::PassOtherProto)?,
+        _ => return Err(Reason::PassOtherProto),
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            sport: PortBe(sport),
+            dport: PortBe(dport),
+            proto: ip.proto,
+            _pad: [0; 3],
+        },
+        l3_off,
+        l4_off: ip.l4_off,
+        tot_len: ip.tot_len as u16,
+        tcp_flags: 0,
     })
 }

@@ -30,6 +30,7 @@ pub fn proto(l4: L4) -> u8 {
     match l4 {
         L4::Tcp => IPPROTO_TCP,
         L4::Udp => IPPROTO_UDP,
+        L4::Echo { .. } | L4::IcmpError(..) => hairpin_common::consts::IPPROTO_ICMP,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddrV4;
 
-use etherparse::{IpNumber, Ipv4Header, NetSlice, SlicedPacket, TcpHeader, TransportSlice, UdpHeader};
+use etherparse::{Icmpv4Type, IpNumber, Ipv4Header, NetSlice, SlicedPacket, TcpHeader, TransportSlice, UdpHeader};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -17,9 +17,19 @@ pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 pub enum L4 {
     Tcp,
     Udp,
+    /// ICMP echo; its id is the source port of a request, the destination port of a reply
+    /// (hairpin's own convention, so that translations read the same as for TCP/UDP).
+    Echo {
+        reply: bool,
+    },
+    /// An ICMP error (type, code) quoting [`Pkt::quoted`]; ports are not used.
+    IcmpError(u8, u8),
 }
 
-/// An IPv4 TCP/UDP packet as the tests think of it.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// An IPv4 TCP/UDP/ICMP packet as the tests think of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pkt {
     pub l4: L4,
@@ -31,6 +41,8 @@ pub struct Pkt {
     pub no_udp_csum: bool,
     /// TCP flags byte (default ACK).
     pub tcp_flags: u8,
+    /// The quoted bytes of an ICMP error (an IPv4 packet, possibly truncated).
+    pub quoted: Vec<u8>,
 }
 
 impl Pkt {
@@ -39,6 +51,23 @@ impl Pkt {
     }
     pub fn udp(src: &str, dst: &str) -> Self {
         Self::new(L4::Udp, src, dst)
+    }
+    /// An echo request with id `src`'s port (`dst`'s port is 0).
+    pub fn ping(src: &str, dst: &str) -> Self {
+        Self::new(L4::Echo { reply: false }, src, dst)
+    }
+    /// An echo reply with id `dst`'s port (`src`'s port is 0).
+    pub fn pong(src: &str, dst: &str) -> Self {
+        Self::new(L4::Echo { reply: true }, src, dst)
+    }
+    /// An ICMP error from `src` to `dst` (addresses only) quoting the first `quote_len` bytes
+    /// of `about`'s IPv4 packet (all of it if longer).
+    pub fn icmp_error(ty: u8, code: u8, src: &str, dst: &str, about: &Pkt, quote_len: usize) -> Self {
+        let ip = about.build().split_off(14);
+        let mut p = Self::new(L4::IcmpError(ty, code), &format!("{src}:0"), &format!("{dst}:0"));
+        p.payload = Vec::new();
+        p.quoted = ip[..quote_len.min(ip.len())].to_vec();
+        p
     }
     fn new(l4: L4, src: &str, dst: &str) -> Self {
         Self {
@@ -49,6 +78,7 @@ impl Pkt {
             payload: b"hairpin test payload: 0123456789".to_vec(),
             no_udp_csum: false,
             tcp_flags: TCP_ACK,
+            quoted: Vec::new(),
         }
     }
     /// The same packet with other addresses (what a translation should produce).
@@ -73,6 +103,8 @@ impl Pkt {
         let (proto, l4_len) = match self.l4 {
             L4::Tcp => (IpNumber::TCP, TcpHeader::MIN_LEN),
             L4::Udp => (IpNumber::UDP, UdpHeader::LEN),
+            L4::Echo { .. } => (IpNumber::ICMP, 8),
+            L4::IcmpError(..) => (IpNumber::ICMP, 8 + self.quoted.len()),
         };
         let mut ip = Ipv4Header::new(
             (l4_len + self.payload.len()) as u16,
@@ -108,10 +140,31 @@ impl Pkt {
                 }
                 out.extend_from_slice(&udp.to_bytes());
             }
+            L4::Echo { reply } => {
+                let id = if reply { self.dst.port() } else { self.src.port() };
+                let [a, b] = id.to_be_bytes();
+                let ty =
+                    Icmpv4Type::Unknown { type_u8: if reply { 0 } else { 8 }, code_u8: 0, bytes5to8: [a, b, 0, 7] };
+                out.extend_from_slice(&icmp_header(&ty, &self.payload));
+            }
+            L4::IcmpError(type_u8, code_u8) => {
+                let ty = Icmpv4Type::Unknown { type_u8, code_u8, bytes5to8: [0; 4] };
+                out.extend_from_slice(&icmp_header(&ty, &self.quoted));
+                out.extend_from_slice(&self.quoted);
+            }
         }
         out.extend_from_slice(&self.payload);
         out
     }
+}
+
+/// An ICMP header of type `ty` with its checksum over `payload`.
+fn icmp_header(ty: &Icmpv4Type, payload: &[u8]) -> Vec<u8> {
+    let Icmpv4Type::Unknown { type_u8, code_u8, bytes5to8 } = *ty else { unreachable!() };
+    let mut h = vec![type_u8, code_u8];
+    h.extend_from_slice(&ty.calc_checksum(payload).to_be_bytes());
+    h.extend_from_slice(&bytes5to8);
+    h
 }
 
 /// An Ethernet header carrying `ether_type`.
@@ -122,10 +175,15 @@ pub fn eth(ether_type: u16) -> Vec<u8> {
     v
 }
 
-/// Parses a frame and checks the IPv4 header checksum and the TCP/UDP checksum from scratch.
-/// Returns a description of what is wrong, naming the header.
+/// Parses a frame and checks the IPv4 header checksum and the TCP/UDP/ICMP checksum from
+/// scratch; for an ICMP error, also the quoted packet's IPv4 checksum and, if it is quoted
+/// whole, its L4 checksum. Returns a description of what is wrong, naming the header.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let p = SlicedPacket::from_ethernet(frame).map_err(|e| format!("unparsable frame: {e}"))?;
+    verify_ip(p)
+}
+
+fn verify_ip(p: SlicedPacket) -> Result<(), String> {
     let Some(NetSlice::Ipv4(ip)) = p.net else { return Err("not IPv4".into()) };
     let h = ip.header().to_header();
     if h.header_checksum != h.calc_header_checksum() {
@@ -144,9 +202,34 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
                 return Err(format!("UDP checksum {:#06x}, expected {want:#06x}", u.checksum()));
             }
         }
-        _ => return Err("no TCP/UDP header".into()),
+        Some(TransportSlice::Icmpv4(i)) => {
+            let want = i.icmp_type().calc_checksum(i.payload());
+            if i.checksum() != want {
+                return Err(format!("ICMP checksum {:#06x}, expected {want:#06x}", i.checksum()));
+            }
+            if matches!(i.type_u8(), ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED) {
+                return verify_quoted(i.payload()).map_err(|e| format!("quoted packet: {e}"));
+            }
+        }
+        _ => return Err("no TCP/UDP/ICMP header".into()),
     }
     Ok(())
+}
+
+/// The packet an ICMP error quotes: checked whole when it is all there, else its IPv4 header.
+fn verify_quoted(quoted: &[u8]) -> Result<(), String> {
+    match SlicedPacket::from_ip(quoted) {
+        Ok(p) => verify_ip(p),
+        Err(_) => {
+            let (h, _) = Ipv4Header::from_slice(quoted).map_err(|e| e.to_string())?;
+            match h.header_checksum == h.calc_header_checksum() {
+                true => Ok(()),
+                false => {
+                    Err(format!("IPv4 checksum {:#06x}, expected {:#06x}", h.header_checksum, h.calc_header_checksum()))
+                }
+            }
+        }
+    }
 }
 
 /// A per-header description of where two frames differ, for test failure messages.

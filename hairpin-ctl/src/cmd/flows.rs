@@ -5,14 +5,15 @@ use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CtEntry, FlowKey, expiry};
 use serde::Serialize;
 
 use crate::{
-    cli::{FlowsAction, FlowsArgs, Proto},
+    cli::{FlowsAction, FlowsArgs},
     dataplane::PinDir,
     expire, output,
 };
 
 #[derive(Serialize)]
 struct Row {
-    proto: Proto,
+    /// tcp, udp or icmp (echo, with the identifier in place of the ports).
+    proto: &'static str,
     direction: &'static str,
     hairpin: bool,
     masquerade: bool,
@@ -53,9 +54,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
     });
     let mut rows = Vec::new();
     let mut push = |k: &FlowKey, e: &CtEntry, direction, state, left| {
-        let Some(proto) = Proto::from_number(k.proto) else { return };
         rows.push(Row {
-            proto,
+            proto: output::proto_name(k.proto),
             direction,
             hairpin: e.flags & CT_F_HAIRPIN != 0,
             masquerade: e.flags & CT_F_MASQ != 0,
@@ -96,8 +96,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             ""
         };
         println!(
-            "{} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {kind}{} age {:.0}s idle {:.0}s expires in {:.0}s",
-            r.proto.name(),
+            "{:<4} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {kind}{} age {:.0}s idle {:.0}s expires in {:.0}s",
+            r.proto,
             r.direction,
             r.src,
             r.dst,

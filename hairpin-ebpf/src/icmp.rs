@@ -1,0 +1,121 @@
+//! ICMP errors about translated flows (RFC 5508): the packet an error quotes went out
+//! translated, so its sender would not recognise it. It is translated back, with every checksum
+//! that covers it, and the error is sent on to that sender.
+
+use hairpin_common::{
+    Config, FlowKey, Reason,
+    consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    csum::CsumDelta,
+};
+
+use crate::{
+    csum::{self, ICMP_CSUM_OFF, IP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    ct,
+    ctx::{Packet, ptr_at},
+    nat::{IP_DST_OFF, IP_SRC_OFF, port_offs, write_addr},
+    parse::{Ip, Parsed},
+};
+
+/// Translates the ICMP error `ip` quoting `quoted`, if the quoted packet belongs to a flow.
+/// Returns the quoted tuple as the error now carries it.
+///
+/// The quoted packet is one direction of a flow as it left a NAT hook; the entry of the other
+/// direction (its tuple reversed) says how that direction's packets are translated, which is
+/// exactly how the quoted packet must look to its sender: source and destination swapped back.
+/// The error goes to that sender, so the outer destination follows the quoted source.
+#[inline(always)]
+pub fn translate_error(pkt: &impl Packet, ip: &Ip, quoted: &Parsed) -> Result<Option<FlowKey>, Reason> {
+    // An error is addressed to the sender of the packet it quotes; anything else is not ours
+    // to interpret.
+    if ip.dst != quoted.key.src {
+        return Ok(None);
+    }
+    let Some(reply) = ct::lookup(&quoted.key.reversed()) else {
+        return Ok(None);
+    };
+    let to = reply.reversed();
+    let delta = rewrite_quoted(pkt, ip, quoted, &to)?;
+    csum::apply_icmp(pkt, ip.l4_off, delta)?;
+    set_outer_addr(pkt, ip, IP_DST_OFF, ip.dst.0, to.src.0)?;
+    Ok(Some(to))
+}
+
+/// An error from a LAN host about a flow translated to the public address (a server behind a
+/// port-forward, a hairpinned server) must come from the public address too: the sender dialled
+/// it, and a LAN address must not leave on the WAN. Egress does this, for the kernel to route
+/// the error as from a LAN host first.
+#[inline(always)]
+pub fn fix_outer_source(pkt: &impl Packet, cfg: &Config, ip: &Ip, quoted: &FlowKey) -> Result<bool, Reason> {
+    if !cfg.in_lan(ip.src) || quoted.dst != cfg.public_addr {
+        return Ok(false);
+    }
+    set_outer_addr(pkt, ip, IP_SRC_OFF, ip.src.0, cfg.public_addr.0)?;
+    Ok(true)
+}
+
+/// Rewrites an outer IPv4 address; the ICMP checksum does not cover it (no pseudo-header).
+#[inline(always)]
+fn set_outer_addr(pkt: &impl Packet, ip: &Ip, off: usize, from: u32, to: u32) -> Result<(), Reason> {
+    if from == to {
+        return Ok(());
+    }
+    write_addr(pkt, ip.l3_off + off, to)?;
+    pkt.update_l3_csum(ip.l3_off + IP_CSUM_OFF, CsumDelta::ZERO.replace32(from, to))
+}
+
+/// Rewrites the quoted packet to `to` and updates its own checksums (IPv4, and the L4 one where
+/// it is quoted). Returns the change of every quoted word, which the outer ICMP checksum covers.
+#[inline(always)]
+fn rewrite_quoted(pkt: &impl Packet, ip: &Ip, q: &Parsed, to: &FlowKey) -> Result<CsumDelta, Reason> {
+    let from = &q.key;
+    write_addr(pkt, q.l3_off + IP_SRC_OFF, to.src.0)?;
+    write_addr(pkt, q.l3_off + IP_DST_OFF, to.dst.0)?;
+    let addrs = CsumDelta::ZERO.replace32(from.src.0, to.src.0).replace32(from.dst.0, to.dst.0);
+    let (sport_off, dport_off) = port_offs(from.proto);
+    let mut ports = CsumDelta::ZERO;
+    // An echo has one id, which is either its source or its destination "port"; the other is
+    // 0 on both sides, and must not be written over the id.
+    if from.sport != to.sport {
+        write_port(pkt, q.l4_off + sport_off, to.sport.0)?;
+        ports = ports.replace16(from.sport.0, to.sport.0);
+    }
+    if from.dport != to.dport {
+        write_port(pkt, q.l4_off + dport_off, to.dport.0)?;
+        ports = ports.replace16(from.dport.0, to.dport.0);
+    }
+    let mut quoted = addrs.plus(ports);
+    quoted = quoted.plus(update_csum(pkt, q.l3_off + IP_CSUM_OFF, addrs, false)?);
+    // Only 8 L4 bytes are sure to be quoted: a TCP checksum is updated if the router quoted it.
+    let end = ip.l3_off + ip.tot_len;
+    let l4 = match from.proto {
+        IPPROTO_TCP if q.l4_off + TCP_CSUM_OFF + 2 <= end => Some((TCP_CSUM_OFF, addrs.plus(ports), false)),
+        IPPROTO_UDP => Some((UDP_CSUM_OFF, addrs.plus(ports), true)),
+        IPPROTO_ICMP => Some((ICMP_CSUM_OFF, ports, false)),
+        _ => None,
+    };
+    if let Some((off, delta, udp)) = l4 {
+        quoted = quoted.plus(update_csum(pkt, q.l4_off + off, delta, udp)?);
+    }
+    Ok(quoted)
+}
+
+/// Applies `delta` to the checksum at `off` in place; returns the checksum field's own change.
+#[inline(always)]
+fn update_csum(pkt: &impl Packet, off: usize, delta: CsumDelta, udp: bool) -> Result<CsumDelta, Reason> {
+    let c = ptr_at::<u16>(pkt, off)?;
+    // SAFETY: bounds checked by ptr_at; quoted bytes are plain data to both hooks.
+    unsafe {
+        let old = c.read_unaligned();
+        let new = if udp { delta.apply_udp(old) } else { delta.apply(old) };
+        c.write_unaligned(new);
+        Ok(CsumDelta::ZERO.replace16(old, new))
+    }
+}
+
+#[inline(always)]
+fn write_port(pkt: &impl Packet, off: usize, port: u16) -> Result<(), Reason> {
+    let p = ptr_at::<u16>(pkt, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { p.write_unaligned(port) };
+    Ok(())
+}

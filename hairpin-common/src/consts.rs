@@ -7,6 +7,10 @@ pub const CT_CAPACITY: u32 = 262_144;
 /// Egress source-rewrite entries; a flow takes at most two.
 pub const SNAT_CAPACITY: u32 = CT_CAPACITY;
 
+/// Endpoint-independent bindings of LAN endpoints (TCP and UDP), and as many bound ports: at
+/// most one per public port and protocol.
+pub const BINDINGS_CAPACITY: u32 = 2 * 65_536;
+
 /// Hairpin source ports are allocated from this range (inclusive) unless configured otherwise.
 pub const DEFAULT_PORT_MIN: u16 = 1024;
 pub const DEFAULT_PORT_MAX: u16 = 65535;
@@ -25,7 +29,9 @@ pub mod map_names {
     pub const CONNTRACK: &str = "HP_CT";
     pub const SNAT: &str = "HP_SNAT";
     pub const STATS: &str = "HP_STATS";
-    pub const ALL: [&str; 5] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS];
+    pub const BINDINGS: &str = "HP_BINDINGS";
+    pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
+    pub const ALL: [&str; 7] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS];
 }
 
 /// Names of the programs in the object file.

@@ -63,9 +63,13 @@ pub const fn timeout_s(proto: u8, orig: u32, reply: u32, t: &Timeouts) -> u32 {
 
 /// The instant (boot-time ns) that refreshes a flow's lifetime. UDP counts only the original
 /// direction, the one that opened the mapping (RFC 4787 REQ-6: inbound packets must not keep a
-/// mapping alive); TCP and ICMP count either.
+/// mapping alive), which for a flow opened from the WAN to a binding is the reply; TCP and ICMP
+/// count either.
 pub const fn last_activity_ns(proto: u8, orig: &CtEntry, reply: &CtEntry) -> u64 {
-    if proto == IPPROTO_UDP || orig.last_seen_ns >= reply.last_seen_ns { orig.last_seen_ns } else { reply.last_seen_ns }
+    if proto == IPPROTO_UDP {
+        return if orig.flags & CT_F_INBOUND != 0 { reply.last_seen_ns } else { orig.last_seen_ns };
+    }
+    if orig.last_seen_ns >= reply.last_seen_ns { orig.last_seen_ns } else { reply.last_seen_ns }
 }
 
 /// Nanoseconds the flow has left at `now_ns`; 0 means expired.
@@ -125,6 +129,9 @@ mod tests {
         // Inbound traffic at 9 s does not extend a mapping last used outbound at 1 s.
         assert_eq!(remaining_ns(IPPROTO_UDP, &orig, &reply, &t, 5_000_000_000), 6_000_000_000);
         assert_eq!(remaining_ns(IPPROTO_UDP, &orig, &reply, &t, 11_000_000_000), 0);
+        // A flow opened from the WAN to a binding: its reply is the outbound direction.
+        let inbound = CtEntry { flags: orig.flags | CT_F_INBOUND, ..orig };
+        assert_eq!(remaining_ns(IPPROTO_UDP, &inbound, &reply, &t, 11_000_000_000), 8_000_000_000);
         // TCP counts either direction.
         let tcp = remaining_ns(IPPROTO_TCP, &orig, &reply, &Timeouts { tcp_transitory: 10, ..t }, 11_000_000_000);
         assert_eq!(tcp, 8_000_000_000);

@@ -77,6 +77,14 @@ reasons! {
     /// ICMP error about a known flow: the packet it quotes and its outer addresses translated
     /// (RFC 5508), every checksum updated.
     IcmpError = 17, "icmp_error";
+    /// Packet to a public port that a LAN host's traffic has bound: from another LAN host
+    /// (hairpin), or from the WAN with endpoint-independent filtering. Flow created, destination
+    /// rewritten to that host.
+    IngressBinding = 18, "ingress_binding";
+    /// WAN packet to a bound public port from an endpoint its LAN host has not sent to
+    /// (address-and-port-dependent filtering): passed to the gateway's stack like unsolicited
+    /// traffic.
+    PassFiltered = 19, "pass_filtered";
 }
 
 impl Reason {

@@ -82,7 +82,8 @@ impl FlowKey {
     }
 }
 
-/// A port-forward: which public address, port and protocol it catches.
+/// A (protocol, address, port): the public side of a port-forward, a LAN host's endpoint
+/// whose traffic has bound a public port, or such a bound public port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct MappingKey {
@@ -101,12 +102,28 @@ impl MappingKey {
 /// The private server a mapping forwards to.
 pub type MappingValue = Endpoint;
 
+/// A LAN host's endpoint-independent binding (RFC 4787 REQ-1, RFC 5382 REQ-1): the public port
+/// its (protocol, address, port) has for every destination. Keyed by that [`MappingKey`]; the
+/// bound port's own entry (public [`MappingKey`] -> LAN [`Endpoint`]) claims it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Binding {
+    pub port: PortBe,
+    pub _pad: [u16; 3],
+    /// `bpf_ktime_get_boot_ns` when a flow last started using it: the controller removes a
+    /// binding no flow uses once this is old enough.
+    pub last_used_ns: u64,
+}
+
 /// [`CtEntry::flags`]: this entry is the reply direction of its flow.
 pub const CT_F_REPLY: u32 = 1 << 0;
 /// [`CtEntry::flags`]: the flow is hairpinned (LAN client to a LAN server via the public address).
 pub const CT_F_HAIRPIN: u32 = 1 << 1;
 /// [`CtEntry::flags`]: the flow is masqueraded (LAN client to the internet, source = public address).
 pub const CT_F_MASQ: u32 = 1 << 2;
+/// [`CtEntry::flags`]: the flow was opened from the WAN to a LAN host's binding (endpoint-
+/// independent filtering): its outbound direction is the reply.
+pub const CT_F_INBOUND: u32 = 1 << 3;
 
 // What the dataplane has seen in an entry's direction, ORed into [`CtEntry::flags`] as packets
 // pass; the controller derives TCP state and timeouts from the two directions' bits.
@@ -162,6 +179,9 @@ pub struct CtEntry {
 
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
 pub const CFG_F_HAIRPIN: u32 = 1 << 0;
+/// [`Config::flags`]: UDP bindings accept packets from any WAN endpoint (endpoint-independent
+/// filtering, "full cone"); without it only from endpoints the LAN host has sent to.
+pub const CFG_F_UDP_EIF: u32 = 1 << 1;
 
 /// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
 #[repr(C)]
@@ -209,6 +229,10 @@ impl Config {
         self.flags & CFG_F_HAIRPIN != 0
     }
 
+    pub const fn udp_endpoint_independent_filtering(&self) -> bool {
+        self.flags & CFG_F_UDP_EIF != 0
+    }
+
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).
     #[inline(always)]
     pub const fn in_lan(&self, addr: Ipv4Be) -> bool {
@@ -224,6 +248,7 @@ const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4)
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
 const _: () = assert!(size_of::<Config>() == 44 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
@@ -245,6 +270,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for MappingKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
 }

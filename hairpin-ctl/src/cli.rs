@@ -72,8 +72,9 @@ pub struct FlowsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FlowsAction {
-    /// Remove every flow (both directions and their rewrites). Established connections through
-    /// the gateway break; port-forwards and masquerade create new flows for new traffic.
+    /// Remove every flow (both directions and their rewrites) and every binding. Established
+    /// connections through the gateway break; port-forwards and masquerade create new flows
+    /// for new traffic, and LAN hosts may get other public ports.
     Flush,
 }
 
@@ -114,6 +115,13 @@ pub struct UpArgs {
     /// client's own port is kept when it lies in the range and is free).
     #[arg(long, default_value_t = PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }, value_name = "MIN-MAX")]
     pub port_range: PortRange,
+    /// Which internet hosts may send to the public UDP port a LAN host's traffic was given:
+    /// address-and-port-dependent allows only those it has sent to (like netfilter);
+    /// endpoint-independent allows any ("full cone", what peer-to-peer games and calls want).
+    /// TCP is always address-and-port-dependent. Either way a LAN host keeps one public port
+    /// for all its destinations.
+    #[arg(long, value_enum, default_value_t = UdpFiltering::AddressAndPortDependent, value_name = "MODE")]
+    pub udp_filtering: UdpFiltering,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
@@ -213,6 +221,22 @@ impl FromStr for PortRange {
             return Err(format!("'{s}': the range must be non-empty and start above 0"));
         }
         Ok(Self { min, max })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UdpFiltering {
+    EndpointIndependent,
+    AddressAndPortDependent,
+}
+
+impl UpArgs {
+    /// The `Config::flags` these arguments ask for.
+    pub fn config_flags(&self) -> u32 {
+        use hairpin_common::{CFG_F_HAIRPIN, CFG_F_UDP_EIF};
+        let hairpin = if self.no_hairpin { 0 } else { CFG_F_HAIRPIN };
+        let eif = if self.udp_filtering == UdpFiltering::EndpointIndependent { CFG_F_UDP_EIF } else { 0 };
+        hairpin | eif
     }
 }
 

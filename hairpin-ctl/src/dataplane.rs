@@ -10,7 +10,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use hairpin_common::{
-    Config, CtEntry, Endpoint, FlowKey, MappingKey,
+    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
     consts::{Hook, map_names, prog_names},
 };
 
@@ -100,6 +100,9 @@ pub struct Maps {
     pub ct: HashMap<MapData, FlowKey, CtEntry>,
     pub snat: HashMap<MapData, FlowKey, Endpoint>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// LAN endpoint -> its public port, and public port -> LAN endpoint.
+    pub bindings: HashMap<MapData, MappingKey, Binding>,
+    pub bound_ports: HashMap<MapData, MappingKey, Endpoint>,
 }
 
 impl Maps {
@@ -117,11 +120,19 @@ impl Maps {
             ct: map(map_names::CONNTRACK)?.try_into()?,
             snat: map(map_names::SNAT)?.try_into()?,
             stats: map(map_names::STATS)?.try_into()?,
+            bindings: map(map_names::BINDINGS)?.try_into()?,
+            bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
         })
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {
         self.config.get(&0, 0).context("reading the dataplane configuration")
+    }
+
+    /// Releases the binding of the LAN endpoint `internal`: its public port returns to the pool.
+    pub fn unbind(&mut self, internal: &MappingKey, b: &Binding, public: hairpin_common::Ipv4Be) {
+        let _ = self.bindings.remove(internal);
+        let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
     }
 
     /// Removes a flow's two conntrack entries and their egress rewrites, given either entry.

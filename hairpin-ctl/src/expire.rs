@@ -2,11 +2,11 @@
 //! egress rewrites together, and entries whose twin has gone (LRU eviction, a crash).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
-use hairpin_common::{CT_F_REPLY, CtEntry, FlowKey, expiry};
+use hairpin_common::{CT_F_REPLY, CtEntry, FlowKey, Ipv4Be, MappingKey, PortBe, expiry};
 
 use crate::dataplane::Maps;
 
@@ -63,6 +63,8 @@ pub struct Sweep {
     pub flows: usize,
     pub expired: usize,
     pub orphans: usize,
+    /// Bindings released because no flow uses them any more.
+    pub unbound: usize,
     pub elapsed: Duration,
 }
 
@@ -71,7 +73,9 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let start = Instant::now();
     let timeouts = maps.config()?.timeouts;
     let (flows, lone_replies) = snapshot(maps)?;
+    let public = maps.config()?.public_addr;
     let mut s = Sweep { flows: flows.len(), ..Default::default() };
+    let mut in_use = HashSet::new();
     for f in &flows {
         if f.remaining_ns(&timeouts, now) == 0 {
             if f.reply.is_none() {
@@ -80,14 +84,44 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
                 s.expired += 1;
             }
             maps.remove_flow(&f.orig_key, &f.orig);
+        } else {
+            in_use.extend(public_ports(&f.orig_key, &f.orig, public));
         }
     }
     for (k, e) in &lone_replies {
         if now.saturating_sub(e.created_ns) >= ORPHAN_GRACE_NS {
             s.orphans += 1;
             maps.remove_flow(k, e);
+        } else {
+            in_use.extend(public_ports(k, e, public));
         }
     }
+    s.unbound = release_bindings(maps, &in_use, public, now)?;
     s.elapsed = start.elapsed();
     Ok(s)
+}
+
+/// The (protocol, public port) pairs a flow entry holds: a binding is in use while one does.
+fn public_ports(k: &FlowKey, e: &CtEntry, public: Ipv4Be) -> impl Iterator<Item = (u8, PortBe)> {
+    let eps = [k.src_ep(), k.dst_ep(), e.xlate.src_ep(), e.xlate.dst_ep()];
+    eps.into_iter().filter(move |ep| ep.addr == public).map(move |ep| (k.proto, ep.port))
+}
+
+/// Releases the bindings no live flow uses, once idle past the grace period (a flow being
+/// created may be about to use one). Returns how many.
+fn release_bindings(
+    maps: &mut Maps,
+    in_use: &HashSet<(u8, PortBe)>,
+    public: Ipv4Be,
+    now: u64,
+) -> anyhow::Result<usize> {
+    let all: Vec<(MappingKey, hairpin_common::Binding)> = maps.bindings.iter().collect::<Result<_, _>>()?;
+    let mut released = 0;
+    for (internal, b) in &all {
+        if !in_use.contains(&(internal.proto, b.port)) && now.saturating_sub(b.last_used_ns) >= ORPHAN_GRACE_NS {
+            maps.unbind(internal, b, public);
+            released += 1;
+        }
+    }
+    Ok(released)
 }

@@ -6,12 +6,12 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
 };
 use hairpin_common::{
-    CT_F_HAIRPIN, CT_F_MASQ, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
-    consts::PORT_ALLOC_TRIES,
+    Binding, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
 
-use crate::maps::{CT, MAPPINGS, SNAT};
+use crate::maps::{BINDINGS, BOUND_PORTS, CT, MAPPINGS, SNAT};
 
 const EEXIST: i32 = -17;
 
@@ -57,55 +57,135 @@ pub fn lookup(key: &FlowKey) -> Option<FlowKey> {
 /// What a new flow's source becomes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SourceNat {
-    /// Kept: a port-forward from the internet (the server sees the real client).
+    /// Kept: a port-forward from the internet (the server sees the real client), or a flow from
+    /// the WAN to a binding.
     Keep,
-    /// The gateway's LAN address: a hairpinned flow, whose reply must come back through it.
-    Hairpin,
-    /// The gateway's public address: a LAN host reaching the internet.
-    Masquerade,
+    /// The gateway's LAN address and a port free for the flow's tuple: a flow hairpinned to a
+    /// port-forward, whose reply must come back through the gateway.
+    Lan,
+    /// The public address and the source's endpoint-independent binding (a LAN host reaching
+    /// the internet, or another LAN host's binding); an ICMP echo, which has no binding, takes
+    /// an id free for its tuple.
+    Public,
 }
 
-/// Creates the flow for `key`, whose destination becomes `dst`, and returns the translated
-/// tuple of its original direction.
+/// Creates the flow for `key`, whose destination becomes `dst` and whose entries carry
+/// `flags`, and returns the translated tuple of its original direction.
 ///
-/// A rewritten source takes a free port: the reply entry's key contains that port, so
-/// inserting it with `BPF_NOEXIST` both checks and claims the port atomically. A masqueraded
-/// flow also stays off the public ports that port-forwards own.
+/// A port free for the tuple is found by inserting the reply entry (whose key contains it)
+/// with `BPF_NOEXIST`, which checks and claims it atomically; a binding's port is claimed the
+/// same way in `BOUND_PORTS`. Neither ever takes a public port that a port-forward owns.
 #[inline(always)]
 pub fn create(
     cfg: &Config,
     key: &FlowKey,
     dst: Endpoint,
     snat: SourceNat,
+    flags: u32,
     seen: u32,
     now: u64,
 ) -> Result<FlowKey, Reason> {
-    let plan = |src, flags| {
+    let plan = |src| {
         let mut plan = plan_flow(key, dst, src, flags, now);
         plan.orig.flags |= seen;
         plan
     };
-    let (addr, flags) = match snat {
+    let addr = match snat {
         // Without a port to choose, a taken reply tuple is simply a failed insert.
-        SourceNat::Keep => return insert(&plan(None, 0)).map_err(|_| Reason::DropFlowInsert),
-        SourceNat::Hairpin => (cfg.lan_addr, CT_F_HAIRPIN),
-        SourceNat::Masquerade => (cfg.public_addr, CT_F_MASQ),
+        SourceNat::Keep => return insert(&plan(None)).map_err(|_| Reason::DropFlowInsert),
+        SourceNat::Public if key.proto != IPPROTO_ICMP => {
+            let (port, new) = binding(cfg, key, now)?;
+            let src = Endpoint::new(cfg.public_addr, port);
+            return insert(&plan(Some(src))).map_err(|_| {
+                if new {
+                    unbind(key, src);
+                }
+                Reason::DropFlowInsert
+            });
+        }
+        SourceNat::Public => cfg.public_addr,
+        SourceNat::Lan => cfg.lan_addr,
     };
     for attempt in 0..PORT_ALLOC_TRIES {
         let Some(port) = candidate_port(cfg, key, attempt) else {
             break;
         };
         let src = Endpoint::new(addr, PortBe::from_host(port));
-        if snat == SourceNat::Masquerade && MAPPINGS.get_ptr(&MappingKey::new(key.proto, src)).is_some() {
+        if snat == SourceNat::Public && forwarded(key.proto, src) {
             continue;
         }
-        match insert(&plan(Some(src), flags)) {
+        match insert(&plan(Some(src))) {
             Err(InsertError::TupleTaken) => continue,
             Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
             Ok(xlate) => return Ok(xlate),
         }
     }
     Err(Reason::DropNoPort)
+}
+
+/// Whether a port-forward owns the public endpoint `ep`.
+#[inline(always)]
+fn forwarded(proto: u8, ep: Endpoint) -> bool {
+    MAPPINGS.get_ptr(&MappingKey::new(proto, ep)).is_some()
+}
+
+/// The public port bound to the source of `key` (RFC 4787 REQ-1: the same for every
+/// destination), and whether this call created the binding.
+#[inline(always)]
+fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<(PortBe, bool), Reason> {
+    let internal = MappingKey::new(key.proto, key.src_ep());
+    if let Some(b) = BINDINGS.get_ptr_mut(&internal) {
+        // SAFETY: pointer from a successful lookup; a torn write of a time is harmless.
+        unsafe {
+            if now.wrapping_sub((*b).last_used_ns) >= REFRESH_NS {
+                (*b).last_used_ns = now;
+            }
+            return Ok(((*b).port, false));
+        }
+    }
+    for attempt in 0..PORT_ALLOC_TRIES {
+        let Some(port) = candidate_port(cfg, key, attempt) else {
+            break;
+        };
+        let public = Endpoint::new(cfg.public_addr, PortBe::from_host(port));
+        if forwarded(key.proto, public) {
+            continue;
+        }
+        let claim = MappingKey::new(key.proto, public);
+        match BOUND_PORTS.insert(&claim, &key.src_ep(), BPF_NOEXIST as u64) {
+            Err(EEXIST) => continue,
+            Err(_) => return Err(Reason::DropFlowInsert),
+            Ok(()) => {}
+        }
+        let b = Binding { port: public.port, _pad: [0; 3], last_used_ns: now };
+        return match BINDINGS.insert(&internal, &b, BPF_NOEXIST as u64) {
+            Ok(()) => Ok((public.port, true)),
+            // Another CPU bound this endpoint meanwhile: use its port, give ours back.
+            Err(e) => {
+                let _ = BOUND_PORTS.remove(&claim);
+                // SAFETY: a plain copy out of the map value.
+                match unsafe { BINDINGS.get(&internal) } {
+                    Some(theirs) if e == EEXIST => Ok((theirs.port, false)),
+                    _ => Err(Reason::DropFlowInsert),
+                }
+            }
+        };
+    }
+    Err(Reason::DropNoPort)
+}
+
+/// Removes the binding of `key`'s source to `public` that this packet created.
+#[inline(always)]
+fn unbind(key: &FlowKey, public: Endpoint) {
+    let _ = BINDINGS.remove(&MappingKey::new(key.proto, key.src_ep()));
+    let _ = BOUND_PORTS.remove(&MappingKey::new(key.proto, public));
+}
+
+/// The LAN endpoint holding the public endpoint `ep` for `proto`, if a binding does.
+#[inline(always)]
+pub fn bound(proto: u8, ep: Endpoint) -> Option<Endpoint> {
+    // SAFETY: a plain copy out of the map value.
+    unsafe { BOUND_PORTS.get(&MappingKey::new(proto, ep)) }.copied()
 }
 
 /// Why a planned flow was not inserted.

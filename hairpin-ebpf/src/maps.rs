@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use hairpin_common::{
-    Config, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
 };
 
 /// One element: the settings `hairpin-ctl up` wrote.
@@ -29,3 +29,13 @@ pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SN
 /// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
 #[map(name = "HP_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Endpoint-independent bindings: a LAN host's (proto, address, port) -> its public port. Not
+/// LRU: a binding must not vanish under a live flow; the controller removes unused ones.
+#[map(name = "HP_BINDINGS")]
+pub static BINDINGS: HashMap<MappingKey, Binding> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
+
+/// The other side of each binding: (proto, public address, port) -> the LAN endpoint holding
+/// it. Inserting here with BPF_NOEXIST is what claims a public port.
+#[map(name = "HP_BOUND_PORTS")]
+pub static BOUND_PORTS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);

@@ -1,7 +1,10 @@
 //! The NAT decisions at each hook, and the one function that rewrites an address and port.
 
 use hairpin_common::{
-    Config, Endpoint, FlowKey, MappingKey, PortBe, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, ct_state_bits,
+    CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    consts::{IPPROTO_ICMP, IPPROTO_UDP},
+    csum::CsumDelta,
+    ct_state_bits,
     nat::Side,
 };
 
@@ -49,10 +52,28 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::IngressFlow);
     }
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
-        let snat = if side == Side::Lan && cfg.hairpin() { SourceNat::Hairpin } else { SourceNat::Keep };
-        let xlate = ct::create(&cfg, &p.key, private, snat, seen, now)?;
+        let (snat, flags) =
+            if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
+        let xlate = ct::create(&cfg, &p.key, private, snat, flags, seen, now)?;
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressNewFlow);
+    }
+    if p.key.dst == cfg.public_addr
+        && let Some(host) = ct::bound(p.key.proto, p.key.dst_ep())
+    {
+        // Another LAN host's binding: hairpin, with this host's own binding as the source the
+        // receiver sees (RFC 4787 REQ-9). Filtering guards the WAN side only: LAN hosts can
+        // reach each other directly anyway.
+        let (snat, flags) = match side {
+            Side::Lan => (SourceNat::Public, CT_F_HAIRPIN | CT_F_MASQ),
+            Side::Wan if p.key.proto == IPPROTO_UDP && cfg.udp_endpoint_independent_filtering() => {
+                (SourceNat::Keep, CT_F_MASQ | CT_F_INBOUND)
+            }
+            Side::Wan => return Ok(Reason::PassFiltered),
+        };
+        let xlate = ct::create(&cfg, &p.key, host, snat, flags, seen, now)?;
+        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
     // Broadcast, multicast and address-less (DHCP) traffic never makes a flow, and traffic for
@@ -64,7 +85,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Masquerade, seen, now)?;
+        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Public, CT_F_MASQ, seen, now)?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

@@ -647,9 +647,16 @@ fn masquerade_ports_avoid_forwards_and_live_flows() {
             &[
                 step("first flow takes the only port", Hook::LanIngress, &a, Reason::IngressMasquerade, None),
                 step("second: no port left", Hook::LanIngress, &b, Reason::DropNoPort, None),
+                step(
+                    "the first host's binding serves its other destinations",
+                    Hook::LanIngress,
+                    &a.with("192.168.0.3:7000", "198.51.100.8:53"),
+                    Reason::IngressMasquerade,
+                    None,
+                ),
             ],
         );
-        assert_eq!(dp.ct().len(), 2);
+        assert_eq!(dp.ct().len(), 4);
     });
 }
 
@@ -920,5 +927,164 @@ fn icmp_errors_are_translated_with_their_flow() {
             ),
         ]);
         run_case("icmp errors", dp, &steps);
+    });
+}
+
+/// RFC 4787 REQ-1 / RFC 5382 REQ-1: one LAN endpoint keeps one public port for every
+/// destination, so no other host may take it. Filtering (UDP only) decides whether other WAN
+/// endpoints reach it: address-and-port-dependent by default, endpoint-independent on request.
+#[test]
+fn mappings_are_endpoint_independent_and_udp_filtering_switchable() {
+    let a1 = Pkt::udp("192.168.0.3:7000", "198.51.100.7:53");
+    let a2 = Pkt::udp("192.168.0.3:7000", "198.51.100.8:53");
+    let stranger = Pkt::udp("198.51.100.9:999", "203.0.113.1:7000");
+    let tcp1 = Pkt::tcp("192.168.0.3:7000", "198.51.100.7:443");
+    let tcp2 = Pkt::tcp("192.168.0.3:7000", "198.51.100.8:443");
+    let (a1c, stranger_c, tcp1c) = (a1.clone(), stranger.clone(), tcp1.clone());
+    in_gateway_ns("eimapdf", dp::lab_config(), move |dp| {
+        let (a1, stranger, tcp1) = (a1c, stranger_c, tcp1c);
+        run_case(
+            "eim, address-and-port-dependent filtering",
+            dp,
+            &[
+                step("udp to a first host", Hook::LanIngress, &a1, Reason::IngressMasquerade, None),
+                step("udp to a second host", Hook::LanIngress, &a2, Reason::IngressMasquerade, None),
+                step("tcp to a first host", Hook::LanIngress, &tcp1, Reason::IngressMasquerade, None),
+                step("tcp to a second host", Hook::LanIngress, &tcp2, Reason::IngressMasquerade, None),
+                step(
+                    "a host never sent to: filtered, to the gateway's stack",
+                    Hook::WanIngress,
+                    &stranger,
+                    Reason::PassFiltered,
+                    None,
+                ),
+                step(
+                    "tcp is always filtered so",
+                    Hook::WanIngress,
+                    &Pkt::tcp("198.51.100.9:999", "203.0.113.1:7000").flags(frame::TCP_SYN),
+                    Reason::PassFiltered,
+                    None,
+                ),
+            ],
+        );
+        for p in [&a1, &a2, &tcp1, &tcp2] {
+            assert_eq!(masqueraded_port(dp, p), 7000, "one public port for every destination: {p:?}");
+        }
+        // Another host's port 7000 to a third destination: 7000 is bound, even there.
+        let b = Pkt::udp("192.168.0.4:7000", "198.51.100.10:53");
+        dp.run(Hook::LanIngress, &b.build());
+        assert_ne!(masqueraded_port(dp, &b), 7000, "a bound port went to a second host");
+    });
+    let eif = Config { flags: dp::lab_config().flags | hairpin_common::CFG_F_UDP_EIF, ..dp::lab_config() };
+    in_gateway_ns("eimeif", eif, move |dp| {
+        let back = stranger.with("198.51.100.9:999", "192.168.0.3:7000");
+        let answer = Pkt::udp("192.168.0.3:7000", "198.51.100.9:999");
+        run_case(
+            "eim, endpoint-independent filtering",
+            dp,
+            &[
+                step("udp out binds 7000", Hook::LanIngress, &a1, Reason::IngressMasquerade, None),
+                step(
+                    "bound",
+                    Hook::WanEgress,
+                    &a1,
+                    Reason::EgressFlow,
+                    Some(&a1.with("203.0.113.1:7000", "198.51.100.7:53")),
+                ),
+                step("any host may send to it", Hook::WanIngress, &stranger, Reason::IngressBinding, Some(&back)),
+                step("the answer belongs to that flow", Hook::LanIngress, &answer, Reason::IngressFlow, None),
+                step(
+                    "and leaves from the bound port",
+                    Hook::WanEgress,
+                    &answer,
+                    Reason::EgressFlow,
+                    Some(&answer.with("203.0.113.1:7000", "198.51.100.9:999")),
+                ),
+                step("tcp to a first host", Hook::LanIngress, &tcp1, Reason::IngressMasquerade, None),
+                step(
+                    "tcp stays filtered",
+                    Hook::WanIngress,
+                    &Pkt::tcp("198.51.100.9:999", "203.0.113.1:7000").flags(frame::TCP_SYN),
+                    Reason::PassFiltered,
+                    None,
+                ),
+            ],
+        );
+        let inbound =
+            dp.ct().into_iter().find(|(k, _)| *k == FlowKey::new(17, ep("198.51.100.9:999"), ep("203.0.113.1:7000")));
+        let (_, e) = inbound.expect("the inbound flow's entry");
+        assert_ne!(e.flags & hairpin_common::CT_F_INBOUND, 0, "marked inbound: its outbound side refreshes it");
+    });
+}
+
+/// RFC 4787 REQ-9 / RFC 5382 REQ-8: a LAN host sending to another LAN host's public binding
+/// reaches it, and the receiver sees the sender's own public binding as the source.
+#[test]
+fn hairpin_to_dynamic_bindings() {
+    in_gateway_ns("dynhairpin", dp::lab_config(), |dp| {
+        let a_out = Pkt::udp("192.168.0.3:7000", "198.51.100.7:3478");
+        let b_out = Pkt::udp("192.168.0.4:8000", "198.51.100.7:3478");
+        let b_tcp = Pkt::tcp("192.168.0.4:8000", "198.51.100.7:443");
+        let a_to_b = Pkt::udp("192.168.0.3:7000", "203.0.113.1:8000");
+        let b_to_a = Pkt::udp("192.168.0.4:8000", "203.0.113.1:7000");
+        let c_to_b = Pkt::tcp("192.168.0.5:6000", "203.0.113.1:8000").flags(frame::TCP_SYN);
+        run_case(
+            "hairpin to bindings",
+            dp,
+            &[
+                step("a binds udp 7000", Hook::LanIngress, &a_out, Reason::IngressMasquerade, None),
+                step("b binds udp 8000", Hook::LanIngress, &b_out, Reason::IngressMasquerade, None),
+                step("b binds tcp 8000", Hook::LanIngress, &b_tcp, Reason::IngressMasquerade, None),
+                step(
+                    "a -> b's binding: to b",
+                    Hook::LanIngress,
+                    &a_to_b,
+                    Reason::IngressBinding,
+                    Some(&a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000")),
+                ),
+                step(
+                    "b sees a's binding as the source",
+                    Hook::LanEgress,
+                    &a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000"),
+                    Reason::EgressFlow,
+                    Some(&a_to_b.with("203.0.113.1:7000", "192.168.0.4:8000")),
+                ),
+                step(
+                    "b answers a's binding: to a",
+                    Hook::LanIngress,
+                    &b_to_a,
+                    Reason::IngressFlow,
+                    Some(&b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000")),
+                ),
+                step(
+                    "a sees b's binding as the source",
+                    Hook::LanEgress,
+                    &b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000"),
+                    Reason::EgressFlow,
+                    Some(&b_to_a.with("203.0.113.1:8000", "192.168.0.3:7000")),
+                ),
+                step(
+                    "tcp from a host without a binding: it gets one",
+                    Hook::LanIngress,
+                    &c_to_b,
+                    Reason::IngressBinding,
+                    Some(&c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000")),
+                ),
+                step(
+                    "...and b sees it",
+                    Hook::LanEgress,
+                    &c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000"),
+                    Reason::EgressFlow,
+                    Some(&c_to_b.with("203.0.113.1:6000", "192.168.0.4:8000")),
+                ),
+                step(
+                    "a port nobody bound: the gateway's own",
+                    Hook::LanIngress,
+                    &Pkt::udp("192.168.0.3:7000", "203.0.113.1:9000"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
+            ],
+        );
     });
 }

@@ -40,7 +40,13 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         for (k, e) in &lone {
             maps.remove_flow(k, e);
         }
-        println!("flushed {} flows", flows.len());
+        // With no flow left, no binding is in use: every public port returns to the pool.
+        let public = maps.config()?.public_addr;
+        let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
+        for (internal, b) in &bindings {
+            maps.unbind(internal, b, public);
+        }
+        println!("flushed {} flows and {} bindings", flows.len(), bindings.len());
         return Ok(());
     }
     let timeouts = maps.config()?.timeouts;

@@ -4,18 +4,20 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hairpin_common::CFG_F_UDP_EIF;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{cli::RunArgs, cmd::up, dataplane::PinDir, expire};
 
 pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     if pins.exists() {
-        // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows and
-        // mappings, take the timeouts given now.
+        // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows,
+        // bindings and mappings, take the timeouts and UDP filtering given now.
         let mut maps = pins.open()?;
         let mut cfg = maps.config()?;
         cfg.timeouts = a.up.timeouts.to_timeouts();
-        maps.config.set(0, &cfg, 0).context("updating the timeouts")?;
+        cfg.flags = (cfg.flags & !CFG_F_UDP_EIF) | (a.up.config_flags() & CFG_F_UDP_EIF);
+        maps.config.set(0, &cfg, 0).context("updating the timeouts and filtering")?;
         println!("hairpin run: adopted the dataplane pinned at {}", pins.root.display());
     } else {
         up::run(pins, &a.up)?;
@@ -29,10 +31,10 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let s = expire::sweep(&mut maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
-                if s.expired + s.orphans > 0 {
+                if s.expired + s.orphans + s.unbound > 0 {
                     println!(
-                        "swept {} flows in {:?}: {} expired, {} orphaned entries removed",
-                        s.flows, s.elapsed, s.expired, s.orphans
+                        "swept {} flows in {:?}: {} expired, {} orphaned entries removed, {} unused bindings released",
+                        s.flows, s.elapsed, s.expired, s.orphans, s.unbound
                     );
                 }
             }

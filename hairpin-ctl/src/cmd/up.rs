@@ -9,9 +9,11 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use hairpin_common::{
-    CFG_F_HAIRPIN, Config, Ipv4Be,
+    Config, Ipv4Be,
     consts::{Hook, map_names},
 };
+
+use clap::ValueEnum as _;
 
 use crate::{
     cli::{Ipv4Net, UpArgs, XdpAttachMode},
@@ -52,7 +54,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         public_addr: Ipv4Be::from_octets(public_ip.octets()),
         port_min: a.port_range.min,
         port_max: a.port_range.max,
-        flags: if a.no_hairpin { 0 } else { CFG_F_HAIRPIN },
+        flags: a.config_flags(),
         wan_ifindex,
         timeouts: a.timeouts.to_timeouts(),
         lan_net: Ipv4Be::from_octets(lan_prefix.addr.octets()),
@@ -80,10 +82,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
 
     warn_sysctls(&a.lan, !a.no_hairpin);
     println!(
-        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, pinned at {}",
+        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, udp filtering {}, pinned at {}",
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },
+        a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );
     Ok(())

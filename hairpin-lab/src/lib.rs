@@ -1,13 +1,15 @@
 //! The veth lab: the hairpin story as real network namespaces and sockets.
 //!
 //! ```text
-//!  inet 198.51.100.7 ── wan0 [gw] lan0 ── br0 [sw] ─┬─ srv 192.168.0.2 (TCP :80, UDP :53)
-//!                  203.0.113.1   192.168.0.1        └─ cli 192.168.0.3
+//!  far 192.0.2.10 ── inet 198.51.100.7 ── wan0 [gw] lan0 ── br0 [sw] ─┬─ srv 192.168.0.2 (TCP :80, UDP :53)
+//!          (router 192.0.2.1)       203.0.113.1   192.168.0.1        └─ cli 192.168.0.3
 //! ```
+//! The internet host runs the same echo services and routes for the far host, one hop beyond.
 //! Used by `cargo xtask lab` (which prints each step) and by the lab tests (which assert them).
 //! Everything is created in namespaces named after a unique prefix and torn down on drop.
 
 pub mod netns;
+pub mod probe;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;

@@ -17,6 +17,9 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 3);
 /// Documentation ranges (RFC 5737) stand in for the internet.
 pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// A host one router further: the internet host routes for it, so a packet with TTL 2 from
+/// the LAN expires there (the gateway is the first hop).
+pub const FAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
 pub const HTTP_PORT: u16 = 80;
 pub const ALT_HTTP_PORT: u16 = 8080;
@@ -41,6 +44,7 @@ pub struct Lab {
     pub srv: Netns,
     pub cli: Netns,
     pub inet: Netns,
+    pub far: Netns,
 }
 
 impl Lab {
@@ -49,7 +53,7 @@ impl Lab {
         let prefix = format!("hp{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let ns = |role: &str| Netns::new(&format!("{prefix}-{role}"));
         // Each Netns deletes itself if a later step fails.
-        let (gw, sw, srv, cli, inet) = (ns("gw")?, ns("sw")?, ns("srv")?, ns("cli")?, ns("inet")?);
+        let (gw, sw, srv, cli, inet, far) = (ns("gw")?, ns("sw")?, ns("srv")?, ns("cli")?, ns("inet")?, ns("far")?);
         let lab = Self {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
             prefix,
@@ -61,13 +65,14 @@ impl Lab {
             srv,
             cli,
             inet,
+            far,
         };
         lab.wire().context("building the lab topology")?;
         Ok(lab)
     }
 
     fn wire(&self) -> anyhow::Result<()> {
-        let Self { gw, sw, srv, cli, inet, .. } = self;
+        let Self { gw, sw, srv, cli, inet, far, .. } = self;
         // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         sw.ip(&["link", "set", "br0", "up"])?;
@@ -76,7 +81,8 @@ impl Lab {
             sw.ip(&["link", "set", port, "master", "br0", "up"])?;
         }
         veth(gw, "wan0", inet, "eth0")?;
-        for ns in [gw, sw, srv, cli, inet] {
+        veth(inet, "eth1", far, "eth0")?;
+        for ns in [gw, sw, srv, cli, inet, far] {
             for link in links(ns)? {
                 ns.ip(&["link", "set", &link, "up"])?;
             }
@@ -85,6 +91,7 @@ impl Lab {
         gw.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
         gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
         gw.ip(&["route", "add", "198.51.100.0/24", "dev", "wan0"])?;
+        gw.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.7", "dev", "wan0"])?;
         gw.sysctl("net.ipv4.ip_forward", "1")?;
         // Hairpinned packets leave lan0 the way they came in; a redirect would tell the client
         // to bypass the gateway.
@@ -97,9 +104,14 @@ impl Lab {
         }
         inet.ip(&["addr", "add", "198.51.100.7/24", "dev", "eth0"])?;
         inet.ip(&["route", "add", "203.0.113.0/24", "dev", "eth0"])?;
+        // The internet host is also the router in front of the far host.
+        inet.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth1"])?;
+        inet.sysctl("net.ipv4.ip_forward", "1")?;
+        far.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])?;
+        far.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
 
         // Hosts send complete checksums, as packets on a wire have: XDP sees wire frames.
-        for host in [srv, cli, inet] {
+        for host in [srv, cli, inet, far] {
             host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         }
         Ok(())
@@ -162,7 +174,7 @@ impl Lab {
 
     /// Forgets every neighbour everywhere, so a flow's first packet must resolve them again.
     pub fn flush_neighbours(&self) -> anyhow::Result<()> {
-        for ns in [&self.gw, &self.srv, &self.cli, &self.inet] {
+        for ns in [&self.gw, &self.srv, &self.cli, &self.inet, &self.far] {
             ns.ip(&["neigh", "flush", "all"])?;
         }
         Ok(())

@@ -192,21 +192,24 @@ pub struct UdpEcho {
 /// Sends one datagram from `ns` to `to` and waits up to `timeout` for the echo.
 pub fn udp_echo(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<UdpEcho> {
     let payload = payload.to_vec();
-    ns.run(move || -> anyhow::Result<UdpEcho> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        sock.set_read_timeout(Some(timeout))?;
-        sock.send_to(&payload, to)?;
-        let mut buf = [0u8; 2048];
-        let (n, from) = sock.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
-        let text = &buf[..n];
-        let nl = text.iter().position(|b| *b == b'\n').context("no PEER line")?;
-        let seen: SocketAddr = std::str::from_utf8(&text[..nl])?
-            .strip_prefix("PEER ")
-            .and_then(|s| s.parse().ok())
-            .context("bad PEER line")?;
-        if text[nl + 1..] != payload[..] {
-            bail!("UDP echo payload differs");
-        }
-        Ok(UdpEcho { local: sock.local_addr()?, reply_from: from, seen_by_server: seen })
-    })?
+    ns.run(move || udp_echo_from(&UdpSocket::bind("0.0.0.0:0")?, to, &payload, timeout))?
+}
+
+/// As [`udp_echo`], from a socket the caller keeps (created in its namespace): the same local
+/// port across exchanges.
+pub fn udp_echo_from(sock: &UdpSocket, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<UdpEcho> {
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(payload, to)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
+    let text = &buf[..n];
+    let nl = text.iter().position(|b| *b == b'\n').context("no PEER line")?;
+    let seen: SocketAddr = std::str::from_utf8(&text[..nl])?
+        .strip_prefix("PEER ")
+        .and_then(|s| s.parse().ok())
+        .context("bad PEER line")?;
+    if text[nl + 1..] != payload[..] {
+        bail!("UDP echo payload differs");
+    }
+    Ok(UdpEcho { local: sock.local_addr()?, reply_from: from, seen_by_server: seen })
 }

@@ -9,8 +9,9 @@ use std::{
 
 use hairpin_lab::{
     Lab,
+    probe::{self, Answer, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED},
     scenario::{self, HAIRPIN_BYTES},
-    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
+    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, FAR, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
     traffic,
 };
 use hairpin_tests::{hairpin_ctl, require_root};
@@ -227,4 +228,66 @@ fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
 
     lab.ctl(&["flows", "flush"]).unwrap();
     assert_eq!(lab.flows().unwrap(), Vec::<serde_json::Value>::new());
+}
+
+/// ICMP through the gateway, and LAN hosts' public bindings. Each ICMP answer is checked by the
+/// LAN host's own kernel: it hands an echo reply or an error only to the socket whose echo id
+/// or packet it carries, so an answer that arrives was translated back exactly.
+#[test]
+fn icmp_errors_and_endpoint_independent_bindings() {
+    let lab = lab();
+    lab.up(&["--udp-filtering", "endpoint-independent"]).expect("hairpin-ctl up");
+    let t = Duration::from_secs(3);
+    let error = |offender, icmp_type, icmp_code| Answer::IcmpError { offender, icmp_type, icmp_code };
+
+    // Ping through the gateway, masqueraded by echo id.
+    assert_eq!(probe::ping(&lab.cli, INET, 64, t).unwrap(), Answer::EchoReply { from: INET });
+    let flows = lab.flows().unwrap();
+    assert!(
+        flows.iter().any(|f| f["proto"] == "icmp"
+            && f["masquerade"] == true
+            && f["translated_src"].as_str().unwrap().starts_with("203.0.113.1:")),
+        "{flows:#?}"
+    );
+    // Traceroute: hop 1 is the gateway itself, hop 2 the router beyond it, whose time-exceeded
+    // quotes the translated packet and must reach the client translated back; then the far
+    // host answers. Likewise for UDP, and a port unreachable from the destination itself.
+    let before = lab.counter("icmp_error").unwrap();
+    assert_eq!(probe::ping(&lab.cli, FAR, 1, t).unwrap(), error(GW_LAN, ICMP_TIME_EXCEEDED, 0));
+    assert_eq!(probe::ping(&lab.cli, FAR, 2, t).unwrap(), error(INET, ICMP_TIME_EXCEEDED, 0));
+    assert_eq!(probe::ping(&lab.cli, FAR, 64, t).unwrap(), Answer::EchoReply { from: FAR });
+    let far_udp = SocketAddrV4::new(FAR, 33434);
+    assert_eq!(probe::udp_probe(&lab.cli, far_udp, 2, t).unwrap(), error(INET, ICMP_TIME_EXCEEDED, 0));
+    let closed = SocketAddrV4::new(INET, 9);
+    assert_eq!(probe::udp_probe(&lab.cli, closed, 64, t).unwrap(), error(INET, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH));
+    assert!(lab.counter("icmp_error").unwrap() >= before + 3);
+    assert_eq!(lab.counter("drop_lan_source_to_wan").unwrap(), 0);
+
+    // Each LAN host learns its public endpoint from the internet host, as STUN would.
+    let bind = |ns: &hairpin_lab::Netns, port: u16| {
+        ns.run(move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().expect("bind a UDP port")
+    };
+    let (srv, cli) = (bind(&lab.srv, 7000), bind(&lab.cli, 7100));
+    let stun = |sock: &std::net::UdpSocket| {
+        traffic::udp_echo_from(sock, SocketAddrV4::new(INET, DNS_PORT), b"stun", t).unwrap().seen_by_server
+    };
+    let (srv_pub, cli_pub) = (stun(&srv), stun(&cli));
+    assert_eq!(srv_pub, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7000)), "port preserved");
+    assert_eq!(cli_pub, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7100)));
+    let recv = |sock: &std::net::UdpSocket| {
+        let mut buf = [0u8; 64];
+        let (n, from) = sock.recv_from(&mut buf).expect("a datagram");
+        (buf[..n].to_vec(), from)
+    };
+    // Hairpin through the bindings: each sees the other's public endpoint.
+    cli.send_to(b"hello srv", srv_pub).unwrap();
+    assert_eq!(recv(&srv), (b"hello srv".to_vec(), cli_pub));
+    srv.send_to(b"hello cli", cli_pub).unwrap();
+    assert_eq!(recv(&cli), (b"hello cli".to_vec(), srv_pub));
+    // Endpoint-independent filtering: the far host, which the server never sent to, gets in.
+    let far = bind(&lab.far, 7200);
+    far.send_to(b"knock", srv_pub).unwrap();
+    assert_eq!(recv(&srv), (b"knock".to_vec(), SocketAddr::V4(SocketAddrV4::new(FAR, 7200))));
+    assert!(lab.counter("ingress_binding").unwrap() >= 2);
+    assert_no_kernel_nat(&lab);
 }

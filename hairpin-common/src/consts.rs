@@ -31,7 +31,8 @@ pub mod map_names {
     pub const STATS: &str = "HP_STATS";
     pub const BINDINGS: &str = "HP_BINDINGS";
     pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
-    pub const ALL: [&str; 7] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS];
+    pub const EXHAUSTION: &str = "HP_EXHAUSTED";
+    pub const ALL: [&str; 8] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, EXHAUSTION];
 }
 
 /// Names of the programs in the object file.
@@ -71,3 +72,26 @@ impl Hook {
 
 /// Entries in the per-CPU stats array.
 pub const STATS_LEN: u32 = Hook::COUNT * crate::Reason::COUNT;
+
+/// Why new flows could not be created, by protocol: the exhaustion counters `stats` shows
+/// beside the table fill. Indexed by [`exhaustion_index`].
+pub const EXHAUSTION_PROTOS: [u8; 3] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP];
+pub const EXHAUSTION_REASONS: [crate::Reason; 2] = [crate::Reason::DropNoPort, crate::Reason::DropFlowInsert];
+pub const EXHAUSTION_LEN: u32 = (EXHAUSTION_PROTOS.len() * EXHAUSTION_REASONS.len()) as u32;
+
+/// The exhaustion counter of a new `proto` flow dropped for `reason`, if it has one.
+#[inline(always)]
+pub const fn exhaustion_index(proto: u8, reason: crate::Reason) -> Option<u32> {
+    let p = match proto {
+        IPPROTO_TCP => 0,
+        IPPROTO_UDP => 1,
+        IPPROTO_ICMP => 2,
+        _ => return None,
+    };
+    let r = match reason {
+        crate::Reason::DropNoPort => 0,
+        crate::Reason::DropFlowInsert => 1,
+        _ => return None,
+    };
+    Some(p * EXHAUSTION_REASONS.len() as u32 + r)
+}

@@ -51,7 +51,9 @@ pub enum Command {
     /// Add, delete or list port-forward mappings.
     #[command(subcommand)]
     Map(MapCommand),
-    /// Show the per-reason packet counters of every hook (summed over CPUs).
+    /// Show the per-reason packet counters of every hook (summed over CPUs), new flows dropped
+    /// for want of a public port or table space (per protocol), and how full the tables and
+    /// public port pools are.
     Stats(JsonArg),
     /// Show the conntrack entries (one per direction of each flow; an ICMP echo flow shows its
     /// identifier as the port), or flush them.

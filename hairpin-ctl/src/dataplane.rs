@@ -103,6 +103,8 @@ pub struct Maps {
     /// LAN endpoint -> its public port, and public port -> LAN endpoint.
     pub bindings: HashMap<MapData, MappingKey, Binding>,
     pub bound_ports: HashMap<MapData, MappingKey, Endpoint>,
+    /// New flows dropped for want of a port or table space, per protocol and CPU.
+    pub exhausted: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -122,6 +124,7 @@ impl Maps {
             stats: map(map_names::STATS)?.try_into()?,
             bindings: map(map_names::BINDINGS)?.try_into()?,
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
+            exhausted: map(map_names::EXHAUSTION)?.try_into()?,
         })
     }
 

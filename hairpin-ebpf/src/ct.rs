@@ -11,7 +11,10 @@ use hairpin_common::{
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
 
-use crate::maps::{BINDINGS, BOUND_PORTS, CT, MAPPINGS, SNAT};
+use crate::{
+    maps::{BINDINGS, BOUND_PORTS, CT, MAPPINGS, SNAT},
+    stats,
+};
 
 const EEXIST: i32 = -17;
 
@@ -77,6 +80,23 @@ pub enum SourceNat {
 /// same way in `BOUND_PORTS`. Neither ever takes a public port that a port-forward owns.
 #[inline(always)]
 pub fn create(
+    cfg: &Config,
+    key: &FlowKey,
+    dst: Endpoint,
+    snat: SourceNat,
+    flags: u32,
+    seen: u32,
+    now: u64,
+) -> Result<FlowKey, Reason> {
+    let created = try_create(cfg, key, dst, snat, flags, seen, now);
+    if let Err(reason) = created {
+        stats::count_exhaustion(key.proto, reason);
+    }
+    created
+}
+
+#[inline(always)]
+fn try_create(
     cfg: &Config,
     key: &FlowKey,
     dst: Endpoint,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
 };
 
 /// One element: the settings `hairpin-ctl up` wrote.
@@ -29,6 +29,11 @@ pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SN
 /// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
 #[map(name = "HP_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Per-CPU counters of new flows dropped for want of a port or table space, by protocol,
+/// indexed by `consts::exhaustion_index`.
+#[map(name = "HP_EXHAUSTED")]
+pub static EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXHAUSTION_LEN, 0);
 
 /// Endpoint-independent bindings: a LAN host's (proto, address, port) -> its public port. Not
 /// LRU: a binding must not vanish under a live flow; the controller removes unused ones.

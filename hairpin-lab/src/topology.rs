@@ -189,9 +189,17 @@ impl Lab {
         }
     }
 
-    /// `hairpin-ctl stats --json`: one row per reason.
+    /// `hairpin-ctl stats --json`: the whole object (reasons, exhaustion, tables, port pools).
+    pub fn stats_json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.ctl(&["stats", "--json"])?)?)
+    }
+
+    /// The reason counters of `hairpin-ctl stats --json`: one row per reason.
     pub fn stats(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        self.ctl_json(&["stats"])
+        match self.stats_json()?.get_mut("reasons").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(rows)) => Ok(rows),
+            other => bail!("stats --json has no reasons array: {other:?}"),
+        }
     }
 
     /// `hairpin-ctl flows --json`: one row per conntrack entry.

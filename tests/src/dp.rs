@@ -93,6 +93,13 @@ impl Dataplane {
         m.get(&hook.stat_index(reason), 0).unwrap().iter().sum()
     }
 
+    /// New `proto` flows dropped for `reason` (no port, no table space), summed over CPUs.
+    pub fn exhausted(&self, proto: u8, reason: Reason) -> u64 {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::EXHAUSTION).unwrap()).unwrap();
+        let i = hairpin_common::consts::exhaustion_index(proto, reason).unwrap();
+        m.get(&i, 0).unwrap().iter().sum()
+    }
+
     /// Runs `hook`'s program on `frame`: its return value and the frame it left.
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
         let name = match hook {

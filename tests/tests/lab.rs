@@ -289,5 +289,17 @@ fn icmp_errors_and_endpoint_independent_bindings() {
     far.send_to(b"knock", srv_pub).unwrap();
     assert_eq!(recv(&srv), (b"knock".to_vec(), SocketAddr::V4(SocketAddrV4::new(FAR, 7200))));
     assert!(lab.counter("ingress_binding").unwrap() >= 2);
+
+    // stats shows the bindings held and how full the tables are.
+    let stats = lab.stats_json().unwrap();
+    let pool =
+        |proto: &str| stats["port_pools"].as_array().unwrap().iter().find(|r| r["name"] == proto).unwrap().clone();
+    assert!(pool("udp")["in_use"].as_u64().unwrap() >= 2, "{stats:#}");
+    assert_eq!(pool("udp")["capacity"], 65535 - 1024 + 1 - 1, "the range less the forwarded UDP port 5353");
+    assert!(pool("icmp")["in_use"].as_u64().unwrap() >= 1, "{stats:#}");
+    let conntrack = &stats["tables"][0];
+    assert_eq!(conntrack["name"], "conntrack entries");
+    assert!(conntrack["in_use"].as_u64().unwrap() >= 10, "{stats:#}");
+    assert!(stats["exhaustion"].as_array().unwrap().iter().all(|r| r["no_port"] == 0 && r["no_table_space"] == 0));
     assert_no_kernel_nat(&lab);
 }

@@ -657,6 +657,8 @@ fn masquerade_ports_avoid_forwards_and_live_flows() {
             ],
         );
         assert_eq!(dp.ct().len(), 4);
+        assert_eq!(dp.exhausted(17, Reason::DropNoPort), 1, "counted as UDP port exhaustion");
+        assert_eq!(dp.exhausted(6, Reason::DropNoPort) + dp.exhausted(17, Reason::DropFlowInsert), 0);
     });
 }
 

@@ -1,12 +1,20 @@
-//! `hairpin-ctl stats`: the per-reason counters, one column per hook.
+//! `hairpin-ctl stats`: the per-reason counters (one column per hook), new flows refused for
+//! want of a port or table space (per protocol), and how full the tables and port pools are.
 
-use hairpin_common::{Reason, consts::Hook};
+use aya::maps::{HashMap, MapData};
+use hairpin_common::{
+    Config, Reason,
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, SNAT_CAPACITY, exhaustion_index},
+};
 use serde::Serialize;
 
-use crate::{dataplane::PinDir, output};
+use crate::{
+    dataplane::{Maps, PinDir},
+    output,
+};
 
 #[derive(Serialize)]
-struct Row {
+struct ReasonRow {
     reason: &'static str,
     drop: bool,
     description: &'static str,
@@ -17,8 +25,67 @@ struct Row {
     total: u64,
 }
 
+/// New flows of one protocol that were dropped, by cause.
+#[derive(Serialize)]
+struct ExhaustionRow {
+    proto: &'static str,
+    /// Every candidate public port (or echo id) was taken.
+    no_port: u64,
+    /// A table was full or a map operation failed.
+    no_table_space: u64,
+}
+
+/// How full something is: a map, or a protocol's pool of public ports.
+#[derive(Serialize)]
+struct FillRow {
+    name: String,
+    in_use: u64,
+    capacity: u64,
+    percent: f64,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    reasons: Vec<ReasonRow>,
+    exhaustion: Vec<ExhaustionRow>,
+    tables: Vec<FillRow>,
+    port_pools: Vec<FillRow>,
+}
+
 pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let maps = pins.open()?;
+    let cfg = maps.config()?;
+    let stats = Stats {
+        reasons: reasons(&maps)?,
+        exhaustion: exhaustion(&maps)?,
+        tables: tables(&maps)?,
+        port_pools: port_pools(&maps, &cfg)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
+    for r in &stats.reasons {
+        println!(
+            "{:<22} {:>12} {:>12} {:>12} {:>12}",
+            r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress
+        );
+    }
+    println!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
+    for e in &stats.exhaustion {
+        println!("{:<22} {:>12} {:>14}", e.proto, e.no_port, e.no_table_space);
+    }
+    for (title, rows) in [("table", &stats.tables), ("public port pool", &stats.port_pools)] {
+        println!("\n{title:<22} {:>12} {:>12} {:>8}", "in_use", "capacity", "full");
+        for f in rows {
+            println!("{:<22} {:>12} {:>12} {:>7.1}%", f.name, f.in_use, f.capacity, f.percent);
+        }
+    }
+    Ok(())
+}
+
+fn reasons(maps: &Maps) -> anyhow::Result<Vec<ReasonRow>> {
     let count =
         |hook: Hook, r: Reason| -> anyhow::Result<u64> { Ok(maps.stats.get(&hook.stat_index(r), 0)?.iter().sum()) };
     let mut rows = Vec::new();
@@ -29,7 +96,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             count(Hook::LanEgress, r)?,
             count(Hook::WanEgress, r)?,
         ];
-        rows.push(Row {
+        rows.push(ReasonRow {
             reason: r.name(),
             drop: r.is_drop(),
             description: r.help(),
@@ -40,15 +107,73 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             total: li + wi + le + we,
         });
     }
-    if json {
-        return output::json(&rows);
+    Ok(rows)
+}
+
+fn exhaustion(maps: &Maps) -> anyhow::Result<Vec<ExhaustionRow>> {
+    let count = |proto, r| -> anyhow::Result<u64> {
+        let i = exhaustion_index(proto, r).expect("an exhaustion reason");
+        Ok(maps.exhausted.get(&i, 0)?.iter().sum())
+    };
+    EXHAUSTION_PROTOS
+        .iter()
+        .map(|&p| {
+            Ok(ExhaustionRow {
+                proto: output::proto_name(p),
+                no_port: count(p, Reason::DropNoPort)?,
+                no_table_space: count(p, Reason::DropFlowInsert)?,
+            })
+        })
+        .collect()
+}
+
+fn fill(name: impl Into<String>, in_use: u64, capacity: u64) -> FillRow {
+    let percent = if capacity == 0 { 100.0 } else { in_use as f64 * 100.0 / capacity as f64 };
+    FillRow { name: name.into(), in_use, capacity, percent: (percent * 10.0).round() / 10.0 }
+}
+
+fn len<K: aya::Pod, V: aya::Pod>(m: &HashMap<MapData, K, V>) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for k in m.keys() {
+        k?;
+        n += 1;
     }
-    println!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
-    for r in rows {
-        println!(
-            "{:<22} {:>12} {:>12} {:>12} {:>12}",
-            r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress
-        );
+    Ok(n)
+}
+
+fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
+    Ok(vec![
+        fill("conntrack entries", len(&maps.ct)?, CT_CAPACITY.into()),
+        fill("egress rewrites", len(&maps.snat)?, SNAT_CAPACITY.into()),
+        fill("bindings", len(&maps.bindings)?, BINDINGS_CAPACITY.into()),
+    ])
+}
+
+/// Public ports in use per protocol against the configured range, less the ports that
+/// port-forwards own there. TCP and UDP ports are held by bindings; ICMP echo ids by flows.
+fn port_pools(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<FillRow>> {
+    let in_range = |p: u16| (cfg.port_min..=cfg.port_max).contains(&p);
+    let range = if cfg.port_min > cfg.port_max { 0 } else { u64::from(cfg.port_max - cfg.port_min) + 1 };
+    let mut rows = Vec::new();
+    for &proto in &EXHAUSTION_PROTOS {
+        let mut forwarded = 0;
+        for k in maps.mappings.keys() {
+            let k = k?;
+            forwarded += u64::from(k.proto == proto && k.addr == cfg.public_addr && in_range(k.port.host()));
+        }
+        let mut used = 0;
+        if proto == IPPROTO_ICMP {
+            // An echo flow's reply entry is keyed to the public address and its id.
+            for k in maps.ct.keys() {
+                let k = k?;
+                used += u64::from(k.proto == proto && k.dst == cfg.public_addr);
+            }
+        } else {
+            for k in maps.bindings.keys() {
+                used += u64::from(k?.proto == proto);
+            }
+        }
+        rows.push(fill(output::proto_name(proto), used, range.saturating_sub(forwarded)));
     }
-    Ok(())
+    Ok(rows)
 }

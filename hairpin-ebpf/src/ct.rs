@@ -5,6 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_boot_ns,
 };
+use aya_log_ebpf::warn;
 use hairpin_common::{
     Binding, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
@@ -91,6 +92,31 @@ pub fn create(
     let created = try_create(cfg, key, dst, snat, flags, seen, now);
     if let Err(reason) = created {
         stats::count_exhaustion(key.proto, reason);
+        // Rare by nature, and bounded: when the log ring is full, records are dropped (the
+        // counters above stay exact). Addresses go out in host order for the `:i` hint.
+        let (src, dst) = (u32::from_be(key.src.0), u32::from_be(key.dst.0));
+        let (sport, dport) = (key.sport.host(), key.dport.host());
+        if reason == Reason::DropNoPort {
+            warn!(
+                &(),
+                "no free public port for a new flow (proto {}) {:i}:{} -> {:i}:{}: dropped",
+                key.proto,
+                src,
+                sport,
+                dst,
+                dport
+            );
+        } else {
+            warn!(
+                &(),
+                "no table space for a new flow (proto {}) {:i}:{} -> {:i}:{}: dropped",
+                key.proto,
+                src,
+                sport,
+                dst,
+                dport
+            );
+        }
     }
     created
 }

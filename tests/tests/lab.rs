@@ -303,3 +303,24 @@ fn icmp_errors_and_endpoint_independent_bindings() {
     assert!(stats["exhaustion"].as_array().unwrap().iter().all(|r| r["no_port"] == 0 && r["no_table_space"] == 0));
     assert_no_kernel_nat(&lab);
 }
+
+/// What the dataplane logs (aya-log) surfaces in `run`'s output: here, a new flow dropped for
+/// want of a public port, which `stats` also counts under its protocol.
+#[test]
+fn run_prints_the_dataplane_log() {
+    let lab = lab();
+    let ctl = Controller::start(&lab, &["--port-range", "40000-40000"]);
+    // The client's UDP binding takes the only public port...
+    let first = traffic::udp_echo(&lab.cli, SocketAddrV4::new(INET, DNS_PORT), b"one", scenario::UDP_TIMEOUT).unwrap();
+    assert_eq!(first.seen_by_server, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 40000)));
+    // ...so the server has none left for its own.
+    let to = SocketAddrV4::new(INET, DNS_PORT);
+    traffic::udp_echo(&lab.srv, to, b"two", Duration::from_secs(1)).expect_err("a second binding got a port");
+    let stats = lab.stats_json().unwrap();
+    let udp = stats["exhaustion"].as_array().unwrap().iter().find(|r| r["proto"] == "udp").unwrap().clone();
+    assert_eq!(udp["no_port"], 1, "{stats:#}");
+    let (status, out) = ctl.stop();
+    assert!(status.success(), "{status}: {out}");
+    let line = format!("no free public port for a new flow (proto 17) {SERVER}:");
+    assert!(out.lines().any(|l| l.starts_with("dataplane warn: ") && l.contains(&line)), "{out}");
+}

@@ -2,8 +2,11 @@
 
 /// Port-forward mappings (`hairpin-ctl map add`).
 pub const MAX_MAPPINGS: u32 = 4096;
+/// Flows the tables hold unless `up --max-flows` says otherwise: the object's map sizes,
+/// which the controller overrides at load.
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 /// Conntrack entries; a flow takes two (one per direction).
-pub const CT_CAPACITY: u32 = 262_144;
+pub const CT_CAPACITY: u32 = 2 * DEFAULT_MAX_FLOWS;
 /// Egress source-rewrite entries; a flow takes at most two.
 pub const SNAT_CAPACITY: u32 = CT_CAPACITY;
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hairpin_common::consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP};
+use hairpin_common::consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hairpin";
 
@@ -124,6 +124,11 @@ pub struct UpArgs {
     /// for all its destinations.
     #[arg(long, value_enum, default_value_t = UdpFiltering::AddressAndPortDependent, value_name = "MODE")]
     pub udp_filtering: UdpFiltering,
+    /// Flows the gateway can track at once (each takes two conntrack entries and up to two
+    /// egress rewrites, about 350 bytes, allocated up front). When full, the least recently
+    /// used flows are evicted. Fixed once up: `run` adopting a dataplane keeps its size.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216), value_name = "N")]
+    pub max_flows: u32,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any

@@ -5,7 +5,7 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
@@ -79,9 +79,15 @@ impl PinDir {
     }
 }
 
-/// Loads the embedded object. Programs are verified by the kernel here.
-pub fn load() -> anyhow::Result<Ebpf> {
-    let mut ebpf = Ebpf::load(crate::EBPF_OBJECT).context("loading the eBPF object")?;
+/// Loads the embedded object with tables sized for `max_flows` flows (conntrack and egress
+/// rewrites take two entries per flow). Programs are verified by the kernel here.
+pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+    let entries = max_flows.checked_mul(2).context("--max-flows is too large")?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::CONNTRACK, entries)
+        .map_max_entries(map_names::SNAT, entries)
+        .load(crate::EBPF_OBJECT)
+        .with_context(|| format!("loading the eBPF object with tables for {max_flows} flows"))?;
     for (prog, hook) in LINKS {
         let p = ebpf.program_mut(prog).with_context(|| format!("program {prog} missing from the object"))?;
         match hook {
@@ -109,13 +115,19 @@ pub struct Maps {
 
 impl Maps {
     fn open(pins: &PinDir) -> anyhow::Result<Self> {
-        let data = |name: &str| {
+        Self::from_fn(|name| {
             let path = pins.map(name);
-            MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
-        };
-        let map = |name: &str| -> anyhow::Result<aya::maps::Map> {
-            aya::maps::Map::from_map_data(data(name)?).with_context(|| format!("map {name}"))
-        };
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))
+        })
+    }
+
+    /// The maps of a freshly loaded object (benchmarks, tests), taken out of it.
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Self::from_fn(|name| ebpf.take_map(name).with_context(|| format!("map {name} missing from the object")))
+    }
+
+    fn from_fn(mut map: impl FnMut(&str) -> anyhow::Result<aya::maps::Map>) -> anyhow::Result<Self> {
         Ok(Self {
             config: map(map_names::CONFIG)?.try_into()?,
             mappings: map(map_names::MAPPINGS)?.try_into()?,

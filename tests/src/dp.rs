@@ -60,7 +60,8 @@ impl Dataplane {
     /// Loads (and so verifies) every program of the embedded object with fresh maps.
     pub fn load(cfg: Config) -> Self {
         crate::require_root();
-        let mut ebpf = hairpin_ctl::dataplane::load().expect("load and verify the eBPF object");
+        let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS)
+            .expect("load and verify the eBPF object");
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
         Self { ebpf, ingress_ifindex: None }
     }

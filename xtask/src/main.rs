@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a fresh machine needs to build, demo and test hairpin.
 
+mod bench;
 mod build;
 mod lab;
 mod setup;
@@ -31,6 +32,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root), printed as markdown: `sweep` (default) times the flow sweep over
+    /// 1,000,000 conntrack entries and the dataplane's per-packet cost meanwhile.
+    Bench {
+        /// Arguments for hairpin-bench (e.g. `sweep --entries 200000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Task::Build => build::run().map(|_| ()),
         Task::Lab => lab::run(),
         Task::Test { args } => test::run(&args),
+        Task::Bench { args } => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,10 @@
 //! `hairpin-ctl stats`: the per-reason counters (one column per hook), new flows refused for
 //! want of a port or table space (per protocol), and how full the tables and port pools are.
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Reason,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, SNAT_CAPACITY, exhaustion_index},
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index},
 };
 use serde::Serialize;
 
@@ -141,11 +141,17 @@ fn len<K: aya::Pod, V: aya::Pod>(m: &HashMap<MapData, K, V>) -> anyhow::Result<u
     Ok(n)
 }
 
+/// Entries in a hash map against its size as loaded (`up --max-flows`).
+fn table<K: aya::Pod, V: aya::Pod>(name: &str, m: &HashMap<MapData, K, V>) -> anyhow::Result<FillRow> {
+    let capacity = m.map().info()?.max_entries();
+    Ok(fill(name, len(m)?, capacity.into()))
+}
+
 fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
     Ok(vec![
-        fill("conntrack entries", len(&maps.ct)?, CT_CAPACITY.into()),
-        fill("egress rewrites", len(&maps.snat)?, SNAT_CAPACITY.into()),
-        fill("bindings", len(&maps.bindings)?, BINDINGS_CAPACITY.into()),
+        table("conntrack entries", &maps.ct)?,
+        table("egress rewrites", &maps.snat)?,
+        table("bindings", &maps.bindings)?,
     ])
 }
 

@@ -382,6 +382,8 @@ mod tests {
             (&["up", "--lan", "a", "--wan", "b", "--lan-prefix", "192.168.0.0"][..], "ADDR/LEN"),
             (&["up", "--lan", "a", "--wan", "b", "--lan-prefix", "192.168.0.0/0"][..], "1 to 32"),
             (&["run", "--lan", "a", "--wan", "b", "--sweep-interval", "0"][..], "--sweep-interval"),
+            (&["up", "--lan", "a", "--wan", "b", "--udp-filtering", "full-cone"][..], "endpoint-independent"),
+            (&["up", "--lan", "a", "--wan", "b", "--max-flows", "10"][..], "--max-flows"),
             (&["flows", "purge"][..], "unrecognized subcommand"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();
@@ -396,6 +398,12 @@ mod tests {
         assert_eq!((r.up.lan.as_str(), r.up.wan.as_str()), ("l", "w"));
         let t = r.up.timeouts.to_timeouts();
         assert_eq!((t.tcp_established, t.tcp_transitory, t.udp, t.icmp), (7440, 240, 30, 60));
+        // Address-and-port-dependent UDP filtering by default, like netfilter; hairpin on.
+        assert_eq!(r.up.config_flags(), hairpin_common::CFG_F_HAIRPIN);
+        let eif = parse(&["up", "--lan", "l", "--wan", "w", "--udp-filtering", "endpoint-independent", "--no-hairpin"]);
+        let Command::Up(u) = eif.unwrap().command else { panic!() };
+        assert_eq!(u.config_flags(), hairpin_common::CFG_F_UDP_EIF);
+        assert_eq!(u.max_flows, hairpin_common::consts::DEFAULT_MAX_FLOWS);
         assert!(matches!(
             parse(&["flows", "flush"]).unwrap().command,
             Command::Flows(FlowsArgs { action: Some(FlowsAction::Flush), .. })

@@ -63,9 +63,11 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     {
         // Another LAN host's binding: hairpin, with this host's own binding as the source the
         // receiver sees (RFC 4787 REQ-9). Filtering guards the WAN side only: LAN hosts can
-        // reach each other directly anyway.
+        // reach each other directly anyway. Without hairpin, destination NAT only, as for a
+        // port-forward.
         let (snat, flags) = match side {
-            Side::Lan => (SourceNat::Public, CT_F_HAIRPIN | CT_F_MASQ),
+            Side::Lan if cfg.hairpin() => (SourceNat::Public, CT_F_HAIRPIN | CT_F_MASQ),
+            Side::Lan => (SourceNat::Keep, CT_F_MASQ),
             Side::Wan if p.key.proto == IPPROTO_UDP && cfg.udp_endpoint_independent_filtering() => {
                 (SourceNat::Keep, CT_F_MASQ | CT_F_INBOUND)
             }

@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
@@ -11,7 +11,8 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::{
     Lab, Netns,
-    topology::{ALT_HTTP_PORT, CLIENT, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT},
+    probe::{self, Answer, ICMP_TIME_EXCEEDED},
+    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, FAR, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT},
     traffic::{self, TcpEcho, UdpEcho},
 };
 
@@ -86,7 +87,7 @@ pub fn masquerade(lab: &Lab) -> anyhow::Result<(TcpEcho, UdpEcho)> {
         "internet host saw {} instead of {PUBLIC}",
         tcp.seen_by_server
     );
-    let to = SocketAddrV4::new(INET, crate::topology::DNS_PORT);
+    let to = SocketAddrV4::new(INET, DNS_PORT);
     let udp = traffic::udp_echo(&lab.cli, to, b"hairpin masquerade probe", UDP_TIMEOUT)
         .context("LAN client -> internet host (UDP)")?;
     ensure!(udp.reply_from == SocketAddr::V4(to), "UDP reply came from {}", udp.reply_from);
@@ -96,6 +97,59 @@ pub fn masquerade(lab: &Lab) -> anyhow::Result<(TcpEcho, UdpEcho)> {
         udp.seen_by_server
     );
     Ok((tcp, udp))
+}
+
+/// Beyond the story: a traceroute by ping from the LAN client to the far host. Hop 1 is the
+/// gateway, hop 2 the router beyond it (its time-exceeded quotes the masqueraded packet, which
+/// the gateway must translate back for the client's kernel to match it), then the host.
+pub fn traceroute(lab: &Lab) -> anyhow::Result<Vec<Answer>> {
+    let hops = (1..=3).map(|ttl| probe::ping(&lab.cli, FAR, ttl, UDP_TIMEOUT)).collect::<anyhow::Result<Vec<_>>>()?;
+    let exceeded = |offender| Answer::IcmpError { offender, icmp_type: ICMP_TIME_EXCEEDED, icmp_code: 0 };
+    let want = [exceeded(GW_LAN), exceeded(INET), Answer::EchoReply { from: FAR }];
+    ensure!(hops == want, "traceroute to {FAR}: {hops:?}, expected {want:?}");
+    Ok(hops)
+}
+
+/// Two LAN hosts' UDP sockets and their public endpoints.
+pub struct Peers {
+    pub server: UdpSocket,
+    pub server_public: SocketAddr,
+    pub client: UdpSocket,
+    pub client_public: SocketAddr,
+}
+
+/// Beyond the story: the LAN server (port 7000) and client (port 7100) learn their public
+/// endpoints from the internet host, as STUN would, then reach each other through them
+/// (hairpinning on endpoint-independent bindings): each must see the other's public endpoint.
+pub fn peers(lab: &Lab) -> anyhow::Result<Peers> {
+    let bind = |ns: &Netns, port: u16| -> anyhow::Result<UdpSocket> {
+        let sock = ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??;
+        sock.set_read_timeout(Some(UDP_TIMEOUT))?;
+        Ok(sock)
+    };
+    let (server, client) = (bind(&lab.srv, 7000)?, bind(&lab.cli, 7100)?);
+    let stun = |sock: &UdpSocket| -> anyhow::Result<SocketAddr> {
+        let to = SocketAddrV4::new(INET, DNS_PORT);
+        Ok(traffic::udp_echo_from(sock, to, b"stun", UDP_TIMEOUT).context("asking the internet host")?.seen_by_server)
+    };
+    let peers = Peers { server_public: stun(&server)?, client_public: stun(&client)?, server, client };
+    for (from, to, to_public, from_public) in [
+        (&peers.client, &peers.server, peers.server_public, peers.client_public),
+        (&peers.server, &peers.client, peers.client_public, peers.server_public),
+    ] {
+        from.send_to(b"hello, peer", to_public)?;
+        let (got, seen) = recv(to).with_context(|| format!("nothing arrived through {to_public}"))?;
+        ensure!(got == b"hello, peer", "payload changed: {got:?}");
+        ensure!(seen == from_public, "sent to {to_public}, arrived from {seen} instead of {from_public}");
+    }
+    Ok(peers)
+}
+
+/// One datagram (up to 64 bytes) and its source.
+pub fn recv(sock: &UdpSocket) -> io::Result<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 64];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    Ok((buf[..n].to_vec(), from))
 }
 
 /// Runs the whole story, narrating through `say`. Fails at the first case that does not
@@ -137,6 +191,22 @@ pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     let (tcp, udp) = masquerade(lab)?;
     say(format!("    tcp: client {} -> the internet host saw {}", tcp.local, tcp.seen_by_server));
     say(format!("    udp: reply from {}, the internet host saw {}", udp.reply_from, udp.seen_by_server));
+
+    say(format!("\n[+] traceroute by ping: LAN client -> far host {FAR}, one router beyond the gateway"));
+    for (ttl, hop) in traceroute(lab)?.iter().enumerate() {
+        let line = match hop {
+            Answer::IcmpError { offender, .. } => format!("time exceeded from {offender}"),
+            Answer::EchoReply { from } => format!("echo reply from {from}"),
+        };
+        say(format!("    ttl {}: {line}", ttl + 1));
+    }
+
+    say("\n[+] peers: LAN server :7000 and client :7100 learn their public endpoints, then use them".into());
+    let p = peers(lab)?;
+    say(format!(
+        "    server is {}, client is {} to the internet; each reached the other there and saw it so",
+        p.server_public, p.client_public
+    ));
 
     say("\nflows (hairpin-ctl flows):".into());
     say(lab.ctl(&["flows"])?.trim_end().to_owned());

@@ -253,9 +253,7 @@ fn icmp_errors_and_endpoint_independent_bindings() {
     // quotes the translated packet and must reach the client translated back; then the far
     // host answers. Likewise for UDP, and a port unreachable from the destination itself.
     let before = lab.counter("icmp_error").unwrap();
-    assert_eq!(probe::ping(&lab.cli, FAR, 1, t).unwrap(), error(GW_LAN, ICMP_TIME_EXCEEDED, 0));
-    assert_eq!(probe::ping(&lab.cli, FAR, 2, t).unwrap(), error(INET, ICMP_TIME_EXCEEDED, 0));
-    assert_eq!(probe::ping(&lab.cli, FAR, 64, t).unwrap(), Answer::EchoReply { from: FAR });
+    scenario::traceroute(&lab).expect("traceroute: the gateway, the router beyond, the far host");
     let far_udp = SocketAddrV4::new(FAR, 33434);
     assert_eq!(probe::udp_probe(&lab.cli, far_udp, 2, t).unwrap(), error(INET, ICMP_TIME_EXCEEDED, 0));
     let closed = SocketAddrV4::new(INET, 9);
@@ -263,31 +261,15 @@ fn icmp_errors_and_endpoint_independent_bindings() {
     assert!(lab.counter("icmp_error").unwrap() >= before + 3);
     assert_eq!(lab.counter("drop_lan_source_to_wan").unwrap(), 0);
 
-    // Each LAN host learns its public endpoint from the internet host, as STUN would.
-    let bind = |ns: &hairpin_lab::Netns, port: u16| {
-        ns.run(move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().expect("bind a UDP port")
-    };
-    let (srv, cli) = (bind(&lab.srv, 7000), bind(&lab.cli, 7100));
-    let stun = |sock: &std::net::UdpSocket| {
-        traffic::udp_echo_from(sock, SocketAddrV4::new(INET, DNS_PORT), b"stun", t).unwrap().seen_by_server
-    };
-    let (srv_pub, cli_pub) = (stun(&srv), stun(&cli));
-    assert_eq!(srv_pub, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7000)), "port preserved");
-    assert_eq!(cli_pub, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7100)));
-    let recv = |sock: &std::net::UdpSocket| {
-        let mut buf = [0u8; 64];
-        let (n, from) = sock.recv_from(&mut buf).expect("a datagram");
-        (buf[..n].to_vec(), from)
-    };
-    // Hairpin through the bindings: each sees the other's public endpoint.
-    cli.send_to(b"hello srv", srv_pub).unwrap();
-    assert_eq!(recv(&srv), (b"hello srv".to_vec(), cli_pub));
-    srv.send_to(b"hello cli", cli_pub).unwrap();
-    assert_eq!(recv(&cli), (b"hello cli".to_vec(), srv_pub));
+    // Two LAN hosts learn their public endpoints (ports preserved) and reach each other there.
+    let peers = scenario::peers(&lab).expect("LAN hosts through their public bindings");
+    assert_eq!(peers.server_public, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7000)), "port preserved");
+    assert_eq!(peers.client_public, SocketAddr::V4(SocketAddrV4::new(PUBLIC, 7100)));
     // Endpoint-independent filtering: the far host, which the server never sent to, gets in.
-    let far = bind(&lab.far, 7200);
-    far.send_to(b"knock", srv_pub).unwrap();
-    assert_eq!(recv(&srv), (b"knock".to_vec(), SocketAddr::V4(SocketAddrV4::new(FAR, 7200))));
+    let far = lab.far.run(|| std::net::UdpSocket::bind("0.0.0.0:7200")).unwrap().unwrap();
+    far.send_to(b"knock", peers.server_public).unwrap();
+    let knock = scenario::recv(&peers.server).expect("the far host's datagram");
+    assert_eq!(knock, (b"knock".to_vec(), SocketAddr::V4(SocketAddrV4::new(FAR, 7200))));
     assert!(lab.counter("ingress_binding").unwrap() >= 2);
 
     // stats shows the bindings held and how full the tables are.

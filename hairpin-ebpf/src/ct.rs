@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use hairpin_common::{
-    Binding, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_REPLY, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
@@ -31,12 +31,23 @@ const REFRESH_NS: u64 = 1_000_000_000;
 
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
 /// (`ct_state_bits`) recorded.
+///
+/// An original-direction entry whose reply entry has gone (LRU eviction) is removed instead of
+/// used: the reply entry was the claim on the flow's public tuple, and a newer flow may hold it
+/// now. The packet then starts a flow afresh. (An orphaned reply entry still holds its claim and
+/// still leads to its client; the controller sweeps it.)
 #[inline(always)]
 pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
     let entry = CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
+        if (*entry).flags & CT_F_REPLY == 0 && CT.get_ptr(&(*entry).xlate.reversed()).is_none() {
+            let orphan = *entry;
+            remove_egress(key, &orphan);
+            let _ = CT.remove(key);
+            return None;
+        }
         if now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS {
             (*entry).last_seen_ns = now;
         }

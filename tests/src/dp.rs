@@ -83,6 +83,12 @@ impl Dataplane {
         m.insert(&key, &entry, 0).unwrap();
     }
 
+    pub fn remove_ct(&mut self, key: &FlowKey) {
+        let mut m: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        m.remove(key).unwrap();
+    }
+
     pub fn snat(&self) -> Vec<(FlowKey, Endpoint)> {
         let m: HashMap<_, FlowKey, Endpoint> = HashMap::try_from(self.ebpf.map(map_names::SNAT).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()

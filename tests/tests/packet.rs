@@ -1090,3 +1090,25 @@ fn hairpin_to_dynamic_bindings() {
         );
     });
 }
+
+/// A flow whose reply entry has gone (LRU eviction) no longer holds its public tuple, so its
+/// original entry must not translate: the next packet removes it and starts the flow afresh.
+#[test]
+fn an_original_entry_without_its_reply_is_never_used() {
+    in_gateway_ns("orphan", dp::lab_config(), |dp| {
+        let out = Pkt::udp("192.168.0.3:33000", "198.51.100.7:53");
+        let (verdict, _) = dp.run(Hook::LanIngress, &out.build());
+        assert_eq!(verdict, XDP_PASS);
+        let reply_key = FlowKey::new(17, ep("198.51.100.7:53"), ep("203.0.113.1:33000"));
+        dp.remove_ct(&reply_key);
+        assert_eq!(dp.ct().len(), 1, "the original entry, orphaned");
+        run_case(
+            "orphan",
+            dp,
+            &[step("the orphan is not used: a new flow", Hook::LanIngress, &out, Reason::IngressMasquerade, None)],
+        );
+        let ct = dp.ct();
+        assert_eq!(ct.len(), 2, "{ct:#?}");
+        assert!(ct.iter().any(|(k, _)| *k == reply_key), "the new flow claimed its reply tuple again");
+    });
+}

@@ -35,7 +35,10 @@ pub mod map_names {
     pub const BINDINGS: &str = "HP_BINDINGS";
     pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
     pub const EXHAUSTION: &str = "HP_EXHAUSTED";
-    pub const ALL: [&str; 8] = [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, EXHAUSTION];
+    pub const SLOW: &str = "HP_SLOW";
+    pub const DEVICES: &str = "HP_DEVICES";
+    pub const ALL: [&str; 10] =
+        [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, EXHAUSTION, SLOW, DEVICES];
 }
 
 /// Names of the programs in the object file.
@@ -44,6 +47,8 @@ pub mod prog_names {
     pub const XDP_WAN: &str = "xdp_wan";
     pub const TC_LAN: &str = "tc_egress_lan";
     pub const TC_WAN: &str = "tc_egress_wan";
+    /// Not the dataplane's: for veth peers in labs and benchmarks (see its doc).
+    pub const XDP_PASS: &str = "xdp_pass";
 }
 
 /// Where a program runs; the stats map holds one row of [`crate::Reason`] counters per hook.

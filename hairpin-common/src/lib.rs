@@ -12,5 +12,5 @@ pub mod nat;
 pub mod reason;
 pub mod types;
 
-pub use reason::Reason;
+pub use reason::{Reason, Slow};
 pub use types::*;

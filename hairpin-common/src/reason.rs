@@ -85,6 +85,42 @@ reasons! {
     /// (address-and-port-dependent filtering): passed to the gateway's stack like unsolicited
     /// traffic.
     PassFiltered = 19, "pass_filtered";
+    /// Packet of a known flow translated whole and redirected by XDP out of the other
+    /// interface (fast path): no kernel stack, no egress program.
+    FastRedirect = 20, "fast_redirect";
+    /// Hairpinned packet of a known flow translated whole and sent back out of the interface
+    /// it came in on (fast path, XDP_TX).
+    FastTx = 21, "fast_tx";
+}
+
+/// Why a packet of a known flow took the slow path (the kernel forwards it, egress rewrites its
+/// source) although the fast path is on. Counted apart from the verdict reasons, which count
+/// it as `ingress_flow`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slow {
+    /// TTL 1 or 0: the kernel must answer with time exceeded.
+    Ttl = 0,
+    /// Larger than the egress MTU: the kernel fragments or answers fragmentation needed.
+    FragNeeded = 1,
+    /// The next hop's link-layer address is not known yet: the kernel resolves it.
+    NoNeighbour = 2,
+    /// Not forwarded by a plain route out of a hairpin interface (local, unreachable,
+    /// forwarding off, another interface).
+    Route = 3,
+}
+
+impl Slow {
+    pub const ALL: [Slow; 4] = [Slow::Ttl, Slow::FragNeeded, Slow::NoNeighbour, Slow::Route];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+    pub const fn name(self) -> &'static str {
+        match self {
+            Slow::Ttl => "ttl_expiring",
+            Slow::FragNeeded => "frag_needed",
+            Slow::NoNeighbour => "no_neighbour",
+            Slow::Route => "route",
+        }
+    }
 }
 
 impl Reason {

@@ -182,6 +182,9 @@ pub const CFG_F_HAIRPIN: u32 = 1 << 0;
 /// [`Config::flags`]: UDP bindings accept packets from any WAN endpoint (endpoint-independent
 /// filtering, "full cone"); without it only from endpoints the LAN host has sent to.
 pub const CFG_F_UDP_EIF: u32 = 1 << 1;
+/// [`Config::flags`]: established flows are translated whole and sent out by XDP itself
+/// (redirect or XDP_TX) when the FIB knows route and neighbour; otherwise the kernel forwards.
+pub const CFG_F_FAST_PATH: u32 = 1 << 2;
 
 /// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
 #[repr(C)]
@@ -227,6 +230,10 @@ impl Default for Timeouts {
 impl Config {
     pub const fn hairpin(&self) -> bool {
         self.flags & CFG_F_HAIRPIN != 0
+    }
+
+    pub const fn fast_path(&self) -> bool {
+        self.flags & CFG_F_FAST_PATH != 0
     }
 
     pub const fn udp_endpoint_independent_filtering(&self) -> bool {

@@ -113,6 +113,12 @@ pub struct UpArgs {
     /// needed).
     #[arg(long)]
     pub no_hairpin: bool,
+    /// Leave every packet to the kernel to forward (the slow path), translated by the ingress
+    /// and egress programs. By default packets of known flows are translated whole and sent out
+    /// by XDP itself (redirect to the other interface, XDP_TX back out of the same one) when
+    /// the kernel's FIB knows the route and the neighbour.
+    #[arg(long)]
+    pub no_fast_path: bool,
     /// Source ports that hairpinned and masqueraded flows may take, MIN-MAX inclusive (the
     /// client's own port is kept when it lies in the range and is free).
     #[arg(long, default_value_t = PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }, value_name = "MIN-MAX")]
@@ -240,10 +246,11 @@ pub enum UdpFiltering {
 impl UpArgs {
     /// The `Config::flags` these arguments ask for.
     pub fn config_flags(&self) -> u32 {
-        use hairpin_common::{CFG_F_HAIRPIN, CFG_F_UDP_EIF};
+        use hairpin_common::{CFG_F_FAST_PATH, CFG_F_HAIRPIN, CFG_F_UDP_EIF};
         let hairpin = if self.no_hairpin { 0 } else { CFG_F_HAIRPIN };
         let eif = if self.udp_filtering == UdpFiltering::EndpointIndependent { CFG_F_UDP_EIF } else { 0 };
-        hairpin | eif
+        let fast = if self.no_fast_path { 0 } else { CFG_F_FAST_PATH };
+        hairpin | eif | fast
     }
 }
 
@@ -398,9 +405,20 @@ mod tests {
         assert_eq!((r.up.lan.as_str(), r.up.wan.as_str()), ("l", "w"));
         let t = r.up.timeouts.to_timeouts();
         assert_eq!((t.tcp_established, t.tcp_transitory, t.udp, t.icmp), (7440, 240, 30, 60));
-        // Address-and-port-dependent UDP filtering by default, like netfilter; hairpin on.
-        assert_eq!(r.up.config_flags(), hairpin_common::CFG_F_HAIRPIN);
-        let eif = parse(&["up", "--lan", "l", "--wan", "w", "--udp-filtering", "endpoint-independent", "--no-hairpin"]);
+        // Address-and-port-dependent UDP filtering by default, like netfilter; hairpin and the
+        // fast path on.
+        assert_eq!(r.up.config_flags(), hairpin_common::CFG_F_HAIRPIN | hairpin_common::CFG_F_FAST_PATH);
+        let eif = parse(&[
+            "up",
+            "--lan",
+            "l",
+            "--wan",
+            "w",
+            "--udp-filtering",
+            "endpoint-independent",
+            "--no-hairpin",
+            "--no-fast-path",
+        ]);
         let Command::Up(u) = eif.unwrap().command else { panic!() };
         assert_eq!(u.config_flags(), hairpin_common::CFG_F_UDP_EIF);
         assert_eq!(u.max_flows, hairpin_common::consts::DEFAULT_MAX_FLOWS);

@@ -111,6 +111,8 @@ pub struct Maps {
     pub bound_ports: HashMap<MapData, MappingKey, Endpoint>,
     /// New flows dropped for want of a port or table space, per protocol and CPU.
     pub exhausted: PerCpuArray<MapData, u64>,
+    /// Why packets of known flows took the slow path, per CPU.
+    pub slow: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -137,6 +139,7 @@ impl Maps {
             bindings: map(map_names::BINDINGS)?.try_into()?,
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
             exhausted: map(map_names::EXHAUSTION)?.try_into()?,
+            slow: map(map_names::SLOW)?.try_into()?,
         })
     }
 
@@ -160,5 +163,29 @@ impl Maps {
             }
             let _ = self.ct.remove(&k);
         }
+    }
+}
+
+/// `xdp_pass` attached to an interface of the calling thread's network namespace, for as long
+/// as this value lives: the far end of a veth that hairpin answers on with XDP_TX must run an
+/// XDP program for the frames to be delivered (a veth quirk; real NICs need nothing).
+pub struct XdpPass {
+    _ebpf: Ebpf,
+}
+
+impl XdpPass {
+    pub fn attach(iface: &str) -> anyhow::Result<Self> {
+        // Its own copy of the object, with the tables at their smallest: only the program runs.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::CONNTRACK, 1024)
+            .map_max_entries(map_names::SNAT, 1024)
+            .load(crate::EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        let prog: &mut Xdp = ebpf.program_mut(prog_names::XDP_PASS).context("xdp_pass missing")?.try_into()?;
+        prog.load()?;
+        let ifindex = crate::netif::ifindex(iface)?;
+        prog.attach(ifindex, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        Ok(Self { _ebpf: ebpf })
     }
 }

@@ -1,17 +1,16 @@
-//! Verdicts and routing. For now every packet that is not dropped continues into the kernel
-//! stack, which routes it; the FIB is consulted only to choose NAT. The fast path (XDP
-//! redirect) will live here too.
+//! Verdicts and routing: the FIB chooses NAT (does a LAN packet leave by the WAN?) and, on the
+//! fast path, the next hop of a translated packet.
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_SHOT, bpf_fib_lookup, tcx_action_base::TCX_NEXT,
-        xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        TC_ACT_SHOT, bpf_fib_lookup, tcx_action_base::TCX_NEXT, xdp_action,
     },
     helpers::bpf_fib_lookup,
 };
-use hairpin_common::{FlowKey, Reason, consts::Hook};
+use hairpin_common::{FlowKey, Reason, Slow, consts::Hook};
 
 use crate::{ctx::Packet, stats};
 
@@ -20,7 +19,13 @@ const AF_INET: u8 = 2;
 #[inline(always)]
 pub fn finish_xdp(hook: Hook, reason: Reason) -> u32 {
     stats::count(hook, reason);
-    if reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    match reason {
+        // The redirect target was set by the fast path's bpf_redirect_map.
+        Reason::FastRedirect => xdp_action::XDP_REDIRECT,
+        Reason::FastTx => xdp_action::XDP_TX,
+        r if r.is_drop() => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 #[inline(always)]
@@ -57,4 +62,38 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
         bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH)
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 { Route::Out(params.ifindex) } else { Route::NotForwarded }
+}
+
+/// Where the fast path sends a translated packet: out of `ifindex`, from `smac` to `dmac`.
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Asks the FIB, neighbours included, where the translated packet `key` goes from the
+/// packet's interface; or why the kernel must forward it instead.
+#[inline(always)]
+pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHop, Slow> {
+    // SAFETY: as in `route`.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = key.proto;
+    params.sport = key.sport.0;
+    params.dport = key.dport.0;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = pkt.ifindex();
+    params.__bindgen_anon_3.ipv4_src = key.src.0;
+    params.__bindgen_anon_4.ipv4_dst = key.dst.0;
+    let rc = unsafe { bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // SAFETY: on success the kernel filled the MAC addresses of this union member.
+            let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+            Ok(NextHop { ifindex: params.ifindex, smac: macs.smac, dmac: macs.dmac })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Slow::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Slow::FragNeeded),
+        _ => Err(Slow::Route),
+    }
 }

@@ -11,6 +11,7 @@
 mod csum;
 mod ct;
 mod ctx;
+mod fast;
 mod fwd;
 mod icmp;
 mod maps;
@@ -46,6 +47,14 @@ pub fn tc_egress_lan(ctx: TcContext) -> i32 {
 pub fn tc_egress_wan(ctx: TcContext) -> i32 {
     let reason = nat::egress(&ctx::Tc(&ctx), Side::Wan);
     fwd::finish_tc(Hook::WanEgress, reason)
+}
+
+/// Passes everything. Not part of the dataplane: a veth delivers frames that its peer sends
+/// with XDP_TX only if it runs an XDP program itself, so labs and benchmarks attach this to the
+/// far end of the gateway's veths (real NICs need nothing of the kind).
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use hairpin_common::{
-    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
+    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey, Slow,
     consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
 };
 
@@ -44,3 +44,11 @@ pub static BINDINGS: HashMap<MappingKey, Binding> = HashMap::with_max_entries(BI
 /// it. Inserting here with BPF_NOEXIST is what claims a public port.
 #[map(name = "HP_BOUND_PORTS")]
 pub static BOUND_PORTS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
+
+/// Per-CPU counters of why packets of known flows took the slow path, indexed by `Slow`.
+#[map(name = "HP_SLOW")]
+pub static SLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(Slow::COUNT, 0);
+
+/// The interfaces the fast path may redirect to (LAN and WAN), keyed by ifindex.
+#[map(name = "HP_DEVICES")]
+pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);

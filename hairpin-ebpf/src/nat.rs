@@ -12,10 +12,12 @@ use crate::{
     csum,
     ct::{self, SourceNat},
     ctx::{Packet, Tc, ptr_at},
+    fast,
     fwd::{self, Route},
     icmp,
     maps::{CONFIG, MAPPINGS, SNAT},
     parse::{ICMP_ID_OFF, Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, parse_ip, parse_l4},
+    stats,
 };
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
@@ -48,6 +50,12 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     if let Some(xlate) = ct::lookup_refresh(&p.key, now, seen) {
+        if cfg.fast_path() {
+            match fast::forward(pkt, &p, &xlate) {
+                Ok(verdict) => return Ok(verdict),
+                Err(why) => stats::count_slow(why),
+            }
+        }
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressFlow);
     }
@@ -175,7 +183,7 @@ fn egress_icmp_error(
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum End {
+pub enum End {
     Src,
     Dst,
 }
@@ -201,7 +209,7 @@ pub fn write_addr(pkt: &impl Packet, off: usize, addr: u32) -> Result<(), Reason
 
 /// Rewrites one end of the packet to `to` and updates every checksum that covers it.
 #[inline(always)]
-fn rewrite(pkt: &impl Packet, p: &Parsed, end: End, to: Endpoint) -> Result<(), Reason> {
+pub fn rewrite(pkt: &impl Packet, p: &Parsed, end: End, to: Endpoint) -> Result<(), Reason> {
     let (sport_off, dport_off) = port_offs(p.key.proto);
     let (from, addr_off, port_off) = match end {
         End::Src => (p.key.src_ep(), IP_SRC_OFF, sport_off),

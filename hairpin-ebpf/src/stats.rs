@@ -1,11 +1,11 @@
 //! Per-CPU reason counters: every verdict is counted here, by hook and reason.
 
 use hairpin_common::{
-    Reason,
+    Reason, Slow,
     consts::{Hook, exhaustion_index},
 };
 
-use crate::maps::{EXHAUSTED, STATS};
+use crate::maps::{EXHAUSTED, SLOW, STATS};
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
@@ -21,6 +21,15 @@ pub fn count_exhaustion(proto: u8, reason: Reason) {
     if let Some(i) = exhaustion_index(proto, reason)
         && let Some(c) = EXHAUSTED.get_ptr_mut(i)
     {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts a packet of a known flow that the fast path left to the kernel, and why.
+#[inline(always)]
+pub fn count_slow(why: Slow) {
+    if let Some(c) = SLOW.get_ptr_mut(why as u32) {
         // SAFETY: as above.
         unsafe { *c += 1 };
     }

@@ -38,6 +38,8 @@ pub struct Lab {
     ctl: PathBuf,
     servers: Option<Servers>,
     inet_servers: Option<Servers>,
+    /// xdp_pass on the far ends of the gateway's veths (see `wire`).
+    _xdp_pass: Vec<hairpin_ctl::dataplane::XdpPass>,
     // Dropped in declaration order: servers above stop first, then the namespaces.
     pub gw: Netns,
     pub sw: Netns,
@@ -60,6 +62,7 @@ impl Lab {
             ctl,
             servers: None,
             inet_servers: None,
+            _xdp_pass: Vec::new(),
             gw,
             sw,
             srv,
@@ -67,7 +70,16 @@ impl Lab {
             inet,
             far,
         };
+        let mut lab = lab;
         lab.wire().context("building the lab topology")?;
+        // The fast path sends hairpinned frames back out of lan0 with XDP_TX, which a veth
+        // delivers only to a peer that runs XDP itself (redirects need only its NAPI, which GRO
+        // turns on): give both far ends a program that passes everything.
+        for (ns, iface) in [(&lab.sw, "p-gw"), (&lab.inet, "eth0")] {
+            let iface = iface.to_owned();
+            let pass = ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(&iface))??;
+            lab._xdp_pass.push(pass);
+        }
         Ok(lab)
     }
 
@@ -114,6 +126,7 @@ impl Lab {
         for host in [srv, cli, inet, far] {
             host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         }
+
         Ok(())
     }
 

@@ -17,6 +17,8 @@ use crate::frame::L4;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 /// TCX_NEXT (-1): continue, i.e. pass.
 pub const TC_NEXT: u32 = u32::MAX;
 pub const TC_SHOT: u32 = 2;
@@ -51,9 +53,10 @@ pub fn lab_config() -> Config {
 
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// Interface the XDP test runs pretend to arrive on (in the calling thread's netns);
-    /// `None` is the kernel's default, loopback. Routing decisions (masquerade) depend on it.
-    pub ingress_ifindex: Option<u32>,
+    /// Interfaces (LAN, WAN) the XDP test runs pretend to arrive on, by hook (in the calling
+    /// thread's netns); `None` is the kernel's default, loopback. Routing decisions
+    /// (masquerade, the fast path) depend on it.
+    pub ifindex: Option<(u32, u32)>,
 }
 
 impl Dataplane {
@@ -63,7 +66,7 @@ impl Dataplane {
         let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS)
             .expect("load and verify the eBPF object");
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
-        Self { ebpf, ingress_ifindex: None }
+        Self { ebpf, ifindex: None }
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
@@ -100,6 +103,18 @@ impl Dataplane {
         m.get(&hook.stat_index(reason), 0).unwrap().iter().sum()
     }
 
+    /// Lets the fast path redirect to `ifindex`.
+    pub fn add_device(&mut self, ifindex: u32) {
+        let mut m = aya::maps::DevMapHash::try_from(self.ebpf.map_mut(map_names::DEVICES).unwrap()).unwrap();
+        m.insert(ifindex, ifindex, None, 0).unwrap();
+    }
+
+    /// Packets of known flows left to the slow path because of `why`, summed over CPUs.
+    pub fn slow(&self, why: hairpin_common::Slow) -> u64 {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::SLOW).unwrap()).unwrap();
+        m.get(&(why as u32), 0).unwrap().iter().sum()
+    }
+
     /// New `proto` flows dropped for `reason` (no port, no table space), summed over CPUs.
     pub fn exhausted(&self, proto: u8, reason: Reason) -> u64 {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::EXHAUSTION).unwrap()).unwrap();
@@ -117,13 +132,12 @@ impl Dataplane {
         };
         let xdp = matches!(hook, Hook::LanIngress | Hook::WanIngress);
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let xdp_md: Vec<u8> = [0, frame.len() as u32, 0, self.ingress_ifindex.unwrap_or(0), 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
+        let ingress = self.ifindex.map(|(lan, wan)| if hook == Hook::WanIngress { wan } else { lan });
+        let xdp_md: Vec<u8> =
+            [0, frame.len() as u32, 0, ingress.unwrap_or(0), 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
         let prog = self.ebpf.program_mut(name).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx_in = (xdp && self.ingress_ifindex.is_some()).then_some(&xdp_md[..]);
+        let ctx_in = (xdp && ingress.is_some()).then_some(&xdp_md[..]);
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, ..Default::default() };
         let r = match hook {
             _ if xdp => <&mut Xdp>::try_from(prog).unwrap().test_run(opts),

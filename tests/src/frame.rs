@@ -43,6 +43,9 @@ pub struct Pkt {
     pub tcp_flags: u8,
     /// The quoted bytes of an ICMP error (an IPv4 packet, possibly truncated).
     pub quoted: Vec<u8>,
+    pub ttl: u8,
+    /// Destination and source MAC addresses.
+    pub macs: ([u8; 6], [u8; 6]),
 }
 
 impl Pkt {
@@ -79,7 +82,21 @@ impl Pkt {
             no_udp_csum: false,
             tcp_flags: TCP_ACK,
             quoted: Vec::new(),
+            ttl: 64,
+            macs: (MAC_B, MAC_A),
         }
+    }
+    /// The same packet as a router sends it on: TTL one less, new MAC addresses.
+    pub fn forwarded(&self, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Self {
+        Self { ttl: self.ttl - 1, macs: (dst_mac, src_mac), ..self.clone() }
+    }
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    pub fn payload_len(mut self, len: usize) -> Self {
+        self.payload = (0..len).map(|i| i as u8).collect();
+        self
     }
     /// The same packet with other addresses (what a translation should produce).
     pub fn with(&self, src: &str, dst: &str) -> Self {
@@ -108,7 +125,7 @@ impl Pkt {
         };
         let mut ip = Ipv4Header::new(
             (l4_len + self.payload.len()) as u16,
-            64,
+            self.ttl,
             proto,
             self.src.ip().octets(),
             self.dst.ip().octets(),
@@ -119,7 +136,9 @@ impl Pkt {
         ip.options = self.ip_options[..].try_into().expect("options length is a multiple of 4, at most 40");
         ip.set_payload_len(l4_len + self.payload.len()).expect("payload length");
         ip.header_checksum = ip.calc_header_checksum();
-        let mut out = eth(0x0800);
+        let mut out = self.macs.0.to_vec();
+        out.extend_from_slice(&self.macs.1);
+        out.extend_from_slice(&0x0800u16.to_be_bytes());
         out.extend_from_slice(&ip.to_bytes());
         match self.l4 {
             L4::Tcp => {

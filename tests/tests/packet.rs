@@ -30,6 +30,11 @@ fn raw(what: &'static str, hook: Hook, input: Vec<u8>, reason: Reason) -> Step {
 }
 
 fn expected_verdict(hook: Hook, reason: Reason) -> u32 {
+    match reason {
+        Reason::FastTx => return dp::XDP_TX,
+        Reason::FastRedirect => return dp::XDP_REDIRECT,
+        _ => {}
+    }
     match (hook, reason.is_drop()) {
         (Hook::LanIngress | Hook::WanIngress, false) => XDP_PASS,
         (Hook::LanIngress | Hook::WanIngress, true) => XDP_DROP,
@@ -502,17 +507,41 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole() {
 /// Masquerade decides by the kernel's routes, so these steps run in a namespace of their own
 /// whose `lan0`/`wan0` (veth, peers left dangling) and routes make the FIB answer as on a
 /// gateway.
+/// MAC addresses of the gateway's interfaces and of the neighbours `in_gateway_ns` knows.
+const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x03];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0xfe];
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Runs `test` in a namespace of its own that routes like the gateway: lan0 192.168.0.1/24
+/// and wan0 203.0.113.1/24 (MTU 1400), default route via 203.0.113.254; the server, the client
+/// and that router are known neighbours, a route to 198.18.0.0/15 goes via a neighbour not
+/// yet resolved. Both interfaces are in the fast path's device map.
 fn in_gateway_ns(name: &str, cfg: Config, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
     hairpin_tests::require_root();
     let ns = hairpin_lab::Netns::new(&format!("hpt{}-{name}", std::process::id())).unwrap();
-    for (dev, addr) in [("lan0", "192.168.0.1/24"), ("wan0", "203.0.113.1/24")] {
+    for (dev, addr, m) in [("lan0", "192.168.0.1/24", LAN_MAC), ("wan0", "203.0.113.1/24", WAN_MAC)] {
         let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+        ns.ip(&["link", "add", dev, "address", &mac(m), "type", "veth", "peer", "name", &peer]).unwrap();
         ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
         ns.ip(&["link", "set", &peer, "up"]).unwrap();
         ns.ip(&["link", "set", dev, "up"]).unwrap();
     }
+    ns.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
     ns.ip(&["route", "add", "default", "via", "203.0.113.254", "dev", "wan0"]).unwrap();
+    ns.ip(&["route", "add", "198.18.0.0/15", "via", "203.0.113.253", "dev", "wan0"]).unwrap();
+    for (addr, m, dev) in [
+        ("192.168.0.2", SERVER_MAC, "lan0"),
+        ("192.168.0.3", CLIENT_MAC, "lan0"),
+        ("203.0.113.254", ROUTER_MAC, "wan0"),
+    ] {
+        ns.ip(&["neigh", "add", addr, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]).unwrap();
+    }
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let index = |dev: &str| -> u32 {
         let line = ns.ip(&["-o", "link", "show", dev]).unwrap();
@@ -521,7 +550,9 @@ fn in_gateway_ns(name: &str, cfg: Config, test: impl FnOnce(&mut Dataplane) + Se
     let (lan, wan) = (index("lan0"), index("wan0"));
     ns.run(move || {
         let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg });
-        dp.ingress_ifindex = Some(lan);
+        dp.ifindex = Some((lan, wan));
+        dp.add_device(lan);
+        dp.add_device(wan);
         test(&mut dp);
     })
     .expect("test body (see the panic above)");
@@ -1110,5 +1141,79 @@ fn an_original_entry_without_its_reply_is_never_used() {
         let ct = dp.ct();
         assert_eq!(ct.len(), 2, "{ct:#?}");
         assert!(ct.iter().any(|(k, _)| *k == reply_key), "the new flow claimed its reply tuple again");
+    });
+}
+
+/// The fast path: a known flow's packet is translated whole, its TTL decremented and its MAC
+/// addresses set from the FIB, and XDP sends it on: redirected to the other interface, or back
+/// out of the LAN when hairpinned. Whatever the kernel must handle takes the slow path, counted.
+#[test]
+fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
+    use hairpin_common::{CFG_F_FAST_PATH, Slow};
+    let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
+    in_gateway_ns("fast", cfg, |dp| {
+        dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+        let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
+        let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
+        let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000");
+        let hp = Pkt::tcp("192.168.0.3:40000", PUBLIC_80);
+        let hp_reply = Pkt::tcp(SERVER_80, "192.168.0.1:40000");
+        let masq = Pkt::udp("192.168.0.3:33000", "198.18.0.1:53");
+        let big = reply.clone().payload_len(1400);
+        run_case(
+            "fast path",
+            dp,
+            &[
+                step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in)),
+                step(
+                    "known flow: redirected to the LAN, whole",
+                    Hook::WanIngress,
+                    &fwd,
+                    Reason::FastRedirect,
+                    Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
+                ),
+                step(
+                    "its reply: redirected to the WAN's router, from the public address",
+                    Hook::LanIngress,
+                    &reply,
+                    Reason::FastRedirect,
+                    Some(&reply.with(PUBLIC_80, "198.51.100.9:41000").forwarded(ROUTER_MAC, WAN_MAC)),
+                ),
+                step(
+                    "hairpin, new flow: slow path",
+                    Hook::LanIngress,
+                    &hp,
+                    Reason::IngressNewFlow,
+                    Some(&hp.with("192.168.0.3:40000", SERVER_80)),
+                ),
+                step(
+                    "hairpin, known flow: both ends rewritten, back out of the LAN",
+                    Hook::LanIngress,
+                    &hp,
+                    Reason::FastTx,
+                    Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
+                ),
+                step(
+                    "hairpin reply: to the client, from the public address",
+                    Hook::LanIngress,
+                    &hp_reply,
+                    Reason::FastTx,
+                    Some(&hp_reply.with(PUBLIC_80, "192.168.0.3:40000").forwarded(CLIENT_MAC, LAN_MAC)),
+                ),
+                step(
+                    "TTL 1: the kernel must answer, slow path",
+                    Hook::WanIngress,
+                    &fwd.clone().ttl(1),
+                    Reason::IngressFlow,
+                    Some(&fwd_in.clone().ttl(1)),
+                ),
+                step("larger than the WAN's MTU: slow path", Hook::LanIngress, &big, Reason::IngressFlow, None),
+                step("masquerade, new flow", Hook::LanIngress, &masq, Reason::IngressMasquerade, None),
+                step("next hop not resolved: slow path", Hook::LanIngress, &masq, Reason::IngressFlow, None),
+            ],
+        );
+        for (why, n) in [(Slow::Ttl, 1), (Slow::FragNeeded, 1), (Slow::NoNeighbour, 1), (Slow::Route, 0)] {
+            assert_eq!(dp.slow(why), n, "slow path because {}", why.name());
+        }
     });
 }

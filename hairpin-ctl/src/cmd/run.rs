@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya_log::EbpfLogger;
-use hairpin_common::{CFG_F_UDP_EIF, consts::prog_names};
+use hairpin_common::{CFG_F_FAST_PATH, CFG_F_UDP_EIF, consts::prog_names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -42,12 +42,13 @@ fn dataplane_logs(pins: &PinDir) -> anyhow::Result<AsyncFd<EbpfLogger<Print>>> {
 pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     if pins.exists() {
         // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows,
-        // bindings and mappings, take the timeouts and UDP filtering given now.
+        // bindings and mappings, take the timeouts, UDP filtering and fast path given now.
         let mut maps = pins.open()?;
         let mut cfg = maps.config()?;
         cfg.timeouts = a.up.timeouts.to_timeouts();
-        cfg.flags = (cfg.flags & !CFG_F_UDP_EIF) | (a.up.config_flags() & CFG_F_UDP_EIF);
-        maps.config.set(0, &cfg, 0).context("updating the timeouts and filtering")?;
+        let live = CFG_F_UDP_EIF | CFG_F_FAST_PATH;
+        cfg.flags = (cfg.flags & !live) | (a.up.config_flags() & live);
+        maps.config.set(0, &cfg, 0).context("updating the timeouts, filtering and fast path")?;
         println!("hairpin run: adopted the dataplane pinned at {}", pins.root.display());
     } else {
         up::run(pins, &a.up)?;

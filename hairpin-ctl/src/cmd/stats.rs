@@ -3,7 +3,7 @@
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
-    Config, Reason,
+    Config, Reason, Slow,
     consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index},
 };
 use serde::Serialize;
@@ -44,9 +44,17 @@ struct FillRow {
     percent: f64,
 }
 
+/// Packets of known flows the fast path left to the kernel, by cause.
+#[derive(Serialize)]
+struct SlowRow {
+    cause: &'static str,
+    packets: u64,
+}
+
 #[derive(Serialize)]
 struct Stats {
     reasons: Vec<ReasonRow>,
+    slow_path: Vec<SlowRow>,
     exhaustion: Vec<ExhaustionRow>,
     tables: Vec<FillRow>,
     port_pools: Vec<FillRow>,
@@ -57,6 +65,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let cfg = maps.config()?;
     let stats = Stats {
         reasons: reasons(&maps)?,
+        slow_path: Slow::ALL
+            .iter()
+            .map(|&s| Ok(SlowRow { cause: s.name(), packets: maps.slow.get(&(s as u32), 0)?.iter().sum() }))
+            .collect::<anyhow::Result<_>>()?,
         exhaustion: exhaustion(&maps)?,
         tables: tables(&maps)?,
         port_pools: port_pools(&maps, &cfg)?,
@@ -71,6 +83,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             "{:<22} {:>12} {:>12} {:>12} {:>12}",
             r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress
         );
+    }
+    println!("\n{:<22} {:>12}", "slow path because", "packets");
+    for s in &stats.slow_path {
+        println!("{:<22} {:>12}", s.cause, s.packets);
     }
     println!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
     for e in &stats.exhaustion {

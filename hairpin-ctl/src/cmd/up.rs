@@ -5,7 +5,7 @@ use std::fs;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, DevMapHash},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use hairpin_common::{
@@ -65,6 +65,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
         .set(0, &cfg, 0)
         .context("writing the dataplane configuration")?;
+    // The fast path redirects only to these two.
+    let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("device map missing")?)?;
+    for ifindex in [lan_ifindex, wan_ifindex] {
+        devices.insert(ifindex, ifindex, None, 0).context("filling the fast path's device map")?;
+    }
     // Until pinned, each link lives only as long as this process: an error below detaches it.
     let mut links = Vec::new();
     for (prog, hook) in LINKS {
@@ -82,10 +87,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
 
     warn_sysctls(&a.lan, !a.no_hairpin);
     println!(
-        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, udp filtering {}, pinned at {}",
+        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, fast path {}, udp filtering {}, pinned at {}",
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },
+        if a.no_fast_path { "off" } else { "on" },
         a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );

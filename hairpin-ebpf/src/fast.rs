@@ -1,0 +1,53 @@
+//! The fast path: a packet of a known flow is translated whole (source and destination at
+//! once, from the one conntrack entry) and sent out by XDP itself: redirected through the
+//! device map to the other interface, or back out of the same one (XDP_TX) when hairpinned,
+//! with the next hop's MAC addresses and the TTL decremented as the kernel would. Whatever it
+//! cannot do exactly as the kernel would is left to the slow path, counted by [`Slow`].
+
+use hairpin_common::{FlowKey, Reason, Slow, csum::CsumDelta};
+
+use crate::{
+    csum::IP_CSUM_OFF,
+    ctx::{Packet, ptr_at},
+    fwd,
+    maps::DEVICES,
+    nat::{End, rewrite},
+    parse::Parsed,
+};
+
+/// Offset of the TTL (and protocol, the other half of its checksum word) in the IPv4 header.
+const IP_TTL_OFF: usize = 8;
+
+/// Forwards `p`, whose flow translates it to `xlate`; the verdict, or why the kernel must.
+#[inline(always)]
+pub fn forward(pkt: &impl Packet, p: &Parsed, xlate: &FlowKey) -> Result<Reason, Slow> {
+    let ttl_word = ptr_at::<[u8; 2]>(pkt, p.l3_off + IP_TTL_OFF).map_err(|_| Slow::Route)?;
+    // SAFETY: bounds checked by ptr_at.
+    let [ttl, proto] = unsafe { *ttl_word };
+    if ttl <= 1 {
+        return Err(Slow::Ttl);
+    }
+    let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
+    let verdict = if hop.ifindex == pkt.ifindex() {
+        Reason::FastTx
+    } else {
+        // Only to the interfaces hairpin serves: the map lookup fails for any other.
+        DEVICES.redirect(hop.ifindex, 0).map_err(|_| Slow::Route)?;
+        Reason::FastRedirect
+    };
+    // Committed: nothing below can fail on a packet that parsed.
+    rewrite(pkt, p, End::Src, xlate.src_ep()).map_err(|_| Slow::Route)?;
+    rewrite(pkt, p, End::Dst, xlate.dst_ep()).map_err(|_| Slow::Route)?;
+    let old = u16::from_ne_bytes([ttl, proto]);
+    let new = u16::from_ne_bytes([ttl - 1, proto]);
+    // SAFETY: bounds checked by ptr_at above; XDP may write packet memory.
+    unsafe { *ttl_word = [ttl - 1, proto] };
+    pkt.update_l3_csum(p.l3_off + IP_CSUM_OFF, CsumDelta::ZERO.replace16(old, new)).map_err(|_| Slow::Route)?;
+    let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&hop.dmac);
+    macs[6..].copy_from_slice(&hop.smac);
+    // SAFETY: as above.
+    unsafe { *eth = macs };
+    Ok(verdict)
+}

@@ -34,15 +34,17 @@ const REFRESH_NS: u64 = 1_000_000_000;
 ///
 /// An original-direction entry whose reply entry has gone (LRU eviction) is removed instead of
 /// used: the reply entry was the claim on the flow's public tuple, and a newer flow may hold it
-/// now. The packet then starts a flow afresh. (An orphaned reply entry still holds its claim and
-/// still leads to its client; the controller sweeps it.)
+/// now (then the entry found there leads elsewhere). The packet then starts a flow afresh.
+/// (An orphaned reply entry still holds its claim and still leads to its client; the
+/// controller sweeps it.) Should two CPUs both find the orphan, the later removal may take
+/// the flow the earlier one re-created; its own creation right after restores it.
 #[inline(always)]
 pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
     let entry = CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
-        if (*entry).flags & CT_F_REPLY == 0 && CT.get_ptr(&(*entry).xlate.reversed()).is_none() {
+        if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
             let orphan = *entry;
             remove_egress(key, &orphan);
             let _ = CT.remove(key);
@@ -61,12 +63,20 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
     }
 }
 
-/// The translation of the flow direction `key`, without counting it as traffic (an ICMP error
-/// about a flow does not keep it alive).
+/// Whether the reply entry of the original direction `key` (translated to `xlate`) is there
+/// and still this flow's.
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<FlowKey> {
+fn twin_of(key: &FlowKey, xlate: &FlowKey) -> bool {
+    // SAFETY: read through a pointer from a successful lookup.
+    CT.get_ptr(&xlate.reversed()).is_some_and(|twin| unsafe { (*twin).xlate } == key.reversed())
+}
+
+/// The entry of the flow direction `key`, without counting it as traffic (an ICMP error about
+/// a flow does not keep it alive).
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<CtEntry> {
     // SAFETY: a plain copy out of the map value.
-    unsafe { CT.get(key) }.map(|e| e.xlate)
+    unsafe { CT.get(key) }.copied()
 }
 
 /// What a new flow's source becomes.
@@ -151,14 +161,11 @@ fn try_create(
         // Without a port to choose, a taken reply tuple is simply a failed insert.
         SourceNat::Keep => return insert(&plan(None)).map_err(|_| Reason::DropFlowInsert),
         SourceNat::Public if key.proto != IPPROTO_ICMP => {
-            let (port, new) = binding(cfg, key, now)?;
+            // A binding this packet created stays even if the flow fails: another CPU may
+            // already use it. The controller releases bindings no flow holds.
+            let port = binding(cfg, key, now)?;
             let src = Endpoint::new(cfg.public_addr, port);
-            return insert(&plan(Some(src))).map_err(|_| {
-                if new {
-                    unbind(key, src);
-                }
-                Reason::DropFlowInsert
-            });
+            return insert(&plan(Some(src))).map_err(|_| Reason::DropFlowInsert);
         }
         SourceNat::Public => cfg.public_addr,
         SourceNat::Lan => cfg.lan_addr,
@@ -187,9 +194,9 @@ fn forwarded(proto: u8, ep: Endpoint) -> bool {
 }
 
 /// The public port bound to the source of `key` (RFC 4787 REQ-1: the same for every
-/// destination), and whether this call created the binding.
+/// destination), found or created.
 #[inline(always)]
-fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<(PortBe, bool), Reason> {
+fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
     let internal = MappingKey::new(key.proto, key.src_ep());
     if let Some(b) = BINDINGS.get_ptr_mut(&internal) {
         // SAFETY: pointer from a successful lookup; a torn write of a time is harmless.
@@ -197,7 +204,7 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<(PortBe, bool), Reas
             if now.wrapping_sub((*b).last_used_ns) >= REFRESH_NS {
                 (*b).last_used_ns = now;
             }
-            return Ok(((*b).port, false));
+            return Ok((*b).port);
         }
     }
     for attempt in 0..PORT_ALLOC_TRIES {
@@ -216,26 +223,19 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<(PortBe, bool), Reas
         }
         let b = Binding { port: public.port, _pad: [0; 3], last_used_ns: now };
         return match BINDINGS.insert(&internal, &b, BPF_NOEXIST as u64) {
-            Ok(()) => Ok((public.port, true)),
+            Ok(()) => Ok(public.port),
             // Another CPU bound this endpoint meanwhile: use its port, give ours back.
             Err(e) => {
                 let _ = BOUND_PORTS.remove(&claim);
                 // SAFETY: a plain copy out of the map value.
                 match unsafe { BINDINGS.get(&internal) } {
-                    Some(theirs) if e == EEXIST => Ok((theirs.port, false)),
+                    Some(theirs) if e == EEXIST => Ok(theirs.port),
                     _ => Err(Reason::DropFlowInsert),
                 }
             }
         };
     }
     Err(Reason::DropNoPort)
-}
-
-/// Removes the binding of `key`'s source to `public` that this packet created.
-#[inline(always)]
-fn unbind(key: &FlowKey, public: Endpoint) {
-    let _ = BINDINGS.remove(&MappingKey::new(key.proto, key.src_ep()));
-    let _ = BOUND_PORTS.remove(&MappingKey::new(key.proto, public));
 }
 
 /// The LAN endpoint holding the public endpoint `ep` for `proto`, if a binding does.

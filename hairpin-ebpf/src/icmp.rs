@@ -3,9 +3,10 @@
 //! that covers it, and the error is sent on to that sender.
 
 use hairpin_common::{
-    Config, FlowKey, Reason,
+    CT_F_HAIRPIN, Config, FlowKey, Reason,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     csum::CsumDelta,
+    nat::Side,
 };
 
 use crate::{
@@ -23,17 +24,32 @@ use crate::{
 /// direction (its tuple reversed) says how that direction's packets are translated, which is
 /// exactly how the quoted packet must look to its sender: source and destination swapped back.
 /// The error goes to that sender, so the outer destination follows the quoted source.
+///
+/// From the WAN, only errors about flows that cross it are taken: a quoted LAN address, or a
+/// hairpinned flow (which never leaves the LAN), means a forged error aimed past the boundary.
 #[inline(always)]
-pub fn translate_error(pkt: &impl Packet, ip: &Ip, quoted: &Parsed) -> Result<Option<FlowKey>, Reason> {
+pub fn translate_error(
+    pkt: &impl Packet,
+    cfg: &Config,
+    side: Side,
+    ip: &Ip,
+    quoted: &Parsed,
+) -> Result<Option<FlowKey>, Reason> {
     // An error is addressed to the sender of the packet it quotes; anything else is not ours
     // to interpret.
     if ip.dst != quoted.key.src {
         return Ok(None);
     }
+    if side == Side::Wan && (cfg.in_lan(quoted.key.src) || cfg.in_lan(quoted.key.dst)) {
+        return Err(Reason::DropWanToLan);
+    }
     let Some(reply) = ct::lookup(&quoted.key.reversed()) else {
         return Ok(None);
     };
-    let to = reply.reversed();
+    if side == Side::Wan && reply.flags & CT_F_HAIRPIN != 0 {
+        return Err(Reason::DropWanToLan);
+    }
+    let to = reply.xlate.reversed();
     let delta = rewrite_quoted(pkt, ip, quoted, &to)?;
     csum::apply_icmp(pkt, ip.l4_off, delta)?;
     set_outer_addr(pkt, ip, IP_DST_OFF, ip.dst.0, to.src.0)?;
@@ -43,10 +59,15 @@ pub fn translate_error(pkt: &impl Packet, ip: &Ip, quoted: &Parsed) -> Result<Op
 /// An error from a LAN host about a flow translated to the public address (a server behind a
 /// port-forward, a hairpinned server) must come from the public address too: the sender dialled
 /// it, and a LAN address must not leave on the WAN. Egress does this, for the kernel to route
-/// the error as from a LAN host first.
+/// the error as from a LAN host first. Only the flow's own LAN host may speak for it: the
+/// quoted tuple (as its sender knows it) must be a flow's entry whose translation leads to
+/// the error's source, or any LAN host could send errors as the gateway.
 #[inline(always)]
 pub fn fix_outer_source(pkt: &impl Packet, cfg: &Config, ip: &Ip, quoted: &FlowKey) -> Result<bool, Reason> {
     if !cfg.in_lan(ip.src) || quoted.dst != cfg.public_addr {
+        return Ok(false);
+    }
+    if !ct::lookup(quoted).is_some_and(|e| e.xlate.dst == ip.src) {
         return Ok(false);
     }
     set_outer_addr(pkt, ip, IP_SRC_OFF, ip.src.0, cfg.public_addr.0)?;

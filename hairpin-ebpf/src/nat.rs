@@ -41,7 +41,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     let p = match parse_l4(pkt, &ip)? {
         L4::Flow(p) => p,
         L4::IcmpError(quoted) => {
-            return Ok(match icmp::translate_error(pkt, &ip, &quoted)? {
+            return Ok(match icmp::translate_error(pkt, &cfg, side, &ip, &quoted)? {
                 Some(_) => Reason::IcmpError,
                 None => Reason::PassNoMapping,
             });
@@ -88,7 +88,9 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
     // Broadcast, multicast and address-less (DHCP) traffic never makes a flow, and traffic for
     // the LAN or the gateway itself (its DNS, its SSH) is settled without asking the FIB.
+    // An echo reply (source "port" 0) answers a request from outside; it never starts a flow.
     if side == Side::Lan
+        && !(p.key.proto == IPPROTO_ICMP && p.key.sport.0 == 0)
         && p.key.src.is_unicast()
         && p.key.dst.is_unicast()
         && !cfg.in_lan(p.key.dst)
@@ -166,13 +168,15 @@ fn egress_icmp_error(
     quoted: &Parsed,
     leaks: impl Fn(hairpin_common::Ipv4Be) -> bool,
 ) -> Result<Reason, Reason> {
-    let translated = icmp::translate_error(pkt, ip, quoted)?;
+    let Some(cfg) = cfg else {
+        return Ok(Reason::PassNoConfig);
+    };
+    // Egress is the gateway's own side: the WAN checks of ingress do not apply.
+    let translated = icmp::translate_error(pkt, cfg, Side::Lan, ip, quoted)?;
     let now = translated.unwrap_or(quoted.key);
     let mut src = ip.src;
     let mut fixed = false;
-    if let Some(cfg) = cfg
-        && icmp::fix_outer_source(pkt, cfg, ip, &now)?
-    {
+    if icmp::fix_outer_source(pkt, cfg, ip, &now)? {
         src = cfg.public_addr;
         fixed = true;
     }

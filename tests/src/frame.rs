@@ -98,6 +98,10 @@ impl Pkt {
         self.payload = (0..len).map(|i| i as u8).collect();
         self
     }
+    /// A packet of the same protocol in the other direction (addresses and ports swapped).
+    pub fn reply_to(&self) -> Self {
+        Self { src: self.dst, dst: self.src, ..self.clone() }
+    }
     /// The same packet with other addresses (what a translation should produce).
     pub fn with(&self, src: &str, dst: &str) -> Self {
         Self { src: src.parse().expect("src"), dst: dst.parse().expect("dst"), ..self.clone() }

@@ -855,6 +855,13 @@ fn icmp_echo_is_masqueraded_by_identifier() {
                     Reason::PassNoMapping,
                     None,
                 ),
+                step(
+                    "an echo reply from the LAN with no flow never starts one",
+                    Hook::LanIngress,
+                    &Pkt::pong("192.168.0.3:0", "198.51.100.7:4001"),
+                    Reason::PassNoMapping,
+                    None,
+                ),
                 raw("timestamp request: not translated", Hook::LanIngress, timestamp.clone(), Reason::PassOtherProto),
                 raw("...nor let out with a LAN source", Hook::WanEgress, timestamp, Reason::DropLanSourceToWan),
             ],
@@ -950,6 +957,20 @@ fn icmp_errors_are_translated_with_their_flow() {
                 &err(TTL, 0, "203.0.113.1", "198.51.100.9", &fwd_in, 1000),
                 Reason::IcmpError,
                 Some(&err(TTL, 0, "203.0.113.1", "198.51.100.9", &fwd, 1000)),
+            ),
+            step(
+                "a LAN host's error about another host's flow does not get the public source",
+                Hook::WanEgress,
+                &err(UNREACH, 4, "192.168.0.4", "198.51.100.7", &udp_out.reply_to(), 1000),
+                Reason::DropLanSourceToWan,
+                None,
+            ),
+            step(
+                "a WAN error quoting a LAN address is dropped",
+                Hook::WanIngress,
+                &err(UNREACH, 3, router, "203.0.113.1", &Pkt::tcp(PUBLIC_80, "192.168.0.3:40000"), 1000),
+                Reason::DropWanToLan,
+                None,
             ),
             step(
                 "an error quoting an untranslated LAN address never leaves on the WAN",
@@ -1141,6 +1162,18 @@ fn an_original_entry_without_its_reply_is_never_used() {
         let ct = dp.ct();
         assert_eq!(ct.len(), 2, "{ct:#?}");
         assert!(ct.iter().any(|(k, _)| *k == reply_key), "the new flow claimed its reply tuple again");
+        // Evicted again, and meanwhile another flow took the tuple: its entry is there, but
+        // leads to another host. The orphan is still not used.
+        dp.remove_ct(&reply_key);
+        let other = FlowKey::new(17, ep("198.51.100.7:53"), ep("192.168.0.9:33000"));
+        dp.insert_ct(reply_key, CtEntry { xlate: other, flags: CT_F_REPLY, ..Default::default() });
+        run_case(
+            "orphan, tuple taken",
+            dp,
+            &[step("not used, and the tuple is not ours", Hook::LanIngress, &out, Reason::DropFlowInsert, None)],
+        );
+        let orig = FlowKey::new(17, ep("192.168.0.3:33000"), ep("198.51.100.7:53"));
+        assert!(dp.ct().iter().all(|(k, _)| *k != orig), "the orphan was removed");
     });
 }
 

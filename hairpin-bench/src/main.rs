@@ -1,6 +1,8 @@
 //! `hairpin-bench`: measurements that need root and the real dataplane. Run through
 //! `cargo xtask bench`; timings are reported, never asserted.
 
+mod forward;
+mod report;
 mod sweep;
 
 use clap::{Parser, Subcommand};
@@ -21,10 +23,37 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u32,
     },
+    /// Packets per second through the gateway, side by side: raw XDP redirect (ceiling),
+    /// kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast path and
+    /// XDP_TX hairpinning; 1, 4,096 and 60,000 flows, and 1,000,000 conntrack entries.
+    Forward {
+        /// The hairpin-ctl binary to drive.
+        #[arg(long)]
+        ctl: std::path::PathBuf,
+        /// A few seconds: every path once with 1 and 64 flows, failing unless each delivered
+        /// translated frames (the smoke test `cargo xtask test` runs).
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// Repetitions per measurement (the report gives median, min and max).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also write the markdown report here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Only the paths whose name contains this (repeatable), e.g. `--path nftables`.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Sweep { entries } => sweep::run(entries),
+        Bench::Forward { ctl, quick, secs, reps, out, paths } => {
+            report::run(&report::Options { ctl, quick, secs, reps, out, paths })
+        }
     }
 }

@@ -108,7 +108,7 @@ fn flow(i: u32) -> (FlowKey, Endpoint) {
 
 /// Fills the table with `flows` flows, the last `expired` of them idle for longer than the
 /// UDP timeout, as the dataplane would have created them (both directions, egress rewrites).
-fn fill(maps: &mut dataplane::Maps, flows: u32, expired: u32, now: u64) -> anyhow::Result<()> {
+pub fn fill(maps: &mut dataplane::Maps, flows: u32, expired: u32, now: u64) -> anyhow::Result<()> {
     for i in 0..flows {
         let (key, public) = flow(i);
         let seen = if i >= flows - expired { now - 400_000_000_000 } else { now };

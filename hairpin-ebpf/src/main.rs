@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod ct;
 mod ctx;

@@ -32,10 +32,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (root), printed as markdown: `sweep` (default) times the flow sweep over
-    /// 1,000,000 conntrack entries and the dataplane's per-packet cost meanwhile.
+    /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
+    /// the gateway for every path side by side (report in bench/results.md), then the flow
+    /// sweep over 1,000,000 entries. `forward [--quick] [--path NAME]...` or `sweep` alone.
     Bench {
-        /// Arguments for hairpin-bench (e.g. `sweep --entries 200000`).
+        /// Arguments for hairpin-bench (e.g. `forward --quick`, `sweep --entries 200000`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -19,7 +19,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     let mut child = util::cargo()
         .args(["test", "--release"])
         .args(extra)
-        .env("HAIRPIN_CTL", ctl)
+        .env("HAIRPIN_CTL", &ctl)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -39,6 +39,20 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
+    // The benchmark harness's smoke run, so it cannot rot: every path must deliver translated
+    // frames (figures are printed, never judged). Skipped when a filter picks tests.
+    if extra.is_empty() {
+        util::run(util::cargo().args(["build", "--release", "-p", "hairpin-bench"]))?;
+        let bench = util::root().join("target/release/hairpin-bench");
+        let smoke = std::process::Command::new(bench).args(["forward", "--quick", "--ctl"]).arg(&ctl).status();
+        match smoke {
+            Ok(s) if s.success() => passed += 1,
+            _ => {
+                eprintln!("bench smoke (hairpin-bench forward --quick) failed");
+                failed += 1;
+            }
+        }
+    }
     println!("summary: {passed} passed, {failed} failed");
     if !status.success() || failed > 0 {
         bail!("tests failed ({status})");

@@ -1,0 +1,459 @@
+//! The forwarding benchmark: generator -> gateway -> sink in namespaces, 64-byte UDP frames
+//! sent by an XDP program in live-frames mode (BPF_PROG_TEST_RUN), counted at the sink by an
+//! XDP program that counts only packets with the expected (translated) destination.
+//!
+//! ```text
+//!  generator g0 ── wan0 [gw] lan0 ── s0 sink          (WAN -> LAN cases)
+//!  generator l0 ── lan0 [gw]                           (hairpin: the sink counts on l0 itself)
+//! ```
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, MapData, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use hairpin_common::{Endpoint, Ipv4Be, PortBe, consts::map_names};
+use hairpin_lab::Netns;
+
+/// What forwards the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// An XDP program that only redirects: the ceiling, no NAT work.
+    RawRedirect,
+    /// The kernel routing, no NAT.
+    KernelForward,
+    /// nftables DNAT of the forwarded port (kernel conntrack).
+    NftDnat,
+    /// nftables DNAT and masquerade towards the LAN (kernel conntrack both ways).
+    NftDnatMasq,
+    /// hairpin with --no-fast-path: XDP translates, the kernel forwards, TC rewrites sources.
+    HairpinSlow,
+    /// hairpin's fast path: XDP translates and redirects.
+    HairpinFast,
+    /// hairpin's fast path for hairpinned traffic: LAN -> public address -> LAN, XDP_TX.
+    HairpinTx,
+}
+
+impl Path {
+    pub const ALL: [Path; 7] = [
+        Path::RawRedirect,
+        Path::KernelForward,
+        Path::NftDnat,
+        Path::NftDnatMasq,
+        Path::HairpinSlow,
+        Path::HairpinFast,
+        Path::HairpinTx,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::RawRedirect => "raw XDP redirect (ceiling)",
+            Path::KernelForward => "kernel forwarding",
+            Path::NftDnat => "nftables DNAT",
+            Path::NftDnatMasq => "nftables DNAT + masquerade",
+            Path::HairpinSlow => "hairpin slow path",
+            Path::HairpinFast => "hairpin fast path",
+            Path::HairpinTx => "hairpin XDP_TX (hairpinned)",
+        }
+    }
+    fn nat(self) -> bool {
+        !matches!(self, Path::RawRedirect | Path::KernelForward)
+    }
+}
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const SINK: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+const WAN_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 3);
+const PORT: u16 = 9;
+const FIRST_PORT: u32 = 10_000;
+
+const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
+const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
+const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
+const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One measurement's result.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    /// Frames the generator sent per second.
+    pub offered_pps: f64,
+    /// Correctly translated frames counted at the sink per second.
+    pub delivered_pps: f64,
+    /// Frames at the sink with another destination (must be 0).
+    pub wrong: u64,
+}
+
+/// A built harness for one path: namespaces, programs, the gateway set up.
+pub struct Harness {
+    path: Path,
+    ctl: PathBuf,
+    pin_dir: PathBuf,
+    /// The object holding generator, sink and ceiling programs (attached ones stay so while
+    /// it lives).
+    ebpf: Ebpf,
+    gen_ifindex: u32,
+    /// The NAPI kthreads pinned, for the report.
+    pub pinned: String,
+    // Dropped last: the namespaces (and with them every interface).
+    generator: Netns,
+    gw: Netns,
+    sink: Option<Netns>,
+}
+
+impl Harness {
+    pub fn new(path: Path, ctl: PathBuf, max_flows: u32) -> anyhow::Result<Self> {
+        let prefix = format!("hpb{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let generator = Netns::new(&format!("{prefix}-gen"))?;
+        let gw = Netns::new(&format!("{prefix}-gw"))?;
+        let sink = if path == Path::HairpinTx { None } else { Some(Netns::new(&format!("{prefix}-sink"))?) };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::CONNTRACK, 1024)
+            .map_max_entries(map_names::SNAT, 1024)
+            .load(hairpin_ctl::EBPF_OBJECT)
+            .context("loading the bench programs")?;
+        for p in ["bench_gen", "bench_sink", "bench_redirect"] {
+            <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;
+        }
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
+        let mut h = Self { path, ctl, pin_dir, ebpf, gen_ifindex: 0, pinned: String::new(), generator, gw, sink };
+        h.wire(max_flows).with_context(|| format!("building the harness for {}", path.name()))?;
+        Ok(h)
+    }
+
+    fn wire(&mut self, max_flows: u32) -> anyhow::Result<()> {
+        let link = |a: &Netns, an: &str, am: [u8; 6], b: &Netns, bn: &str, bm: [u8; 6]| -> anyhow::Result<()> {
+            run(Command::new("ip").args([
+                "link",
+                "add",
+                an,
+                "netns",
+                &a.name,
+                "address",
+                &mac(am),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                bn,
+                "netns",
+                &b.name,
+                "address",
+                &mac(bm),
+            ]))?;
+            a.ip(&["link", "set", an, "up"])?;
+            b.ip(&["link", "set", bn, "up"])?;
+            Ok(())
+        };
+        let gw = &self.gw;
+        let hairpinned = self.path == Path::HairpinTx;
+        if hairpinned {
+            link(&self.generator, "l0", MAC_GEN, gw, "lan0", MAC_LAN)?;
+            gw.ip(&["link", "add", "wan0", "type", "dummy"]).or_else(|_| {
+                // No dummy module: a veth with its peer left in the gateway.
+                gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "wan0p"])
+            })?;
+            gw.ip(&["link", "set", "wan0", "up"])?;
+        } else {
+            let sink = self.sink.as_ref().expect("a sink namespace");
+            link(&self.generator, "g0", MAC_GEN, gw, "wan0", MAC_WAN)?;
+            link(gw, "lan0", MAC_LAN, sink, "s0", MAC_SINK)?;
+        }
+        gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
+        gw.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
+        gw.ip(&["route", "add", "198.51.100.0/24", "dev", "wan0"])?;
+        gw.sysctl("net.ipv4.ip_forward", "1")?;
+        gw.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        gw.sysctl("net.ipv4.conf.lan0.send_redirects", "0")?;
+        // The server is a known neighbour: no ARP in the measurement.
+        let server_mac = if hairpinned { MAC_GEN } else { MAC_SINK };
+        gw.ip(&["neigh", "add", "192.168.0.2", "lladdr", &mac(server_mac), "dev", "lan0", "nud", "permanent"])?;
+        gw.ip(&["neigh", "add", "192.168.0.3", "lladdr", &mac(MAC_GEN), "dev", "lan0", "nud", "permanent"])?;
+
+        // The sink counts on the sink's interface, or for hairpinned traffic on the generator's.
+        let (sink_ns, sink_if) = match &self.sink {
+            Some(ns) => (ns, "s0"),
+            None => (&self.generator, "l0"),
+        };
+        attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
+        let want = Endpoint::new(Ipv4Be::from_octets(SINK.octets()), PortBe::from_host(PORT));
+        Array::<_, Endpoint>::try_from(self.ebpf.map_mut("BENCH_SINK").context("BENCH_SINK")?)?.set(0, &want, 0)?;
+
+        match self.path {
+            Path::RawRedirect => {
+                let lan = ifindex(gw, "lan0")?;
+                let mut out = DevMap::try_from(self.ebpf.map_mut("BENCH_OUT").context("BENCH_OUT")?)?;
+                // A device map resolves the ifindex in the updating thread's namespace.
+                in_ns(gw, || out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
+                attach(&mut self.ebpf, "bench_redirect", gw, "wan0")?;
+            }
+            Path::KernelForward | Path::NftDnat | Path::NftDnatMasq => {
+                // Frames the generator sends with XDP_TX reach a veth only through its NAPI,
+                // which GRO turns on when it runs no XDP program.
+                gw.exec("ethtool", &["-K", "wan0", "gro", "on"])?;
+                if self.path != Path::KernelForward {
+                    nft(gw, self.path == Path::NftDnatMasq)?;
+                }
+            }
+            Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx => {
+                let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0", "--xdp-mode", "native"];
+                let flows = max_flows.to_string();
+                args.extend(["--max-flows", &flows]);
+                if self.path == Path::HairpinSlow {
+                    args.push("--no-fast-path");
+                }
+                self.ctl(&args)?;
+                self.ctl(&["map", "add", "udp", "203.0.113.1:9", "192.168.0.2:9"])?;
+            }
+        }
+        // Threaded NAPI for the gateway's receiving interface, on CPU 1; the generator runs
+        // on CPU 0.
+        let ingress = if hairpinned { "lan0" } else { "wan0" };
+        self.gen_ifindex = ifindex(&self.generator, if hairpinned { "l0" } else { "g0" })?;
+        if std::env::var_os("HAIRPIN_BENCH_NO_THREADED").is_none() {
+            self.pinned = pin_napi(gw, ingress, 1)?;
+        }
+        Ok(())
+    }
+
+    /// `hairpin-ctl --pin-dir <bench pins> args` in the gateway.
+    fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = self.gw.command(self.ctl.to_str().context("non-UTF-8 path")?);
+        c.arg("--pin-dir").arg(&self.pin_dir).args(args);
+        run(&mut c)
+    }
+
+    /// The pinned conntrack map of the gateway (hairpin paths).
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.path.nat().then_some(self.pin_dir.as_path()).filter(|p| p.exists())
+    }
+
+    /// The 64-byte frame the generator sends (its source port is set per packet).
+    fn frame(&self) -> Vec<u8> {
+        let (src, dst, dmac) = match self.path {
+            Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
+            p if p.nat() => (WAN_CLIENT, PUBLIC, MAC_WAN),
+            _ => (WAN_CLIENT, SINK, MAC_WAN),
+        };
+        let mut f = dmac.to_vec();
+        f.extend_from_slice(&MAC_GEN);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let payload = [0u8; 18];
+        let tot = (20 + 8 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0, (tot >> 8) as u8, tot as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        let csum = !ip.chunks(2).fold(0u32, |s, w| {
+            let s = s + u32::from(u16::from_be_bytes([w[0], w[1]]));
+            (s & 0xffff) + (s >> 16)
+        }) as u16;
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&(FIRST_PORT as u16).to_be_bytes());
+        f.extend_from_slice(&PORT.to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&payload);
+        f
+    }
+
+    fn sink_counts(&self) -> anyhow::Result<(u64, u64)> {
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("BENCH_SINK_COUNT").context("BENCH_SINK_COUNT")?)?;
+        Ok((m.get(&0, 0)?.iter().sum(), m.get(&1, 0)?.iter().sum()))
+    }
+
+    /// Sends with `flows` source ports: first `warmup` frames (so every flow exists), then for
+    /// `secs` seconds, measured.
+    pub fn measure(&mut self, flows: u32, warmup: u64, secs: f64) -> anyhow::Result<Rate> {
+        // GenConfig: first port, flows, the 42 header bytes, padding.
+        let mut cfg: Vec<u8> = [FIRST_PORT, flows].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        cfg.extend_from_slice(&self.frame()[..42]);
+        cfg.resize(56, 0);
+        let mut gen_cfg: Array<&mut MapData, [u8; 56]> =
+            Array::try_from(self.ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?)?;
+        gen_cfg.set(0, &<[u8; 56]>::try_from(cfg.as_slice()).expect("56 bytes"), 0)?;
+        self.generate(|sent, _| sent >= warmup)?;
+        self.wait_sink_stable()?;
+        let before = self.sink_counts()?;
+        let limit = Duration::from_secs_f64(secs);
+        let (sent, elapsed) = self.generate(|_, t| t >= limit)?;
+        let after = self.wait_sink_stable()?;
+        if std::env::var_os("HAIRPIN_BENCH_DEBUG").is_some() {
+            for (ns, dev) in [(&self.generator, "g0"), (&self.gw, "wan0"), (&self.gw, "lan0")] {
+                if let Ok(s) = ns.exec("ethtool", &["-S", dev]) {
+                    eprintln!(
+                        "{dev}: {}",
+                        s.lines().filter(|l| !l.trim_end().ends_with(": 0")).collect::<Vec<_>>().join(" |")
+                    );
+                }
+                if let Ok(s) = ns.ip(&["-s", "-s", "link", "show", dev]) {
+                    eprintln!("{}", s.replace('\n', " / "));
+                }
+            }
+            if let Ok(s) = self.gw.exec("nstat", &["-a"]) {
+                eprintln!(
+                    "{}",
+                    s.lines()
+                        .filter(|l| l.contains("Discard")
+                            || l.contains("Drop")
+                            || l.contains("Forw")
+                            || l.contains("InReceives")
+                            || l.contains("NoRoute"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+        let t = elapsed.as_secs_f64();
+        Ok(Rate {
+            offered_pps: sent as f64 / t,
+            delivered_pps: (after.0 - before.0) as f64 / t,
+            wrong: after.1 - before.1,
+        })
+    }
+
+    /// Runs the generator on CPU 0 in its namespace until `done(sent, elapsed)`.
+    fn generate(&mut self, done: impl Fn(u64, Duration) -> bool + Sync) -> anyhow::Result<(u64, Duration)> {
+        const CHUNK: u32 = 1 << 17;
+        let frame = self.frame();
+        let md: Vec<u8> =
+            [0u32, frame.len() as u32, 0, self.gen_ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let ns = std::fs::File::open(self.generator.path())?;
+        let prog: &mut Xdp = self.ebpf.program_mut("bench_gen").context("bench_gen")?.try_into()?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<(u64, Duration)> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let mut cpus = nix::sched::CpuSet::new();
+                cpus.set(0)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while !done(sent, start.elapsed()) {
+                    let opts = TestRunOptions {
+                        data_in: Some(&frame),
+                        ctx_in: Some(&md),
+                        repeat: CHUNK,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    };
+                    prog.test_run(opts).context("live-frames test run of the generator")?;
+                    sent += u64::from(CHUNK);
+                }
+                Ok((sent, start.elapsed()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        })
+    }
+
+    /// The sink's counters once they stop moving (frames in flight have landed), or after 2 s.
+    fn wait_sink_stable(&self) -> anyhow::Result<(u64, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = self.sink_counts()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.sink_counts()?;
+            if now == last || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            let _ = self.ctl(&["down"]);
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    hairpin_lab::netns::run(cmd)
+}
+
+fn ifindex(ns: &Netns, dev: &str) -> anyhow::Result<u32> {
+    let line = ns.ip(&["-o", "link", "show", dev])?;
+    line.split(':').next().and_then(|i| i.trim().parse().ok()).with_context(|| format!("ifindex of {dev}"))
+}
+
+/// Runs `f` on a thread that has entered `ns`.
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let file = std::fs::File::open(ns.path())?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {} panicked", ns.name))?
+    })
+}
+
+/// Attaches bench program `prog` to `iface` in `ns` (native XDP); it stays attached while the
+/// object lives.
+fn attach(ebpf: &mut Ebpf, prog: &str, ns: &Netns, iface: &str) -> anyhow::Result<()> {
+    let index = ifindex(ns, iface)?;
+    let p: &mut Xdp = ebpf.program_mut(prog).context("bench program missing")?.try_into()?;
+    // XDP attaches by ifindex through a netlink socket of the calling thread's namespace.
+    in_ns(ns, || {
+        p.attach(index, XdpMode::Driver).with_context(|| format!("attaching {prog} to {iface}"))?;
+        Ok(())
+    })
+}
+
+fn nft(gw: &Netns, masquerade: bool) -> anyhow::Result<()> {
+    let masq = if masquerade {
+        "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"lan0\" masquerade\n  }\n"
+    } else {
+        ""
+    };
+    let rules = format!(
+        "table ip hpbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr 203.0.113.1 udp dport 9 dnat to 192.168.0.2\n  }}\n{masq}}}\n"
+    );
+    let mut c = gw.command("nft");
+    c.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().context("running nft")?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Turns on threaded NAPI for `dev` in `ns` and pins its kthread (`napi/<dev>-<id>`) to
+/// `cpu`. Returns what was pinned, for the report.
+fn pin_napi(ns: &Netns, dev: &str, cpu: usize) -> anyhow::Result<String> {
+    // `ip netns exec` mounts the namespace's own /sys for this one command.
+    let threaded = format!("echo 1 > /sys/class/net/{dev}/threaded");
+    run(Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &threaded]))?;
+    let ps = run(Command::new("ps").args(["-eo", "pid=,comm="]))?;
+    let mut pinned = Vec::new();
+    for line in ps.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(pid), Some(comm)) = (it.next(), it.next()) else { continue };
+        if comm.starts_with(&format!("napi/{dev}-")) {
+            run(Command::new("taskset").args(["-pc", &cpu.to_string(), pid]))?;
+            pinned.push(format!("{comm} (pid {pid}) on CPU {cpu}"));
+        }
+    }
+    ensure!(!pinned.is_empty(), "no NAPI kthread for {dev} after turning threaded NAPI on");
+    Ok(pinned.join(", "))
+}

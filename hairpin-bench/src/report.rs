@@ -1,0 +1,168 @@
+//! The forwarding benchmark's runs and its markdown report.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::{Context as _, ensure};
+
+use crate::forward::{Harness, Path, Rate};
+
+/// One row: a path, a number of flows, and the repetitions measured.
+pub struct Row {
+    pub path: Path,
+    pub label: String,
+    pub rates: Vec<Rate>,
+}
+
+impl Row {
+    fn sorted(&self, f: impl Fn(&Rate) -> f64) -> Vec<f64> {
+        let mut v: Vec<f64> = self.rates.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+    /// Median delivered rate (Mpps).
+    pub fn median(&self) -> f64 {
+        let v = self.sorted(|r| r.delivered_pps);
+        v[v.len() / 2] / 1e6
+    }
+}
+
+pub struct Options {
+    pub ctl: PathBuf,
+    pub quick: bool,
+    pub secs: f64,
+    pub reps: usize,
+    pub out: Option<PathBuf>,
+    /// Only the paths whose name contains one of these.
+    pub paths: Vec<String>,
+}
+
+/// Flow counts measured for every path, and the pre-populated table size for hairpin.
+const FLOWS: [u32; 3] = [1, 4096, 60_000];
+const PREFILLED_ENTRIES: u32 = 1_000_000;
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let flows: &[u32] = if o.quick { &[1, 64] } else { &FLOWS };
+    let (secs, reps) = if o.quick { (0.3, 1) } else { (o.secs, o.reps) };
+    let mut rows = Vec::new();
+    let mut pinned = String::new();
+    for path in
+        Path::ALL.into_iter().filter(|p| o.paths.is_empty() || o.paths.iter().any(|n| p.name().contains(n.as_str())))
+    {
+        let mut h =
+            Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
+        pinned = h.pinned.clone();
+        for &n in flows {
+            let mut rates = Vec::new();
+            for _ in 0..reps {
+                rates.push(h.measure(n, u64::from(n) * 4 + 100_000, secs)?);
+            }
+            let row = Row { path, label: format!("{n} flows"), rates };
+            let r = row.rates[row.rates.len() / 2];
+            eprintln!(
+                "{:<30} {:>12}: {:.3} Mpps delivered of {:.3} offered ({} wrong)",
+                path.name(),
+                row.label,
+                row.median(),
+                r.offered_pps / 1e6,
+                r.wrong
+            );
+            rows.push(row);
+        }
+    }
+    if !o.quick {
+        // hairpin's fast path with a million conntrack entries around its one flow.
+        let mut h = Harness::new(Path::HairpinFast, o.ctl.clone(), PREFILLED_ENTRIES / 2 + 1024)?;
+        let pins = h.pin_dir().context("hairpin's pins")?.to_path_buf();
+        let mut maps = hairpin_ctl::dataplane::PinDir::new(pins).open()?;
+        crate::sweep::fill(&mut maps, PREFILLED_ENTRIES / 2, 0, hairpin_ctl::expire::boot_ns())?;
+        let mut rates = Vec::new();
+        for _ in 0..reps {
+            rates.push(h.measure(1, 100_000, secs)?);
+        }
+        let row = Row { path: Path::HairpinFast, label: "1 flow, 1M entries".into(), rates };
+        eprintln!("{:<30} {:>12}: {:.3} Mpps", Path::HairpinFast.name(), row.label, row.median());
+        rows.push(row);
+    }
+    for r in &rows {
+        for rate in &r.rates {
+            ensure!(
+                rate.wrong == 0,
+                "{} ({}): {} frames reached the sink untranslated",
+                r.path.name(),
+                r.label,
+                rate.wrong
+            );
+            ensure!(rate.delivered_pps > 0.0, "{} ({}): nothing delivered", r.path.name(), r.label);
+        }
+    }
+    let report = markdown(&rows, secs, reps, &pinned);
+    print!("{report}");
+    if let Some(out) = &o.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| path | traffic | delivered Mpps (median) | min | max | offered Mpps |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    for r in rows {
+        let d = r.sorted(|x| x.delivered_pps / 1e6);
+        let off = r.sorted(|x| x.offered_pps / 1e6);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            r.path.name(),
+            r.label,
+            d[d.len() / 2],
+            d[0],
+            d[d.len() - 1],
+            off[off.len() / 2]
+        );
+    }
+    let find = |p: Path, label: &str| rows.iter().find(|r| r.path == p && r.label == label).map(Row::median);
+    let ratio = |what: &str, a: Option<f64>, b: Option<f64>, s: &mut String| {
+        if let (Some(a), Some(b)) = (a, b) {
+            let _ = writeln!(s, "- {what}: {:.2}", a / b);
+        }
+    };
+    let _ = writeln!(s, "\nRatios (medians, same run):\n");
+    let fast = |l| find(Path::HairpinFast, l);
+    ratio("hairpin fast / raw ceiling, 1 flow", fast("1 flows"), find(Path::RawRedirect, "1 flows"), &mut s);
+    ratio(
+        "hairpin fast / raw ceiling, 60000 flows",
+        fast("60000 flows"),
+        find(Path::RawRedirect, "60000 flows"),
+        &mut s,
+    );
+    ratio(
+        "hairpin fast / raw ceiling, 1M entries",
+        fast("1 flow, 1M entries"),
+        find(Path::RawRedirect, "1 flows"),
+        &mut s,
+    );
+    ratio("hairpin fast / nftables DNAT, 1 flow", fast("1 flows"), find(Path::NftDnat, "1 flows"), &mut s);
+    ratio(
+        "hairpin fast / nftables DNAT+masquerade, 1 flow",
+        fast("1 flows"),
+        find(Path::NftDnatMasq, "1 flows"),
+        &mut s,
+    );
+    ratio(
+        "hairpin fast / nftables DNAT+masquerade, 60000 flows",
+        fast("60000 flows"),
+        find(Path::NftDnatMasq, "60000 flows"),
+        &mut s,
+    );
+    ratio("hairpin fast, 60000 flows / 1 flow", fast("60000 flows"), fast("1 flows"), &mut s);
+    ratio("hairpin fast, 1M entries / 1 flow", fast("1 flow, 1M entries"), fast("1 flows"), &mut s);
+    let _ = writeln!(
+        s,
+        "\n64-byte IPv4/UDP frames from an XDP generator (BPF_PROG_TEST_RUN, live frames) on CPU 0; \
+         the gateway's receive NAPI threaded and pinned: {pinned}. {reps} repetition(s) of {secs} s each; \
+         delivered = frames counted at the sink with the expected translated destination."
+    );
+    s
+}

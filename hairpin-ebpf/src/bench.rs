@@ -1,0 +1,107 @@
+//! Programs for `cargo xtask bench`, not part of the dataplane (they share its object so the
+//! benchmark needs no second build): a traffic generator run with BPF_PROG_TEST_RUN in live
+//! frames mode, a sink that counts only correctly translated packets, and the raw redirect
+//! that measures the ceiling with no NAT work.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray},
+    programs::XdpContext,
+};
+use hairpin_common::{Endpoint, consts::IPPROTO_UDP};
+
+use crate::ctx::{Xdp, ptr_at};
+
+/// Ethernet, IPv4 without options and UDP: the headers of the generator's frames.
+const HDR_LEN: usize = 14 + 20 + 8;
+
+/// The generator's settings: the headers to send, whose source port cycles through `flows`
+/// ports from `first_port`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenConfig {
+    pub first_port: u32,
+    pub flows: u32,
+    pub header: [u8; HDR_LEN],
+    pub _pad: [u8; 6],
+}
+
+#[map(name = "BENCH_GEN")]
+static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
+/// Frames generated so far on this CPU (also the source port sequence).
+#[map(name = "BENCH_GEN_SEQ")]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// What the sink expects: the translated destination.
+#[map(name = "BENCH_SINK")]
+static SINK: Array<Endpoint> = Array::with_max_entries(1, 0);
+/// Sink counters: [0] UDP packets with the expected destination, [1] UDP packets with
+/// another (untranslated, mistranslated), [2] anything else (ARP, IPv6 neighbour discovery).
+#[map(name = "BENCH_SINK_COUNT")]
+static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+/// The raw ceiling's one output interface (index 0).
+#[map(name = "BENCH_OUT")]
+static OUT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// Offset of the UDP header in the generator's frames (IPv4 without options).
+const UDP_OFF: usize = 14 + 20;
+
+/// Writes the headers afresh (live frames are recycled pages: whatever the gateway or the
+/// kernel wrote into a frame may come back), sets the next source port and sends the frame
+/// out (XDP_TX from the test run's interface).
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    let pkt = Xdp(&ctx);
+    let (Some(cfg), Some(seq)) = (GEN.get(0), GEN_SEQ.get_ptr_mut(0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (Ok(hdr), Ok(sport)) = (ptr_at::<[u8; HDR_LEN]>(&pkt, 0), ptr_at::<u16>(&pkt, UDP_OFF)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot; bounds checked by ptr_at. The UDP checksum is 0 (none), so the
+    // port needs no checksum update.
+    unsafe {
+        *hdr = cfg.header;
+        let n = *seq;
+        *seq = n + 1;
+        let flows = if cfg.flows == 0 { 1 } else { cfg.flows as u64 };
+        sport.write_unaligned(((cfg.first_port as u64 + n % flows) as u16).to_be());
+    }
+    xdp_action::XDP_TX
+}
+
+/// Counts UDP packets whose destination is the expected one, other UDP packets, and the rest.
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+    let pkt = Xdp(&ctx);
+    let slot = match (SINK.get(0), ptr_at::<[u8; 14 + 20 + 4]>(&pkt, 0)) {
+        // SAFETY: bounds checked by ptr_at.
+        (Some(want), Ok(h)) => unsafe {
+            let h = &*h;
+            let udp = u16::from_ne_bytes([h[12], h[13]]) == ETH_P_IP_BE && h[14] == 0x45 && h[14 + 9] == IPPROTO_UDP;
+            let dst = u32::from_ne_bytes([h[30], h[31], h[32], h[33]]);
+            let dport = u16::from_ne_bytes([h[36], h[37]]);
+            match udp {
+                true if dst == want.addr.0 && dport == want.port.0 => 0,
+                true => 1,
+                false => 2,
+            }
+        },
+        _ => 2,
+    };
+    if let Some(c) = SINK_COUNT.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// The ceiling: every frame redirected to the output interface, nothing else done.
+#[xdp]
+pub fn bench_redirect(_ctx: XdpContext) -> u32 {
+    OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+// The controller writes it as 56 raw bytes.
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 56);

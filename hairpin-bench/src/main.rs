@@ -2,6 +2,7 @@
 //! `cargo xtask bench`; timings are reported, never asserted.
 
 mod forward;
+mod micro;
 mod report;
 mod sweep;
 
@@ -23,6 +24,9 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u32,
     },
+    /// ns per packet of the XDP program (BPF_PROG_TEST_RUN, 1,000,000 repeats): established
+    /// flow on the fast and slow paths, new flows, and a trivial XDP_TX program.
+    Micro,
     /// Packets per second through the gateway, side by side: raw XDP redirect (ceiling),
     /// kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast path and
     /// XDP_TX hairpinning; 1, 4,096 and 60,000 flows, and 1,000,000 conntrack entries.
@@ -52,6 +56,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Sweep { entries } => sweep::run(entries),
+        Bench::Micro => micro::run(),
         Bench::Forward { ctl, quick, secs, reps, out, paths } => {
             report::run(&report::Options { ctl, quick, secs, reps, out, paths })
         }

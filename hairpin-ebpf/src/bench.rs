@@ -105,3 +105,10 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
 
 // The controller writes it as 56 raw bytes.
 const _: () = assert!(core::mem::size_of::<GenConfig>() == 56);
+
+/// The reference for the per-packet micro-benchmark: the least an XDP program can do and
+/// still send the frame on.
+#[xdp]
+pub fn bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}

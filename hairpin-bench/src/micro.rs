@@ -1,0 +1,131 @@
+//! Per-packet cost of the dataplane's XDP program, measured with BPF_PROG_TEST_RUN in a
+//! namespace routed like a gateway (so the fast path's FIB lookup finds route and neighbour):
+//! the established-flow path (fast and slow), the new-flow path, and a trivial XDP_TX program.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use aya::{
+    maps::{Array, DevMapHash, HashMap},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use hairpin_common::{
+    CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, Ipv4Be, MappingKey, PortBe,
+    consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
+};
+use hairpin_lab::Netns;
+
+/// Single runs per figure.
+const RUNS: u32 = 60_000;
+
+pub fn run() -> anyhow::Result<()> {
+    let ns = Netns::new(&format!("hpbm{}", std::process::id()))?;
+    for (dev, addr, mac) in [("lan0", "192.168.0.1/24", "02:00:00:00:01:01"), ("wan0", "203.0.113.1/24", "02:00:00:00:02:01")] {
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer])?;
+        ns.ip(&["addr", "add", addr, "dev", dev])?;
+        ns.ip(&["link", "set", &peer, "up"])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    ns.ip(&["route", "add", "default", "via", "203.0.113.254"])?;
+    ns.ip(&["neigh", "add", "192.168.0.2", "lladdr", "02:00:00:00:01:02", "dev", "lan0", "nud", "permanent"])?;
+    ns.ip(&["neigh", "add", "203.0.113.254", "lladdr", "02:00:00:00:02:fe", "dev", "wan0", "nud", "permanent"])?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    let ifindex = |dev: &str| -> anyhow::Result<u32> {
+        let line = ns.ip(&["-o", "link", "show", dev])?;
+        line.split(':').next().and_then(|i| i.trim().parse().ok()).context("ifindex")
+    };
+    let (lan, wan) = (ifindex("lan0")?, ifindex("wan0")?);
+    let rows = ns.run(move || measure(lan, wan))??;
+    println!("| path | ns per packet (BPF_PROG_TEST_RUN, mean of {RUNS} runs) |\n|---|---:|");
+    for (what, ns) in &rows {
+        println!("| {what} | {ns:.1} |");
+    }
+    let tx = rows.iter().find(|r| r.0.starts_with("trivial")).map(|r| r.1).unwrap_or(f64::NAN);
+    let est = rows.iter().find(|r| r.0.starts_with("established, fast")).map(|r| r.1).unwrap_or(f64::NAN);
+    println!("\nestablished fast path / trivial XDP_TX: {:.2}", est / tx);
+    Ok(())
+}
+
+fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS)?;
+    let cfg = |flags| Config {
+        lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
+        public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
+        port_min: DEFAULT_PORT_MIN,
+        port_max: DEFAULT_PORT_MAX,
+        flags,
+        wan_ifindex: wan,
+        timeouts: Default::default(),
+        lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
+        lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
+    };
+    let set_cfg = |ebpf: &mut aya::Ebpf, flags| -> anyhow::Result<()> {
+        Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config")?)?.set(0, &cfg(flags), 0)?;
+        Ok(())
+    };
+    set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
+    let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("devices")?)?;
+    devices.insert(lan, lan, None, 0)?;
+    devices.insert(wan, wan, None, 0)?;
+    let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
+    let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
+    HashMap::<_, MappingKey, Endpoint>::try_from(ebpf.map_mut(map_names::MAPPINGS).context("mappings")?)?.insert(
+        &MappingKey::new(IPPROTO_UDP, public),
+        &server,
+        0,
+    )?;
+
+    let run = |ebpf: &mut aya::Ebpf, prog: &str, frame: &[u8], ifindex: u32, repeat: u32| -> anyhow::Result<(u32, Duration)> {
+        let md: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let p: &mut Xdp = ebpf.program_mut(prog).context("program")?.try_into()?;
+        let r = p.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&md), repeat, ..Default::default() })?;
+        Ok((r.return_value, r.duration))
+    };
+    // A test run repeats on the same buffer, so a program that rewrites the packet would see
+    // its own output from the second repeat on: every figure is the mean over single runs,
+    // each on a fresh copy of the frame, the reference program included.
+    let mean = |ebpf: &mut aya::Ebpf, prog: &str, frame: &dyn Fn(u32) -> Vec<u8>, want: u32| -> anyhow::Result<f64> {
+        let mut total = Duration::ZERO;
+        for i in 0..RUNS {
+            let (rv, d) = run(ebpf, prog, &frame(i), wan, 1)?;
+            ensure!(rv == want, "{prog}: verdict {rv}, expected {want}");
+            total += d;
+        }
+        Ok(total.as_nanos() as f64 / f64::from(RUNS))
+    };
+    let mut rows = Vec::new();
+    let frame = |sport: u16| udp_frame([198, 51, 100, 7], sport, [203, 0, 113, 1], 9);
+    let (rv, _) = run(&mut ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
+    ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
+    let established = |_| frame(65000);
+    rows.push(("established, fast path (XDP_REDIRECT)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &established, 4)?));
+    set_cfg(&mut ebpf, CFG_F_HAIRPIN)?;
+    let slow = mean(&mut ebpf, prog_names::XDP_WAN, &established, 2)?;
+    rows.push(("established, slow path (XDP_PASS, destination rewritten)".to_owned(), slow));
+    set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
+    let new_flow = |i: u32| frame(1024 + i as u16);
+    rows.push(("new flow (port-forward)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &new_flow, 2)?));
+    let p: &mut Xdp = ebpf.program_mut("bench_tx").context("bench_tx")?.try_into()?;
+    p.load()?;
+    rows.push(("trivial XDP_TX program (reference)".to_owned(), mean(&mut ebpf, "bench_tx", &established, 3)?));
+    Ok(rows)
+}
+
+/// A 64-byte Ethernet/IPv4/UDP frame (UDP checksum 0).
+fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0x02, 0x01, 0x02, 0, 0, 0, 0x02, 0xfe, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let csum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&26u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0u8; 18]);
+    f
+}

@@ -20,7 +20,9 @@ const RUNS: u32 = 60_000;
 
 pub fn run() -> anyhow::Result<()> {
     let ns = Netns::new(&format!("hpbm{}", std::process::id()))?;
-    for (dev, addr, mac) in [("lan0", "192.168.0.1/24", "02:00:00:00:01:01"), ("wan0", "203.0.113.1/24", "02:00:00:00:02:01")] {
+    for (dev, addr, mac) in
+        [("lan0", "192.168.0.1/24", "02:00:00:00:01:01"), ("wan0", "203.0.113.1/24", "02:00:00:00:02:01")]
+    {
         let peer = format!("{dev}p");
         ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer])?;
         ns.ip(&["addr", "add", addr, "dev", dev])?;
@@ -76,7 +78,12 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
         0,
     )?;
 
-    let run = |ebpf: &mut aya::Ebpf, prog: &str, frame: &[u8], ifindex: u32, repeat: u32| -> anyhow::Result<(u32, Duration)> {
+    let run = |ebpf: &mut aya::Ebpf,
+               prog: &str,
+               frame: &[u8],
+               ifindex: u32,
+               repeat: u32|
+     -> anyhow::Result<(u32, Duration)> {
         let md: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
         let p: &mut Xdp = ebpf.program_mut(prog).context("program")?.try_into()?;
         let r = p.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&md), repeat, ..Default::default() })?;
@@ -99,7 +106,10 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
     let (rv, _) = run(&mut ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
     ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
     let established = |_| frame(65000);
-    rows.push(("established, fast path (XDP_REDIRECT)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &established, 4)?));
+    rows.push((
+        "established, fast path (XDP_REDIRECT)".to_owned(),
+        mean(&mut ebpf, prog_names::XDP_WAN, &established, 4)?,
+    ));
     set_cfg(&mut ebpf, CFG_F_HAIRPIN)?;
     let slow = mean(&mut ebpf, prog_names::XDP_WAN, &established, 2)?;
     rows.push(("established, slow path (XDP_PASS, destination rewritten)".to_owned(), slow));

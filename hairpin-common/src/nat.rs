@@ -48,7 +48,7 @@ pub fn plan_flow(key: &FlowKey, dst: Endpoint, new_src: Option<Endpoint>, flags:
     let reply_key = orig_xlate.reversed();
     FlowPlan {
         orig_key: *key,
-        orig: CtEntry { xlate: orig_xlate, created_ns: now_ns, last_seen_ns: now_ns, flags, _pad: 0 },
+        orig: CtEntry { xlate: orig_xlate, created_ns: now_ns, last_seen_ns: now_ns, flags, ..CtEntry::default() },
         reply_key,
         // The reply must look like it came from the address the client dialled.
         reply: CtEntry {
@@ -56,7 +56,7 @@ pub fn plan_flow(key: &FlowKey, dst: Endpoint, new_src: Option<Endpoint>, flags:
             created_ns: now_ns,
             last_seen_ns: now_ns,
             flags: flags | CT_F_REPLY,
-            _pad: 0,
+            ..CtEntry::default()
         },
     }
 }

@@ -174,7 +174,14 @@ pub struct CtEntry {
     /// `bpf_ktime_get_boot_ns` of the last packet seen in this direction.
     pub last_seen_ns: u64,
     pub flags: u32,
-    pub _pad: u32,
+    /// The fast path's cached next hop for this direction: interface (0: none yet), its
+    /// destination and source MAC addresses, and the largest IPv4 total length the FIB has
+    /// passed for it (the egress MTU check). Resolved again whenever `last_seen_ns` is
+    /// refreshed, i.e. at most a second old.
+    pub hop_ifindex: u32,
+    pub hop_macs: [u8; 12],
+    pub hop_len_ok: u16,
+    pub _pad: u16,
 }
 
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
@@ -254,7 +261,7 @@ const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
 const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
-const _: () = assert!(size_of::<CtEntry>() == 40 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
 const _: () = assert!(size_of::<Config>() == 44 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
@@ -265,6 +272,7 @@ const _: () = {
     assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
+    assert!(offset_of!(CtEntry, hop_ifindex) == 36 && offset_of!(CtEntry, hop_macs) == 40);
     assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
     assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
 };

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use hairpin_common::{
-    Binding, CT_F_REPLY, CT_S_ALL, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_REPLY, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
@@ -29,6 +29,17 @@ pub fn now_ns() -> u64 {
 /// entry's cache line between CPUs for a precision no timeout needs.
 const REFRESH_NS: u64 = 1_000_000_000;
 
+/// A flow direction found by [`lookup_refresh`].
+pub struct Found {
+    /// The whole translation.
+    pub xlate: FlowKey,
+    /// The entry itself, for the fast path's next-hop cache.
+    pub entry: *mut CtEntry,
+    /// Its last-seen time was a second old or more (and is refreshed now): anything cached in
+    /// it is to be checked again.
+    pub stale: bool,
+}
+
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
 /// (`ct_state_bits`) recorded.
 ///
@@ -36,21 +47,25 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// used: the reply entry was the claim on the flow's public tuple, and a newer flow may hold it
 /// now (then the entry found there leads elsewhere). The packet then starts a flow afresh.
 /// (An orphaned reply entry still holds its claim and still leads to its client; the
-/// controller sweeps it.) Should two CPUs both find the orphan, the later removal may take
-/// the flow the earlier one re-created; its own creation right after restores it.
+/// controller sweeps it.) The twin is checked when the entry is stale (see [`Found`]), not on
+/// every packet: a second lookup per packet would cost the fast path a fifth of its budget, and
+/// eviction of a live flow's reply entry is rare. Should two CPUs both find the orphan, the
+/// later removal may take the flow the earlier one re-created; its own creation right after
+/// restores it.
 #[inline(always)]
-pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
+pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<Found> {
     let entry = CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
-        if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
-            let orphan = *entry;
-            remove_egress(key, &orphan);
-            let _ = CT.remove(key);
-            return None;
-        }
-        if now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS {
+        let stale = now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS;
+        if stale {
+            if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
+                let orphan = *entry;
+                remove_egress(key, &orphan);
+                let _ = CT.remove(key);
+                return None;
+            }
             (*entry).last_seen_ns = now;
         }
         // Bits only ever get set, and rarely: test first to keep the line shared. Only this
@@ -59,7 +74,7 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<FlowKey> {
         if (*entry).flags & seen != seen {
             (*entry).flags |= seen;
         }
-        Some((*entry).xlate)
+        Some(Found { xlate: (*entry).xlate, entry, stale })
     }
 }
 
@@ -94,23 +109,28 @@ pub enum SourceNat {
     Public,
 }
 
-/// Creates the flow for `key`, whose destination becomes `dst` and whose entries carry
-/// `flags`, and returns the translated tuple of its original direction.
+/// What a new flow becomes, beside its packet's tuple. One argument rather than five: a BPF
+/// function takes at most five, should the compiler ever not inline one.
+pub struct NewFlow {
+    /// The destination it is translated to.
+    pub dst: Endpoint,
+    pub snat: SourceNat,
+    /// `CT_F_*` kind flags for both entries.
+    pub flags: u32,
+    /// State bits of its first packet.
+    pub seen: u32,
+    pub now: u64,
+}
+
+/// Creates the flow for `key` as `new` describes, and returns the translated tuple of its
+/// original direction.
 ///
 /// A port free for the tuple is found by inserting the reply entry (whose key contains it)
 /// with `BPF_NOEXIST`, which checks and claims it atomically; a binding's port is claimed the
 /// same way in `BOUND_PORTS`. Neither ever takes a public port that a port-forward owns.
 #[inline(always)]
-pub fn create(
-    cfg: &Config,
-    key: &FlowKey,
-    dst: Endpoint,
-    snat: SourceNat,
-    flags: u32,
-    seen: u32,
-    now: u64,
-) -> Result<FlowKey, Reason> {
-    let created = try_create(cfg, key, dst, snat, flags, seen, now);
+pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
+    let created = try_create(cfg, key, new);
     if let Err(reason) = created {
         stats::count_exhaustion(key.proto, reason);
         // Rare by nature, and bounded: when the log ring is full, records are dropped (the
@@ -143,15 +163,8 @@ pub fn create(
 }
 
 #[inline(always)]
-fn try_create(
-    cfg: &Config,
-    key: &FlowKey,
-    dst: Endpoint,
-    snat: SourceNat,
-    flags: u32,
-    seen: u32,
-    now: u64,
-) -> Result<FlowKey, Reason> {
+fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
+    let &NewFlow { dst, snat, flags, seen, now } = new;
     let plan = |src| {
         let mut plan = plan_flow(key, dst, src, flags, now);
         plan.orig.flags |= seen;
@@ -272,16 +285,22 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         }
     };
     if let Err(e) = CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
-        // Lost a race for the original direction: the winner's flow stands.
-        let winner = if e == EEXIST {
-            lookup_refresh(&plan.orig_key, plan.orig.last_seen_ns, plan.orig.flags & CT_S_ALL)
-        } else {
-            None
+        // Lost a race for the original direction: the winner's flow stands (its packets keep
+        // it fresh; this one is translated by it).
+        // SAFETY: a plain copy out of the map value.
+        let winner = if e == EEXIST { unsafe { CT.get(&plan.orig_key) }.map(|w| w.xlate) } else { None };
+        return match winner {
+            Some(w) => {
+                if w != plan.orig.xlate {
+                    undo_reply();
+                }
+                Ok(w)
+            }
+            None => {
+                undo_reply();
+                Err(InsertError::Failed)
+            }
         };
-        if winner != Some(plan.orig.xlate) {
-            undo_reply();
-        }
-        return winner.ok_or(InsertError::Failed);
     }
     if insert_egress(&plan.orig_key, &plan.orig).and_then(|_| insert_egress(&plan.reply_key, &plan.reply)).is_err() {
         remove_egress(&plan.orig_key, &plan.orig);

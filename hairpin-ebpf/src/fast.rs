@@ -4,10 +4,11 @@
 //! with the next hop's MAC addresses and the TTL decremented as the kernel would. Whatever it
 //! cannot do exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{FlowKey, Reason, Slow, csum::CsumDelta};
+use hairpin_common::{Reason, Slow, csum::CsumDelta};
 
 use crate::{
     csum::IP_CSUM_OFF,
+    ct::Found,
     ctx::{Packet, ptr_at},
     fwd,
     maps::DEVICES,
@@ -18,16 +19,48 @@ use crate::{
 /// Offset of the TTL (and protocol, the other half of its checksum word) in the IPv4 header.
 const IP_TTL_OFF: usize = 8;
 
-/// Forwards `p`, whose flow translates it to `xlate`; the verdict, or why the kernel must.
+/// Forwards `p`, of the flow direction `found`; the verdict, or why the kernel must.
+///
+/// The next hop comes from the entry's cache when it is fresh (the entry's last-seen time was
+/// refreshed less than a second ago, see `ct::Found`) and has passed a packet this long;
+/// otherwise from `bpf_fib_lookup`, which also checks the egress MTU, and is cached. Two CPUs
+/// revalidating at once write the same values.
 #[inline(always)]
-pub fn forward(pkt: &impl Packet, p: &Parsed, xlate: &FlowKey) -> Result<Reason, Slow> {
+pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, Slow> {
+    let xlate = &found.xlate;
     let ttl_word = ptr_at::<[u8; 2]>(pkt, p.l3_off + IP_TTL_OFF).map_err(|_| Slow::Route)?;
     // SAFETY: bounds checked by ptr_at.
     let [ttl, proto] = unsafe { *ttl_word };
     if ttl <= 1 {
         return Err(Slow::Ttl);
     }
-    let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
+    // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
+    let hop = unsafe {
+        let e = found.entry;
+        if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
+            let m = (*e).hop_macs;
+            fwd::NextHop {
+                ifindex: (*e).hop_ifindex,
+                dmac: [m[0], m[1], m[2], m[3], m[4], m[5]],
+                smac: [m[6], m[7], m[8], m[9], m[10], m[11]],
+            }
+        } else {
+            let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
+            let mut m = [0u8; 12];
+            m[..6].copy_from_slice(&hop.dmac);
+            m[6..].copy_from_slice(&hop.smac);
+            (*e).hop_macs = m;
+            (*e).hop_len_ok = if found.stale || (*e).hop_ifindex != hop.ifindex {
+                p.tot_len
+            } else if p.tot_len > (*e).hop_len_ok {
+                p.tot_len
+            } else {
+                (*e).hop_len_ok
+            };
+            (*e).hop_ifindex = hop.ifindex;
+            hop
+        }
+    };
     let verdict = if hop.ifindex == pkt.ifindex() {
         Reason::FastTx
     } else {

@@ -10,7 +10,7 @@ use hairpin_common::{
 
 use crate::{
     csum,
-    ct::{self, SourceNat},
+    ct::{self, NewFlow, SourceNat},
     ctx::{Packet, Tc, ptr_at},
     fast,
     fwd::{self, Route},
@@ -49,9 +49,10 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     };
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
-    if let Some(xlate) = ct::lookup_refresh(&p.key, now, seen) {
+    if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
+        let xlate = found.xlate;
         if cfg.fast_path() {
-            match fast::forward(pkt, &p, &xlate) {
+            match fast::forward(pkt, &p, &found) {
                 Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::count_slow(why),
             }
@@ -62,7 +63,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
-        let xlate = ct::create(&cfg, &p.key, private, snat, flags, seen, now)?;
+        let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: private, snat, flags, seen, now })?;
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressNewFlow);
     }
@@ -81,7 +82,7 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
             }
             Side::Wan => return Ok(Reason::PassFiltered),
         };
-        let xlate = ct::create(&cfg, &p.key, host, snat, flags, seen, now)?;
+        let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: host, snat, flags, seen, now })?;
         rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
         return Ok(Reason::IngressBinding);
     }
@@ -97,7 +98,8 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        ct::create(&cfg, &p.key, p.key.dst_ep(), SourceNat::Public, CT_F_MASQ, seen, now)?;
+        let new = NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now };
+        ct::create(&cfg, &p.key, &new)?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

@@ -1144,7 +1144,8 @@ fn hairpin_to_dynamic_bindings() {
 }
 
 /// A flow whose reply entry has gone (LRU eviction) no longer holds its public tuple, so its
-/// original entry must not translate: the next packet removes it and starts the flow afresh.
+/// original entry must not translate: the next packet that finds it stale (its last refresh a
+/// second old or more, when the dataplane checks the twin) removes it and starts afresh.
 #[test]
 fn an_original_entry_without_its_reply_is_never_used() {
     in_gateway_ns("orphan", dp::lab_config(), |dp| {
@@ -1154,6 +1155,13 @@ fn an_original_entry_without_its_reply_is_never_used() {
         let reply_key = FlowKey::new(17, ep("198.51.100.7:53"), ep("203.0.113.1:33000"));
         dp.remove_ct(&reply_key);
         assert_eq!(dp.ct().len(), 1, "the original entry, orphaned");
+        let age = |dp: &mut Dataplane| {
+            for (k, mut e) in dp.ct() {
+                e.last_seen_ns = 0;
+                dp.insert_ct(k, e);
+            }
+        };
+        age(dp);
         run_case(
             "orphan",
             dp,
@@ -1167,6 +1175,7 @@ fn an_original_entry_without_its_reply_is_never_used() {
         dp.remove_ct(&reply_key);
         let other = FlowKey::new(17, ep("198.51.100.7:53"), ep("192.168.0.9:33000"));
         dp.insert_ct(reply_key, CtEntry { xlate: other, flags: CT_F_REPLY, ..Default::default() });
+        age(dp);
         run_case(
             "orphan, tuple taken",
             dp,

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use aya_log_ebpf::warn;
 use hairpin_common::{
@@ -13,16 +13,32 @@ use hairpin_common::{
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CT, MAPPINGS, SNAT},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, MAPPINGS, SNAT},
     stats,
 };
 
 const EEXIST: i32 = -17;
 
+/// `bpf_ktime_get_boot_ns`, read at most once a jiffy per CPU: reading the clock source
+/// (the TSC, slow in a VM) for every packet was a visible share of the fast path, and
+/// timeouts in seconds need no better than a jiffy. Boot time keeps counting across suspend,
+/// so idle timeouts stay honest.
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // Boot time keeps counting across suspend, so idle timeouts stay honest.
-    unsafe { bpf_ktime_get_boot_ns() }
+    // SAFETY: helpers without preconditions; the per-CPU slot has no other writer while the
+    // program runs on this CPU.
+    unsafe {
+        let jiffies = bpf_jiffies64();
+        match CLOCK.get_ptr_mut(0) {
+            Some(c) if (*c)[0] == jiffies => (*c)[1],
+            Some(c) => {
+                let now = bpf_ktime_get_boot_ns();
+                *c = [jiffies, now];
+                now
+            }
+            None => bpf_ktime_get_boot_ns(),
+        }
+    }
 }
 
 /// Last-seen times are written at most this often: a write per packet would bounce the

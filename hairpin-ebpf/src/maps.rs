@@ -52,3 +52,7 @@ pub static SLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(Slow::COUNT, 0
 /// The interfaces the fast path may redirect to (LAN and WAN), keyed by ifindex.
 #[map(name = "HP_DEVICES")]
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
+
+/// Per CPU: the jiffy at which the boot-time clock was last read, and what it read.
+#[map(name = "HP_CLOCK")]
+pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

@@ -7,13 +7,16 @@ use anyhow::{Context as _, bail};
 
 use crate::util::{self, ok, output, root, run as sh};
 
-/// Commands the lab and tests use, and the Debian packages that provide them.
+/// Commands the lab, tests and benchmarks use, and the Debian packages that provide them.
 const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("nft", "nftables"),
     ("iptables-save", "iptables"),
+    // The benchmark pins the gateway's NAPI kthread: found with ps, pinned with taskset.
+    ("ps", "procps"),
+    ("taskset", "util-linux"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -47,6 +47,9 @@ pub mod prog_names {
     pub const XDP_WAN: &str = "xdp_wan";
     pub const TC_LAN: &str = "tc_egress_lan";
     pub const TC_WAN: &str = "tc_egress_wan";
+    /// Ingress as TC programs (`up --mode tc`, for NICs without XDP): the same code.
+    pub const TC_IN_LAN: &str = "tc_ingress_lan";
+    pub const TC_IN_WAN: &str = "tc_ingress_wan";
     /// Not the dataplane's: for veth peers in labs and benchmarks (see its doc).
     pub const XDP_PASS: &str = "xdp_pass";
 }

@@ -137,6 +137,11 @@ pub struct UpArgs {
     pub max_flows: u32,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    /// Where ingress runs: xdp (at the driver, with the fast path) or tc (TC ingress programs,
+    /// for NICs or kernels without XDP: the same translation, every packet forwarded by the
+    /// kernel).
+    #[arg(long, value_enum, default_value_t = crate::dataplane::Mode::Xdp, value_name = "MODE")]
+    pub mode: crate::dataplane::Mode,
     /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
     /// interface, slower) or auto (native, else generic).
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
@@ -391,6 +396,7 @@ mod tests {
             (&["run", "--lan", "a", "--wan", "b", "--sweep-interval", "0"][..], "--sweep-interval"),
             (&["up", "--lan", "a", "--wan", "b", "--udp-filtering", "full-cone"][..], "endpoint-independent"),
             (&["up", "--lan", "a", "--wan", "b", "--max-flows", "10"][..], "--max-flows"),
+            (&["up", "--lan", "a", "--wan", "b", "--mode", "ebpf"][..], "[possible values: xdp, tc]"),
             (&["flows", "purge"][..], "unrecognized subcommand"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();

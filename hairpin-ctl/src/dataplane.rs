@@ -14,13 +14,36 @@ use hairpin_common::{
     consts::{Hook, map_names, prog_names},
 };
 
-/// The programs `up` attaches, in attach order, with the hook each serves; each link is pinned
-/// under `links/` by its program's name.
-pub const LINKS: [(&str, Hook); 4] = [
-    (prog_names::XDP_LAN, Hook::LanIngress),
-    (prog_names::XDP_WAN, Hook::WanIngress),
-    (prog_names::TC_LAN, Hook::LanEgress),
-    (prog_names::TC_WAN, Hook::WanEgress),
+/// Where ingress runs: XDP (with the fast path), or TC for NICs without XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Xdp,
+    Tc,
+}
+
+/// The programs `up` attaches in `mode`, in attach order, with the hook each serves; each link
+/// is pinned under `links/` by its program's name.
+pub const fn links(mode: Mode) -> [(&'static str, Hook); 4] {
+    let (lan, wan) = match mode {
+        Mode::Xdp => (prog_names::XDP_LAN, prog_names::XDP_WAN),
+        Mode::Tc => (prog_names::TC_IN_LAN, prog_names::TC_IN_WAN),
+    };
+    [
+        (lan, Hook::LanIngress),
+        (wan, Hook::WanIngress),
+        (prog_names::TC_LAN, Hook::LanEgress),
+        (prog_names::TC_WAN, Hook::WanEgress),
+    ]
+}
+
+/// Every program of the dataplane, verified at load whatever the mode.
+const PROGRAMS: [(&str, bool); 6] = [
+    (prog_names::XDP_LAN, true),
+    (prog_names::XDP_WAN, true),
+    (prog_names::TC_IN_LAN, false),
+    (prog_names::TC_IN_WAN, false),
+    (prog_names::TC_LAN, false),
+    (prog_names::TC_WAN, false),
 ];
 
 /// Paths under the pin directory: `maps/<MAP>` and `links/<program>`.
@@ -88,11 +111,11 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::SNAT, entries)
         .load(crate::EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object with tables for {max_flows} flows"))?;
-    for (prog, hook) in LINKS {
+    for (prog, xdp) in PROGRAMS {
         let p = ebpf.program_mut(prog).with_context(|| format!("program {prog} missing from the object"))?;
-        match hook {
-            Hook::LanIngress | Hook::WanIngress => <&mut Xdp>::try_from(p)?.load(),
-            Hook::LanEgress | Hook::WanEgress => <&mut SchedClassifier>::try_from(p)?.load(),
+        match xdp {
+            true => <&mut Xdp>::try_from(p)?.load(),
+            false => <&mut SchedClassifier>::try_from(p)?.load(),
         }
         .with_context(|| format!("verifying program {prog}"))?;
     }

@@ -9,6 +9,9 @@ use aya_ebpf::{
 use hairpin_common::{Reason, csum::CsumDelta};
 
 pub trait Packet {
+    /// An XDP frame: the fast path (redirect, XDP_TX) is open to it.
+    const XDP: bool;
+
     /// Start and end of the directly accessible (linear) bytes.
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
@@ -47,6 +50,8 @@ pub fn ptr_at<T>(pkt: &impl Packet, off: usize) -> Result<*mut T, Reason> {
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Packet for Xdp<'_> {
+    const XDP: bool = true;
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
@@ -93,6 +98,8 @@ impl Packet for Xdp<'_> {
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Packet for Tc<'_> {
+    const XDP: bool = false;
+
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()

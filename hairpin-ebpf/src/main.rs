@@ -5,6 +5,8 @@
 //! match a port-forward, and restoring the client on replies. Egress (TC on both interfaces)
 //! rewrites sources: the hairpin source, and the public address on replies. The kernel routes
 //! in between, so it resolves neighbours and never sees one of its own addresses as a source.
+//! Known flows skip that detour on the fast path (`fast.rs`). For NICs without XDP, ingress
+//! runs as TC programs instead (`up --mode tc`): the same code, without the fast path.
 #![no_std]
 #![no_main]
 
@@ -36,6 +38,18 @@ pub fn xdp_lan(ctx: XdpContext) -> u32 {
 pub fn xdp_wan(ctx: XdpContext) -> u32 {
     let reason = nat::ingress(&ctx::Xdp(&ctx), Side::Wan);
     fwd::finish_xdp(Hook::WanIngress, reason)
+}
+
+#[classifier]
+pub fn tc_ingress_lan(ctx: TcContext) -> i32 {
+    let reason = nat::ingress_tc(&ctx::Tc(&ctx), Side::Lan);
+    fwd::finish_tc(Hook::LanIngress, reason)
+}
+
+#[classifier]
+pub fn tc_ingress_wan(ctx: TcContext) -> i32 {
+    let reason = nat::ingress_tc(&ctx::Tc(&ctx), Side::Wan);
+    fwd::finish_tc(Hook::WanIngress, reason)
 }
 
 #[classifier]

@@ -25,14 +25,14 @@ use crate::{
 /// egress: writing the gateway's own address as a source here would make the kernel drop the
 /// packet as a martian.
 #[inline(always)]
-pub fn ingress(pkt: &impl Packet, side: Side) -> Reason {
+pub fn ingress<P: Packet>(pkt: &P, side: Side) -> Reason {
     match try_ingress(pkt, side) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
+fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let ip = parse_ip(pkt)?;
     let Some(cfg) = CONFIG.get(0).copied() else {
         return Ok(Reason::PassNoConfig);
@@ -51,7 +51,8 @@ fn try_ingress(pkt: &impl Packet, side: Side) -> Result<Reason, Reason> {
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
         let xlate = found.xlate;
-        if cfg.fast_path() {
+        // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
+        if P::XDP && cfg.fast_path() {
             match fast::forward(pkt, &p, &found) {
                 Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::count_slow(why),
@@ -123,6 +124,14 @@ fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Resul
         }
         _ => Ok(()),
     }
+}
+
+/// Ingress as a TC program (`--mode tc`): the same decisions, once the headers (an ICMP
+/// error's quoted ones included) are in the linear part of the skb.
+#[inline(always)]
+pub fn ingress_tc(pkt: &Tc, side: Side) -> Reason {
+    pkt.pull_headers(MAX_ICMP_ERROR_HDR_LEN);
+    ingress(pkt, side)
 }
 
 /// Egress (TC): give packets of known flows the source recorded for them; on the WAN, let

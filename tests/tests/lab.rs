@@ -31,13 +31,19 @@ fn assert_no_kernel_nat(lab: &Lab) {
 
 #[test]
 fn port_forward_and_hairpin_over_tcp_and_udp() {
-    forward_and_hairpin(true);
+    forward_and_hairpin(&[]);
 }
 
 /// The same with every packet left to the kernel to forward.
 #[test]
 fn port_forward_and_hairpin_on_the_slow_path() {
-    forward_and_hairpin(false);
+    forward_and_hairpin(&["--no-fast-path"]);
+}
+
+/// The same with ingress as TC programs (for NICs without XDP): same code, no fast path.
+#[test]
+fn port_forward_and_hairpin_with_tc_ingress() {
+    forward_and_hairpin(&["--mode", "tc"]);
 }
 
 /// Known flows' packets that took the fast path (redirected or sent back by XDP).
@@ -45,9 +51,14 @@ fn fast_packets(lab: &Lab) -> u64 {
     lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap()
 }
 
-fn forward_and_hairpin(fast: bool) {
+fn forward_and_hairpin(up_args: &[&str]) {
+    let fast = up_args.is_empty();
     let lab = lab();
-    lab.up(if fast { &[] } else { &["--no-fast-path"] }).expect("hairpin-ctl up");
+    lab.up(up_args).expect("hairpin-ctl up");
+    if up_args.contains(&"tc") {
+        let links = lab.gw.ip(&["link", "show", "lan0"]).unwrap();
+        assert!(!links.contains("xdp"), "--mode tc attached XDP: {links}");
+    }
     assert_no_kernel_nat(&lab);
 
     // Case 1: the first packet of the flow must resolve every neighbour itself.

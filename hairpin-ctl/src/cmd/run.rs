@@ -30,7 +30,11 @@ impl log::Log for Print {
 /// Reads the log ring of the pinned dataplane (found through a pinned link's program, which
 /// works whether this process attached it or adopted it).
 fn dataplane_logs(pins: &PinDir) -> anyhow::Result<AsyncFd<EbpfLogger<Print>>> {
-    let path = pins.link(prog_names::XDP_LAN);
+    let path = [prog_names::XDP_LAN, prog_names::TC_IN_LAN]
+        .map(|p| pins.link(p))
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| pins.link(prog_names::XDP_LAN));
     let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let prog_id = FdLink::from(link).info().context("link info")?.program_id();
     let logger = EbpfLogger::init_from_id_with_logger(prog_id, Print).context("opening the dataplane's log ring")?;

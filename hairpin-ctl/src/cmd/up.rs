@@ -17,7 +17,7 @@ use clap::ValueEnum as _;
 
 use crate::{
     cli::{Ipv4Net, UpArgs, XdpAttachMode},
-    dataplane::{self, LINKS, PinDir},
+    dataplane::{self, Mode, PinDir},
     netif,
 };
 
@@ -72,7 +72,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     }
     // Until pinned, each link lives only as long as this process: an error below detaches it.
     let mut links = Vec::new();
-    for (prog, hook) in LINKS {
+    for (prog, hook) in dataplane::links(a.mode) {
         let (iface, ifindex) = match hook {
             Hook::LanIngress | Hook::LanEgress => (&a.lan, lan_ifindex),
             Hook::WanIngress | Hook::WanEgress => (&a.wan, wan_ifindex),
@@ -91,7 +91,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },
-        if a.no_fast_path { "off" } else { "on" },
+        if a.no_fast_path || a.mode == Mode::Tc { "off" } else { "on" },
         a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );
@@ -100,7 +100,15 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
 
 fn attach(ebpf: &mut Ebpf, prog: &str, hook: Hook, ifindex: u32, mode: XdpAttachMode) -> anyhow::Result<FdLink> {
     let p = ebpf.program_mut(prog).context("program missing")?;
+    let xdp = matches!(p, aya::programs::Program::Xdp(_));
     match hook {
+        Hook::LanIngress | Hook::WanIngress if !xdp => {
+            let tc: &mut SchedClassifier = p.try_into()?;
+            let id = tc.attach(ifindex, TcAttachType::Ingress)?;
+            tc.take_link(id)?
+                .try_into()
+                .context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
+        }
         Hook::LanIngress | Hook::WanIngress => {
             let xdp: &mut Xdp = p.try_into()?;
             let id = match mode {

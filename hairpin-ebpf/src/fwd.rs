@@ -44,10 +44,11 @@ pub enum Route {
     NotForwarded,
 }
 
-/// Asks the kernel's FIB where `key` goes from the packet's interface. Neighbours are not
-/// needed to choose NAT, so their resolution is skipped.
+/// Asks the kernel's FIB how a packet with tuple `key` and IPv4 total length `tot_len`
+/// (checked against the egress MTU) is forwarded from the packet's interface. Returns the
+/// helper's verdict and the filled parameters.
 #[inline(always)]
-pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
+fn fib(pkt: &impl Packet, key: &FlowKey, tot_len: u16, flags: u32) -> (u32, bpf_fib_lookup) {
     // SAFETY: bpf_fib_lookup is plain data; zeroed is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -58,10 +59,18 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
     params.ifindex = pkt.ifindex();
     params.__bindgen_anon_3.ipv4_src = key.src.0;
     params.__bindgen_anon_4.ipv4_dst = key.dst.0;
-    let rc = unsafe {
-        bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH)
-    };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 { Route::Out(params.ifindex) } else { Route::NotForwarded }
+    // SAFETY: the parameters live on this stack frame for the call.
+    let rc = unsafe { bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, flags) };
+    (rc as u32, params)
+}
+
+/// Where the kernel would send `key`: to choose NAT, so neighbour resolution is skipped.
+#[inline(always)]
+pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
+    match fib(pkt, key, tot_len, BPF_FIB_LOOKUP_SKIP_NEIGH) {
+        (BPF_FIB_LKUP_RET_SUCCESS, params) => Route::Out(params.ifindex),
+        _ => Route::NotForwarded,
+    }
 }
 
 /// Where the fast path sends a translated packet: out of `ifindex`, from `smac` to `dmac`.
@@ -71,29 +80,18 @@ pub struct NextHop {
     pub dmac: [u8; 6],
 }
 
-/// Asks the FIB, neighbours included, where the translated packet `key` goes from the
-/// packet's interface; or why the kernel must forward it instead.
+/// Where the translated packet `key` goes, neighbour included; or why the kernel must
+/// forward it instead.
 #[inline(always)]
 pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHop, Slow> {
-    // SAFETY: as in `route`.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = key.proto;
-    params.sport = key.sport.0;
-    params.dport = key.dport.0;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = pkt.ifindex();
-    params.__bindgen_anon_3.ipv4_src = key.src.0;
-    params.__bindgen_anon_4.ipv4_dst = key.dst.0;
-    let rc = unsafe { bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
+    match fib(pkt, key, tot_len, 0) {
+        (BPF_FIB_LKUP_RET_SUCCESS, params) => {
             // SAFETY: on success the kernel filled the MAC addresses of this union member.
             let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
             Ok(NextHop { ifindex: params.ifindex, smac: macs.smac, dmac: macs.dmac })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Slow::NoNeighbour),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Slow::FragNeeded),
+        (BPF_FIB_LKUP_RET_NO_NEIGH, _) => Err(Slow::NoNeighbour),
+        (BPF_FIB_LKUP_RET_FRAG_NEEDED, _) => Err(Slow::FragNeeded),
         _ => Err(Slow::Route),
     }
 }

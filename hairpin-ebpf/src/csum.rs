@@ -16,11 +16,18 @@ pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
 
 /// Updates the IPv4 and L4 checksums for changed addresses (`addrs`, which the IPv4 header and
-/// the TCP/UDP pseudo-header cover) and changed ports or echo id (`ports`, L4 only). ICMP has
-/// no pseudo-header: its checksum sees only the id.
+/// the TCP/UDP pseudo-header cover), changed ports or echo id (`ports`, L4 only) and other
+/// changed IPv4 header words (`l3_other`, IPv4 only). ICMP has no pseudo-header: its checksum
+/// sees only the id.
 #[inline(always)]
-pub fn apply(pkt: &impl Packet, p: &Parsed, addrs: CsumDelta, ports: CsumDelta) -> Result<(), Reason> {
-    pkt.update_l3_csum(p.l3_off + IP_CSUM_OFF, addrs)?;
+pub fn apply(
+    pkt: &impl Packet,
+    p: &Parsed,
+    addrs: CsumDelta,
+    ports: CsumDelta,
+    l3_other: CsumDelta,
+) -> Result<(), Reason> {
+    pkt.update_l3_csum(p.l3_off + IP_CSUM_OFF, addrs.plus(l3_other))?;
     match p.key.proto {
         IPPROTO_TCP => pkt.update_l4_csum(p.l4_off + TCP_CSUM_OFF, addrs, ports, false),
         IPPROTO_UDP => pkt.update_l4_csum(p.l4_off + UDP_CSUM_OFF, addrs, ports, true),

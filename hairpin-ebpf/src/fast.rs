@@ -7,12 +7,11 @@
 use hairpin_common::{Reason, Slow, csum::CsumDelta};
 
 use crate::{
-    csum::IP_CSUM_OFF,
     ct::Found,
     ctx::{Packet, ptr_at},
     fwd,
     maps::DEVICES,
-    nat::{End, rewrite},
+    nat::rewrite,
     parse::Parsed,
 };
 
@@ -68,14 +67,12 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
         DEVICES.redirect(hop.ifindex, 0).map_err(|_| Slow::Route)?;
         Reason::FastRedirect
     };
-    // Committed: nothing below can fail on a packet that parsed.
-    rewrite(pkt, p, End::Src, xlate.src_ep()).map_err(|_| Slow::Route)?;
-    rewrite(pkt, p, End::Dst, xlate.dst_ep()).map_err(|_| Slow::Route)?;
-    let old = u16::from_ne_bytes([ttl, proto]);
-    let new = u16::from_ne_bytes([ttl - 1, proto]);
+    // Committed: nothing below can fail on a packet that parsed. Both ends and the TTL go
+    // into one checksum update.
+    let ttl_delta = CsumDelta::ZERO.replace16(u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl - 1, proto]));
     // SAFETY: bounds checked by ptr_at above; XDP may write packet memory.
     unsafe { *ttl_word = [ttl - 1, proto] };
-    pkt.update_l3_csum(p.l3_off + IP_CSUM_OFF, CsumDelta::ZERO.replace16(old, new)).map_err(|_| Slow::Route)?;
+    rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&hop.dmac);

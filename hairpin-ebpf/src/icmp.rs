@@ -13,7 +13,7 @@ use crate::{
     csum::{self, ICMP_CSUM_OFF, IP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
     ct,
     ctx::{Packet, ptr_at},
-    nat::{IP_DST_OFF, IP_SRC_OFF, port_offs, write_addr},
+    nat::{IP_DST_OFF, IP_SRC_OFF, write_addr, write_tuple},
     parse::{Ip, Parsed},
 };
 
@@ -89,21 +89,7 @@ fn set_outer_addr(pkt: &impl Packet, ip: &Ip, off: usize, from: u32, to: u32) ->
 #[inline(always)]
 fn rewrite_quoted(pkt: &impl Packet, ip: &Ip, q: &Parsed, to: &FlowKey) -> Result<CsumDelta, Reason> {
     let from = &q.key;
-    write_addr(pkt, q.l3_off + IP_SRC_OFF, to.src.0)?;
-    write_addr(pkt, q.l3_off + IP_DST_OFF, to.dst.0)?;
-    let addrs = CsumDelta::ZERO.replace32(from.src.0, to.src.0).replace32(from.dst.0, to.dst.0);
-    let (sport_off, dport_off) = port_offs(from.proto);
-    let mut ports = CsumDelta::ZERO;
-    // An echo has one id, which is either its source or its destination "port"; the other is
-    // 0 on both sides, and must not be written over the id.
-    if from.sport != to.sport {
-        write_port(pkt, q.l4_off + sport_off, to.sport.0)?;
-        ports = ports.replace16(from.sport.0, to.sport.0);
-    }
-    if from.dport != to.dport {
-        write_port(pkt, q.l4_off + dport_off, to.dport.0)?;
-        ports = ports.replace16(from.dport.0, to.dport.0);
-    }
+    let (addrs, ports) = write_tuple(pkt, q.l3_off, q.l4_off, from, to)?;
     let mut quoted = addrs.plus(ports);
     quoted = quoted.plus(update_csum(pkt, q.l3_off + IP_CSUM_OFF, addrs, false)?);
     // Only 8 L4 bytes are sure to be quoted: a TCP checksum is updated if the router quoted it.
@@ -131,12 +117,4 @@ fn update_csum(pkt: &impl Packet, off: usize, delta: CsumDelta, udp: bool) -> Re
         c.write_unaligned(new);
         Ok(CsumDelta::ZERO.replace16(old, new))
     }
-}
-
-#[inline(always)]
-fn write_port(pkt: &impl Packet, off: usize, port: u16) -> Result<(), Reason> {
-    let p = ptr_at::<u16>(pkt, off)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { p.write_unaligned(port) };
-    Ok(())
 }

@@ -58,14 +58,14 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
                 Err(why) => stats::count_slow(why),
             }
         }
-        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
         return Ok(Reason::IngressFlow);
     }
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
         let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: private, snat, flags, seen, now })?;
-        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
@@ -84,7 +84,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             Side::Wan => return Ok(Reason::PassFiltered),
         };
         let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: host, snat, flags, seen, now })?;
-        rewrite(pkt, &p, End::Dst, xlate.dst_ep())?;
+        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
         return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
@@ -163,7 +163,7 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
     let Some(new_src) = (unsafe { SNAT.get(&p.key) }).copied() else {
         return if leaks(ip.src) { Err(Reason::DropLanSourceToWan) } else { Ok(Reason::PassEgressNoFlow) };
     };
-    rewrite(pkt, &p, End::Src, new_src)?;
+    rewrite(pkt, &p, &FlowKey::new(p.key.proto, new_src, p.key.dst_ep()), CsumDelta::ZERO)?;
     Ok(Reason::EgressFlow)
 }
 
@@ -197,12 +197,6 @@ fn egress_icmp_error(
     Ok(if translated.is_some() || fixed { Reason::IcmpError } else { Reason::PassEgressNoFlow })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    Src,
-    Dst,
-}
-
 /// Offsets of the addresses within the IPv4 header.
 pub const IP_SRC_OFF: usize = 12;
 pub const IP_DST_OFF: usize = 16;
@@ -210,7 +204,7 @@ pub const IP_DST_OFF: usize = 16;
 /// Offsets of the source and destination "ports" within the L4 header: an ICMP echo's id
 /// stands for both (see `parse`).
 #[inline(always)]
-pub fn port_offs(proto: u8) -> (usize, usize) {
+fn port_offs(proto: u8) -> (usize, usize) {
     if proto == IPPROTO_ICMP { (ICMP_ID_OFF, ICMP_ID_OFF) } else { (0, 2) }
 }
 
@@ -222,25 +216,61 @@ pub fn write_addr(pkt: &impl Packet, off: usize, addr: u32) -> Result<(), Reason
     Ok(())
 }
 
-/// Rewrites one end of the packet to `to` and updates every checksum that covers it.
 #[inline(always)]
-pub fn rewrite(pkt: &impl Packet, p: &Parsed, end: End, to: Endpoint) -> Result<(), Reason> {
-    let (sport_off, dport_off) = port_offs(p.key.proto);
-    let (from, addr_off, port_off) = match end {
-        End::Src => (p.key.src_ep(), IP_SRC_OFF, sport_off),
-        End::Dst => (p.key.dst_ep(), IP_DST_OFF, dport_off),
-    };
-    if from == to {
+fn write_port(pkt: &impl Packet, off: usize, port: u16) -> Result<(), Reason> {
+    let p = ptr_at::<u16>(pkt, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { p.write_unaligned(port) };
+    Ok(())
+}
+
+/// Writes the addresses and ports of `to` where they differ from `from`, the tuple of the
+/// headers at `l3_off` and `l4_off` (a packet's, or the one an ICMP error quotes), and returns
+/// what changed for the checksums: addresses (IPv4 header and pseudo-header), ports (L4 only).
+/// An echo's id is one field standing for both "ports", the other being 0 on both sides: it is
+/// written only for the end that carries it.
+#[inline(always)]
+pub fn write_tuple(
+    pkt: &impl Packet,
+    l3_off: usize,
+    l4_off: usize,
+    from: &FlowKey,
+    to: &FlowKey,
+) -> Result<(CsumDelta, CsumDelta), Reason> {
+    let (sport_off, dport_off) = port_offs(from.proto);
+    let (mut addrs, mut ports) = (CsumDelta::ZERO, CsumDelta::ZERO);
+    if from.src != to.src {
+        write_addr(pkt, l3_off + IP_SRC_OFF, to.src.0)?;
+        addrs = addrs.replace32(from.src.0, to.src.0);
+    }
+    if from.dst != to.dst {
+        write_addr(pkt, l3_off + IP_DST_OFF, to.dst.0)?;
+        addrs = addrs.replace32(from.dst.0, to.dst.0);
+    }
+    if from.sport != to.sport {
+        write_port(pkt, l4_off + sport_off, to.sport.0)?;
+        ports = ports.replace16(from.sport.0, to.sport.0);
+    }
+    if from.dport != to.dport {
+        write_port(pkt, l4_off + dport_off, to.dport.0)?;
+        ports = ports.replace16(from.dport.0, to.dport.0);
+    }
+    Ok((addrs, ports))
+}
+
+/// Rewrites the packet's tuple to `to` and updates every checksum that covers it, once.
+/// `l3_other` is any other change to the IPv4 header's words (the fast path's TTL).
+#[inline(always)]
+pub fn rewrite(pkt: &impl Packet, p: &Parsed, to: &FlowKey, l3_other: CsumDelta) -> Result<(), Reason> {
+    let (addrs, ports) = write_tuple(pkt, p.l3_off, p.l4_off, &p.key, to)?;
+    if addrs == CsumDelta::ZERO && ports == CsumDelta::ZERO && l3_other == CsumDelta::ZERO {
         return Ok(());
     }
-    write_addr(pkt, p.l3_off + addr_off, to.addr.0)?;
-    // The end of an echo without its id has port 0 on both sides: the id stays.
-    if from.port != to.port {
-        let port = ptr_at::<u16>(pkt, p.l4_off + port_off)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { port.write_unaligned(to.port.0) };
-    }
-    let addrs = CsumDelta::ZERO.replace32(from.addr.0, to.addr.0);
-    let ports = CsumDelta::ZERO.replace16(from.port.0, to.port.0);
-    csum::apply(pkt, p, addrs, ports)
+    csum::apply(pkt, p, addrs, ports, l3_other)
+}
+
+/// The packet's tuple with its destination replaced: what ingress writes on the slow path.
+#[inline(always)]
+fn with_dst(p: &Parsed, dst: Endpoint) -> FlowKey {
+    FlowKey::new(p.key.proto, p.key.src_ep(), dst)
 }

@@ -37,25 +37,13 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
     let hop = unsafe {
         let e = found.entry;
         if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
-            let m = (*e).hop_macs;
-            fwd::NextHop {
-                ifindex: (*e).hop_ifindex,
-                dmac: [m[0], m[1], m[2], m[3], m[4], m[5]],
-                smac: [m[6], m[7], m[8], m[9], m[10], m[11]],
-            }
+            fwd::NextHop { ifindex: (*e).hop_ifindex, macs: (*e).hop_macs }
         } else {
             let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
-            let mut m = [0u8; 12];
-            m[..6].copy_from_slice(&hop.dmac);
-            m[6..].copy_from_slice(&hop.smac);
-            (*e).hop_macs = m;
-            (*e).hop_len_ok = if found.stale || (*e).hop_ifindex != hop.ifindex {
-                p.tot_len
-            } else if p.tot_len > (*e).hop_len_ok {
-                p.tot_len
-            } else {
-                (*e).hop_len_ok
-            };
+            // The largest length the FIB has passed for this hop; a new hop starts afresh.
+            let same = !found.stale && (*e).hop_ifindex == hop.ifindex;
+            (*e).hop_len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
+            (*e).hop_macs = hop.macs;
             (*e).hop_ifindex = hop.ifindex;
             hop
         }
@@ -74,10 +62,7 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
     unsafe { *ttl_word = [ttl - 1, proto] };
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&hop.dmac);
-    macs[6..].copy_from_slice(&hop.smac);
     // SAFETY: as above.
-    unsafe { *eth = macs };
+    unsafe { *eth = hop.macs };
     Ok(verdict)
 }

@@ -73,11 +73,11 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
     }
 }
 
-/// Where the fast path sends a translated packet: out of `ifindex`, from `smac` to `dmac`.
+/// Where the fast path sends a translated packet: out of `ifindex`, with `macs` (destination
+/// then source, as they open an Ethernet header).
 pub struct NextHop {
     pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    pub macs: [u8; 12],
 }
 
 /// Where the translated packet `key` goes, neighbour included; or why the kernel must
@@ -87,8 +87,10 @@ pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHo
     match fib(pkt, key, tot_len, 0) {
         (BPF_FIB_LKUP_RET_SUCCESS, params) => {
             // SAFETY: on success the kernel filled the MAC addresses of this union member.
-            let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
-            Ok(NextHop { ifindex: params.ifindex, smac: macs.smac, dmac: macs.dmac })
+            let m = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+            let (d, s) = (m.dmac, m.smac);
+            let macs = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
+            Ok(NextHop { ifindex: params.ifindex, macs })
         }
         (BPF_FIB_LKUP_RET_NO_NEIGH, _) => Err(Slow::NoNeighbour),
         (BPF_FIB_LKUP_RET_FRAG_NEEDED, _) => Err(Slow::FragNeeded),

@@ -1215,6 +1215,13 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
                     Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
                 ),
                 step(
+                    "again, from the next hop cached in the flow",
+                    Hook::WanIngress,
+                    &fwd,
+                    Reason::FastRedirect,
+                    Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
+                ),
+                step(
                     "its reply: redirected to the WAN's router, from the public address",
                     Hook::LanIngress,
                     &reply,

@@ -64,8 +64,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
-        let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: private, snat, flags, seen, now })?;
-        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
+        open(pkt, &cfg, &p, &NewFlow { dst: private, snat, flags, seen, now })?;
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
@@ -83,8 +82,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             }
             Side::Wan => return Ok(Reason::PassFiltered),
         };
-        let xlate = ct::create(&cfg, &p.key, &NewFlow { dst: host, snat, flags, seen, now })?;
-        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
+        open(pkt, &cfg, &p, &NewFlow { dst: host, snat, flags, seen, now })?;
         return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
@@ -99,11 +97,18 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        let new = NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now };
-        ct::create(&cfg, &p.key, &new)?;
+        open(pkt, &cfg, &p, &NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now })?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)
+}
+
+/// Creates the flow `new` describes for `p` and gives the packet its new destination (the
+/// source waits for egress).
+#[inline(always)]
+fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<(), Reason> {
+    let xlate = ct::create(cfg, &p.key, new)?;
+    rewrite(pkt, p, &with_dst(p, xlate.dst_ep()), CsumDelta::ZERO)
 }
 
 /// The gateway is a boundary: the WAN may neither claim a LAN source nor reach a LAN address

@@ -153,27 +153,11 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         // counters above stay exact). Addresses go out in host order for the `:i` hint.
         let (src, dst) = (u32::from_be(key.src.0), u32::from_be(key.dst.0));
         let (sport, dport) = (key.sport.host(), key.dport.host());
-        if reason == Reason::DropNoPort {
-            warn!(
-                &(),
-                "no free public port for a new flow (proto {}) {:i}:{} -> {:i}:{}: dropped",
-                key.proto,
-                src,
-                sport,
-                dst,
-                dport
-            );
-        } else {
-            warn!(
-                &(),
-                "no table space for a new flow (proto {}) {:i}:{} -> {:i}:{}: dropped",
-                key.proto,
-                src,
-                sport,
-                dst,
-                dport
-            );
-        }
+        let want = if reason == Reason::DropNoPort { "free public port" } else { "table space" };
+        warn!(
+            &(),
+            "no {} for a new flow (proto {}) {:i}:{} -> {:i}:{}: dropped", want, key.proto, src, sport, dst, dport
+        );
     }
     created
 }

@@ -176,26 +176,29 @@ fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
 fn port_pools(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<FillRow>> {
     let in_range = |p: u16| (cfg.port_min..=cfg.port_max).contains(&p);
     let range = if cfg.port_min > cfg.port_max { 0 } else { u64::from(cfg.port_max - cfg.port_min) + 1 };
-    let mut rows = Vec::new();
-    for &proto in &EXHAUSTION_PROTOS {
-        let mut forwarded = 0;
-        for k in maps.mappings.keys() {
-            let k = k?;
-            forwarded += u64::from(k.proto == proto && k.addr == cfg.public_addr && in_range(k.port.host()));
+    // One pass over each map, counting by protocol.
+    let mut forwarded = std::collections::HashMap::<u8, u64>::new();
+    for k in maps.mappings.keys() {
+        let k = k?;
+        if k.addr == cfg.public_addr && in_range(k.port.host()) {
+            *forwarded.entry(k.proto).or_default() += 1;
         }
-        let mut used = 0;
-        if proto == IPPROTO_ICMP {
-            // An echo flow's reply entry is keyed to the public address and its id.
-            for k in maps.ct.keys() {
-                let k = k?;
-                used += u64::from(k.proto == proto && k.dst == cfg.public_addr);
-            }
-        } else {
-            for k in maps.bindings.keys() {
-                used += u64::from(k?.proto == proto);
-            }
-        }
-        rows.push(fill(output::proto_name(proto), used, range.saturating_sub(forwarded)));
     }
-    Ok(rows)
+    let mut used = std::collections::HashMap::<u8, u64>::new();
+    for k in maps.bindings.keys() {
+        *used.entry(k?.proto).or_default() += 1;
+    }
+    // Echo flows hold no binding: each one's reply entry is keyed to the public address and
+    // its id.
+    for k in maps.ct.keys() {
+        let k = k?;
+        if k.proto == IPPROTO_ICMP && k.dst == cfg.public_addr {
+            *used.entry(IPPROTO_ICMP).or_default() += 1;
+        }
+    }
+    let count = |m: &std::collections::HashMap<u8, u64>, p| m.get(&p).copied().unwrap_or(0);
+    Ok(EXHAUSTION_PROTOS
+        .iter()
+        .map(|&p| fill(output::proto_name(p), count(&used, p), range.saturating_sub(count(&forwarded, p))))
+        .collect())
 }

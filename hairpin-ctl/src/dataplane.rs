@@ -176,11 +176,10 @@ impl Maps {
         let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
     }
 
-    /// Removes a flow's two conntrack entries and their egress rewrites, given either entry.
-    pub fn remove_flow(&mut self, key: &FlowKey, entry: &CtEntry) {
-        let twin_key = entry.xlate.reversed();
-        let twin = self.ct.get(&twin_key, 0).ok().map(|e| (twin_key, e));
-        for (k, e) in std::iter::once((*key, *entry)).chain(twin) {
+    /// Removes conntrack entries (the directions of a flow, as a snapshot read them) and the
+    /// egress rewrites they imply.
+    pub fn remove_entries(&mut self, entries: impl IntoIterator<Item = (FlowKey, CtEntry)>) {
+        for (k, e) in entries {
             if let Some((egress_key, _)) = hairpin_common::nat::egress_rewrite(&k, &e) {
                 let _ = self.snat.remove(&egress_key);
             }

@@ -47,6 +47,11 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
 }
 
 impl Flow {
+    /// Its entries: the original direction first, then the reply if there is one.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> {
+        std::iter::once((self.orig_key, self.orig)).chain(self.reply)
+    }
+
     /// Nanoseconds left before the flow expires (0: expired). A flow without its reply entry
     /// has no lifetime left once past the grace period.
     pub fn remaining_ns(&self, t: &hairpin_common::Timeouts, now: u64) -> u64 {
@@ -71,9 +76,9 @@ pub struct Sweep {
 /// Removes expired flows and orphans at time `now` (boot ns).
 pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let start = Instant::now();
-    let timeouts = maps.config()?.timeouts;
+    let cfg = maps.config()?;
+    let (timeouts, public) = (cfg.timeouts, cfg.public_addr);
     let (flows, lone_replies) = snapshot(maps)?;
-    let public = maps.config()?.public_addr;
     let mut s = Sweep { flows: flows.len(), ..Default::default() };
     let mut in_use = HashSet::new();
     for f in &flows {
@@ -83,7 +88,7 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
             } else {
                 s.expired += 1;
             }
-            maps.remove_flow(&f.orig_key, &f.orig);
+            maps.remove_entries(f.entries());
         } else {
             in_use.extend(public_ports(&f.orig_key, &f.orig, public));
         }
@@ -91,7 +96,7 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     for (k, e) in &lone_replies {
         if now.saturating_sub(e.created_ns) >= ORPHAN_GRACE_NS {
             s.orphans += 1;
-            maps.remove_flow(k, e);
+            maps.remove_entries([(*k, *e)]);
         } else {
             in_use.extend(public_ports(k, e, public));
         }

@@ -61,7 +61,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             for f in
                 flows.iter().filter(|f| f.orig_key.proto == key.proto && f.orig_key.dst_ep() == to_endpoint(public))
             {
-                maps.remove_flow(&f.orig_key, &f.orig);
+                maps.remove_entries(f.entries());
                 removed += 1;
             }
             println!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);

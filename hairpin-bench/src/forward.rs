@@ -22,7 +22,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use hairpin_common::{Endpoint, Ipv4Be, PortBe, consts::map_names};
-use hairpin_lab::Netns;
+use hairpin_lab::{Netns, netns::mac};
 
 /// What forwards the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,10 +82,6 @@ const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 /// One measurement's result.
 #[derive(Clone, Copy, Debug)]
@@ -195,10 +191,10 @@ impl Harness {
 
         match self.path {
             Path::RawRedirect => {
-                let lan = ifindex(gw, "lan0")?;
+                let lan = gw.ifindex("lan0")?;
                 let mut out = DevMap::try_from(self.ebpf.map_mut("BENCH_OUT").context("BENCH_OUT")?)?;
                 // A device map resolves the ifindex in the updating thread's namespace.
-                in_ns(gw, || out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
+                gw.scoped(|| out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
                 attach(&mut self.ebpf, "bench_redirect", gw, "wan0")?;
             }
             Path::KernelForward | Path::NftDnat | Path::NftDnatMasq => {
@@ -223,7 +219,7 @@ impl Harness {
         // Threaded NAPI for the gateway's receiving interface, on CPU 1; the generator runs
         // on CPU 0.
         let ingress = if hairpinned { "lan0" } else { "wan0" };
-        self.gen_ifindex = ifindex(&self.generator, if hairpinned { "l0" } else { "g0" })?;
+        self.gen_ifindex = self.generator.ifindex(if hairpinned { "l0" } else { "g0" })?;
         if std::env::var_os("HAIRPIN_BENCH_NO_THREADED").is_none() {
             self.pinned = pin_napi(gw, ingress, 1)?;
         }
@@ -333,31 +329,25 @@ impl Harness {
         let frame = self.frame();
         let md: Vec<u8> =
             [0u32, frame.len() as u32, 0, self.gen_ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let ns = std::fs::File::open(self.generator.path())?;
         let prog: &mut Xdp = self.ebpf.program_mut("bench_gen").context("bench_gen")?.try_into()?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> anyhow::Result<(u64, Duration)> {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let mut cpus = nix::sched::CpuSet::new();
-                cpus.set(0)?;
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
-                let start = Instant::now();
-                let mut sent = 0u64;
-                while !done(sent, start.elapsed()) {
-                    let opts = TestRunOptions {
-                        data_in: Some(&frame),
-                        ctx_in: Some(&md),
-                        repeat: CHUNK,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..Default::default()
-                    };
-                    prog.test_run(opts).context("live-frames test run of the generator")?;
-                    sent += u64::from(CHUNK);
-                }
-                Ok((sent, start.elapsed()))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        self.generator.scoped(|| {
+            let mut cpus = nix::sched::CpuSet::new();
+            cpus.set(0)?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while !done(sent, start.elapsed()) {
+                let opts = TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&md),
+                    repeat: CHUNK,
+                    attrs: TestRunAttrs::new().xdp_live_frames(64),
+                    ..Default::default()
+                };
+                prog.test_run(opts).context("live-frames test run of the generator")?;
+                sent += u64::from(CHUNK);
+            }
+            Ok((sent, start.elapsed()))
         })
     }
 
@@ -389,31 +379,13 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     hairpin_lab::netns::run(cmd)
 }
 
-fn ifindex(ns: &Netns, dev: &str) -> anyhow::Result<u32> {
-    let line = ns.ip(&["-o", "link", "show", dev])?;
-    line.split(':').next().and_then(|i| i.trim().parse().ok()).with_context(|| format!("ifindex of {dev}"))
-}
-
-/// Runs `f` on a thread that has entered `ns`.
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
-    let file = std::fs::File::open(ns.path())?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {} panicked", ns.name))?
-    })
-}
-
 /// Attaches bench program `prog` to `iface` in `ns` (native XDP); it stays attached while the
 /// object lives.
 fn attach(ebpf: &mut Ebpf, prog: &str, ns: &Netns, iface: &str) -> anyhow::Result<()> {
-    let index = ifindex(ns, iface)?;
+    let index = ns.ifindex(iface)?;
     let p: &mut Xdp = ebpf.program_mut(prog).context("bench program missing")?.try_into()?;
     // XDP attaches by ifindex through a netlink socket of the calling thread's namespace.
-    in_ns(ns, || {
+    ns.scoped(|| {
         p.attach(index, XdpMode::Driver).with_context(|| format!("attaching {prog} to {iface}"))?;
         Ok(())
     })

@@ -33,11 +33,7 @@ pub fn run() -> anyhow::Result<()> {
     ns.ip(&["neigh", "add", "192.168.0.2", "lladdr", "02:00:00:00:01:02", "dev", "lan0", "nud", "permanent"])?;
     ns.ip(&["neigh", "add", "203.0.113.254", "lladdr", "02:00:00:00:02:fe", "dev", "wan0", "nud", "permanent"])?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
-    let ifindex = |dev: &str| -> anyhow::Result<u32> {
-        let line = ns.ip(&["-o", "link", "show", dev])?;
-        line.split(':').next().and_then(|i| i.trim().parse().ok()).context("ifindex")
-    };
-    let (lan, wan) = (ifindex("lan0")?, ifindex("wan0")?);
+    let (lan, wan) = (ns.ifindex("lan0")?, ns.ifindex("wan0")?);
     let rows = ns.run(move || measure(lan, wan))??;
     println!("| path | ns per packet (BPF_PROG_TEST_RUN, mean of {RUNS} runs) |\n|---|---:|");
     for (what, ns) in &rows {

@@ -51,6 +51,30 @@ impl Netns {
         self.run(move || std::fs::write(&path, value).with_context(|| format!("writing {path}")))?
     }
 
+    /// The index of interface `dev` here (`/sys/class/net` would show the caller's namespace).
+    pub fn ifindex(&self, dev: &str) -> anyhow::Result<u32> {
+        let line = self.ip(&["-o", "link", "show", dev])?;
+        line.split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .with_context(|| format!("ifindex of {dev} in {}", self.name))
+    }
+
+    /// Runs `f` on a scoped thread that has entered the namespace, so `f` may borrow: for
+    /// calls that resolve interfaces or open sockets in the calling thread's namespace
+    /// (netlink attaches, device map updates, test runs).
+    pub fn scoped<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        thread::scope(|s| {
+            s.spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {}", self.name))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        })
+    }
+
     /// Runs `f` on a thread that has entered the namespace: its sockets live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         self.spawn(f)?.join().map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))
@@ -84,4 +108,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
         bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A MAC address as `ip` writes it.
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

@@ -6,6 +6,7 @@
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
 
 use hairpin_common::{CT_F_REPLY, Config, CtEntry, FlowKey, Reason, consts::Hook};
+use hairpin_lab::netns::mac;
 use hairpin_tests::{
     dp::{self, Dataplane, TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS, ep},
     frame::{self, L4, Pkt, diff, verify_checksums},
@@ -514,10 +515,6 @@ const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x03];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0xfe];
 
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// Runs `test` in a namespace of its own that routes like the gateway: lan0 192.168.0.1/24
 /// and wan0 203.0.113.1/24 (MTU 1400), default route via 203.0.113.254; the server, the client
 /// and that router are known neighbours, a route to 198.18.0.0/15 goes via a neighbour not
@@ -543,11 +540,7 @@ fn in_gateway_ns(name: &str, cfg: Config, test: impl FnOnce(&mut Dataplane) + Se
         ns.ip(&["neigh", "add", addr, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]).unwrap();
     }
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let index = |dev: &str| -> u32 {
-        let line = ns.ip(&["-o", "link", "show", dev]).unwrap();
-        line.split(':').next().unwrap().trim().parse().unwrap()
-    };
-    let (lan, wan) = (index("lan0"), index("wan0"));
+    let (lan, wan) = (ns.ifindex("lan0").unwrap(), ns.ifindex("wan0").unwrap());
     ns.run(move || {
         let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg });
         dp.ifindex = Some((lan, wan));

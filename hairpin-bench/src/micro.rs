@@ -13,28 +13,15 @@ use hairpin_common::{
     CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, Ipv4Be, MappingKey, PortBe,
     consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
 };
-use hairpin_lab::Netns;
+use hairpin_lab::routed::RoutedGateway;
 
 /// Single runs per figure.
 const RUNS: u32 = 60_000;
 
 pub fn run() -> anyhow::Result<()> {
-    let ns = Netns::new(&format!("hpbm{}", std::process::id()))?;
-    for (dev, addr, mac) in
-        [("lan0", "192.168.0.1/24", "02:00:00:00:01:01"), ("wan0", "203.0.113.1/24", "02:00:00:00:02:01")]
-    {
-        let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer])?;
-        ns.ip(&["addr", "add", addr, "dev", dev])?;
-        ns.ip(&["link", "set", &peer, "up"])?;
-        ns.ip(&["link", "set", dev, "up"])?;
-    }
-    ns.ip(&["route", "add", "default", "via", "203.0.113.254"])?;
-    ns.ip(&["neigh", "add", "192.168.0.2", "lladdr", "02:00:00:00:01:02", "dev", "lan0", "nud", "permanent"])?;
-    ns.ip(&["neigh", "add", "203.0.113.254", "lladdr", "02:00:00:00:02:fe", "dev", "wan0", "nud", "permanent"])?;
-    ns.sysctl("net.ipv4.ip_forward", "1")?;
-    let (lan, wan) = (ns.ifindex("lan0")?, ns.ifindex("wan0")?);
-    let rows = ns.run(move || measure(lan, wan))??;
+    let gw = RoutedGateway::new(&format!("hpbm{}", std::process::id()))?;
+    let (lan, wan) = (gw.lan, gw.wan);
+    let rows = gw.ns.run(move || measure(lan, wan))??;
     println!("| path | ns per packet (BPF_PROG_TEST_RUN, mean of {RUNS} runs) |\n|---|---:|");
     for (what, ns) in &rows {
         println!("| {what} | {ns:.1} |");

@@ -10,6 +10,7 @@
 
 pub mod netns;
 pub mod probe;
+pub mod routed;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;

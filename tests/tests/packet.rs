@@ -6,7 +6,7 @@
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
 
 use hairpin_common::{CT_F_REPLY, Config, CtEntry, FlowKey, Reason, consts::Hook};
-use hairpin_lab::netns::mac;
+use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, RoutedGateway, SERVER_MAC, WAN_MAC};
 use hairpin_tests::{
     dp::{self, Dataplane, TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS, ep},
     frame::{self, L4, Pkt, diff, verify_checksums},
@@ -505,50 +505,22 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole() {
     assert_eq!(dp.snat().len(), 1);
 }
 
-/// Masquerade decides by the kernel's routes, so these steps run in a namespace of their own
-/// whose `lan0`/`wan0` (veth, peers left dangling) and routes make the FIB answer as on a
-/// gateway.
-/// MAC addresses of the gateway's interfaces and of the neighbours `in_gateway_ns` knows.
-const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x03];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0xfe];
-
-/// Runs `test` in a namespace of its own that routes like the gateway: lan0 192.168.0.1/24
-/// and wan0 203.0.113.1/24 (MTU 1400), default route via 203.0.113.254; the server, the client
-/// and that router are known neighbours, a route to 198.18.0.0/15 goes via a neighbour not
-/// yet resolved. Both interfaces are in the fast path's device map.
+/// Masquerade and the fast path decide by the kernel's routes, so these steps run in a
+/// namespace of their own that routes like the gateway (`hairpin_lab::routed`), with both
+/// interfaces in the fast path's device map.
 fn in_gateway_ns(name: &str, cfg: Config, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
     hairpin_tests::require_root();
-    let ns = hairpin_lab::Netns::new(&format!("hpt{}-{name}", std::process::id())).unwrap();
-    for (dev, addr, m) in [("lan0", "192.168.0.1/24", LAN_MAC), ("wan0", "203.0.113.1/24", WAN_MAC)] {
-        let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "address", &mac(m), "type", "veth", "peer", "name", &peer]).unwrap();
-        ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
-        ns.ip(&["link", "set", &peer, "up"]).unwrap();
-        ns.ip(&["link", "set", dev, "up"]).unwrap();
-    }
-    ns.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
-    ns.ip(&["route", "add", "default", "via", "203.0.113.254", "dev", "wan0"]).unwrap();
-    ns.ip(&["route", "add", "198.18.0.0/15", "via", "203.0.113.253", "dev", "wan0"]).unwrap();
-    for (addr, m, dev) in [
-        ("192.168.0.2", SERVER_MAC, "lan0"),
-        ("192.168.0.3", CLIENT_MAC, "lan0"),
-        ("203.0.113.254", ROUTER_MAC, "wan0"),
-    ] {
-        ns.ip(&["neigh", "add", addr, "lladdr", &mac(m), "dev", dev, "nud", "permanent"]).unwrap();
-    }
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let (lan, wan) = (ns.ifindex("lan0").unwrap(), ns.ifindex("wan0").unwrap());
-    ns.run(move || {
-        let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg });
-        dp.ifindex = Some((lan, wan));
-        dp.add_device(lan);
-        dp.add_device(wan);
-        test(&mut dp);
-    })
-    .expect("test body (see the panic above)");
+    let gw = RoutedGateway::new(&format!("hpt{}-{name}", std::process::id())).unwrap();
+    let (lan, wan) = (gw.lan, gw.wan);
+    gw.ns
+        .run(move || {
+            let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg });
+            dp.ifindex = Some((lan, wan));
+            dp.add_device(lan);
+            dp.add_device(wan);
+            test(&mut dp);
+        })
+        .expect("test body (see the panic above)");
 }
 
 #[test]

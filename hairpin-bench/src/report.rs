@@ -129,35 +129,21 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         }
     };
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
-    let fast = |l| find(Path::HairpinFast, l);
-    ratio("hairpin fast / raw ceiling, 1 flow", fast("1 flows"), find(Path::RawRedirect, "1 flows"), &mut s);
-    ratio(
-        "hairpin fast / raw ceiling, 60000 flows",
-        fast("60000 flows"),
-        find(Path::RawRedirect, "60000 flows"),
-        &mut s,
-    );
-    ratio(
-        "hairpin fast / raw ceiling, 1M entries",
-        fast("1 flow, 1M entries"),
-        find(Path::RawRedirect, "1 flows"),
-        &mut s,
-    );
-    ratio("hairpin fast / nftables DNAT, 1 flow", fast("1 flows"), find(Path::NftDnat, "1 flows"), &mut s);
-    ratio(
-        "hairpin fast / nftables DNAT+masquerade, 1 flow",
-        fast("1 flows"),
-        find(Path::NftDnatMasq, "1 flows"),
-        &mut s,
-    );
-    ratio(
-        "hairpin fast / nftables DNAT+masquerade, 60000 flows",
-        fast("60000 flows"),
-        find(Path::NftDnatMasq, "60000 flows"),
-        &mut s,
-    );
-    ratio("hairpin fast, 60000 flows / 1 flow", fast("60000 flows"), fast("1 flows"), &mut s);
-    ratio("hairpin fast, 1M entries / 1 flow", fast("1 flow, 1M entries"), fast("1 flows"), &mut s);
+    use Path::{HairpinFast as Fast, NftDnat, NftDnatMasq, RawRedirect as Raw};
+    // (what, numerator, denominator): each a path and its traffic label.
+    let ratios = [
+        ("hairpin fast / raw ceiling, 1 flow", (Fast, "1 flows"), (Raw, "1 flows")),
+        ("hairpin fast / raw ceiling, 60000 flows", (Fast, "60000 flows"), (Raw, "60000 flows")),
+        ("hairpin fast / raw ceiling, 1M entries", (Fast, "1 flow, 1M entries"), (Raw, "1 flows")),
+        ("hairpin fast / nftables DNAT, 1 flow", (Fast, "1 flows"), (NftDnat, "1 flows")),
+        ("hairpin fast / nftables DNAT+masquerade, 1 flow", (Fast, "1 flows"), (NftDnatMasq, "1 flows")),
+        ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, "60000 flows"), (NftDnatMasq, "60000 flows")),
+        ("hairpin fast, 60000 flows / 1 flow", (Fast, "60000 flows"), (Fast, "1 flows")),
+        ("hairpin fast, 1M entries / 1 flow", (Fast, "1 flow, 1M entries"), (Fast, "1 flows")),
+    ];
+    for (what, (pa, la), (pb, lb)) in ratios {
+        ratio(what, find(pa, la), find(pb, lb), &mut s);
+    }
     let _ = writeln!(
         s,
         "\n64-byte IPv4/UDP frames from an XDP generator (BPF_PROG_TEST_RUN, live frames) on CPU 0; \

@@ -34,14 +34,15 @@ pub fn ingress<P: Packet>(pkt: &P, side: Side) -> Reason {
 #[inline(always)]
 fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let ip = parse_ip(pkt)?;
-    let Some(cfg) = CONFIG.get(0).copied() else {
+    // Read in place: the map value lives as long as the program runs.
+    let Some(cfg) = CONFIG.get(0) else {
         return Ok(Reason::PassNoConfig);
     };
-    check_boundary(pkt, &cfg, &ip, side)?;
+    check_boundary(pkt, cfg, &ip, side)?;
     let p = match parse_l4(pkt, &ip)? {
         L4::Flow(p) => p,
         L4::IcmpError(quoted) => {
-            return Ok(match icmp::translate_error(pkt, &cfg, side, &ip, &quoted)? {
+            return Ok(match icmp::translate_error(pkt, cfg, side, &ip, &quoted)? {
                 Some(_) => Reason::IcmpError,
                 None => Reason::PassNoMapping,
             });
@@ -64,7 +65,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
-        open(pkt, &cfg, &p, &NewFlow { dst: private, snat, flags, seen, now })?;
+        open(pkt, cfg, &p, &NewFlow { dst: private, snat, flags, seen, now })?;
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
@@ -82,7 +83,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             }
             Side::Wan => return Ok(Reason::PassFiltered),
         };
-        open(pkt, &cfg, &p, &NewFlow { dst: host, snat, flags, seen, now })?;
+        open(pkt, cfg, &p, &NewFlow { dst: host, snat, flags, seen, now })?;
         return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
@@ -97,7 +98,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        open(pkt, &cfg, &p, &NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now })?;
+        open(pkt, cfg, &p, &NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now })?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

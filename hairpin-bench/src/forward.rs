@@ -3,7 +3,8 @@
 //! XDP program that counts only packets with the expected (translated) destination.
 //!
 //! ```text
-//!  generator g0 ── wan0 [gw] lan0 ── s0 sink          (WAN -> LAN cases)
+//!  generator g0 ── wan0 [gw] lan0 ── s0 sink          (WAN -> LAN: port-forward cases)
+//!  generator l0 ── lan0 [gw] wan0 ── s0 sink          (LAN -> WAN: masquerade cases)
 //!  generator l0 ── lan0 [gw]                           (hairpin: the sink counts on l0 itself)
 //! ```
 
@@ -41,10 +42,14 @@ pub enum Path {
     HairpinFast,
     /// hairpin's fast path for hairpinned traffic: LAN -> public address -> LAN, XDP_TX.
     HairpinTx,
+    /// nftables masquerade of LAN hosts' traffic to the internet (kernel conntrack).
+    NftMasq,
+    /// hairpin's fast path masquerading LAN hosts' traffic to the internet.
+    HairpinMasq,
 }
 
 impl Path {
-    pub const ALL: [Path; 7] = [
+    pub const ALL: [Path; 9] = [
         Path::RawRedirect,
         Path::KernelForward,
         Path::NftDnat,
@@ -52,6 +57,8 @@ impl Path {
         Path::HairpinSlow,
         Path::HairpinFast,
         Path::HairpinTx,
+        Path::NftMasq,
+        Path::HairpinMasq,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -62,10 +69,25 @@ impl Path {
             Path::HairpinSlow => "hairpin slow path",
             Path::HairpinFast => "hairpin fast path",
             Path::HairpinTx => "hairpin XDP_TX (hairpinned)",
+            Path::NftMasq => "nftables masquerade (LAN -> WAN)",
+            Path::HairpinMasq => "hairpin fast path, masquerade (LAN -> WAN)",
         }
     }
-    fn nat(self) -> bool {
-        !matches!(self, Path::RawRedirect | Path::KernelForward)
+    /// hairpin is the gateway.
+    fn hairpin(self) -> bool {
+        matches!(self, Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx | Path::HairpinMasq)
+    }
+    /// The traffic comes from a LAN host (masqueraded or hairpinned), not from the internet.
+    fn lan_sourced(self) -> bool {
+        matches!(self, Path::HairpinTx | Path::NftMasq | Path::HairpinMasq)
+    }
+    /// What a correctly forwarded frame carries at the sink: destination address and port,
+    /// and the source address (unspecified: any).
+    fn expected(self) -> (Ipv4Addr, u16, Ipv4Addr) {
+        match self {
+            Path::NftMasq | Path::HairpinMasq => (WAN_CLIENT, PORT, PUBLIC),
+            _ => (SINK, PORT, Ipv4Addr::UNSPECIFIED),
+        }
     }
 }
 
@@ -74,7 +96,9 @@ const SINK: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
 const WAN_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LAN_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 3);
 const PORT: u16 = 9;
-const FIRST_PORT: u32 = 10_000;
+/// The generator's first source port: up to 60,000 flows stay clear of port 0 and of the
+/// forwarded port.
+const FIRST_PORT: u32 = 1024;
 
 const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
 const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
@@ -157,6 +181,7 @@ impl Harness {
         };
         let gw = &self.gw;
         let hairpinned = self.path == Path::HairpinTx;
+        let from_lan = self.path.lan_sourced();
         if hairpinned {
             link(&self.generator, "l0", MAC_GEN, gw, "lan0", MAC_LAN)?;
             gw.ip(&["link", "add", "wan0", "type", "dummy"]).or_else(|_| {
@@ -164,6 +189,10 @@ impl Harness {
                 gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "wan0p"])
             })?;
             gw.ip(&["link", "set", "wan0", "up"])?;
+        } else if from_lan {
+            let sink = self.sink.as_ref().expect("a sink namespace");
+            link(&self.generator, "l0", MAC_GEN, gw, "lan0", MAC_LAN)?;
+            link(gw, "wan0", MAC_WAN, sink, "s0", MAC_SINK)?;
         } else {
             let sink = self.sink.as_ref().expect("a sink namespace");
             link(&self.generator, "g0", MAC_GEN, gw, "wan0", MAC_WAN)?;
@@ -179,6 +208,19 @@ impl Harness {
         let server_mac = if hairpinned { MAC_GEN } else { MAC_SINK };
         gw.ip(&["neigh", "add", "192.168.0.2", "lladdr", &mac(server_mac), "dev", "lan0", "nud", "permanent"])?;
         gw.ip(&["neigh", "add", "192.168.0.3", "lladdr", &mac(MAC_GEN), "dev", "lan0", "nud", "permanent"])?;
+        if from_lan && !hairpinned {
+            gw.ip(&[
+                "neigh",
+                "add",
+                &WAN_CLIENT.to_string(),
+                "lladdr",
+                &mac(MAC_SINK),
+                "dev",
+                "wan0",
+                "nud",
+                "permanent",
+            ])?;
+        }
 
         // The sink counts on the sink's interface, or for hairpinned traffic on the generator's.
         let (sink_ns, sink_if) = match &self.sink {
@@ -186,8 +228,13 @@ impl Harness {
             None => (&self.generator, "l0"),
         };
         attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
-        let want = Endpoint::new(Ipv4Be::from_octets(SINK.octets()), PortBe::from_host(PORT));
-        Array::<_, Endpoint>::try_from(self.ebpf.map_mut("BENCH_SINK").context("BENCH_SINK")?)?.set(0, &want, 0)?;
+        let (dst, dport, src) = self.path.expected();
+        let want = [
+            Endpoint::new(Ipv4Be::from_octets(dst.octets()), PortBe::from_host(dport)),
+            Endpoint::new(Ipv4Be::from_octets(src.octets()), PortBe::from_host(0)),
+        ];
+        Array::<_, [Endpoint; 2]>::try_from(self.ebpf.map_mut("BENCH_SINK").context("BENCH_SINK")?)?
+            .set(0, &want, 0)?;
 
         match self.path {
             Path::RawRedirect => {
@@ -197,15 +244,18 @@ impl Harness {
                 gw.scoped(|| out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
                 attach(&mut self.ebpf, "bench_redirect", gw, "wan0")?;
             }
-            Path::KernelForward | Path::NftDnat | Path::NftDnatMasq => {
+            Path::KernelForward | Path::NftDnat | Path::NftDnatMasq | Path::NftMasq => {
                 // Frames the generator sends with XDP_TX reach a veth only through its NAPI,
                 // which GRO turns on when it runs no XDP program.
-                gw.exec("ethtool", &["-K", "wan0", "gro", "on"])?;
-                if self.path != Path::KernelForward {
-                    nft(gw, self.path == Path::NftDnatMasq)?;
+                gw.exec("ethtool", &["-K", if from_lan { "lan0" } else { "wan0" }, "gro", "on"])?;
+                match self.path {
+                    Path::NftDnat => nft(gw, NFT_DNAT)?,
+                    Path::NftDnatMasq => nft(gw, &format!("{NFT_DNAT}{NFT_MASQ_LAN}"))?,
+                    Path::NftMasq => nft(gw, NFT_MASQ_WAN)?,
+                    _ => {}
                 }
             }
-            Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx => {
+            Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx | Path::HairpinMasq => {
                 let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0", "--xdp-mode", "native"];
                 let flows = max_flows.to_string();
                 args.extend(["--max-flows", &flows]);
@@ -218,8 +268,8 @@ impl Harness {
         }
         // Threaded NAPI for the gateway's receiving interface, on CPU 1; the generator runs
         // on CPU 0.
-        let ingress = if hairpinned { "lan0" } else { "wan0" };
-        self.gen_ifindex = self.generator.ifindex(if hairpinned { "l0" } else { "g0" })?;
+        let ingress = if from_lan { "lan0" } else { "wan0" };
+        self.gen_ifindex = self.generator.ifindex(if from_lan { "l0" } else { "g0" })?;
         if std::env::var_os("HAIRPIN_BENCH_NO_THREADED").is_none() {
             self.pinned = pin_napi(gw, ingress, 1)?;
         }
@@ -235,15 +285,16 @@ impl Harness {
 
     /// The pinned conntrack map of the gateway (hairpin paths).
     pub fn pin_dir(&self) -> Option<&std::path::Path> {
-        self.path.nat().then_some(self.pin_dir.as_path()).filter(|p| p.exists())
+        self.path.hairpin().then_some(self.pin_dir.as_path()).filter(|p| p.exists())
     }
 
     /// The 64-byte frame the generator sends (its source port is set per packet).
     fn frame(&self) -> Vec<u8> {
         let (src, dst, dmac) = match self.path {
             Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
-            p if p.nat() => (WAN_CLIENT, PUBLIC, MAC_WAN),
-            _ => (WAN_CLIENT, SINK, MAC_WAN),
+            Path::NftMasq | Path::HairpinMasq => (LAN_CLIENT, WAN_CLIENT, MAC_LAN),
+            Path::RawRedirect | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
+            _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
         let mut f = dmac.to_vec();
         f.extend_from_slice(&MAC_GEN);
@@ -290,7 +341,8 @@ impl Harness {
         let (sent, elapsed) = self.generate(|_, t| t >= limit)?;
         let after = self.wait_sink_stable()?;
         if std::env::var_os("HAIRPIN_BENCH_DEBUG").is_some() {
-            for (ns, dev) in [(&self.generator, "g0"), (&self.gw, "wan0"), (&self.gw, "lan0")] {
+            let gen_if = if self.path.lan_sourced() { "l0" } else { "g0" };
+            for (ns, dev) in [(&self.generator, gen_if), (&self.gw, "wan0"), (&self.gw, "lan0")] {
                 if let Ok(s) = ns.exec("ethtool", &["-S", dev]) {
                     eprintln!(
                         "{dev}: {}",
@@ -300,6 +352,9 @@ impl Harness {
                 if let Ok(s) = ns.ip(&["-s", "-s", "link", "show", dev]) {
                     eprintln!("{}", s.replace('\n', " / "));
                 }
+            }
+            if let (Some(_), Ok(s)) = (self.pin_dir(), self.ctl(&["stats"])) {
+                eprintln!("{s}");
             }
             if let Ok(s) = self.gw.exec("nstat", &["-a"]) {
                 eprintln!(
@@ -391,16 +446,17 @@ fn attach(ebpf: &mut Ebpf, prog: &str, ns: &Netns, iface: &str) -> anyhow::Resul
     })
 }
 
-fn nft(gw: &Netns, masquerade: bool) -> anyhow::Result<()> {
-    let masq = if masquerade {
-        "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"lan0\" masquerade\n  }\n"
-    } else {
-        ""
-    };
-    let rules = format!(
-        "table ip hpbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
-         ip daddr 203.0.113.1 udp dport 9 dnat to 192.168.0.2\n  }}\n{masq}}}\n"
-    );
+/// The nftables rule an operator writes for the port-forward.
+const NFT_DNAT: &str = "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+                        ip daddr 203.0.113.1 udp dport 9 dnat to 192.168.0.2\n  }\n";
+/// Forwarded traffic also masqueraded towards the LAN (what hairpinning needs).
+const NFT_MASQ_LAN: &str = "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"lan0\" masquerade\n  }\n";
+/// LAN hosts masqueraded to the internet.
+const NFT_MASQ_WAN: &str = "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade\n  }\n";
+
+/// Loads `chains` as table `ip hpbench` in the gateway.
+fn nft(gw: &Netns, chains: &str) -> anyhow::Result<()> {
+    let rules = format!("table ip hpbench {{\n{chains}}}\n");
     let mut c = gw.command("nft");
     c.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().context("running nft")?;

@@ -50,6 +50,10 @@ enum Bench {
         /// Only the paths whose name contains this (repeatable), e.g. `--path nftables`.
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// Measure with this many flows (repeatable) instead of 1, 4,096 and 60,000; the
+        /// 1,000,000-entry measurement is then left out.
+        #[arg(long = "flows", value_parser = clap::value_parser!(u32).range(1..=60_000))]
+        flows: Vec<u32>,
     },
 }
 
@@ -57,8 +61,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Sweep { entries } => sweep::run(entries),
         Bench::Micro => micro::run(),
-        Bench::Forward { ctl, quick, secs, reps, out, paths } => {
-            report::run(&report::Options { ctl, quick, secs, reps, out, paths })
+        Bench::Forward { ctl, quick, secs, reps, out, paths, flows } => {
+            report::run(&report::Options { ctl, quick, secs, reps, out, paths, flows })
         }
     }
 }

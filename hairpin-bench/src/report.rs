@@ -34,6 +34,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Only the paths whose name contains one of these.
     pub paths: Vec<String>,
+    /// Flow counts instead of `FLOWS` (and no pre-populated table).
+    pub flows: Vec<u32>,
 }
 
 /// Flow counts measured for every path, and the pre-populated table size for hairpin.
@@ -41,13 +43,16 @@ const FLOWS: [u32; 3] = [1, 4096, 60_000];
 const PREFILLED_ENTRIES: u32 = 1_000_000;
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
-    let flows: &[u32] = if o.quick { &[1, 64] } else { &FLOWS };
+    let flows: &[u32] = match () {
+        () if o.quick => &[1, 64],
+        () if !o.flows.is_empty() => &o.flows,
+        () => &FLOWS,
+    };
     let (secs, reps) = if o.quick { (0.3, 1) } else { (o.secs, o.reps) };
+    let selected = |p: &Path| o.paths.is_empty() || o.paths.iter().any(|n| p.name().contains(n.as_str()));
     let mut rows = Vec::new();
     let mut pinned = String::new();
-    for path in
-        Path::ALL.into_iter().filter(|p| o.paths.is_empty() || o.paths.iter().any(|n| p.name().contains(n.as_str())))
-    {
+    for path in Path::ALL.into_iter().filter(selected) {
         let mut h =
             Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
         pinned = h.pinned.clone();
@@ -69,7 +74,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             rows.push(row);
         }
     }
-    if !o.quick {
+    if !o.quick && o.flows.is_empty() && selected(&Path::HairpinFast) {
         // hairpin's fast path with a million conntrack entries around its one flow.
         let mut h = Harness::new(Path::HairpinFast, o.ctl.clone(), PREFILLED_ENTRIES / 2 + 1024)?;
         let pins = h.pin_dir().context("hairpin's pins")?.to_path_buf();
@@ -129,7 +134,7 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         }
     };
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
-    use Path::{HairpinFast as Fast, NftDnat, NftDnatMasq, RawRedirect as Raw};
+    use Path::{HairpinFast as Fast, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq, RawRedirect as Raw};
     // (what, numerator, denominator): each a path and its traffic label.
     let ratios = [
         ("hairpin fast / raw ceiling, 1 flow", (Fast, "1 flows"), (Raw, "1 flows")),
@@ -140,6 +145,9 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, "60000 flows"), (NftDnatMasq, "60000 flows")),
         ("hairpin fast, 60000 flows / 1 flow", (Fast, "60000 flows"), (Fast, "1 flows")),
         ("hairpin fast, 1M entries / 1 flow", (Fast, "1 flow, 1M entries"), (Fast, "1 flows")),
+        ("hairpin masquerade / raw ceiling, 1 flow", (Masq, "1 flows"), (Raw, "1 flows")),
+        ("hairpin masquerade / nftables masquerade, 1 flow", (Masq, "1 flows"), (NftMasq, "1 flows")),
+        ("hairpin masquerade / nftables masquerade, 60000 flows", (Masq, "60000 flows"), (NftMasq, "60000 flows")),
     ];
     for (what, (pa, la), (pb, lb)) in ratios {
         ratio(what, find(pa, la), find(pb, lb), &mut s);
@@ -148,7 +156,8 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         s,
         "\n64-byte IPv4/UDP frames from an XDP generator (BPF_PROG_TEST_RUN, live frames) on CPU 0; \
          the gateway's receive NAPI threaded and pinned: {pinned}. {reps} repetition(s) of {secs} s each; \
-         delivered = frames counted at the sink with the expected translated destination."
+         delivered = frames counted at the sink with the expected translated destination \
+         (and, masqueraded, the public source address)."
     );
     s
 }

@@ -32,11 +32,12 @@ static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
 /// Frames generated so far on this CPU (also the source port sequence).
 #[map(name = "BENCH_GEN_SEQ")]
 static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// What the sink expects: the translated destination.
+/// What the sink expects: [0] the translated destination, [1] the source address (0: any;
+/// the port is not checked, a masquerading gateway picks it).
 #[map(name = "BENCH_SINK")]
-static SINK: Array<Endpoint> = Array::with_max_entries(1, 0);
-/// Sink counters: [0] UDP packets with the expected destination, [1] UDP packets with
-/// another (untranslated, mistranslated), [2] anything else (ARP, IPv6 neighbour discovery).
+static SINK: Array<[Endpoint; 2]> = Array::with_max_entries(1, 0);
+/// Sink counters: [0] UDP packets as expected, [1] other UDP packets (untranslated,
+/// mistranslated), [2] anything else (ARP, IPv6 neighbour discovery).
 #[map(name = "BENCH_SINK_COUNT")]
 static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 /// The raw ceiling's one output interface (index 0).
@@ -70,20 +71,23 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Counts UDP packets whose destination is the expected one, other UDP packets, and the rest.
+/// Counts UDP packets with the expected destination (and source address), other UDP
+/// packets, and the rest.
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
     let pkt = Xdp(&ctx);
     let slot = match (SINK.get(0), ptr_at::<[u8; 14 + 20 + 4]>(&pkt, 0)) {
         // SAFETY: bounds checked by ptr_at.
-        (Some(want), Ok(h)) => unsafe {
+        (Some([want, from]), Ok(h)) => unsafe {
             let h = &*h;
             let udp = u16::from_ne_bytes([h[12], h[13]]) == ETH_P_IP_BE && h[14] == 0x45 && h[14 + 9] == IPPROTO_UDP;
+            let src = u32::from_ne_bytes([h[26], h[27], h[28], h[29]]);
             let dst = u32::from_ne_bytes([h[30], h[31], h[32], h[33]]);
             let dport = u16::from_ne_bytes([h[36], h[37]]);
+            let src_ok = from.addr.0 == 0 || src == from.addr.0;
             match udp {
-                true if dst == want.addr.0 && dport == want.port.0 => 0,
+                true if dst == want.addr.0 && dport == want.port.0 && src_ok => 0,
                 true => 1,
                 false => 2,
             }

@@ -1,6 +1,7 @@
 //! `hairpin-bench`: measurements that need root and the real dataplane. Run through
 //! `cargo xtask bench`; timings are reported, never asserted.
 
+mod chart;
 mod forward;
 mod micro;
 mod report;
@@ -44,7 +45,7 @@ enum Bench {
         /// Repetitions per measurement (the report gives median, min and max).
         #[arg(long, default_value_t = 3)]
         reps: usize,
-        /// Also write the markdown report here.
+        /// Also write the markdown report here, and the bar chart beside it (same name, .png).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
         /// Only the paths whose name contains this (repeatable), e.g. `--path nftables`.

@@ -104,7 +104,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     print!("{report}");
     if let Some(out) = &o.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("wrote {}", out.display());
+        let png = out.with_extension("png");
+        crate::chart::write_png(&rows, "hairpin forwarding benchmark: 64-byte UDP, veth, one gateway CPU", &png)?;
+        eprintln!("wrote {} and {}", out.display(), png.display());
     }
     Ok(())
 }

@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 
 use crate::util::{self, ok, output, root, run as sh};
 
-/// Commands the lab, tests and benchmarks use, and the Debian packages that provide them.
+/// Commands (or absolute paths of files) the lab, tests and benchmarks use, and the Debian
+/// packages that provide them.
 const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
@@ -17,6 +18,8 @@ const APT: &[(&str, &str)] = &[
     // The benchmark pins the gateway's NAPI kthread: found with ps, pinned with taskset.
     ("ps", "procps"),
     ("taskset", "util-linux"),
+    // The benchmark's chart labels.
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -39,6 +42,9 @@ pub fn nightly_name() -> anyhow::Result<String> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     ok(Command::new("sh").args(["-c", &format!("command -v {cmd}")]))
 }
 

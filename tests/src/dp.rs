@@ -14,6 +14,7 @@ use hairpin_common::{
 };
 
 use crate::frame::L4;
+pub use hairpin_ctl::dataplane::Mode;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -57,16 +58,40 @@ pub struct Dataplane {
     /// thread's netns); `None` is the kernel's default, loopback. Routing decisions
     /// (masquerade, the fast path) depend on it.
     pub ifindex: Option<(u32, u32)>,
+    /// Which programs serve ingress: XDP, or TC (`up --mode tc`).
+    pub mode: Mode,
 }
 
 impl Dataplane {
-    /// Loads (and so verifies) every program of the embedded object with fresh maps.
-    pub fn load(cfg: Config) -> Self {
+    /// Loads (and so verifies) every program of the embedded object with fresh maps; ingress
+    /// runs as in `mode`.
+    pub fn load(cfg: Config, mode: Mode) -> Self {
         crate::require_root();
         let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS)
             .expect("load and verify the eBPF object");
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
-        Self { ebpf, ifindex: None }
+        Self { ebpf, ifindex: None, mode }
+    }
+
+    /// What `hook`'s program returns to let a packet on.
+    pub fn pass(&self, hook: Hook) -> u32 {
+        self.verdict(hook, Reason::PassNotIpv4)
+    }
+
+    /// What `hook`'s program returns when it decides `reason`.
+    pub fn verdict(&self, hook: Hook, reason: Reason) -> u32 {
+        match reason {
+            Reason::FastTx => return XDP_TX,
+            Reason::FastRedirect => return XDP_REDIRECT,
+            _ => {}
+        }
+        let xdp = self.mode == Mode::Xdp && matches!(hook, Hook::LanIngress | Hook::WanIngress);
+        match (xdp, reason.is_drop()) {
+            (true, false) => XDP_PASS,
+            (true, true) => XDP_DROP,
+            (false, false) => TC_NEXT,
+            (false, true) => TC_SHOT,
+        }
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
@@ -124,26 +149,44 @@ impl Dataplane {
 
     /// Runs `hook`'s program on `frame`: its return value and the frame it left.
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
+        let tc_ingress = self.mode == Mode::Tc;
         let name = match hook {
+            Hook::LanIngress if tc_ingress => prog_names::TC_IN_LAN,
+            Hook::WanIngress if tc_ingress => prog_names::TC_IN_WAN,
             Hook::LanIngress => prog_names::XDP_LAN,
             Hook::WanIngress => prog_names::XDP_WAN,
             Hook::LanEgress => prog_names::TC_LAN,
             Hook::WanEgress => prog_names::TC_WAN,
         };
-        let xdp = matches!(hook, Hook::LanIngress | Hook::WanIngress);
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ingress_hook = matches!(hook, Hook::LanIngress | Hook::WanIngress);
+        let xdp = ingress_hook && !tc_ingress;
         let ingress = self.ifindex.map(|(lan, wan)| if hook == Hook::WanIngress { wan } else { lan });
-        let xdp_md: Vec<u8> =
-            [0, frame.len() as u32, 0, ingress.unwrap_or(0), 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let ctx: Vec<u8> = match ingress {
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+            // egress_ifindex.
+            Some(i) if xdp => [0, frame.len() as u32, 0, i, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect(),
+            // struct __sk_buff up to ifindex (the kernel zero-fills the rest): the test run
+            // puts the skb on that device.
+            Some(i) if ingress_hook => {
+                [[0u32; 10].as_slice(), &[i]].concat().iter().flat_map(|w| w.to_ne_bytes()).collect()
+            }
+            _ => Vec::new(),
+        };
         let prog = self.ebpf.program_mut(name).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx_in = (xdp && ingress.is_some()).then_some(&xdp_md[..]);
+        let ctx_in = (!ctx.is_empty()).then_some(&ctx[..]);
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, ..Default::default() };
         let r = match hook {
             _ if xdp => <&mut Xdp>::try_from(prog).unwrap().test_run(opts),
             _ => <&mut SchedClassifier>::try_from(prog).unwrap().test_run(opts),
         }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN of {name} on a {}-byte frame: {e} ({:?})",
+                frame.len(),
+                std::error::Error::source(&e)
+            )
+        });
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }

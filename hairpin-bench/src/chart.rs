@@ -70,7 +70,7 @@ pub fn write_png(rows: &[Row], title: &str, out: &FsPath) -> anyhow::Result<()> 
         let (_, py) = chart.backend_coord(&(0.0, mid));
         let label = format!("{} · {}", r.path.name(), r.label.replace("1 flows", "1 flow"));
         root.draw(&Text::new(label, (10, py - 8), ("sans-serif", 15).into_font().color(&BLACK))).map_err(e)?;
-        let (px, _) = chart.backend_coord(&(r.median(), mid));
+        let (px, _) = chart.backend_coord(&(hi.max(r.median()), mid));
         root.draw(&Text::new(format!("{:.2}", r.median()), (px + 6, py - 8), ("sans-serif", 13))).map_err(e)?;
     }
     if let Some(ceiling) = rows.iter().find(|r| r.path == Path::RawRedirect && r.label == "1 flows") {
@@ -79,6 +79,26 @@ pub fn write_png(rows: &[Row], title: &str, out: &FsPath) -> anyhow::Result<()> 
     }
     root.present().map_err(e)?;
     Ok(())
+}
+
+/// Reads the rows back from a report's markdown table (median, min and max stand for the
+/// repetitions), so a committed report's chart can be drawn again.
+pub fn rows_from_markdown(md: &str) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for line in md.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let Some(path) = Path::ALL.into_iter().find(|p| cells.first() == Some(&p.name())) else { continue };
+        let mpps = |i: usize| -> anyhow::Result<f64> {
+            let c = cells.get(i).with_context(|| format!("short row: {line}"))?;
+            c.parse().with_context(|| format!("not a rate: {c:?} in {line}"))
+        };
+        let rate = |i| -> anyhow::Result<_> {
+            Ok(crate::forward::Rate { offered_pps: mpps(5)? * 1e6, delivered_pps: mpps(i)? * 1e6, wrong: 0 })
+        };
+        rows.push(Row { path, label: cells[1].to_owned(), rates: vec![rate(3)?, rate(2)?, rate(4)?] });
+    }
+    anyhow::ensure!(!rows.is_empty(), "no benchmark rows in the report");
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -102,5 +122,17 @@ mod tests {
         // IHDR: width and height, big-endian, after the signature and chunk header.
         assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1400);
         assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 110 + 2 * ROW_PX);
+    }
+
+    #[test]
+    fn rows_read_back_from_the_report() {
+        let md = "| path | traffic | delivered Mpps (median) | min | max | offered Mpps |\n\
+                  |---|---|---:|---:|---:|---:|\n\
+                  | hairpin fast path | 60000 flows | 0.761 | 0.716 | 0.772 | 2.358 |\n";
+        let rows = rows_from_markdown(md).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].path, rows[0].label.as_str()), (Path::HairpinFast, "60000 flows"));
+        assert!((rows[0].median() - 0.761).abs() < 1e-9);
+        assert!(rows_from_markdown("nothing here").is_err());
     }
 }

@@ -27,7 +27,17 @@ enum Bench {
     },
     /// ns per packet of the XDP program (BPF_PROG_TEST_RUN, 1,000,000 repeats): established
     /// flow on the fast and slow paths, new flows, and a trivial XDP_TX program.
-    Micro,
+    /// Draws the bar chart of a forwarding report again (e.g. bench/results.md ->
+    /// bench/results.png), from its table.
+    Chart {
+        /// The markdown report.
+        report: std::path::PathBuf,
+    },
+    Micro {
+        /// Also append the figures to this file (the forwarding report).
+        #[arg(long)]
+        append: Option<std::path::PathBuf>,
+    },
     /// Packets per second through the gateway, side by side: raw XDP redirect (ceiling),
     /// kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast path and
     /// XDP_TX hairpinning; 1, 4,096 and 60,000 flows, and 1,000,000 conntrack entries.
@@ -61,7 +71,14 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Sweep { entries } => sweep::run(entries),
-        Bench::Micro => micro::run(),
+        Bench::Chart { report } => {
+            let md = std::fs::read_to_string(&report)?;
+            let png = report.with_extension("png");
+            chart::write_png(&chart::rows_from_markdown(&md)?, report::TITLE, &png)?;
+            eprintln!("wrote {}", png.display());
+            Ok(())
+        }
+        Bench::Micro { append } => micro::run(append.as_deref()),
         Bench::Forward { ctl, quick, secs, reps, out, paths, flows } => {
             report::run(&report::Options { ctl, quick, secs, reps, out, paths, flows })
         }

@@ -18,17 +18,35 @@ use hairpin_lab::routed::RoutedGateway;
 /// Single runs per figure.
 const RUNS: u32 = 60_000;
 
-pub fn run() -> anyhow::Result<()> {
+/// Prints the figures as a markdown section, also appended to `append` if given.
+pub fn run(append: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let gw = RoutedGateway::new(&format!("hpbm{}", std::process::id()))?;
     let (lan, wan) = (gw.lan, gw.wan);
     let rows = gw.ns.run(move || measure(lan, wan))??;
-    println!("| path | ns per packet (BPF_PROG_TEST_RUN, mean of {RUNS} runs) |\n|---|---:|");
+    let mut s = String::from("\n## Per packet (`cargo xtask bench micro`)\n\n");
+    let _ = writeln!(s, "| path | ns per packet (BPF_PROG_TEST_RUN, mean of {RUNS} runs) |\n|---|---:|");
     for (what, ns) in &rows {
-        println!("| {what} | {ns:.1} |");
+        let _ = writeln!(s, "| {what} | {ns:.1} |");
     }
     let tx = rows.iter().find(|r| r.0.starts_with("trivial")).map(|r| r.1).unwrap_or(f64::NAN);
     let est = rows.iter().find(|r| r.0.starts_with("established, fast")).map(|r| r.1).unwrap_or(f64::NAN);
-    println!("\nestablished fast path / trivial XDP_TX: {:.2}", est / tx);
+    let _ = writeln!(s, "\nestablished fast path / trivial XDP_TX: {:.2}", est / tx);
+    let _ = writeln!(
+        s,
+        "\nEach figure is a mean of single test runs on fresh frames (a repeated run would feed the \
+         program its own rewritten output) and includes about 100 ns of the test run's own timing, \
+         as the trivial program shows."
+    );
+    print!("{s}");
+    if let Some(path) = append {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(s.as_bytes()))
+            .with_context(|| format!("appending to {}", path.display()))?;
+    }
     Ok(())
 }
 

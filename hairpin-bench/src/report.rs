@@ -105,14 +105,36 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if let Some(out) = &o.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
         let png = out.with_extension("png");
-        crate::chart::write_png(&rows, "hairpin forwarding benchmark: 64-byte UDP, veth, one gateway CPU", &png)?;
+        crate::chart::write_png(&rows, TITLE, &png)?;
         eprintln!("wrote {} and {}", out.display(), png.display());
     }
     Ok(())
 }
 
+/// The chart's title.
+pub const TITLE: &str = "hairpin forwarding benchmark: 64-byte UDP, veth, one gateway CPU";
+
+/// The report's title line and where it was measured: date, CPUs, kernel.
+fn heading() -> String {
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1)).unwrap_or("?").trim();
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "# hairpin forwarding benchmark\n\n{date}, {cpus} vCPUs ({model}), kernel {}, `cargo xtask bench`. \
+         Shared, noisy machine: compare figures within this run only.\n\n![chart](results.png)\n\n",
+        kernel.trim()
+    )
+}
+
 fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
-    let mut s = String::new();
+    let mut s = heading();
     let _ = writeln!(s, "| path | traffic | delivered Mpps (median) | min | max | offered Mpps |");
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
     for r in rows {

@@ -77,9 +77,13 @@ impl Path {
     fn hairpin(self) -> bool {
         matches!(self, Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx | Path::HairpinMasq)
     }
-    /// The traffic comes from a LAN host (masqueraded or hairpinned), not from the internet.
-    fn lan_sourced(self) -> bool {
-        matches!(self, Path::HairpinTx | Path::NftMasq | Path::HairpinMasq)
+    /// The generator's interface, and the gateway's interfaces the traffic comes in and goes
+    /// out of (with their MACs): from the LAN (masqueraded or hairpinned) or from the internet.
+    fn interfaces(self) -> (&'static str, Iface, Iface) {
+        match self {
+            Path::HairpinTx | Path::NftMasq | Path::HairpinMasq => ("l0", ("lan0", MAC_LAN), ("wan0", MAC_WAN)),
+            _ => ("g0", ("wan0", MAC_WAN), ("lan0", MAC_LAN)),
+        }
     }
     /// What a correctly forwarded frame carries at the sink: destination address and port,
     /// and the source address (unspecified: any).
@@ -104,6 +108,9 @@ const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
 const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
 const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
+
+/// A gateway interface's name and MAC address.
+type Iface = (&'static str, [u8; 6]);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -181,22 +188,18 @@ impl Harness {
         };
         let gw = &self.gw;
         let hairpinned = self.path == Path::HairpinTx;
-        let from_lan = self.path.lan_sourced();
-        if hairpinned {
-            link(&self.generator, "l0", MAC_GEN, gw, "lan0", MAC_LAN)?;
-            gw.ip(&["link", "add", "wan0", "type", "dummy"]).or_else(|_| {
-                // No dummy module: a veth with its peer left in the gateway.
-                gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "wan0p"])
-            })?;
-            gw.ip(&["link", "set", "wan0", "up"])?;
-        } else if from_lan {
-            let sink = self.sink.as_ref().expect("a sink namespace");
-            link(&self.generator, "l0", MAC_GEN, gw, "lan0", MAC_LAN)?;
-            link(gw, "wan0", MAC_WAN, sink, "s0", MAC_SINK)?;
-        } else {
-            let sink = self.sink.as_ref().expect("a sink namespace");
-            link(&self.generator, "g0", MAC_GEN, gw, "wan0", MAC_WAN)?;
-            link(gw, "lan0", MAC_LAN, sink, "s0", MAC_SINK)?;
+        let (gen_if, (ingress, ingress_mac), (egress, egress_mac)) = self.path.interfaces();
+        link(&self.generator, gen_if, MAC_GEN, gw, ingress, ingress_mac)?;
+        match &self.sink {
+            Some(sink) => link(gw, egress, egress_mac, sink, "s0", MAC_SINK)?,
+            None => {
+                // Hairpinned: the WAN only needs to exist.
+                gw.ip(&["link", "add", egress, "type", "dummy"]).or_else(|_| {
+                    // No dummy module: a veth with its peer left in the gateway.
+                    gw.ip(&["link", "add", egress, "type", "veth", "peer", "name", "wan0p"])
+                })?;
+                gw.ip(&["link", "set", egress, "up"])?;
+            }
         }
         gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
         gw.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"])?;
@@ -208,7 +211,8 @@ impl Harness {
         let server_mac = if hairpinned { MAC_GEN } else { MAC_SINK };
         gw.ip(&["neigh", "add", "192.168.0.2", "lladdr", &mac(server_mac), "dev", "lan0", "nud", "permanent"])?;
         gw.ip(&["neigh", "add", "192.168.0.3", "lladdr", &mac(MAC_GEN), "dev", "lan0", "nud", "permanent"])?;
-        if from_lan && !hairpinned {
+        // The masquerade cases' sink is the internet host behind the WAN: a known neighbour too.
+        if egress == "wan0" && self.sink.is_some() {
             gw.ip(&[
                 "neigh",
                 "add",
@@ -225,7 +229,7 @@ impl Harness {
         // The sink counts on the sink's interface, or for hairpinned traffic on the generator's.
         let (sink_ns, sink_if) = match &self.sink {
             Some(ns) => (ns, "s0"),
-            None => (&self.generator, "l0"),
+            None => (&self.generator, gen_if),
         };
         attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
         let (dst, dport, src) = self.path.expected();
@@ -247,7 +251,7 @@ impl Harness {
             Path::KernelForward | Path::NftDnat | Path::NftDnatMasq | Path::NftMasq => {
                 // Frames the generator sends with XDP_TX reach a veth only through its NAPI,
                 // which GRO turns on when it runs no XDP program.
-                gw.exec("ethtool", &["-K", if from_lan { "lan0" } else { "wan0" }, "gro", "on"])?;
+                gw.exec("ethtool", &["-K", ingress, "gro", "on"])?;
                 match self.path {
                     Path::NftDnat => nft(gw, NFT_DNAT)?,
                     Path::NftDnatMasq => nft(gw, &format!("{NFT_DNAT}{NFT_MASQ_LAN}"))?,
@@ -268,8 +272,7 @@ impl Harness {
         }
         // Threaded NAPI for the gateway's receiving interface, on CPU 1; the generator runs
         // on CPU 0.
-        let ingress = if from_lan { "lan0" } else { "wan0" };
-        self.gen_ifindex = self.generator.ifindex(if from_lan { "l0" } else { "g0" })?;
+        self.gen_ifindex = self.generator.ifindex(gen_if)?;
         if std::env::var_os("HAIRPIN_BENCH_NO_THREADED").is_none() {
             self.pinned = pin_napi(gw, ingress, 1)?;
         }
@@ -341,7 +344,7 @@ impl Harness {
         let (sent, elapsed) = self.generate(|_, t| t >= limit)?;
         let after = self.wait_sink_stable()?;
         if std::env::var_os("HAIRPIN_BENCH_DEBUG").is_some() {
-            let gen_if = if self.path.lan_sourced() { "l0" } else { "g0" };
+            let gen_if = self.path.interfaces().0;
             for (ns, dev) in [(&self.generator, gen_if), (&self.gw, "wan0"), (&self.gw, "lan0")] {
                 if let Ok(s) = ns.exec("ethtool", &["-S", dev]) {
                     eprintln!(

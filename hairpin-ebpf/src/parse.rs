@@ -7,7 +7,7 @@
 //! the packet they quote, which is translated with the flow it belongs to (RFC 5508).
 
 use hairpin_common::{
-    FlowKey, Ipv4Be, PortBe, Reason,
+    Endpoint, FlowKey, Ipv4Be, PortBe, Reason,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
@@ -189,14 +189,11 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
         return Ok(L4::IcmpError(quoted));
     }
     Ok(L4::Flow(Parsed {
-        key: FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            sport: PortBe(u16::from_ne_bytes(sport)),
-            dport: PortBe(u16::from_ne_bytes(dport)),
-            proto: ip.proto,
-            _pad: [0; 3],
-        },
+        key: FlowKey::new(
+            ip.proto,
+            Endpoint::new(ip.src, PortBe(u16::from_ne_bytes(sport))),
+            Endpoint::new(ip.dst, PortBe(u16::from_ne_bytes(dport))),
+        ),
         l3_off,
         l4_off,
         tot_len: tot_len as u16,
@@ -222,14 +219,7 @@ fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
         _ => return Err(Reason::PassOtherProto),
     };
     Ok(Parsed {
-        key: FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            sport: PortBe(sport),
-            dport: PortBe(dport),
-            proto: ip.proto,
-            _pad: [0; 3],
-        },
+        key: FlowKey::new(ip.proto, Endpoint::new(ip.src, PortBe(sport)), Endpoint::new(ip.dst, PortBe(dport))),
         l3_off,
         l4_off: ip.l4_off,
         tot_len: ip.tot_len as u16,

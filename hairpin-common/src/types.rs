@@ -112,7 +112,9 @@ pub type MappingValue = Endpoint;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Binding {
     pub port: PortBe,
-    pub _pad: [u16; 3],
+    // Scalars, not an array: zeroing an array compiles to a BPF memset call (see FlowKey).
+    pub _pad16: u16,
+    pub _pad32: u32,
     /// `bpf_ktime_get_boot_ns` when a flow last started using it: the controller removes a
     /// binding no flow uses once this is old enough.
     pub last_used_ns: u64,

@@ -234,7 +234,7 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
             Err(_) => return Err(Reason::DropFlowInsert),
             Ok(()) => {}
         }
-        let b = Binding { port: public.port, _pad: [0; 3], last_used_ns: now };
+        let b = Binding { port: public.port, _pad16: 0, _pad32: 0, last_used_ns: now };
         return match BINDINGS.insert(&internal, &b, BPF_NOEXIST as u64) {
             Ok(()) => Ok(public.port),
             // Another CPU bound this endpoint meanwhile: use its port, give ours back.

@@ -25,14 +25,15 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u32,
     },
-    /// ns per packet of the XDP program (BPF_PROG_TEST_RUN, 1,000,000 repeats): established
-    /// flow on the fast and slow paths, new flows, and a trivial XDP_TX program.
     /// Draws the bar chart of a forwarding report again (e.g. bench/results.md ->
     /// bench/results.png), from its table.
     Chart {
         /// The markdown report.
         report: std::path::PathBuf,
     },
+    /// ns per packet of the XDP program (BPF_PROG_TEST_RUN, the mean of single runs on fresh
+    /// frames): established flow on the fast and slow paths, new flows, and a trivial XDP_TX
+    /// program.
     Micro {
         /// Also append the figures to this file (the forwarding report).
         #[arg(long)]
@@ -40,7 +41,9 @@ enum Bench {
     },
     /// Packets per second through the gateway, side by side: raw XDP redirect (ceiling),
     /// kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast path and
-    /// XDP_TX hairpinning; 1, 4,096 and 60,000 flows, and 1,000,000 conntrack entries.
+    /// XDP_TX hairpinning towards a forwarded port; nftables masquerade and hairpin's fast
+    /// path for LAN hosts' traffic to the internet; 1, 4,096 and 60,000 flows, and 1,000,000
+    /// conntrack entries.
     Forward {
         /// The hairpin-ctl binary to drive.
         #[arg(long)]

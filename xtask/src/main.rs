@@ -33,8 +33,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
-    /// the gateway for every path side by side (report in bench/results.md), then the flow
-    /// sweep over 1,000,000 entries. `forward [--quick] [--path NAME]...` or `sweep` alone.
+    /// the gateway for every path side by side and ns per packet (report and chart in
+    /// bench/results.md and .png), then the flow sweep over 1,000,000 entries. Or one of
+    /// `forward [--quick] [--path NAME]... [--flows N]...`, `micro`, `sweep`, `chart REPORT`.
     Bench {
         /// Arguments for hairpin-bench (e.g. `forward --quick`, `sweep --entries 200000`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -10,7 +10,10 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use crate::{forward::Path, report::Row};
+use crate::{
+    forward::Path,
+    report::{Row, Traffic},
+};
 
 /// Labels are drawn with this font (Debian's fonts-dejavu-core, installed by `cargo xtask
 /// setup`): plotters' bitmap backend has no font of its own.
@@ -18,13 +21,14 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const ROW_PX: u32 = 26;
 const LABEL_PX: i32 = 430;
 
-/// The bar colour for a row's traffic (its flow count, or the pre-populated table).
-fn colour(label: &str) -> RGBColor {
-    match label {
-        "1 flows" => RGBColor(0x1f, 0x77, 0xb4),
-        "4096 flows" => RGBColor(0xff, 0x7f, 0x0e),
-        "60000 flows" => RGBColor(0xd6, 0x27, 0x28),
-        _ => RGBColor(0x94, 0x67, 0xbd),
+/// The bar colour for a row's traffic: one flow, a few thousand, tens of thousands, or the
+/// pre-populated table.
+fn colour(t: Traffic) -> RGBColor {
+    match t {
+        Traffic::Flows(1) => RGBColor(0x1f, 0x77, 0xb4),
+        Traffic::Flows(..=4096) => RGBColor(0xff, 0x7f, 0x0e),
+        Traffic::Flows(_) => RGBColor(0xd6, 0x27, 0x28),
+        Traffic::Prefilled => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 
@@ -57,7 +61,7 @@ pub fn write_png(rows: &[Row], title: &str, out: &FsPath) -> anyhow::Result<()> 
         .map_err(e)?;
     for (i, r) in rows.iter().enumerate() {
         let (y0, y1) = (i as f64 + 0.15, i as f64 + 0.85);
-        let c = colour(&r.label);
+        let c = colour(r.traffic);
         let rates: Vec<f64> = r.rates.iter().map(|x| x.delivered_pps / 1e6).collect();
         let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let mid = (y0 + y1) / 2.0;
@@ -68,12 +72,12 @@ pub fn write_png(rows: &[Row], title: &str, out: &FsPath) -> anyhow::Result<()> 
             ])
             .map_err(e)?;
         let (_, py) = chart.backend_coord(&(0.0, mid));
-        let label = format!("{} · {}", r.path.name(), r.label.replace("1 flows", "1 flow"));
+        let label = format!("{} · {}", r.path.name(), r.traffic);
         root.draw(&Text::new(label, (10, py - 8), ("sans-serif", 15).into_font().color(&BLACK))).map_err(e)?;
         let (px, _) = chart.backend_coord(&(hi.max(r.median()), mid));
         root.draw(&Text::new(format!("{:.2}", r.median()), (px + 6, py - 8), ("sans-serif", 13))).map_err(e)?;
     }
-    if let Some(ceiling) = rows.iter().find(|r| r.path == Path::RawRedirect && r.label == "1 flows") {
+    if let Some(ceiling) = rows.iter().find(|r| r.path == Path::RawRedirect && r.traffic == Traffic::Flows(1)) {
         let x = ceiling.median();
         chart.draw_series([PathElement::new([(x, 0.0), (x, n as f64)], BLACK.mix(0.5).stroke_width(1))]).map_err(e)?;
     }
@@ -95,7 +99,8 @@ pub fn rows_from_markdown(md: &str) -> anyhow::Result<Vec<Row>> {
         let rate = |i| -> anyhow::Result<_> {
             Ok(crate::forward::Rate { offered_pps: mpps(5)? * 1e6, delivered_pps: mpps(i)? * 1e6, wrong: 0 })
         };
-        rows.push(Row { path, label: cells[1].to_owned(), rates: vec![rate(3)?, rate(2)?, rate(4)?] });
+        let traffic = cells.get(1).with_context(|| format!("short row: {line}"))?.parse()?;
+        rows.push(Row { path, traffic, rates: vec![rate(3)?, rate(2)?, rate(4)?] });
     }
     anyhow::ensure!(!rows.is_empty(), "no benchmark rows in the report");
     Ok(rows)
@@ -111,8 +116,12 @@ mod tests {
     fn renders_a_png() {
         let rate = |m: f64| Rate { offered_pps: 3e6, delivered_pps: m * 1e6, wrong: 0 };
         let rows = vec![
-            Row { path: Path::RawRedirect, label: "1 flows".into(), rates: vec![rate(2.0), rate(2.1), rate(2.2)] },
-            Row { path: Path::HairpinFast, label: "60000 flows".into(), rates: vec![rate(0.8), rate(0.9), rate(1.0)] },
+            Row { path: Path::RawRedirect, traffic: Traffic::Flows(1), rates: vec![rate(2.0), rate(2.1), rate(2.2)] },
+            Row {
+                path: Path::HairpinFast,
+                traffic: Traffic::Flows(60_000),
+                rates: vec![rate(0.8), rate(0.9), rate(1.0)],
+            },
         ];
         let out = std::env::temp_dir().join(format!("hairpin-chart-{}.png", std::process::id()));
         write_png(&rows, "test", &out).unwrap();
@@ -128,11 +137,24 @@ mod tests {
     fn rows_read_back_from_the_report() {
         let md = "| path | traffic | delivered Mpps (median) | min | max | offered Mpps |\n\
                   |---|---|---:|---:|---:|---:|\n\
-                  | hairpin fast path | 60000 flows | 0.761 | 0.716 | 0.772 | 2.358 |\n";
+                  | hairpin fast path | 60000 flows | 0.761 | 0.716 | 0.772 | 2.358 |\n\
+                  | hairpin fast path | 1 flows | 1.5 | 1.4 | 1.6 | 2.4 |\n\
+                  | hairpin fast path | 1 flow, 1M entries | 1.4 | 1.3 | 1.5 | 2.4 |\n";
         let rows = rows_from_markdown(md).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].path, rows[0].label.as_str()), (Path::HairpinFast, "60000 flows"));
+        assert_eq!(rows.len(), 3);
+        // "1 flows" is how reports before the typed traffic spelled one flow.
+        assert_eq!([rows[1].traffic, rows[2].traffic], [Traffic::Flows(1), Traffic::Prefilled]);
+        assert_eq!((rows[0].path, rows[0].traffic), (Path::HairpinFast, Traffic::Flows(60_000)));
         assert!((rows[0].median() - 0.761).abs() < 1e-9);
         assert!(rows_from_markdown("nothing here").is_err());
+    }
+
+    #[test]
+    fn traffic_labels_read_back() {
+        for t in [Traffic::Flows(1), Traffic::Flows(4096), Traffic::Prefilled] {
+            assert_eq!(t.to_string().parse::<Traffic>().unwrap(), t);
+        }
+        assert_eq!(Traffic::Flows(1).to_string(), "1 flow");
+        assert!("many flows".parse::<Traffic>().is_err());
     }
 }

@@ -356,7 +356,7 @@ impl Harness {
                     eprintln!("{}", s.replace('\n', " / "));
                 }
             }
-            if let (Some(_), Ok(s)) = (self.pin_dir(), self.ctl(&["stats"])) {
+            if let Some(Ok(s)) = self.pin_dir().map(|_| self.ctl(&["stats"])) {
                 eprintln!("{s}");
             }
             if let Ok(s) = self.gw.exec("nstat", &["-a"]) {

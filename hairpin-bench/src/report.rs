@@ -6,10 +6,40 @@ use anyhow::{Context as _, ensure};
 
 use crate::forward::{Harness, Path, Rate};
 
-/// One row: a path, a number of flows, and the repetitions measured.
+/// What a row measured: a number of flows, or hairpin's one flow beside the pre-populated
+/// table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    Flows(u32),
+    Prefilled,
+}
+
+impl std::fmt::Display for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Traffic::Flows(1) => write!(f, "1 flow"),
+            Traffic::Flows(n) => write!(f, "{n} flows"),
+            Traffic::Prefilled => write!(f, "1 flow, {}M entries", PREFILLED_ENTRIES / 1_000_000),
+        }
+    }
+}
+
+impl std::str::FromStr for Traffic {
+    type Err = anyhow::Error;
+    /// The report's own labels (and "1 flows", which older reports wrote).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        if s == Traffic::Prefilled.to_string() {
+            return Ok(Traffic::Prefilled);
+        }
+        let n = s.strip_suffix(" flows").or_else(|| s.strip_suffix(" flow"));
+        n.and_then(|n| n.parse().ok()).map(Traffic::Flows).with_context(|| format!("not a traffic label: {s:?}"))
+    }
+}
+
+/// One row: a path, its traffic, and the repetitions measured.
 pub struct Row {
     pub path: Path,
-    pub label: String,
+    pub traffic: Traffic,
     pub rates: Vec<Rate>,
 }
 
@@ -61,12 +91,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             for _ in 0..reps {
                 rates.push(h.measure(n, u64::from(n) * 4 + 100_000, secs)?);
             }
-            let row = Row { path, label: format!("{n} flows"), rates };
+            let row = Row { path, traffic: Traffic::Flows(n), rates };
             let r = row.rates[row.rates.len() / 2];
             eprintln!(
                 "{:<30} {:>12}: {:.3} Mpps delivered of {:.3} offered ({} wrong)",
                 path.name(),
-                row.label,
+                row.traffic.to_string(),
                 row.median(),
                 r.offered_pps / 1e6,
                 r.wrong
@@ -84,8 +114,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         for _ in 0..reps {
             rates.push(h.measure(1, 100_000, secs)?);
         }
-        let row = Row { path: Path::HairpinFast, label: "1 flow, 1M entries".into(), rates };
-        eprintln!("{:<30} {:>12}: {:.3} Mpps", Path::HairpinFast.name(), row.label, row.median());
+        let row = Row { path: Path::HairpinFast, traffic: Traffic::Prefilled, rates };
+        eprintln!("{:<30} {:>12}: {:.3} Mpps", Path::HairpinFast.name(), row.traffic.to_string(), row.median());
         rows.push(row);
     }
     for r in &rows {
@@ -94,10 +124,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 rate.wrong == 0,
                 "{} ({}): {} frames reached the sink untranslated",
                 r.path.name(),
-                r.label,
+                r.traffic,
                 rate.wrong
             );
-            ensure!(rate.delivered_pps > 0.0, "{} ({}): nothing delivered", r.path.name(), r.label);
+            ensure!(rate.delivered_pps > 0.0, "{} ({}): nothing delivered", r.path.name(), r.traffic);
         }
     }
     let report = markdown(&rows, secs, reps, &pinned);
@@ -144,14 +174,14 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
             s,
             "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.path.name(),
-            r.label,
+            r.traffic,
             d[d.len() / 2],
             d[0],
             d[d.len() - 1],
             off[off.len() / 2]
         );
     }
-    let find = |p: Path, label: &str| rows.iter().find(|r| r.path == p && r.label == label).map(Row::median);
+    let find = |p: Path, t: Traffic| rows.iter().find(|r| r.path == p && r.traffic == t).map(Row::median);
     let ratio = |what: &str, a: Option<f64>, b: Option<f64>, s: &mut String| {
         if let (Some(a), Some(b)) = (a, b) {
             let _ = writeln!(s, "- {what}: {:.2}", a / b);
@@ -159,19 +189,20 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
     };
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
     use Path::{HairpinFast as Fast, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq, RawRedirect as Raw};
-    // (what, numerator, denominator): each a path and its traffic label.
+    use Traffic::{Flows, Prefilled};
+    // (what, numerator, denominator): each a path and its traffic.
     let ratios = [
-        ("hairpin fast / raw ceiling, 1 flow", (Fast, "1 flows"), (Raw, "1 flows")),
-        ("hairpin fast / raw ceiling, 60000 flows", (Fast, "60000 flows"), (Raw, "60000 flows")),
-        ("hairpin fast / raw ceiling, 1M entries", (Fast, "1 flow, 1M entries"), (Raw, "1 flows")),
-        ("hairpin fast / nftables DNAT, 1 flow", (Fast, "1 flows"), (NftDnat, "1 flows")),
-        ("hairpin fast / nftables DNAT+masquerade, 1 flow", (Fast, "1 flows"), (NftDnatMasq, "1 flows")),
-        ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, "60000 flows"), (NftDnatMasq, "60000 flows")),
-        ("hairpin fast, 60000 flows / 1 flow", (Fast, "60000 flows"), (Fast, "1 flows")),
-        ("hairpin fast, 1M entries / 1 flow", (Fast, "1 flow, 1M entries"), (Fast, "1 flows")),
-        ("hairpin masquerade / raw ceiling, 1 flow", (Masq, "1 flows"), (Raw, "1 flows")),
-        ("hairpin masquerade / nftables masquerade, 1 flow", (Masq, "1 flows"), (NftMasq, "1 flows")),
-        ("hairpin masquerade / nftables masquerade, 60000 flows", (Masq, "60000 flows"), (NftMasq, "60000 flows")),
+        ("hairpin fast / raw ceiling, 1 flow", (Fast, Flows(1)), (Raw, Flows(1))),
+        ("hairpin fast / raw ceiling, 60000 flows", (Fast, Flows(60_000)), (Raw, Flows(60_000))),
+        ("hairpin fast / raw ceiling, 1M entries", (Fast, Prefilled), (Raw, Flows(1))),
+        ("hairpin fast / nftables DNAT, 1 flow", (Fast, Flows(1)), (NftDnat, Flows(1))),
+        ("hairpin fast / nftables DNAT+masquerade, 1 flow", (Fast, Flows(1)), (NftDnatMasq, Flows(1))),
+        ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, Flows(60_000)), (NftDnatMasq, Flows(60_000))),
+        ("hairpin fast, 60000 flows / 1 flow", (Fast, Flows(60_000)), (Fast, Flows(1))),
+        ("hairpin fast, 1M entries / 1 flow", (Fast, Prefilled), (Fast, Flows(1))),
+        ("hairpin masquerade / raw ceiling, 1 flow", (Masq, Flows(1)), (Raw, Flows(1))),
+        ("hairpin masquerade / nftables masquerade, 1 flow", (Masq, Flows(1)), (NftMasq, Flows(1))),
+        ("hairpin masquerade / nftables masquerade, 60000 flows", (Masq, Flows(60_000)), (NftMasq, Flows(60_000))),
     ];
     for (what, (pa, la), (pb, lb)) in ratios {
         ratio(what, find(pa, la), find(pb, lb), &mut s);

@@ -180,13 +180,14 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub flags: u32,
     /// The fast path's cached next hop for this direction: interface (0: none yet), its
-    /// destination and source MAC addresses, and the largest IPv4 total length the FIB has
-    /// passed for it (the egress MTU check). Resolved again whenever `last_seen_ns` is
+    /// destination and source MAC addresses, the largest IPv4 total length the FIB has
+    /// passed for it (the egress MTU check), and whether it is the interface the packets
+    /// arrive on (1: hairpinned, XDP_TX). Resolved again whenever `last_seen_ns` is
     /// refreshed, i.e. at most a second old.
     pub hop_ifindex: u32,
     pub hop_macs: [u8; 12],
     pub hop_len_ok: u16,
-    pub _pad: u16,
+    pub hop_is_ingress: u16,
 }
 
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.

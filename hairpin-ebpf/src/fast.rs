@@ -34,10 +34,10 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
         return Err(Slow::Ttl);
     }
     // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
-    let hop = unsafe {
+    let (hop, tx) = unsafe {
         let e = found.entry;
         if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
-            fwd::NextHop { ifindex: (*e).hop_ifindex, macs: (*e).hop_macs }
+            (fwd::NextHop { ifindex: (*e).hop_ifindex, macs: (*e).hop_macs }, (*e).hop_is_ingress != 0)
         } else {
             let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
@@ -45,10 +45,15 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
             (*e).hop_len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
             (*e).hop_macs = hop.macs;
             (*e).hop_ifindex = hop.ifindex;
-            hop
+            // A flow direction's packets arrive on one interface (the FIB answer cached with
+            // it assumes so too): reading the ingress interface (three dependent loads
+            // through the context) once per resolution is enough.
+            let tx = hop.ifindex == pkt.ifindex();
+            (*e).hop_is_ingress = u16::from(tx);
+            (hop, tx)
         }
     };
-    let verdict = if hop.ifindex == pkt.ifindex() {
+    let verdict = if tx {
         Reason::FastTx
     } else {
         // Only to the interfaces hairpin serves: the map lookup fails for any other.

@@ -1179,6 +1179,13 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
                     Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
                 ),
                 step(
+                    "again, back out of the LAN as the cached next hop says",
+                    Hook::LanIngress,
+                    &hp,
+                    Reason::FastTx,
+                    Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
+                ),
+                step(
                     "hairpin reply: to the client, from the public address",
                     Hook::LanIngress,
                     &hp_reply,

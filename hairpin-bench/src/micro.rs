@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use aya::{
-    maps::{Array, DevMapHash, HashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
@@ -30,7 +30,7 @@ pub fn run(append: Option<&std::path::Path>) -> anyhow::Result<()> {
         let _ = writeln!(s, "| {what} | {ns:.1} |");
     }
     let tx = rows.iter().find(|r| r.0.starts_with("trivial")).map(|r| r.1).unwrap_or(f64::NAN);
-    let est = rows.iter().find(|r| r.0.starts_with("established, fast")).map(|r| r.1).unwrap_or(f64::NAN);
+    let est = rows.iter().find(|r| r.0 == ESTABLISHED_CACHED).map(|r| r.1).unwrap_or(f64::NAN);
     let _ = writeln!(s, "\nestablished fast path / trivial XDP_TX: {:.2}", est / tx);
     let _ = writeln!(
         s,
@@ -50,8 +50,15 @@ pub fn run(append: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The row the ratio to the trivial program is taken of.
+const ESTABLISHED_CACHED: &str = "established, fast path, from the flow cache (XDP_REDIRECT)";
+
 fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
-    let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS)?;
+    // The flow cache is per CPU: every run on one CPU, as a flow's packets are on a NIC queue.
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).context("pinning to CPU 0")?;
+    let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS, true)?;
     let cfg = |flags| Config {
         lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
         public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
@@ -93,9 +100,20 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
     // A test run repeats on the same buffer, so a program that rewrites the packet would see
     // its own output from the second repeat on: every figure is the mean over single runs,
     // each on a fresh copy of the frame, the reference program included.
-    let mean = |ebpf: &mut aya::Ebpf, prog: &str, frame: &dyn Fn(u32) -> Vec<u8>, want: u32| -> anyhow::Result<f64> {
+    // `uncached`: tell the dataplane before each run that flows were removed (untimed), so
+    // that the flow cache serves nothing and conntrack forwards every packet.
+    let mean = |ebpf: &mut aya::Ebpf,
+                prog: &str,
+                frame: &dyn Fn(u32) -> Vec<u8>,
+                want: u32,
+                uncached: bool|
+     -> anyhow::Result<f64> {
         let mut total = Duration::ZERO;
         for i in 0..RUNS {
+            if uncached {
+                let mut g = Array::try_from(ebpf.map_mut(map_names::CT_GEN).context("generation")?)?;
+                hairpin_ctl::dataplane::flows_removed(&mut g)?;
+            }
             let (rv, d) = run(ebpf, prog, &frame(i), wan, 1)?;
             ensure!(rv == want, "{prog}: verdict {rv}, expected {want}");
             total += d;
@@ -107,19 +125,29 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
     let (rv, _) = run(&mut ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
     ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
     let established = |_| frame(65000);
-    rows.push((
-        "established, fast path (XDP_REDIRECT)".to_owned(),
-        mean(&mut ebpf, prog_names::XDP_WAN, &established, 4)?,
-    ));
+    let misses = |ebpf: &aya::Ebpf| -> anyhow::Result<u64> {
+        let m = PerCpuArray::<_, u64>::try_from(ebpf.map(map_names::FC_MISSES).context("cache misses")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    };
+    let before = misses(&ebpf)?;
+    let cached = mean(&mut ebpf, prog_names::XDP_WAN, &established, 4, false)?;
+    // One miss at most: the first run, if the flow's copy was made on another CPU.
+    let missed = misses(&ebpf)? - before;
+    ensure!(missed <= 1, "the flow cache missed {missed} of {RUNS} runs on one CPU");
+    rows.push((ESTABLISHED_CACHED.to_owned(), cached));
+    let before = misses(&ebpf)?;
+    let uncached = mean(&mut ebpf, prog_names::XDP_WAN, &established, 4, true)?;
+    ensure!(misses(&ebpf)? - before == u64::from(RUNS), "conntrack did not forward every run");
+    rows.push(("established, fast path, flow cache missed (conntrack, XDP_REDIRECT)".to_owned(), uncached));
     set_cfg(&mut ebpf, CFG_F_HAIRPIN)?;
-    let slow = mean(&mut ebpf, prog_names::XDP_WAN, &established, 2)?;
+    let slow = mean(&mut ebpf, prog_names::XDP_WAN, &established, 2, false)?;
     rows.push(("established, slow path (XDP_PASS, destination rewritten)".to_owned(), slow));
     set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
     let new_flow = |i: u32| frame(1024 + i as u16);
-    rows.push(("new flow (port-forward)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &new_flow, 2)?));
+    rows.push(("new flow (port-forward)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &new_flow, 2, false)?));
     let p: &mut Xdp = ebpf.program_mut("bench_tx").context("bench_tx")?.try_into()?;
     p.load()?;
-    rows.push(("trivial XDP_TX program (reference)".to_owned(), mean(&mut ebpf, "bench_tx", &established, 3)?));
+    rows.push(("trivial XDP_TX program (reference)".to_owned(), mean(&mut ebpf, "bench_tx", &established, 3, false)?));
     Ok(rows)
 }
 

@@ -25,7 +25,7 @@ const PUBLIC: [u8; 4] = [203, 0, 113, 1];
 pub fn run(entries: u32) -> anyhow::Result<()> {
     ensure!(nix_is_root(), "the sweep benchmark loads BPF programs: run it as root");
     let flows = entries / 2;
-    let mut ebpf = dataplane::load(flows + 1024)?;
+    let mut ebpf = dataplane::load(flows + 1024, true)?;
     let mut maps = dataplane::Maps::take(&mut ebpf)?;
     let timeouts = Timeouts { udp: 300, ..Default::default() };
     maps.config.set(0, &config(timeouts), 0)?;

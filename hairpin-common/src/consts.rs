@@ -37,8 +37,34 @@ pub mod map_names {
     pub const EXHAUSTION: &str = "HP_EXHAUSTED";
     pub const SLOW: &str = "HP_SLOW";
     pub const DEVICES: &str = "HP_DEVICES";
-    pub const ALL: [&str; 10] =
-        [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, EXHAUSTION, SLOW, DEVICES];
+    /// The fast path's per-CPU flow cache (`flow_cache`).
+    pub const FLOW_CACHE: &str = "HP_FLOW_CACHE";
+    /// One `u32`: the flow table's generation, bumped whenever flows are removed, so that the
+    /// flow cache stops using copies of them.
+    pub const CT_GEN: &str = "HP_CT_GEN";
+    /// Per CPU: fast-path packets the flow cache could not serve.
+    pub const FC_MISSES: &str = "HP_FC_MISSES";
+    pub const ALL: [&str; 13] = [
+        CONFIG,
+        MAPPINGS,
+        CONNTRACK,
+        SNAT,
+        STATS,
+        BINDINGS,
+        BOUND_PORTS,
+        EXHAUSTION,
+        SLOW,
+        DEVICES,
+        FLOW_CACHE,
+        CT_GEN,
+        FC_MISSES,
+    ];
+}
+
+/// Names of the object's global variables, set by the loader.
+pub mod global_names {
+    /// Sets per CPU in the flow cache (`flow_cache::sets_per_cpu`); 0 turns it off.
+    pub const FLOW_CACHE_SETS: &str = "FLOW_CACHE_SETS";
 }
 
 /// Names of the programs in the object file.

@@ -8,6 +8,7 @@
 pub mod consts;
 pub mod csum;
 pub mod expiry;
+pub mod flow_cache;
 pub mod nat;
 pub mod reason;
 pub mod types;

@@ -294,4 +294,5 @@ mod user {
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
+    unsafe impl aya::Pod for crate::flow_cache::Slot {}
 }

@@ -119,6 +119,13 @@ pub struct UpArgs {
     /// the kernel's FIB knows the route and the neighbour.
     #[arg(long)]
     pub no_fast_path: bool,
+    /// Look every fast-path packet up in conntrack. By default each CPU keeps a copy of its
+    /// established flows' translation and next hop (one 64-byte line per flow direction,
+    /// about 128 bytes per --max-flows over all CPUs), so that their packets skip the
+    /// conntrack hash lookup; copies are checked against conntrack at least once a second.
+    /// Fixed once up.
+    #[arg(long)]
+    pub no_flow_cache: bool,
     /// Source ports that hairpinned and masqueraded flows may take, MIN-MAX inclusive (the
     /// client's own port is kept when it lies in the range and is free).
     #[arg(long, default_value_t = PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }, value_name = "MIN-MAX")]
@@ -131,7 +138,8 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = UdpFiltering::AddressAndPortDependent, value_name = "MODE")]
     pub udp_filtering: UdpFiltering,
     /// Flows the gateway can track at once (each takes two conntrack entries and up to two
-    /// egress rewrites, about 350 bytes, allocated up front). When full, the least recently
+    /// egress rewrites, about 350 bytes, allocated up front, and about 128 bytes of flow
+    /// cache). When full, the least recently
     /// used flows are evicted. Fixed once up: `run` adopting a dataplane keeps its size.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216), value_name = "N")]
     pub max_flows: u32,

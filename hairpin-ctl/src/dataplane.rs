@@ -11,7 +11,8 @@ use aya::{
 };
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{Hook, map_names, prog_names},
+    consts::{Hook, global_names, map_names, prog_names},
+    flow_cache,
 };
 
 /// Where ingress runs: XDP (with the fast path), or TC for NICs without XDP.
@@ -103,12 +104,23 @@ impl PinDir {
 }
 
 /// Loads the embedded object with tables sized for `max_flows` flows (conntrack and egress
-/// rewrites take two entries per flow). Programs are verified by the kernel here.
-pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+/// rewrites take two entries per flow), and the fast path's flow cache unless `flow_cache` is
+/// false. Programs are verified by the kernel here.
+pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
     let entries = max_flows.checked_mul(2).context("--max-flows is too large")?;
+    // The flow cache: per possible CPU (the index the dataplane computes from its CPU
+    // number), as many sets as `sets_per_cpu` says; without it, one unused slot.
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?.get();
+    let (cpus, sets) = if flow_cache { (cpus, flow_cache::sets_per_cpu(max_flows, cpus)) } else { (1, 0) };
+    let slots = cpus
+        .checked_mul(sets * flow_cache::WAYS)
+        .with_context(|| format!("a flow cache for {cpus} CPUs is too large"))?
+        .max(1);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, entries)
         .map_max_entries(map_names::SNAT, entries)
+        .map_max_entries(map_names::FLOW_CACHE, slots)
+        .override_global(global_names::FLOW_CACHE_SETS, &sets, true)
         .load(crate::EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object with tables for {max_flows} flows"))?;
     for (prog, xdp) in PROGRAMS {
@@ -136,6 +148,10 @@ pub struct Maps {
     pub exhausted: PerCpuArray<MapData, u64>,
     /// Why packets of known flows took the slow path, per CPU.
     pub slow: PerCpuArray<MapData, u64>,
+    /// The flow table's generation (see [`flows_removed`]).
+    pub ct_gen: Array<MapData, u32>,
+    /// Fast-path packets the flow cache could not serve, per CPU.
+    pub fc_misses: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -163,6 +179,8 @@ impl Maps {
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
             exhausted: map(map_names::EXHAUSTION)?.try_into()?,
             slow: map(map_names::SLOW)?.try_into()?,
+            ct_gen: map(map_names::CT_GEN)?.try_into()?,
+            fc_misses: map(map_names::FC_MISSES)?.try_into()?,
         })
     }
 
@@ -178,14 +196,28 @@ impl Maps {
 
     /// Removes conntrack entries (the directions of a flow, as a snapshot read them) and the
     /// egress rewrites they imply.
-    pub fn remove_entries(&mut self, entries: impl IntoIterator<Item = (FlowKey, CtEntry)>) {
+    pub fn remove_entries(&mut self, entries: impl IntoIterator<Item = (FlowKey, CtEntry)>) -> anyhow::Result<()> {
+        let mut removed = false;
         for (k, e) in entries {
             if let Some((egress_key, _)) = hairpin_common::nat::egress_rewrite(&k, &e) {
                 let _ = self.snat.remove(&egress_key);
             }
             let _ = self.ct.remove(&k);
+            removed = true;
         }
+        if removed {
+            flows_removed(&mut self.ct_gen)?;
+        }
+        Ok(())
     }
+}
+
+/// Tells the dataplane that flows were removed from conntrack: the fast path's flow cache
+/// stops using its copies of every flow (bumps the generation). Called after the removals, so
+/// that a copy made from a removed entry meanwhile carries the old generation.
+pub fn flows_removed<T: std::borrow::BorrowMut<MapData>>(ct_gen: &mut Array<T, u32>) -> anyhow::Result<()> {
+    let g = ct_gen.get(&0, 0).context("reading the flow table generation")?;
+    ct_gen.set(0, &g.wrapping_add(1), 0).context("bumping the flow table generation")
 }
 
 /// `xdp_pass` attached to an interface of the calling thread's network namespace, for as long

@@ -81,6 +81,7 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let (flows, lone_replies) = snapshot(maps)?;
     let mut s = Sweep { flows: flows.len(), ..Default::default() };
     let mut in_use = HashSet::new();
+    let mut dead = Vec::new();
     for f in &flows {
         if f.remaining_ns(&timeouts, now) == 0 {
             if f.reply.is_none() {
@@ -88,7 +89,7 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
             } else {
                 s.expired += 1;
             }
-            maps.remove_entries(f.entries());
+            dead.extend(f.entries());
         } else {
             in_use.extend(public_ports(&f.orig_key, &f.orig, public));
         }
@@ -96,11 +97,12 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     for (k, e) in &lone_replies {
         if now.saturating_sub(e.created_ns) >= ORPHAN_GRACE_NS {
             s.orphans += 1;
-            maps.remove_entries([(*k, *e)]);
+            dead.push((*k, *e));
         } else {
             in_use.extend(public_ports(k, e, public));
         }
     }
+    maps.remove_entries(dead)?;
     s.unbound = release_bindings(maps, &in_use, public, now)?;
     s.elapsed = start.elapsed();
     Ok(s)

@@ -80,6 +80,7 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<Found> {
                 let orphan = *entry;
                 remove_egress(key, &orphan);
                 let _ = CT.remove(key);
+                crate::cache::invalidate_all();
                 return None;
             }
             (*entry).last_seen_ns = now;

@@ -4,7 +4,7 @@
 //! with the next hop's MAC addresses and the TTL decremented as the kernel would. Whatever it
 //! cannot do exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{Reason, Slow, csum::CsumDelta};
+use hairpin_common::{FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
 
 use crate::{
     ct::Found,
@@ -26,20 +26,14 @@ const IP_TTL_OFF: usize = 8;
 /// revalidating at once write the same values.
 #[inline(always)]
 pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, Slow> {
-    let xlate = &found.xlate;
-    let ttl_word = ptr_at::<[u8; 2]>(pkt, p.l3_off + IP_TTL_OFF).map_err(|_| Slow::Route)?;
-    // SAFETY: bounds checked by ptr_at.
-    let [ttl, proto] = unsafe { *ttl_word };
-    if ttl <= 1 {
-        return Err(Slow::Ttl);
-    }
+    let ttl = Ttl::check(pkt, p)?;
     // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
     let (hop, tx) = unsafe {
         let e = found.entry;
         if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
             (fwd::NextHop { ifindex: (*e).hop_ifindex, macs: (*e).hop_macs }, (*e).hop_is_ingress != 0)
         } else {
-            let hop = fwd::next_hop(pkt, xlate, p.tot_len)?;
+            let hop = fwd::next_hop(pkt, &found.xlate, p.tot_len)?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
             let same = !found.stale && (*e).hop_ifindex == hop.ifindex;
             (*e).hop_len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
@@ -53,6 +47,55 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
             (hop, tx)
         }
     };
+    send(pkt, p, ttl, &found.xlate, &hop, tx)
+}
+
+/// Forwards `p` as the flow cache's `slot` says (see `cache::lookup` for when it may).
+#[inline(always)]
+pub fn forward_cached(pkt: &impl Packet, p: &Parsed, slot: *const Slot) -> Result<Reason, Slow> {
+    let ttl = Ttl::check(pkt, p)?;
+    // SAFETY: the slot pointer comes from a successful lookup.
+    let (xlate, hop, tx) = unsafe {
+        (
+            (*slot).xlate,
+            fwd::NextHop { ifindex: (*slot).hop_ifindex, macs: (*slot).hop_macs },
+            (*slot).hop_is_ingress != 0,
+        )
+    };
+    send(pkt, p, ttl, &xlate, &hop, tx)
+}
+
+/// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).
+struct Ttl {
+    word: *mut [u8; 2],
+    ttl: u8,
+    proto: u8,
+}
+
+impl Ttl {
+    #[inline(always)]
+    fn check(pkt: &impl Packet, p: &Parsed) -> Result<Self, Slow> {
+        let word = ptr_at::<[u8; 2]>(pkt, p.l3_off + IP_TTL_OFF).map_err(|_| Slow::Route)?;
+        // SAFETY: bounds checked by ptr_at.
+        let [ttl, proto] = unsafe { *word };
+        if ttl <= 1 {
+            return Err(Slow::Ttl);
+        }
+        Ok(Self { word, ttl, proto })
+    }
+}
+
+/// Sends `p` to `hop` (back out of the ingress interface if `tx`), translated to `xlate`, its
+/// TTL decremented. Fails, changing nothing, only when `hop` is no interface hairpin serves.
+#[inline(always)]
+fn send(
+    pkt: &impl Packet,
+    p: &Parsed,
+    ttl: Ttl,
+    xlate: &FlowKey,
+    hop: &fwd::NextHop,
+    tx: bool,
+) -> Result<Reason, Slow> {
     let verdict = if tx {
         Reason::FastTx
     } else {
@@ -62,9 +105,10 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, S
     };
     // Committed: nothing below can fail on a packet that parsed. Both ends and the TTL go
     // into one checksum update.
+    let Ttl { word, ttl, proto } = ttl;
     let ttl_delta = CsumDelta::ZERO.replace16(u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl - 1, proto]));
-    // SAFETY: bounds checked by ptr_at above; XDP may write packet memory.
-    unsafe { *ttl_word = [ttl - 1, proto] };
+    // SAFETY: bounds checked by ptr_at in `Ttl::check`; XDP may write packet memory.
+    unsafe { *word = [ttl - 1, proto] };
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
     // SAFETY: as above.

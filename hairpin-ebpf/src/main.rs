@@ -11,6 +11,7 @@
 #![no_main]
 
 mod bench;
+mod cache;
 mod csum;
 mod ct;
 mod ctx;

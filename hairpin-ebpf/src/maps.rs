@@ -8,6 +8,7 @@ use aya_ebpf::{
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey, Slow,
     consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    flow_cache,
 };
 
 /// One element: the settings `hairpin-ctl up` wrote.
@@ -56,3 +57,17 @@ pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
 /// Per CPU: the jiffy at which the boot-time clock was last read, and what it read.
 #[map(name = "HP_CLOCK")]
 pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The fast path's flow cache (`cache.rs`): per CPU, sets of `flow_cache::WAYS` slots. Sized
+/// by the loader (one slot here, unused while `FLOW_CACHE_SETS` is 0).
+#[map(name = "HP_FLOW_CACHE")]
+pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, 0);
+
+/// The flow table's generation: the controller bumps it after removing flows, the dataplane
+/// after removing an orphaned entry; cache slots of an older generation are not used.
+#[map(name = "HP_CT_GEN")]
+pub static CT_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU: fast-path packets the flow cache could not serve (conntrack forwarded them).
+#[map(name = "HP_FC_MISSES")]
+pub static FC_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

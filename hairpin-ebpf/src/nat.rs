@@ -9,7 +9,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    csum,
+    cache, csum,
     ct::{self, NewFlow, SourceNat},
     ctx::{Packet, Tc, ptr_at},
     fast,
@@ -50,12 +50,25 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     };
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
+    // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
+    let fast = P::XDP && cfg.fast_path();
+    let generation = if fast { cache::generation() } else { 0 };
+    if fast
+        && let Some(slot) = cache::lookup(&p.key, now, generation, seen, p.tot_len)
+        // On failure (TTL) nothing was changed: conntrack's path below decides and counts.
+        && let Ok(verdict) = fast::forward_cached(pkt, &p, slot)
+    {
+        return Ok(verdict);
+    }
     if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
         let xlate = found.xlate;
-        // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
-        if P::XDP && cfg.fast_path() {
+        if fast {
             match fast::forward(pkt, &p, &found) {
-                Ok(verdict) => return Ok(verdict),
+                Ok(verdict) => {
+                    stats::count_cache_miss();
+                    cache::fill(&p.key, found.entry, now, generation);
+                    return Ok(verdict);
+                }
                 Err(why) => stats::count_slow(why),
             }
         }
@@ -109,6 +122,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
 #[inline(always)]
 fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<(), Reason> {
     let xlate = ct::create(cfg, &p.key, new)?;
+    cache::forget(&p.key);
     rewrite(pkt, p, &with_dst(p, xlate.dst_ep()), CsumDelta::ZERO)
 }
 

@@ -5,7 +5,7 @@ use hairpin_common::{
     consts::{Hook, exhaustion_index},
 };
 
-use crate::maps::{EXHAUSTED, SLOW, STATS};
+use crate::maps::{EXHAUSTED, FC_MISSES, SLOW, STATS};
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
@@ -30,6 +30,15 @@ pub fn count_exhaustion(proto: u8, reason: Reason) {
 #[inline(always)]
 pub fn count_slow(why: Slow) {
     if let Some(c) = SLOW.get_ptr_mut(why as u32) {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts a fast-path packet that the flow cache could not serve (conntrack was looked up).
+#[inline(always)]
+pub fn count_cache_miss() {
+    if let Some(c) = FC_MISSES.get_ptr_mut(0) {
         // SAFETY: as above.
         unsafe { *c += 1 };
     }

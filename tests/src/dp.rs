@@ -67,7 +67,7 @@ impl Dataplane {
     /// runs as in `mode`.
     pub fn load(cfg: Config, mode: Mode) -> Self {
         crate::require_root();
-        let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS)
+        let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS, true)
             .expect("load and verify the eBPF object");
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
         Self { ebpf, ifindex: None, mode }
@@ -115,6 +115,18 @@ impl Dataplane {
         let mut m: HashMap<_, FlowKey, CtEntry> =
             HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
         m.remove(key).unwrap();
+    }
+
+    /// Tells the dataplane flows were removed, as the controller does after removing them.
+    pub fn flows_removed(&mut self) {
+        let mut g = Array::try_from(self.ebpf.map_mut(map_names::CT_GEN).unwrap()).unwrap();
+        hairpin_ctl::dataplane::flows_removed(&mut g).unwrap();
+    }
+
+    /// Fast-path packets the flow cache could not serve, summed over CPUs.
+    pub fn cache_misses(&self) -> u64 {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::FC_MISSES).unwrap()).unwrap();
+        m.get(&0, 0).unwrap().iter().sum()
     }
 
     pub fn snat(&self) -> Vec<(FlowKey, Endpoint)> {

@@ -1210,6 +1210,53 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
     });
 }
 
+/// The fast path's flow cache: after conntrack has forwarded a flow's packet once, the next
+/// ones are served by the CPU's cached copy, with the same bytes out; a packet with a TCP state
+/// bit the copy has not recorded goes to conntrack (which records it); once the controller has
+/// removed flows, no copy of them serves.
+#[test]
+fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
+    use hairpin_common::{CFG_F_FAST_PATH, CT_S_FIN};
+    use hairpin_tests::frame::{TCP_ACK, TCP_FIN};
+    let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
+    in_gateway_ns("fcache", cfg, Mode::Xdp, |dp| {
+        // The cache is per CPU: every test run on one CPU, so that each sees the last one's.
+        let mut one = nix::sched::CpuSet::new();
+        one.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+        dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+        let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(TCP_ACK);
+        // Destination translated; and sent on by XDP on the fast path.
+        let out = |p: &Pkt, reason| match p.with("198.51.100.9:41000", SERVER_80) {
+            to if reason == Reason::FastRedirect => to.forwarded(SERVER_MAC, LAN_MAC),
+            to => to,
+        };
+        let fin = fwd.clone().flags(TCP_FIN | TCP_ACK);
+        let expect = |dp: &mut Dataplane, what, pkt: &Pkt, reason, misses| {
+            run_case("flow cache", dp, &[step(what, Hook::WanIngress, pkt, reason, Some(&out(pkt, reason)))]);
+            assert_eq!(dp.cache_misses(), misses, "after {what}: flow cache misses");
+        };
+        expect(dp, "new flow: slow path", &fwd, Reason::IngressNewFlow, 0);
+        expect(dp, "known flow: forwarded by conntrack, copied", &fwd, Reason::FastRedirect, 1);
+        for _ in 0..3 {
+            expect(dp, "again: from the cache", &fwd, Reason::FastRedirect, 1);
+        }
+        expect(dp, "a FIN, unrecorded: conntrack", &fin, Reason::FastRedirect, 2);
+        expect(dp, "another FIN: from the cache", &fin, Reason::FastRedirect, 2);
+        let fin_recorded = dp.ct().iter().any(|(k, e)| k.sport.host() == 41000 && e.flags & CT_S_FIN != 0);
+        assert!(fin_recorded, "conntrack recorded the FIN");
+
+        // The controller removes the flow (e.g. `map del`): its copy must not serve.
+        for (k, _) in dp.ct() {
+            dp.remove_ct(&k);
+        }
+        dp.flows_removed();
+        expect(dp, "after the flow's removal: a new flow", &fwd, Reason::IngressNewFlow, 2);
+        expect(dp, "then conntrack again", &fwd, Reason::FastRedirect, 3);
+        expect(dp, "then the cache", &fwd, Reason::FastRedirect, 3);
+    });
+}
+
 // Every case but the fast path's runs with ingress as XDP programs and as TC programs (`up
 // --mode tc`): one shared code path, which must decide and rewrite the same.
 macro_rules! in_both_modes {

@@ -34,7 +34,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
     let mut maps = pins.open()?;
     if let Some(FlowsAction::Flush) = a.action {
         let (flows, lone) = expire::snapshot(&maps)?;
-        maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone));
+        maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone))?;
         // With no flow left, no binding is in use: every public port returns to the pool.
         let public = maps.config()?.public_addr;
         let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;

@@ -57,13 +57,12 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             maps.mappings.remove(&key).context("deleting the mapping")?;
             // Flows created by the mapping stop too: their original direction was addressed to it.
             let (flows, _) = expire::snapshot(&maps)?;
-            let mut removed = 0;
-            for f in
-                flows.iter().filter(|f| f.orig_key.proto == key.proto && f.orig_key.dst_ep() == to_endpoint(public))
-            {
-                maps.remove_entries(f.entries());
-                removed += 1;
-            }
+            let its: Vec<_> = flows
+                .iter()
+                .filter(|f| f.orig_key.proto == key.proto && f.orig_key.dst_ep() == to_endpoint(public))
+                .collect();
+            let removed = its.len();
+            maps.remove_entries(its.iter().flat_map(|f| f.entries()))?;
             println!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
         }
         MapCommand::List(a) => {

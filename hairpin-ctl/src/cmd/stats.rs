@@ -1,5 +1,6 @@
-//! `hairpin-ctl stats`: the per-reason counters (one column per hook), new flows refused for
-//! want of a port or table space (per protocol), and how full the tables and port pools are.
+//! `hairpin-ctl stats`: the per-reason counters (one column per hook), why known flows took the
+//! slow path, how often the fast path's flow cache served, new flows refused for want of a port
+//! or table space (per protocol), and how full the tables and port pools are.
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
@@ -51,10 +52,21 @@ struct SlowRow {
     packets: u64,
 }
 
+/// How well the fast path's flow cache serves: packets it forwarded alone, and those it had no
+/// usable copy for (conntrack forwarded them).
+#[derive(Serialize)]
+struct FlowCache {
+    hits: u64,
+    misses: u64,
+    /// hits / (hits + misses), in percent (0 with no fast-path traffic).
+    hit_percent: f64,
+}
+
 #[derive(Serialize)]
 struct Stats {
     reasons: Vec<ReasonRow>,
     slow_path: Vec<SlowRow>,
+    flow_cache: FlowCache,
     exhaustion: Vec<ExhaustionRow>,
     tables: Vec<FillRow>,
     port_pools: Vec<FillRow>,
@@ -63,8 +75,22 @@ struct Stats {
 pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let maps = pins.open()?;
     let cfg = maps.config()?;
+    let reasons = reasons(&maps)?;
+    let fast: u64 = reasons
+        .iter()
+        .filter(|r| r.reason == Reason::FastRedirect.name() || r.reason == Reason::FastTx.name())
+        .map(|r| r.total)
+        .sum();
+    let misses: u64 = maps.fc_misses.get(&0, 0)?.iter().sum();
+    // Read one after the other while packets flow: clamp rather than underflow.
+    let hits = fast.saturating_sub(misses);
     let stats = Stats {
-        reasons: reasons(&maps)?,
+        flow_cache: FlowCache {
+            hits,
+            misses,
+            hit_percent: if fast == 0 { 0.0 } else { 100.0 * hits as f64 / (hits + misses) as f64 },
+        },
+        reasons,
         slow_path: Slow::ALL
             .iter()
             .map(|&s| Ok(SlowRow { cause: s.name(), packets: maps.slow.get(&(s as u32), 0)?.iter().sum() }))
@@ -88,6 +114,9 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     for s in &stats.slow_path {
         println!("{:<22} {:>12}", s.cause, s.packets);
     }
+    let fc = &stats.flow_cache;
+    println!("\n{:<22} {:>12} {:>12} {:>8}", "fast path flow cache", "hits", "misses", "hits");
+    println!("{:<22} {:>12} {:>12} {:>7.1}%", "", fc.hits, fc.misses, fc.hit_percent);
     println!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
     for e in &stats.exhaustion {
         println!("{:<22} {:>12} {:>14}", e.proto, e.no_port, e.no_table_space);

@@ -61,7 +61,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         lan_mask: Ipv4Be::from_octets(lan_prefix.mask().octets()),
     };
 
-    let mut ebpf = dataplane::load(a.max_flows)?;
+    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache)?;
     Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
         .set(0, &cfg, 0)
         .context("writing the dataplane configuration")?;
@@ -91,7 +91,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },
-        if a.no_fast_path || a.mode == Mode::Tc { "off" } else { "on" },
+        match (a.no_fast_path || a.mode == Mode::Tc, a.no_flow_cache) {
+            (true, _) => "off",
+            (false, false) => "on",
+            (false, true) => "on (no flow cache)",
+        },
         a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );

@@ -1,0 +1,142 @@
+//! The fast path's flow cache: per CPU, a two-way set-associative copy of what forwarding an
+//! established flow direction's packet needs (its translation and next hop), one cache line per
+//! flow direction, in an array map in front of conntrack.
+//!
+//! Why: a conntrack hit costs a BPF hash-map lookup (hashing, the bucket head, the element
+//! with its key and value: two or three cache lines in tables of tens of megabytes, so with
+//! many flows as many cache and TLB misses). A cache slot is one line in a table half the
+//! size, indexed directly. Conntrack stays the truth: a slot is used only while it is younger
+//! than [`FRESH_NS`] and of the current generation (bumped whenever flows are removed), and a
+//! packet carrying a state bit its slot has not recorded goes to conntrack.
+
+use bytemuck::{Pod, Zeroable};
+use core::mem::{align_of, size_of};
+
+use crate::FlowKey;
+
+/// Slots per set.
+pub const WAYS: u32 = 2;
+
+/// How long a slot may serve packets before conntrack is consulted again (which refreshes the
+/// flow's last-seen time, the cached next hop and the check of the reply entry, each at most
+/// once a second): the same bound the next-hop cache in conntrack has.
+pub const FRESH_NS: u64 = 1_000_000_000;
+
+/// Slot counts per CPU are kept within these (powers of two).
+pub const MIN_SLOTS_PER_CPU: u32 = 1024;
+pub const MAX_SLOTS_PER_CPU: u32 = 1 << 20;
+
+/// One flow direction, as the fast path forwards it. 64 bytes: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Slot {
+    /// The packet's tuple at ingress (the conntrack key); all zero in an empty slot, which no
+    /// packet matches (protocol 0 is never parsed).
+    pub key: FlowKey,
+    /// Its whole translation (conntrack's `xlate`).
+    pub xlate: FlowKey,
+    /// Destination and source MAC addresses of the next hop.
+    pub hop_macs: [u8; 12],
+    pub hop_ifindex: u32,
+    /// When conntrack was consulted for it (`bpf_ktime_get_boot_ns`, a jiffy's precision).
+    pub checked_ns: u64,
+    /// The generation of the flow table it was copied under.
+    pub generation: u32,
+    /// The largest IPv4 total length the FIB passed for the hop (the egress MTU check).
+    pub hop_len_ok: u16,
+    /// The conntrack state bits (`CT_S_*`, shifted down by [`STATE_SHIFT`]) already recorded
+    /// in the entry: a packet with others must go to conntrack to record them.
+    pub state: u8,
+    /// 1: the next hop is out of the interface the packet came in on (XDP_TX).
+    pub hop_is_ingress: u8,
+}
+
+/// `CT_S_*` bits sit at bits 8-12 of the conntrack flags; a slot keeps them in a byte.
+pub const STATE_SHIFT: u32 = 8;
+const _: () = assert!(
+    crate::CT_S_ALL >> STATE_SHIFT <= 0xff && (crate::CT_S_ALL >> STATE_SHIFT) << STATE_SHIFT == crate::CT_S_ALL
+);
+const _: () = assert!(size_of::<Slot>() == 64 && align_of::<Slot>() == 8);
+
+/// The set of `key` among `sets` (a power of two): a multiplicative (Fibonacci) hash of the
+/// tuple, its high half folded onto the low one so that the mask keeps well-mixed bits.
+/// Cheap in BPF: shifts, xors and one multiplication.
+#[inline(always)]
+pub const fn set_of(key: &FlowKey, sets: u32) -> u32 {
+    let ports = ((key.sport.0 as u32) << 16) | key.dport.0 as u32;
+    let h = (key.src.0 ^ key.dst.0.rotate_left(11) ^ ports.rotate_left(5) ^ key.proto as u32).wrapping_mul(0x9E37_79B1);
+    (h ^ (h >> 16)) & (sets - 1)
+}
+
+/// Sets per CPU for a gateway sized for `max_flows` flows on `cpus` CPUs: room for both
+/// directions of every flow spread over the CPUs (with RSS, a CPU sees its share; on a
+/// single-queue NIC one CPU sees them all and the cache holds what it can, the rest is served
+/// by conntrack). So the cache takes about 2 * max_flows * 64 bytes over all CPUs, roughly half
+/// of conntrack's own memory.
+pub const fn sets_per_cpu(max_flows: u32, cpus: u32) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    let want = (max_flows as u64 * 2 / cpus as u64) as u32;
+    let slots = if want <= MIN_SLOTS_PER_CPU {
+        MIN_SLOTS_PER_CPU
+    } else if want >= MAX_SLOTS_PER_CPU {
+        MAX_SLOTS_PER_CPU
+    } else {
+        want.next_power_of_two()
+    };
+    slots / WAYS
+}
+
+/// The index in the cache array of `way` of `set` on `cpu`.
+#[inline(always)]
+pub const fn slot_index(cpu: u32, sets: u32, set: u32, way: u32) -> u32 {
+    (cpu * sets + set) * WAYS + way
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Endpoint, Ipv4Be, PortBe};
+
+    #[test]
+    fn sizes_are_powers_of_two_within_bounds() {
+        assert_eq!(sets_per_cpu(131_072, 2), 131_072 / WAYS);
+        assert_eq!(sets_per_cpu(100_000, 3), 131_072 / WAYS);
+        assert_eq!(sets_per_cpu(10, 64), MIN_SLOTS_PER_CPU / WAYS);
+        assert_eq!(sets_per_cpu(u32::MAX, 1), MAX_SLOTS_PER_CPU / WAYS);
+        assert_eq!(sets_per_cpu(100, 0), MIN_SLOTS_PER_CPU / WAYS);
+        for (flows, cpus) in [(1, 1), (4096, 2), (500_000, 7), (1 << 24, 1024)] {
+            let s = sets_per_cpu(flows, cpus);
+            assert!(s.is_power_of_two(), "{flows} flows on {cpus} CPUs: {s} sets");
+        }
+    }
+
+    /// The benchmark's shape, and a common one: one client and server, sequential source
+    /// ports. Few sets may hold more flows than ways (those flows fall back to conntrack).
+    #[test]
+    fn sequential_ports_spread_over_the_sets() {
+        let sets = sets_per_cpu(131_072, 2);
+        let mut load = std::vec![0u32; sets as usize];
+        let (src, dst) = (Ipv4Be::from_octets([10, 0, 0, 2]), Ipv4Be::from_octets([203, 0, 113, 1]));
+        let n = 60_000u32;
+        for port in 1024..1024 + n {
+            let key = FlowKey::new(
+                17,
+                Endpoint::new(src, PortBe::from_host(port as u16)),
+                Endpoint::new(dst, PortBe::from_host(9)),
+            );
+            load[set_of(&key, sets) as usize] += 1;
+        }
+        let overflow: u32 = load.iter().map(|&l| l.saturating_sub(WAYS)).sum();
+        let max = *load.iter().max().unwrap();
+        // A random placement of 60,000 keys in 65,536 two-way sets leaves about 9% over; the
+        // multiplicative hash spreads sequential ports better (2.7%).
+        assert!(overflow * 100 / n < 5, "{overflow} of {n} flows do not fit their set");
+        assert!(max <= 7, "a set holds {max} flows");
+    }
+
+    #[test]
+    fn indices_of_cpus_do_not_overlap() {
+        let sets = 512;
+        assert_eq!(slot_index(0, sets, sets - 1, WAYS - 1) + 1, slot_index(1, sets, 0, 0));
+    }
+}

@@ -40,6 +40,8 @@ pub enum Path {
     HairpinSlow,
     /// hairpin's fast path: XDP translates and redirects.
     HairpinFast,
+    /// The same with --no-flow-cache: every packet looked up in conntrack.
+    HairpinFastNoCache,
     /// hairpin's fast path for hairpinned traffic: LAN -> public address -> LAN, XDP_TX.
     HairpinTx,
     /// nftables masquerade of LAN hosts' traffic to the internet (kernel conntrack).
@@ -49,13 +51,14 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 9] = [
+    pub const ALL: [Path; 10] = [
         Path::RawRedirect,
         Path::KernelForward,
         Path::NftDnat,
         Path::NftDnatMasq,
         Path::HairpinSlow,
         Path::HairpinFast,
+        Path::HairpinFastNoCache,
         Path::HairpinTx,
         Path::NftMasq,
         Path::HairpinMasq,
@@ -68,6 +71,7 @@ impl Path {
             Path::NftDnatMasq => "nftables DNAT + masquerade",
             Path::HairpinSlow => "hairpin slow path",
             Path::HairpinFast => "hairpin fast path",
+            Path::HairpinFastNoCache => "hairpin fast path without flow cache",
             Path::HairpinTx => "hairpin XDP_TX (hairpinned)",
             Path::NftMasq => "nftables masquerade (LAN -> WAN)",
             Path::HairpinMasq => "hairpin fast path, masquerade (LAN -> WAN)",
@@ -75,7 +79,10 @@ impl Path {
     }
     /// hairpin is the gateway.
     fn hairpin(self) -> bool {
-        matches!(self, Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx | Path::HairpinMasq)
+        matches!(
+            self,
+            Path::HairpinSlow | Path::HairpinFast | Path::HairpinFastNoCache | Path::HairpinTx | Path::HairpinMasq
+        )
     }
     /// The generator's interface, and the gateway's interfaces the traffic comes in and goes
     /// out of (with their MACs): from the LAN (masqueraded or hairpinned) or from the internet.
@@ -259,12 +266,14 @@ impl Harness {
                     _ => {}
                 }
             }
-            Path::HairpinSlow | Path::HairpinFast | Path::HairpinTx | Path::HairpinMasq => {
+            Path::HairpinSlow | Path::HairpinFast | Path::HairpinFastNoCache | Path::HairpinTx | Path::HairpinMasq => {
                 let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0", "--xdp-mode", "native"];
                 let flows = max_flows.to_string();
                 args.extend(["--max-flows", &flows]);
-                if self.path == Path::HairpinSlow {
-                    args.push("--no-fast-path");
+                match self.path {
+                    Path::HairpinSlow => args.push("--no-fast-path"),
+                    Path::HairpinFastNoCache => args.push("--no-flow-cache"),
+                    _ => {}
                 }
                 self.ctl(&args)?;
                 self.ctl(&["map", "add", "udp", "203.0.113.1:9", "192.168.0.2:9"])?;
@@ -284,6 +293,10 @@ impl Harness {
         let mut c = self.gw.command(self.ctl.to_str().context("non-UTF-8 path")?);
         c.arg("--pin-dir").arg(&self.pin_dir).args(args);
         run(&mut c)
+    }
+
+    pub fn path(&self) -> Path {
+        self.path
     }
 
     /// The pinned conntrack map of the gateway (hairpin paths).

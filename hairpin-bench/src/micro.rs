@@ -17,6 +17,8 @@ use hairpin_lab::routed::RoutedGateway;
 
 /// Single runs per figure.
 const RUNS: u32 = 60_000;
+/// Runs of one case before the next case's turn.
+const BLOCK: u32 = 1_000;
 
 /// Prints the figures as a markdown section, also appended to `append` if given.
 pub fn run(append: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -58,7 +60,6 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
     let mut one = nix::sched::CpuSet::new();
     one.set(0)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).context("pinning to CPU 0")?;
-    let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS, true)?;
     let cfg = |flags| Config {
         lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
         public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
@@ -74,17 +75,20 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
         Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config")?)?.set(0, &cfg(flags), 0)?;
         Ok(())
     };
-    set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
-    let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("devices")?)?;
-    devices.insert(lan, lan, None, 0)?;
-    devices.insert(wan, wan, None, 0)?;
-    let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
-    let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
-    HashMap::<_, MappingKey, Endpoint>::try_from(ebpf.map_mut(map_names::MAPPINGS).context("mappings")?)?.insert(
-        &MappingKey::new(IPPROTO_UDP, public),
-        &server,
-        0,
-    )?;
+    // The dataplane, set up as `up` would, with a port-forward of UDP 203.0.113.1:9.
+    let prepare =
+        |flow_cache: bool| -> anyhow::Result<aya::Ebpf> {
+            let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS, flow_cache)?;
+            set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
+            let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("devices")?)?;
+            devices.insert(lan, lan, None, 0)?;
+            devices.insert(wan, wan, None, 0)?;
+            let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
+            let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
+            HashMap::<_, MappingKey, Endpoint>::try_from(ebpf.map_mut(map_names::MAPPINGS).context("mappings")?)?
+                .insert(&MappingKey::new(IPPROTO_UDP, public), &server, 0)?;
+            Ok(ebpf)
+        };
 
     let run = |ebpf: &mut aya::Ebpf,
                prog: &str,
@@ -99,56 +103,57 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<(String, f64)>> {
     };
     // A test run repeats on the same buffer, so a program that rewrites the packet would see
     // its own output from the second repeat on: every figure is the mean over single runs,
-    // each on a fresh copy of the frame, the reference program included.
-    // `uncached`: tell the dataplane before each run that flows were removed (untimed), so
-    // that the flow cache serves nothing and conntrack forwards every packet.
-    let mean = |ebpf: &mut aya::Ebpf,
-                prog: &str,
-                frame: &dyn Fn(u32) -> Vec<u8>,
-                want: u32,
-                uncached: bool|
-     -> anyhow::Result<f64> {
-        let mut total = Duration::ZERO;
-        for i in 0..RUNS {
-            if uncached {
-                let mut g = Array::try_from(ebpf.map_mut(map_names::CT_GEN).context("generation")?)?;
-                hairpin_ctl::dataplane::flows_removed(&mut g)?;
-            }
-            let (rv, d) = run(ebpf, prog, &frame(i), wan, 1)?;
-            ensure!(rv == want, "{prog}: verdict {rv}, expected {want}");
-            total += d;
-        }
-        Ok(total.as_nanos() as f64 / f64::from(RUNS))
-    };
-    let mut rows = Vec::new();
+    // each on a fresh copy of the frame, the reference program included. The cases take
+    // turns in blocks of `BLOCK` runs (warm, as a program is when packets come back to back),
+    // so that a noisier second on this shared machine weighs on all alike.
     let frame = |sport: u16| udp_frame([198, 51, 100, 7], sport, [203, 0, 113, 1], 9);
-    let (rv, _) = run(&mut ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
-    ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
-    let established = |_| frame(65000);
     let misses = |ebpf: &aya::Ebpf| -> anyhow::Result<u64> {
         let m = PerCpuArray::<_, u64>::try_from(ebpf.map(map_names::FC_MISSES).context("cache misses")?)?;
         Ok(m.get(&0, 0)?.iter().sum())
     };
-    let before = misses(&ebpf)?;
-    let cached = mean(&mut ebpf, prog_names::XDP_WAN, &established, 4, false)?;
-    // One miss at most: the first run, if the flow's copy was made on another CPU.
-    let missed = misses(&ebpf)? - before;
-    ensure!(missed <= 1, "the flow cache missed {missed} of {RUNS} runs on one CPU");
-    rows.push((ESTABLISHED_CACHED.to_owned(), cached));
-    let before = misses(&ebpf)?;
-    let uncached = mean(&mut ebpf, prog_names::XDP_WAN, &established, 4, true)?;
-    ensure!(misses(&ebpf)? - before == u64::from(RUNS), "conntrack did not forward every run");
-    rows.push(("established, fast path, flow cache missed (conntrack, XDP_REDIRECT)".to_owned(), uncached));
-    set_cfg(&mut ebpf, CFG_F_HAIRPIN)?;
-    let slow = mean(&mut ebpf, prog_names::XDP_WAN, &established, 2, false)?;
-    rows.push(("established, slow path (XDP_PASS, destination rewritten)".to_owned(), slow));
-    set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
-    let new_flow = |i: u32| frame(1024 + i as u16);
-    rows.push(("new flow (port-forward)".to_owned(), mean(&mut ebpf, prog_names::XDP_WAN, &new_flow, 2, false)?));
-    let p: &mut Xdp = ebpf.program_mut("bench_tx").context("bench_tx")?.try_into()?;
+    // One dataplane per configuration, each with the established flow created: flow cache,
+    // none, slow path.
+    let mut dps = [prepare(true)?, prepare(false)?, prepare(true)?];
+    set_cfg(&mut dps[2], CFG_F_HAIRPIN)?;
+    for ebpf in &mut dps {
+        let (rv, _) = run(ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
+        ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
+    }
+    let p: &mut Xdp = dps[0].program_mut("bench_tx").context("bench_tx")?.try_into()?;
     p.load()?;
-    rows.push(("trivial XDP_TX program (reference)".to_owned(), mean(&mut ebpf, "bench_tx", &established, 3, false)?));
-    Ok(rows)
+    /// A row: the dataplane (index in `dps`) and program run, whether each run is a new
+    /// flow's first packet, and the verdict every run must return.
+    struct Case {
+        row: &'static str,
+        dp: usize,
+        prog: &'static str,
+        new_flow: bool,
+        want: u32,
+    }
+    let case = |row, dp, prog, new_flow, want| Case { row, dp, prog, new_flow, want };
+    let cases = [
+        case(ESTABLISHED_CACHED, 0, prog_names::XDP_WAN, false, 4),
+        case("established, fast path, without flow cache (conntrack, XDP_REDIRECT)", 1, prog_names::XDP_WAN, false, 4),
+        case("established, slow path (XDP_PASS, destination rewritten)", 2, prog_names::XDP_WAN, false, 2),
+        case("new flow (port-forward)", 0, prog_names::XDP_WAN, true, 2),
+        case("trivial XDP_TX program (reference)", 0, "bench_tx", false, 3),
+    ];
+    let mut total = [Duration::ZERO; 5];
+    for block in 0..RUNS / BLOCK {
+        for (c, t) in cases.iter().zip(&mut total) {
+            for i in block * BLOCK..(block + 1) * BLOCK {
+                let f = if c.new_flow { frame(1024 + i as u16) } else { frame(65000) };
+                let (rv, d) = run(&mut dps[c.dp], c.prog, &f, wan, 1)?;
+                ensure!(rv == c.want, "{}: verdict {rv}, expected {}", c.row, c.want);
+                *t += d;
+            }
+        }
+    }
+    // The cached dataplane's one miss: the first fast-path packet, which conntrack forwarded.
+    let missed = misses(&dps[0])?;
+    ensure!(missed == 1, "the flow cache missed {missed} of {RUNS} runs on one CPU");
+    ensure!(misses(&dps[1])? == u64::from(RUNS), "without a flow cache, conntrack forwards every packet");
+    Ok(cases.iter().zip(total).map(|(c, t)| (c.row.to_owned(), t.as_nanos() as f64 / f64::from(RUNS))).collect())
 }
 
 /// A 64-byte Ethernet/IPv4/UDP frame (UDP checksum 0).

@@ -80,43 +80,47 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
     let (secs, reps) = if o.quick { (0.3, 1) } else { (o.secs, o.reps) };
     let selected = |p: &Path| o.paths.is_empty() || o.paths.iter().any(|n| p.name().contains(n.as_str()));
-    let mut rows = Vec::new();
-    let mut pinned = String::new();
+    // Every harness is built first and the repetitions go round all of them, so that a
+    // slower minute on this shared machine weighs on every path alike rather than on the
+    // ones measured in it.
+    let mut harnesses = Vec::new();
     for path in Path::ALL.into_iter().filter(selected) {
-        let mut h =
-            Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
-        pinned = h.pinned.clone();
-        for &n in flows {
-            let mut rates = Vec::new();
-            for _ in 0..reps {
-                rates.push(h.measure(n, u64::from(n) * 4 + 100_000, secs)?);
-            }
-            let row = Row { path, traffic: Traffic::Flows(n), rates };
-            let r = row.rates[row.rates.len() / 2];
-            eprintln!(
-                "{:<30} {:>12}: {:.3} Mpps delivered of {:.3} offered ({} wrong)",
-                path.name(),
-                row.traffic.to_string(),
-                row.median(),
-                r.offered_pps / 1e6,
-                r.wrong
-            );
-            rows.push(row);
-        }
+        let h = Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
+        harnesses.push((h, flows.iter().map(|&n| Traffic::Flows(n)).collect::<Vec<_>>()));
     }
     if !o.quick && o.flows.is_empty() && selected(&Path::HairpinFast) {
         // hairpin's fast path with a million conntrack entries around its one flow.
-        let mut h = Harness::new(Path::HairpinFast, o.ctl.clone(), PREFILLED_ENTRIES / 2 + 1024)?;
+        let h = Harness::new(Path::HairpinFast, o.ctl.clone(), PREFILLED_ENTRIES / 2 + 1024)?;
         let pins = h.pin_dir().context("hairpin's pins")?.to_path_buf();
         let mut maps = hairpin_ctl::dataplane::PinDir::new(pins).open()?;
         crate::sweep::fill(&mut maps, PREFILLED_ENTRIES / 2, 0, hairpin_ctl::expire::boot_ns())?;
-        let mut rates = Vec::new();
-        for _ in 0..reps {
-            rates.push(h.measure(1, 100_000, secs)?);
+        harnesses.push((h, vec![Traffic::Prefilled]));
+    }
+    let pinned = harnesses.first().map(|(h, _)| h.pinned.clone()).unwrap_or_default();
+    let mut rows: Vec<Row> = harnesses
+        .iter()
+        .flat_map(|(h, traffic)| traffic.iter().map(|&t| Row { path: h.path(), traffic: t, rates: Vec::new() }))
+        .collect();
+    for rep in 1..=reps {
+        let mut row = rows.iter_mut();
+        for (h, traffic) in &mut harnesses {
+            for &t in traffic.iter() {
+                let (n, warmup) = match t {
+                    Traffic::Flows(n) => (n, u64::from(n) * 4 + 100_000),
+                    Traffic::Prefilled => (1, 100_000),
+                };
+                let r = h.measure(n, warmup, secs)?;
+                eprintln!(
+                    "{rep}/{reps} {:<42} {:>18}: {:.3} Mpps delivered of {:.3} offered ({} wrong)",
+                    h.path().name(),
+                    t.to_string(),
+                    r.delivered_pps / 1e6,
+                    r.offered_pps / 1e6,
+                    r.wrong
+                );
+                row.next().context("a row per measurement")?.rates.push(r);
+            }
         }
-        let row = Row { path: Path::HairpinFast, traffic: Traffic::Prefilled, rates };
-        eprintln!("{:<30} {:>12}: {:.3} Mpps", Path::HairpinFast.name(), row.traffic.to_string(), row.median());
-        rows.push(row);
     }
     for r in &rows {
         for rate in &r.rates {
@@ -188,13 +192,18 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         }
     };
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
-    use Path::{HairpinFast as Fast, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq, RawRedirect as Raw};
+    use Path::{
+        HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq,
+        RawRedirect as Raw,
+    };
     use Traffic::{Flows, Prefilled};
     // (what, numerator, denominator): each a path and its traffic.
     let ratios = [
         ("hairpin fast / raw ceiling, 1 flow", (Fast, Flows(1)), (Raw, Flows(1))),
         ("hairpin fast / raw ceiling, 60000 flows", (Fast, Flows(60_000)), (Raw, Flows(60_000))),
         ("hairpin fast / raw ceiling, 1M entries", (Fast, Prefilled), (Raw, Flows(1))),
+        ("hairpin fast / without flow cache, 1 flow", (Fast, Flows(1)), (NoCache, Flows(1))),
+        ("hairpin fast / without flow cache, 60000 flows", (Fast, Flows(60_000)), (NoCache, Flows(60_000))),
         ("hairpin fast / nftables DNAT, 1 flow", (Fast, Flows(1)), (NftDnat, Flows(1))),
         ("hairpin fast / nftables DNAT+masquerade, 1 flow", (Fast, Flows(1)), (NftDnatMasq, Flows(1))),
         ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, Flows(60_000)), (NftDnatMasq, Flows(60_000))),

@@ -40,6 +40,12 @@ fn port_forward_and_hairpin_on_the_slow_path() {
     forward_and_hairpin(&["--no-fast-path"]);
 }
 
+/// The same with the fast path looking every packet up in conntrack.
+#[test]
+fn port_forward_and_hairpin_without_flow_cache() {
+    forward_and_hairpin(&["--no-flow-cache"]);
+}
+
 /// The same with ingress as TC programs (for NICs without XDP): same code, no fast path.
 #[test]
 fn port_forward_and_hairpin_with_tc_ingress() {
@@ -51,8 +57,16 @@ fn fast_packets(lab: &Lab) -> u64 {
     lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap()
 }
 
+/// The flow cache's (hits, misses) from `stats --json`.
+fn flow_cache(lab: &Lab) -> (u64, u64) {
+    let s = lab.stats_json().unwrap();
+    let get = |k: &str| s["flow_cache"][k].as_u64().unwrap_or_else(|| panic!("stats --json: no flow_cache.{k}: {s}"));
+    (get("hits"), get("misses"))
+}
+
 fn forward_and_hairpin(up_args: &[&str]) {
-    let fast = up_args.is_empty();
+    let cache = up_args.is_empty();
+    let fast = cache || up_args == ["--no-flow-cache"];
     let lab = lab();
     lab.up(up_args).expect("hairpin-ctl up");
     if up_args.contains(&"tc") {
@@ -79,6 +93,13 @@ fn forward_and_hairpin(up_args: &[&str]) {
     assert!(moved > 2 * (HAIRPIN_BYTES as u64 / 65536), "only {moved} packets translated for a 1 MiB echo");
     if fast {
         assert!(lab.counter("fast_tx").unwrap() > 0 && lab.counter("fast_redirect").unwrap() > 0);
+        // A copy per flow direction and CPU, refreshed once a second and by FINs: most of a
+        // 1 MiB echo's packets come from the cache.
+        let (hits, misses) = flow_cache(&lab);
+        match cache {
+            true => assert!(hits > misses, "flow cache: {hits} hits, {misses} misses"),
+            false => assert_eq!(hits, 0, "--no-flow-cache: {misses} packets looked up, yet {hits} hits"),
+        }
     } else {
         assert_eq!(fast_packets(&lab), 0, "--no-fast-path still took the fast path");
     }

@@ -80,9 +80,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
     let (secs, reps) = if o.quick { (0.3, 1) } else { (o.secs, o.reps) };
     let selected = |p: &Path| o.paths.is_empty() || o.paths.iter().any(|n| p.name().contains(n.as_str()));
-    // Every harness is built first and the repetitions go round all of them, so that a
-    // slower minute on this shared machine weighs on every path alike rather than on the
-    // ones measured in it.
+    // Every harness is built first and the repetitions go round all of them, each round
+    // starting one further along, so that a slower minute on this shared machine (or being
+    // first in a round) weighs on every path alike rather than on the ones measured in it.
     let mut harnesses = Vec::new();
     for path in Path::ALL.into_iter().filter(selected) {
         let h = Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
@@ -101,10 +101,20 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .iter()
         .flat_map(|(h, traffic)| traffic.iter().map(|&t| Row { path: h.path(), traffic: t, rates: Vec::new() }))
         .collect();
+    // Where each harness's rows start (in harness order).
+    let first_rows: Vec<usize> = harnesses
+        .iter()
+        .scan(0, |next, (_, traffic)| {
+            let first = *next;
+            *next += traffic.len();
+            Some(first)
+        })
+        .collect();
+    let count = harnesses.len();
     for rep in 1..=reps {
-        let mut row = rows.iter_mut();
-        for (h, traffic) in &mut harnesses {
-            for &t in traffic.iter() {
+        for k in (0..count).map(|k| (k + rep - 1) % count) {
+            let (h, traffic) = &mut harnesses[k];
+            for (j, &t) in traffic.iter().enumerate() {
                 let (n, warmup) = match t {
                     Traffic::Flows(n) => (n, u64::from(n) * 4 + 100_000),
                     Traffic::Prefilled => (1, 100_000),
@@ -118,7 +128,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                     r.offered_pps / 1e6,
                     r.wrong
                 );
-                row.next().context("a row per measurement")?.rates.push(r);
+                rows[first_rows[k] + j].rates.push(r);
             }
         }
     }

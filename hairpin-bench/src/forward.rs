@@ -22,7 +22,7 @@ use aya::{
     maps::{Array, DevMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use hairpin_common::{Endpoint, Ipv4Be, PortBe, consts::map_names};
+use hairpin_common::{Endpoint, Ipv4Be, PortBe, consts::map_names, flow_cache};
 use hairpin_lab::{Netns, netns::mac};
 
 /// What forwards the traffic.
@@ -30,6 +30,9 @@ use hairpin_lab::{Netns, netns::mac};
 pub enum Path {
     /// An XDP program that only redirects: the ceiling, no NAT work.
     RawRedirect,
+    /// The same, reading one line of a flow-cache-sized table per packet first: the floor of
+    /// any per-flow state.
+    RawLookup,
     /// The kernel routing, no NAT.
     KernelForward,
     /// nftables DNAT of the forwarded port (kernel conntrack).
@@ -51,8 +54,9 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 10] = [
+    pub const ALL: [Path; 11] = [
         Path::RawRedirect,
+        Path::RawLookup,
         Path::KernelForward,
         Path::NftDnat,
         Path::NftDnatMasq,
@@ -66,6 +70,7 @@ impl Path {
     pub fn name(self) -> &'static str {
         match self {
             Path::RawRedirect => "raw XDP redirect (ceiling)",
+            Path::RawLookup => "raw XDP redirect + a table line (memory floor)",
             Path::KernelForward => "kernel forwarding",
             Path::NftDnat => "nftables DNAT",
             Path::NftDnatMasq => "nftables DNAT + masquerade",
@@ -155,12 +160,17 @@ impl Harness {
         let generator = Netns::new(&format!("{prefix}-gen"))?;
         let gw = Netns::new(&format!("{prefix}-gw"))?;
         let sink = if path == Path::HairpinTx { None } else { Some(Netns::new(&format!("{prefix}-sink"))?) };
+        // The memory floor's table: as large as one CPU's flow cache for `max_flows`.
+        let cpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("reading {p}: {e}"))?.get();
+        let sets = if path == Path::RawLookup { flow_cache::sets_per_cpu(max_flows, cpus) } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::CONNTRACK, 1024)
             .map_max_entries(map_names::SNAT, 1024)
+            .map_max_entries("BENCH_TABLE", (sets * flow_cache::WAYS).max(1))
+            .override_global("BENCH_TABLE_SETS", &sets, true)
             .load(hairpin_ctl::EBPF_OBJECT)
             .context("loading the bench programs")?;
-        for p in ["bench_gen", "bench_sink", "bench_redirect"] {
+        for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup"] {
             <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
@@ -248,12 +258,13 @@ impl Harness {
             .set(0, &want, 0)?;
 
         match self.path {
-            Path::RawRedirect => {
+            Path::RawRedirect | Path::RawLookup => {
                 let lan = gw.ifindex("lan0")?;
                 let mut out = DevMap::try_from(self.ebpf.map_mut("BENCH_OUT").context("BENCH_OUT")?)?;
                 // A device map resolves the ifindex in the updating thread's namespace.
                 gw.scoped(|| out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
-                attach(&mut self.ebpf, "bench_redirect", gw, "wan0")?;
+                let prog = if self.path == Path::RawLookup { "bench_redirect_lookup" } else { "bench_redirect" };
+                attach(&mut self.ebpf, prog, gw, "wan0")?;
             }
             Path::KernelForward | Path::NftDnat | Path::NftDnatMasq | Path::NftMasq => {
                 // Frames the generator sends with XDP_TX reach a veth only through its NAPI,
@@ -309,7 +320,7 @@ impl Harness {
         let (src, dst, dmac) = match self.path {
             Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
             Path::NftMasq | Path::HairpinMasq => (LAN_CLIENT, WAN_CLIENT, MAC_LAN),
-            Path::RawRedirect | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
+            Path::RawRedirect | Path::RawLookup | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
             _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
         let mut f = dmac.to_vec();

@@ -6,7 +6,7 @@
 //! with its key and value: two or three cache lines in tables of tens of megabytes, so with
 //! many flows as many cache and TLB misses). A cache slot is one line in a table half the
 //! size, indexed directly. Conntrack stays the truth: a slot is used only while it is younger
-//! than [`FRESH_NS`] and of the current generation (bumped whenever flows are removed), and a
+//! than [`fresh_ns`] and of the current generation (bumped whenever flows are removed), and a
 //! packet carrying a state bit its slot has not recorded goes to conntrack.
 
 use bytemuck::{Pod, Zeroable};
@@ -17,10 +17,33 @@ use crate::FlowKey;
 /// Slots per set.
 pub const WAYS: u32 = 2;
 
-/// How long a slot may serve packets before conntrack is consulted again (which refreshes the
-/// flow's last-seen time, the cached next hop and the check of the reply entry, each at most
-/// once a second): the same bound the next-hop cache in conntrack has.
-pub const FRESH_NS: u64 = 1_000_000_000;
+/// The longest a slot serves packets before conntrack is consulted again, which refreshes the
+/// flow's last-seen time, resolves its next hop again and checks its reply entry. Each
+/// consultation of a flow that many others push out of the CPU's caches costs two cold hash
+/// lookups and a FIB lookup: at 60,000 flows of ~15 packets a second each, a 1 s bound sent
+/// 11% of packets to conntrack, 4 s sends 5% (`cargo xtask bench`, bench/NOTES.md). It also
+/// bounds how long a route or neighbour change, or a reply entry evicted from a full table,
+/// goes unnoticed.
+pub const MAX_FRESH_NS: u64 = 4_000_000_000;
+
+/// How long a slot serves under idle timeouts `t`: [`MAX_FRESH_NS`], or a quarter of the
+/// shortest timeout if less, so that conntrack's last-seen times (which the controller's
+/// sweep expires flows by) are never more than that behind a live flow.
+#[inline(always)]
+pub const fn fresh_ns(t: &crate::Timeouts) -> u64 {
+    let mut s = t.tcp_established;
+    if t.tcp_transitory < s {
+        s = t.tcp_transitory;
+    }
+    if t.udp < s {
+        s = t.udp;
+    }
+    if t.icmp < s {
+        s = t.icmp;
+    }
+    let quarter = s as u64 * 250_000_000;
+    if quarter < MAX_FRESH_NS { quarter } else { MAX_FRESH_NS }
+}
 
 /// Slot counts per CPU are kept within these (powers of two).
 pub const MIN_SLOTS_PER_CPU: u32 = 1024;
@@ -132,6 +155,15 @@ mod tests {
         // multiplicative hash spreads sequential ports better (2.7%).
         assert!(overflow * 100 / n < 5, "{overflow} of {n} flows do not fit their set");
         assert!(max <= 7, "a set holds {max} flows");
+    }
+
+    #[test]
+    fn slots_serve_a_quarter_of_the_shortest_timeout_at_most() {
+        let t = crate::Timeouts::default();
+        assert_eq!(fresh_ns(&t), MAX_FRESH_NS);
+        assert_eq!(fresh_ns(&crate::Timeouts { udp: 2, ..t }), 500_000_000);
+        assert_eq!(fresh_ns(&crate::Timeouts { icmp: 8, tcp_transitory: 12, ..t }), 2_000_000_000);
+        assert_eq!(fresh_ns(&crate::Timeouts { tcp_established: u32::MAX, ..t }), MAX_FRESH_NS);
     }
 
     #[test]

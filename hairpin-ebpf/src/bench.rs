@@ -1,15 +1,21 @@
 //! Programs for `cargo xtask bench`, not part of the dataplane (they share its object so the
 //! benchmark needs no second build): a traffic generator run with BPF_PROG_TEST_RUN in live
-//! frames mode, a sink that counts only correctly translated packets, and the raw redirect
-//! that measures the ceiling with no NAT work.
+//! frames mode, a sink that counts only correctly translated packets, the raw redirect that
+//! measures the ceiling with no NAT work, and the same redirect reading one line of a
+//! flow-cache-sized table per packet (the memory floor of any per-flow state).
 
 use aya_ebpf::{
+    Global,
     bindings::xdp_action,
     macros::{map, xdp},
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
-use hairpin_common::{Endpoint, consts::IPPROTO_UDP};
+use hairpin_common::{
+    Endpoint, FlowKey, Ipv4Be, PortBe,
+    consts::IPPROTO_UDP,
+    flow_cache::{WAYS, set_of},
+};
 
 use crate::ctx::{Xdp, ptr_at};
 
@@ -105,6 +111,41 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
     OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+/// The memory floor's table: 64-byte lines, as many as a CPU's flow cache has (the harness
+/// sizes it and sets `BENCH_TABLE_SETS`), all zero.
+#[map(name = "BENCH_TABLE")]
+static TABLE: Array<[u64; 8]> = Array::with_max_entries(1, 0);
+#[unsafe(no_mangle)]
+static BENCH_TABLE_SETS: Global<u32> = Global::new(0);
+
+/// The ceiling plus what any per-flow state costs at least: the line of the packet's flow in
+/// a table the size of the flow cache, found by the flow cache's hash, read; then the frame is
+/// redirected as by `bench_redirect`. With many flows the line is cold: this is the floor a
+/// NAT with per-flow state can reach on this machine, hash map or not.
+#[xdp]
+pub fn bench_redirect_lookup(ctx: XdpContext) -> u32 {
+    let pkt = Xdp(&ctx);
+    let Ok(h) = ptr_at::<[u8; HDR_LEN]>(&pkt, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let key = unsafe {
+        let h = &*h;
+        let addr = |i: usize| Ipv4Be(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+        let port = |i: usize| PortBe(u16::from_ne_bytes([h[i], h[i + 1]]));
+        FlowKey { src: addr(26), dst: addr(30), sport: port(34), dport: port(36), proto: h[23], _pad8: 0, _pad16: 0 }
+    };
+    let sets = BENCH_TABLE_SETS.load();
+    if sets == 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    match TABLE.get(set_of(&key, sets) * WAYS) {
+        // Never (the table is zero); the read decides the verdict, so it cannot be left out.
+        Some(line) if line[0] == u64::MAX => xdp_action::XDP_DROP,
+        _ => OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED),
+    }
 }
 
 // The controller writes it as 56 raw bytes.

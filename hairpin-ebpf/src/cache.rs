@@ -2,14 +2,14 @@
 //! flow direction's translation and next hop in one cache line of a per-CPU table, so that
 //! its packets skip the conntrack hash lookup. Conntrack stays the truth: a slot is filled
 //! only right after conntrack forwarded a packet of the flow on the fast path, serves at most
-//! `FRESH_NS`, and is ignored once the generation moves (flows removed) or a packet brings a
-//! state bit it has not recorded. Per CPU, so slots are never written by two CPUs at once
+//! `fresh_ns` (4 s, less under short idle timeouts), and is ignored once the generation moves
+//! (flows removed) or a packet brings a state bit it has not recorded. Per CPU, so slots are never written by two CPUs at once
 //! (an XDP program runs to completion on its CPU).
 
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
     CT_S_ALL, CtEntry, FlowKey,
-    flow_cache::{FRESH_NS, STATE_SHIFT, Slot, WAYS, set_of, slot_index},
+    flow_cache::{STATE_SHIFT, Slot, WAYS, set_of, slot_index},
 };
 
 use crate::maps::{CT_GEN, FLOW_CACHE};
@@ -38,10 +38,18 @@ fn set_base(key: &FlowKey) -> Option<u32> {
     Some(slot_index(cpu, sets, set_of(key, sets), 0))
 }
 
-/// The slot for `key` if it may serve this packet: fresh, of generation `generation`, with
-/// every state bit in `seen` recorded, and a next hop that has passed a packet this long.
+/// When and under which generation a packet looks its flow up: a slot checked less than
+/// `fresh_ns` before `now`, of generation `generation`, may serve it.
+pub struct Epoch {
+    pub now: u64,
+    pub fresh_ns: u64,
+    pub generation: u32,
+}
+
+/// The slot for `key` if it may serve this packet: fresh in `epoch`, with every state bit in
+/// `seen` recorded, and a next hop that has passed a packet this long.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, now: u64, generation: u32, seen: u32, tot_len: u16) -> Option<*const Slot> {
+pub fn lookup(key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<*const Slot> {
     let base = set_base(key)?;
     let seen = (seen >> STATE_SHIFT) as u8;
     for way in 0..WAYS {
@@ -49,8 +57,8 @@ pub fn lookup(key: &FlowKey, now: u64, generation: u32, seen: u32, tot_len: u16)
         // SAFETY: read through a pointer from a successful lookup; only this CPU writes it.
         unsafe {
             if (*slot).key == *key {
-                let ok = (*slot).generation == generation
-                    && now.wrapping_sub((*slot).checked_ns) < FRESH_NS
+                let ok = (*slot).generation == epoch.generation
+                    && epoch.now.wrapping_sub((*slot).checked_ns) < epoch.fresh_ns
                     && (*slot).state & seen == seen
                     && tot_len <= (*slot).hop_len_ok;
                 return ok.then_some(slot);
@@ -65,7 +73,7 @@ pub fn lookup(key: &FlowKey, now: u64, generation: u32, seen: u32, tot_len: u16)
 /// flows stay: with more flows than ways the newcomer is served by conntrack, instead of
 /// flows evicting each other on every packet.
 #[inline(always)]
-pub fn fill(key: &FlowKey, entry: *const CtEntry, now: u64, generation: u32) {
+pub fn fill(key: &FlowKey, entry: *const CtEntry, epoch: &Epoch) {
     let Some(base) = set_base(key) else { return };
     let mut target = None;
     for way in 0..WAYS {
@@ -76,7 +84,7 @@ pub fn fill(key: &FlowKey, entry: *const CtEntry, now: u64, generation: u32) {
                 target = Some(slot);
                 break;
             }
-            if target.is_none() && now.wrapping_sub((*slot).checked_ns) >= FRESH_NS {
+            if target.is_none() && epoch.now.wrapping_sub((*slot).checked_ns) >= epoch.fresh_ns {
                 target = Some(slot);
             }
         }
@@ -89,8 +97,8 @@ pub fn fill(key: &FlowKey, entry: *const CtEntry, now: u64, generation: u32) {
             xlate: (*entry).xlate,
             hop_macs: (*entry).hop_macs,
             hop_ifindex: (*entry).hop_ifindex,
-            checked_ns: now,
-            generation,
+            checked_ns: epoch.now,
+            generation: epoch.generation,
             hop_len_ok: (*entry).hop_len_ok,
             state: (((*entry).flags & CT_S_ALL) >> STATE_SHIFT) as u8,
             hop_is_ingress: (*entry).hop_is_ingress as u8,
@@ -100,7 +108,7 @@ pub fn fill(key: &FlowKey, entry: *const CtEntry, now: u64, generation: u32) {
 
 /// Makes this CPU's slot for `key`, if any, unusable: the flow of that tuple was just
 /// created anew, so any copy of an earlier one (evicted from conntrack by the kernel's LRU,
-/// which no generation records) is wrong. Other CPUs' copies expire within `FRESH_NS`; a
+/// which no generation records) is wrong. Other CPUs' copies expire within `fresh_ns`; a
 /// flow's packets normally arrive on one CPU.
 #[inline(always)]
 pub fn forget(key: &FlowKey) {

@@ -4,7 +4,7 @@ use hairpin_common::{
     CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, IPPROTO_UDP},
     csum::CsumDelta,
-    ct_state_bits,
+    ct_state_bits, flow_cache,
     nat::Side,
 };
 
@@ -52,9 +52,13 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
     let fast = P::XDP && cfg.fast_path();
-    let generation = if fast { cache::generation() } else { 0 };
+    let epoch = cache::Epoch {
+        now,
+        fresh_ns: flow_cache::fresh_ns(&cfg.timeouts),
+        generation: if fast { cache::generation() } else { 0 },
+    };
     if fast
-        && let Some(slot) = cache::lookup(&p.key, now, generation, seen, p.tot_len)
+        && let Some(slot) = cache::lookup(&p.key, &epoch, seen, p.tot_len)
         // On failure (TTL) nothing was changed: conntrack's path below decides and counts.
         && let Ok(verdict) = fast::forward_cached(pkt, &p, slot)
     {
@@ -66,7 +70,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             match fast::forward(pkt, &p, &found) {
                 Ok(verdict) => {
                     stats::count_cache_miss();
-                    cache::fill(&p.key, found.entry, now, generation);
+                    cache::fill(&p.key, found.entry, &epoch);
                     return Ok(verdict);
                 }
                 Err(why) => stats::count_slow(why),

@@ -61,7 +61,8 @@ enum Bench {
         /// Also write the markdown report here, and the bar chart beside it (same name, .png).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Only the paths whose name contains this (repeatable), e.g. `--path nftables`.
+        /// Only the paths whose name contains this (repeatable), e.g. `--path nftables`; a
+        /// path's whole name selects only that path.
         #[arg(long = "path")]
         paths: Vec<String>,
         /// Measure with this many flows (repeatable) instead of 1, 4,096 and 60,000; the

@@ -8,7 +8,7 @@ use aya_ebpf::{
     Global,
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use hairpin_common::{
@@ -156,4 +156,29 @@ const _: () = assert!(core::mem::size_of::<GenConfig>() == 56);
 #[xdp]
 pub fn bench_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+/// The headers `bench_restore` puts back before each repeat.
+#[map(name = "BENCH_RESTORE")]
+static RESTORE: Array<[u8; HDR_LEN]> = Array::with_max_entries(1, 0);
+/// The program under test that `bench_restore` hands the frame to (index 0).
+#[map(name = "BENCH_NEXT")]
+static NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// For the micro-benchmark's repeated test runs (`repeat` reruns a program on the frame it
+/// left, and a NAT rewrites its frame): puts the headers of `BENCH_RESTORE` back, then
+/// tail-calls the program under test. It runs in front of the dataplane and of the trivial
+/// reference alike; with the slot empty it measures itself (the tail call fails: aborted).
+#[xdp]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    let pkt = Xdp(&ctx);
+    let (Some(headers), Ok(hdr)) = (RESTORE.get(0), ptr_at::<[u8; HDR_LEN]>(&pkt, 0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at; a tail call that succeeds does not return.
+    unsafe {
+        *hdr = *headers;
+        NEXT.tail_call(&ctx, 0);
+    }
+    xdp_action::XDP_ABORTED
 }

@@ -65,7 +65,9 @@ pub struct Found {
 /// (An orphaned reply entry still holds its claim and still leads to its client; the
 /// controller sweeps it.) The twin is checked when the entry is stale (see [`Found`]), not on
 /// every packet: a second lookup per packet would cost the fast path a fifth of its budget, and
-/// eviction of a live flow's reply entry is rare. Should two CPUs both find the orphan, the
+/// eviction of a live flow's reply entry is rare. (With the flow cache, a flow is looked up
+/// here only every `flow_cache::fresh_ns`, so that is also how long an orphan can go unseen.)
+/// Removing one bumps the generation: no CPU's cached copy of it serves again. Should two CPUs both find the orphan, the
 /// later removal may take the flow the earlier one re-created; its own creation right after
 /// restores it.
 #[inline(always)]

@@ -28,7 +28,8 @@ pub const MAX_FRESH_NS: u64 = 4_000_000_000;
 
 /// How long a slot serves under idle timeouts `t`: [`MAX_FRESH_NS`], or a quarter of the
 /// shortest timeout if less, so that conntrack's last-seen times (which the controller's
-/// sweep expires flows by) are never more than that behind a live flow.
+/// sweep expires flows by) lag a live flow by at most that plus conntrack's own 1 s refresh
+/// granularity.
 #[inline(always)]
 pub const fn fresh_ns(t: &crate::Timeouts) -> u64 {
     let mut s = t.tcp_established;
@@ -49,7 +50,9 @@ pub const fn fresh_ns(t: &crate::Timeouts) -> u64 {
 pub const MIN_SLOTS_PER_CPU: u32 = 1024;
 pub const MAX_SLOTS_PER_CPU: u32 = 1 << 20;
 
-/// One flow direction, as the fast path forwards it. 64 bytes: one cache line.
+/// One flow direction, as the fast path forwards it. 64 bytes: one cache line (the map is
+/// mmapable, which makes the kernel page-align its values; a plain array's values start 56
+/// bytes into a line, so each slot would straddle two).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Slot {
@@ -76,6 +79,28 @@ pub struct Slot {
 
 /// `CT_S_*` bits sit at bits 8-12 of the conntrack flags; a slot keeps them in a byte.
 pub const STATE_SHIFT: u32 = 8;
+
+impl Slot {
+    /// The `CT_S_*` bits of conntrack flags (or a packet's state bits), as a slot keeps them.
+    #[inline(always)]
+    pub const fn state_of(flags: u32) -> u8 {
+        ((flags & crate::CT_S_ALL) >> STATE_SHIFT) as u8
+    }
+}
+
+/// The generation map's elements: the controller's counter (index 0), bumped after it removes
+/// flows, and the dataplane's, bumped when it removes an orphan. One writer kind each, so a
+/// read-then-write by either can never move the other's back.
+pub const GEN_CONTROLLER: u32 = 0;
+pub const GEN_DATAPLANE: u32 = 1;
+pub const GEN_LEN: u32 = 2;
+
+/// The generation a slot records: both counters, 16 bits each (a slot serves for seconds; no
+/// counter moves 65,536 times in that).
+#[inline(always)]
+pub const fn generation(controller: u32, dataplane: u32) -> u32 {
+    (controller << 16) | (dataplane & 0xffff)
+}
 const _: () = assert!(
     crate::CT_S_ALL >> STATE_SHIFT <= 0xff && (crate::CT_S_ALL >> STATE_SHIFT) << STATE_SHIFT == crate::CT_S_ALL
 );
@@ -94,8 +119,10 @@ pub const fn set_of(key: &FlowKey, sets: u32) -> u32 {
 /// Sets per CPU for a gateway sized for `max_flows` flows on `cpus` CPUs: room for both
 /// directions of every flow spread over the CPUs (with RSS, a CPU sees its share; on a
 /// single-queue NIC one CPU sees them all and the cache holds what it can, the rest is served
-/// by conntrack). So the cache takes about 2 * max_flows * 64 bytes over all CPUs, roughly half
-/// of conntrack's own memory.
+/// by conntrack), rounded up to a power of two, at least 1,024 slots. So the cache takes 2-4 x
+/// max_flows x 64 bytes over all CPUs, about as much as conntrack itself. `cpus` is the
+/// possible CPUs (the dataplane indexes by CPU number): where many more are possible than
+/// online, each online CPU gets a smaller share than it could use.
 pub const fn sets_per_cpu(max_flows: u32, cpus: u32) -> u32 {
     let cpus = if cpus == 0 { 1 } else { cpus };
     let want = (max_flows as u64 * 2 / cpus as u64) as u32;
@@ -164,6 +191,14 @@ mod tests {
         assert_eq!(fresh_ns(&crate::Timeouts { udp: 2, ..t }), 500_000_000);
         assert_eq!(fresh_ns(&crate::Timeouts { icmp: 8, tcp_transitory: 12, ..t }), 2_000_000_000);
         assert_eq!(fresh_ns(&crate::Timeouts { tcp_established: u32::MAX, ..t }), MAX_FRESH_NS);
+    }
+
+    #[test]
+    fn generations_keep_both_counters() {
+        assert_ne!(generation(1, 0), generation(0, 1));
+        assert_ne!(generation(0, 0), generation(0, 0x1_0000 - 1));
+        assert_eq!(generation(0, 0x1_0000), generation(0, 0), "16 bits each");
+        assert_eq!(Slot::state_of(crate::CT_S_ALL | crate::CT_F_REPLY), 0x1f);
     }
 
     #[test]

@@ -80,6 +80,13 @@ impl PinDir {
         if !self.map(map_names::CONFIG).exists() {
             bail!("hairpin is not up (nothing pinned at {}): run `hairpin-ctl up` first", self.root.display());
         }
+        if let Some(missing) = map_names::ALL.iter().find(|m| !self.map(m).exists()) {
+            bail!(
+                "the dataplane pinned at {} lacks map {missing}: it was set up by another version of \
+                 hairpin-ctl; run `hairpin-ctl down` and `up` again (its flows are lost)",
+                self.root.display()
+            );
+        }
         Maps::open(self)
     }
 
@@ -189,6 +196,9 @@ impl Maps {
     }
 
     /// Releases the binding of the LAN endpoint `internal`: its public port returns to the pool.
+    /// The caller calls [`flows_removed`] after its last release: a flow of the binding may
+    /// have been evicted from conntrack by the LRU, leaving cached copies that another LAN
+    /// host's flow on the released port must not meet.
     pub fn unbind(&mut self, internal: &MappingKey, b: &Binding, public: hairpin_common::Ipv4Be) {
         let _ = self.bindings.remove(internal);
         let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
@@ -216,8 +226,11 @@ impl Maps {
 /// stops using its copies of every flow (bumps the generation). Called after the removals, so
 /// that a copy made from a removed entry meanwhile carries the old generation.
 pub fn flows_removed<T: std::borrow::BorrowMut<MapData>>(ct_gen: &mut Array<T, u32>) -> anyhow::Result<()> {
-    let g = ct_gen.get(&0, 0).context("reading the flow table generation")?;
-    ct_gen.set(0, &g.wrapping_add(1), 0).context("bumping the flow table generation")
+    // The controller's own counter: the dataplane bumps the other, so neither can undo the
+    // other's bump.
+    let i = flow_cache::GEN_CONTROLLER;
+    let g = ct_gen.get(&i, 0).context("reading the flow table generation")?;
+    ct_gen.set(i, &g.wrapping_add(1), 0).context("bumping the flow table generation")
 }
 
 /// `xdp_pass` attached to an interface of the calling thread's network namespace, for as long

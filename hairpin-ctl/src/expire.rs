@@ -135,5 +135,8 @@ fn release_bindings(
             released += 1;
         }
     }
+    if released > 0 {
+        crate::dataplane::flows_removed(&mut maps.ct_gen)?;
+    }
     Ok(released)
 }

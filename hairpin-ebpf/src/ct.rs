@@ -311,6 +311,12 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         undo_reply();
         return Err(InsertError::Failed);
     }
+    // The tuples are this flow's now: this CPU's copies of flows that held them before (and
+    // were evicted by the LRU, unseen by any generation) must not serve it.
+    crate::cache::forget(&plan.orig_key);
+    if ours {
+        crate::cache::forget(&plan.reply_key);
+    }
     Ok(plan.orig.xlate)
 }
 

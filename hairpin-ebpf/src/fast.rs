@@ -7,62 +7,86 @@
 use hairpin_common::{FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
 
 use crate::{
+    cache,
     ct::Found,
     ctx::{Packet, ptr_at},
     fwd,
     maps::DEVICES,
     nat::rewrite,
     parse::Parsed,
+    stats,
 };
 
 /// Offset of the TTL (and protocol, the other half of its checksum word) in the IPv4 header.
 const IP_TTL_OFF: usize = 8;
 
-/// Forwards `p`, of the flow direction `found`; the verdict, or why the kernel must.
+/// Where and how a packet was sent: the next hop's interface and MAC addresses, the largest
+/// IPv4 total length the FIB has passed for it (the egress MTU check), and whether it is the
+/// interface the packet came in on (XDP_TX).
+pub struct Hop {
+    pub ifindex: u32,
+    pub macs: [u8; 12],
+    pub len_ok: u16,
+    pub tx: bool,
+}
+
+/// Forwards `p`, of the flow direction `found`, and copies what it was sent with into the
+/// flow cache; the verdict, or why the kernel must forward it.
 ///
 /// The next hop comes from the entry's cache when it is fresh (the entry's last-seen time was
 /// refreshed less than a second ago, see `ct::Found`) and has passed a packet this long;
 /// otherwise from `bpf_fib_lookup`, which also checks the egress MTU, and is cached. Two CPUs
 /// revalidating at once write the same values.
 #[inline(always)]
-pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found) -> Result<Reason, Slow> {
+pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found, epoch: &cache::Epoch) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
     // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
-    let (hop, tx) = unsafe {
+    let hop = unsafe {
         let e = found.entry;
         if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
-            (fwd::NextHop { ifindex: (*e).hop_ifindex, macs: (*e).hop_macs }, (*e).hop_is_ingress != 0)
+            Hop {
+                ifindex: (*e).hop_ifindex,
+                macs: (*e).hop_macs,
+                len_ok: (*e).hop_len_ok,
+                tx: (*e).hop_is_ingress != 0,
+            }
         } else {
-            let hop = fwd::next_hop(pkt, &found.xlate, p.tot_len)?;
+            let next = fwd::next_hop(pkt, &found.xlate, p.tot_len)?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
-            let same = !found.stale && (*e).hop_ifindex == hop.ifindex;
-            (*e).hop_len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
-            (*e).hop_macs = hop.macs;
-            (*e).hop_ifindex = hop.ifindex;
+            let same = !found.stale && (*e).hop_ifindex == next.ifindex;
+            let len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
             // A flow direction's packets arrive on one interface (the FIB answer cached with
             // it assumes so too): reading the ingress interface (three dependent loads
             // through the context) once per resolution is enough.
-            let tx = hop.ifindex == pkt.ifindex();
+            let tx = next.ifindex == pkt.ifindex();
+            (*e).hop_len_ok = len_ok;
+            (*e).hop_macs = next.macs;
+            (*e).hop_ifindex = next.ifindex;
             (*e).hop_is_ingress = u16::from(tx);
-            (hop, tx)
+            Hop { ifindex: next.ifindex, macs: next.macs, len_ok, tx }
         }
     };
-    send(pkt, p, ttl, &found.xlate, &hop, tx)
+    // Copied before sending, so that the hop need not outlive `send` (the program's stack is
+    // near the verifier's limit). What the packet is sent with, not the shared entry read
+    // again: another CPU may be rewriting it, or (LRU) recycling it for another flow. Should
+    // the send fail (an interface hairpin does not serve), the copy fails the same way and
+    // conntrack's path decides again.
+    // SAFETY: the entry pointer comes from a successful lookup.
+    let flags = unsafe { (*found.entry).flags };
+    cache::fill(&p.key, &found.xlate, &hop, flags, epoch);
+    let verdict = send(pkt, p, ttl, &found.xlate, hop.ifindex, &hop.macs, hop.tx)?;
+    stats::count_cache_miss();
+    Ok(verdict)
 }
 
 /// Forwards `p` as the flow cache's `slot` says (see `cache::lookup` for when it may).
 #[inline(always)]
 pub fn forward_cached(pkt: &impl Packet, p: &Parsed, slot: *const Slot) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
-    // SAFETY: the slot pointer comes from a successful lookup.
-    let (xlate, hop, tx) = unsafe {
-        (
-            (*slot).xlate,
-            fwd::NextHop { ifindex: (*slot).hop_ifindex, macs: (*slot).hop_macs },
-            (*slot).hop_is_ingress != 0,
-        )
-    };
-    send(pkt, p, ttl, &xlate, &hop, tx)
+    // SAFETY: the slot pointer comes from a successful lookup; read in place (the program's
+    // stack is near its limit), only this CPU writes it.
+    let s = unsafe { &*slot };
+    send(pkt, p, ttl, &s.xlate, s.hop_ifindex, &s.hop_macs, s.hop_is_ingress != 0)
 }
 
 /// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).
@@ -85,22 +109,24 @@ impl Ttl {
     }
 }
 
-/// Sends `p` to `hop` (back out of the ingress interface if `tx`), translated to `xlate`, its
-/// TTL decremented. Fails, changing nothing, only when `hop` is no interface hairpin serves.
+/// Sends `p` out of `ifindex` to `macs` (back out of the ingress interface if `tx`),
+/// translated to `xlate`, its TTL decremented. Fails, changing nothing, only when `ifindex`
+/// is no interface hairpin serves. Always inlined: it takes more than five arguments.
 #[inline(always)]
 fn send(
     pkt: &impl Packet,
     p: &Parsed,
     ttl: Ttl,
     xlate: &FlowKey,
-    hop: &fwd::NextHop,
+    ifindex: u32,
+    macs: &[u8; 12],
     tx: bool,
 ) -> Result<Reason, Slow> {
     let verdict = if tx {
         Reason::FastTx
     } else {
         // Only to the interfaces hairpin serves: the map lookup fails for any other.
-        DEVICES.redirect(hop.ifindex, 0).map_err(|_| Slow::Route)?;
+        DEVICES.redirect(ifindex, 0).map_err(|_| Slow::Route)?;
         Reason::FastRedirect
     };
     // Committed: nothing below can fail on a packet that parsed. Both ends and the TTL go
@@ -112,6 +138,6 @@ fn send(
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
     // SAFETY: as above.
-    unsafe { *eth = hop.macs };
+    unsafe { *eth = *macs };
     Ok(verdict)
 }

@@ -2,6 +2,7 @@
 //! `consts::map_names`, under which the controller pins them.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -61,12 +62,13 @@ pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 /// The fast path's flow cache (`cache.rs`): per CPU, sets of `flow_cache::WAYS` slots. Sized
 /// by the loader (one slot here, unused while `FLOW_CACHE_SETS` is 0).
 #[map(name = "HP_FLOW_CACHE")]
-pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, 0);
+pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// The flow table's generation: the controller bumps it after removing flows, the dataplane
-/// after removing an orphaned entry; cache slots of an older generation are not used.
+/// The flow table's generation, as two counters (`flow_cache::GEN_*`): the controller bumps
+/// its own after removing flows, the dataplane its own after removing an orphaned entry;
+/// cache slots of an older generation are not used.
 #[map(name = "HP_CT_GEN")]
-pub static CT_GEN: Array<u32> = Array::with_max_entries(1, 0);
+pub static CT_GEN: Array<u32> = Array::with_max_entries(flow_cache::GEN_LEN, 0);
 
 /// Per CPU: fast-path packets the flow cache could not serve (conntrack forwarded them).
 #[map(name = "HP_FC_MISSES")]

@@ -67,12 +67,8 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
         let xlate = found.xlate;
         if fast {
-            match fast::forward(pkt, &p, &found) {
-                Ok(verdict) => {
-                    stats::count_cache_miss();
-                    cache::fill(&p.key, found.entry, &epoch);
-                    return Ok(verdict);
-                }
+            match fast::forward(pkt, &p, &found, &epoch) {
+                Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::count_slow(why),
             }
         }
@@ -126,7 +122,6 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
 #[inline(always)]
 fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<(), Reason> {
     let xlate = ct::create(cfg, &p.key, new)?;
-    cache::forget(&p.key);
     rewrite(pkt, p, &with_dst(p, xlate.dst_ep()), CsumDelta::ZERO)
 }
 

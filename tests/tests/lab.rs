@@ -93,7 +93,7 @@ fn forward_and_hairpin(up_args: &[&str]) {
     assert!(moved > 2 * (HAIRPIN_BYTES as u64 / 65536), "only {moved} packets translated for a 1 MiB echo");
     if fast {
         assert!(lab.counter("fast_tx").unwrap() > 0 && lab.counter("fast_redirect").unwrap() > 0);
-        // A copy per flow direction and CPU, refreshed once a second and by FINs: most of a
+        // A copy per flow direction and CPU, refreshed every few seconds and by FINs: most of a
         // 1 MiB echo's packets come from the cache.
         let (hits, misses) = flow_cache(&lab);
         match cache {

@@ -1130,6 +1130,9 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
     use hairpin_common::{CFG_F_FAST_PATH, Slow};
     let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
     in_gateway_ns("fast", cfg, Mode::Xdp, |dp| {
+        // On one CPU, so that known flows' packets after the first fast one come from the flow
+        // cache, the TTL and MTU cases included (which it must leave to conntrack's path).
+        pin_to_cpu0();
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
         let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
@@ -1221,9 +1224,7 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
     let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
     in_gateway_ns("fcache", cfg, Mode::Xdp, |dp| {
         // The cache is per CPU: every test run on one CPU, so that each sees the last one's.
-        let mut one = nix::sched::CpuSet::new();
-        one.set(0).unwrap();
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+        pin_to_cpu0();
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(TCP_ACK);
         // Destination translated; and sent on by XDP on the fast path.
@@ -1254,7 +1255,45 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
         expect(dp, "after the flow's removal: a new flow", &fwd, Reason::IngressNewFlow, 2);
         expect(dp, "then conntrack again", &fwd, Reason::FastRedirect, 3);
         expect(dp, "then the cache", &fwd, Reason::FastRedirect, 3);
+
+        // The kernel's LRU evicts the flow (no generation moves) and the mapping changes; a
+        // FIN, which the copy has not recorded, re-creates the flow towards the new server. The
+        // CPU's copy of the old flow must not serve the next packet.
+        for (k, _) in dp.ct() {
+            dp.remove_ct(&k);
+        }
+        let other = "192.168.0.3:80";
+        dp.add_mapping(L4::Tcp, PUBLIC_80, other);
+        let to_other = |p: &Pkt| p.with("198.51.100.9:41000", other);
+        run_case(
+            "flow cache",
+            dp,
+            &[
+                step(
+                    "evicted, FIN: a new flow to the new server",
+                    Hook::WanIngress,
+                    &fin,
+                    Reason::IngressNewFlow,
+                    Some(&to_other(&fin)),
+                ),
+                step(
+                    "next: the new flow, not the old copy",
+                    Hook::WanIngress,
+                    &fwd,
+                    Reason::FastRedirect,
+                    Some(&to_other(&fwd).forwarded(CLIENT_MAC, LAN_MAC)),
+                ),
+            ],
+        );
+        assert_eq!(dp.cache_misses(), 4, "the new flow's first fast packet went through conntrack");
     });
+}
+
+/// Runs the calling thread (and its BPF test runs) on CPU 0 only.
+fn pin_to_cpu0() {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
 }
 
 // Every case but the fast path's runs with ingress as XDP programs and as TC programs (`up

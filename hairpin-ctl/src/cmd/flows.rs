@@ -41,6 +41,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         for (internal, b) in &bindings {
             maps.unbind(internal, b, public);
         }
+        crate::dataplane::flows_removed(&mut maps.ct_gen)?;
         println!("flushed {} flows and {} bindings", flows.len(), bindings.len());
         return Ok(());
     }

@@ -61,7 +61,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         lan_mask: Ipv4Be::from_octets(lan_prefix.mask().octets()),
     };
 
-    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache)?;
+    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache && a.mode == Mode::Xdp)?;
     Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
         .set(0, &cfg, 0)
         .context("writing the dataplane configuration")?;

@@ -121,7 +121,7 @@ pub struct UpArgs {
     pub no_fast_path: bool,
     /// Look every fast-path packet up in conntrack. By default each CPU keeps a copy of its
     /// established flows' translation and next hop (one 64-byte line per flow direction,
-    /// about 128 bytes per --max-flows over all CPUs), so that their packets skip the
+    /// 128-256 bytes per --max-flows over all CPUs), so that their packets skip the
     /// conntrack hash lookup; a copy serves at most 4 s (a quarter of the shortest idle
     /// timeout if less) before conntrack is consulted again, and none once flows are removed.
     /// Fixed once up.
@@ -139,9 +139,10 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = UdpFiltering::AddressAndPortDependent, value_name = "MODE")]
     pub udp_filtering: UdpFiltering,
     /// Flows the gateway can track at once (each takes two conntrack entries and up to two
-    /// egress rewrites, about 350 bytes, allocated up front, and about 128 bytes of flow
-    /// cache). When full, the least recently
-    /// used flows are evicted. Fixed once up: `run` adopting a dataplane keeps its size.
+    /// egress rewrites, about 350 bytes, allocated up front, and 128-256 bytes of flow
+    /// cache). When full, the least recently used flows are evicted (with the flow cache,
+    /// "used" is looked up in conntrack: every few seconds for a busy flow). Fixed once up:
+    /// `run` adopting a dataplane keeps its size.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1024..=16_777_216), value_name = "N")]
     pub max_flows: u32,
     #[command(flatten)]

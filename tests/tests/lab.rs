@@ -57,11 +57,12 @@ fn fast_packets(lab: &Lab) -> u64 {
     lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap()
 }
 
-/// The flow cache's (hits, misses) from `stats --json`.
-fn flow_cache(lab: &Lab) -> (u64, u64) {
+/// The flow cache's (enabled, hits, misses) from `stats --json`.
+fn flow_cache(lab: &Lab) -> (bool, u64, u64) {
     let s = lab.stats_json().unwrap();
     let get = |k: &str| s["flow_cache"][k].as_u64().unwrap_or_else(|| panic!("stats --json: no flow_cache.{k}: {s}"));
-    (get("hits"), get("misses"))
+    let enabled = s["flow_cache"]["enabled"].as_bool().unwrap_or_else(|| panic!("stats --json: no flow_cache.enabled"));
+    (enabled, get("hits"), get("misses"))
 }
 
 fn forward_and_hairpin(up_args: &[&str]) {
@@ -95,7 +96,8 @@ fn forward_and_hairpin(up_args: &[&str]) {
         assert!(lab.counter("fast_tx").unwrap() > 0 && lab.counter("fast_redirect").unwrap() > 0);
         // A copy per flow direction and CPU, refreshed every few seconds and by FINs: most of a
         // 1 MiB echo's packets come from the cache.
-        let (hits, misses) = flow_cache(&lab);
+        let (enabled, hits, misses) = flow_cache(&lab);
+        assert_eq!(enabled, cache, "stats says whether the flow cache is on");
         match cache {
             true => assert!(hits > misses, "flow cache: {hits} hits, {misses} misses"),
             false => assert_eq!(hits, 0, "--no-flow-cache: {misses} packets looked up, yet {hits} hits"),

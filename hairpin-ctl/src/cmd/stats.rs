@@ -2,10 +2,11 @@
 //! slow path, how often the fast path's flow cache served, new flows refused for want of a port
 //! or table space (per protocol), and how full the tables and port pools are.
 
+use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Reason, Slow,
-    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index},
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index, map_names},
 };
 use serde::Serialize;
 
@@ -56,6 +57,8 @@ struct SlowRow {
 /// usable copy for (conntrack forwarded them).
 #[derive(Serialize)]
 struct FlowCache {
+    /// Off: `up --no-flow-cache` or `--mode tc` (every fast-path packet is a miss).
+    enabled: bool,
     hits: u64,
     misses: u64,
     /// hits / (hits + misses), in percent (0 with no fast-path traffic).
@@ -84,8 +87,15 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let misses: u64 = maps.fc_misses.get(&0, 0)?.iter().sum();
     // Read one after the other while packets flow: clamp rather than underflow.
     let hits = fast.saturating_sub(misses);
+    // The loader gives the cache one unused slot when it is off.
+    let cache_map = pins.map(map_names::FLOW_CACHE);
+    let enabled = aya::maps::MapInfo::from_pin(&cache_map)
+        .with_context(|| format!("reading {}", cache_map.display()))?
+        .max_entries()
+        > 1;
     let stats = Stats {
         flow_cache: FlowCache {
+            enabled,
             hits,
             misses,
             hit_percent: if fast == 0 { 0.0 } else { 100.0 * hits as f64 / (hits + misses) as f64 },
@@ -116,7 +126,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     }
     let fc = &stats.flow_cache;
     println!("\n{:<22} {:>12} {:>12} {:>8}", "fast path flow cache", "hits", "misses", "hits");
-    println!("{:<22} {:>12} {:>12} {:>7.1}%", "", fc.hits, fc.misses, fc.hit_percent);
+    match fc.enabled {
+        true => println!("{:<22} {:>12} {:>12} {:>7.1}%", "", fc.hits, fc.misses, fc.hit_percent),
+        false => println!("{:<22} {:>12} {:>12} {:>8}", "", "off", fc.misses, ""),
+    }
     println!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
     for e in &stats.exhaustion {
         println!("{:<22} {:>12} {:>14}", e.proto, e.no_port, e.no_table_space);

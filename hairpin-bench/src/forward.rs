@@ -413,9 +413,7 @@ impl Harness {
             [0u32, frame.len() as u32, 0, self.gen_ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
         let prog: &mut Xdp = self.ebpf.program_mut("bench_gen").context("bench_gen")?.try_into()?;
         self.generator.scoped(|| {
-            let mut cpus = nix::sched::CpuSet::new();
-            cpus.set(0)?;
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
+            hairpin_lab::pin_thread_to_cpu(0)?;
             let start = Instant::now();
             let mut sent = 0u64;
             while !done(sent, start.elapsed()) {

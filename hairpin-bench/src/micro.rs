@@ -87,9 +87,7 @@ struct Row {
 
 fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     // The flow cache is per CPU: every run on one CPU, as a flow's packets are on a NIC queue.
-    let mut one = nix::sched::CpuSet::new();
-    one.set(0)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).context("pinning to CPU 0")?;
+    hairpin_lab::pin_thread_to_cpu(0)?;
     let cfg = |flags| Config {
         lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
         public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),

@@ -17,3 +17,12 @@ pub mod traffic;
 
 pub use netns::Netns;
 pub use topology::Lab;
+
+/// Runs the calling thread on `cpu` only: a BPF test run executes on the caller's CPU, and
+/// per-CPU state (the flow cache) or a benchmark's CPU split depends on which.
+pub fn pin_thread_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| anyhow::anyhow!("pinning a thread to CPU {cpu}: {e}"))
+}

@@ -1291,9 +1291,7 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
 
 /// Runs the calling thread (and its BPF test runs) on CPU 0 only.
 fn pin_to_cpu0() {
-    let mut one = nix::sched::CpuSet::new();
-    one.set(0).unwrap();
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+    hairpin_lab::pin_thread_to_cpu(0).unwrap();
 }
 
 // Every case but the fast path's runs with ingress as XDP programs and as TC programs (`up

@@ -88,6 +88,17 @@ impl Slot {
     }
 }
 
+/// From this fill of conntrack on, the controller's sweep marks the table under pressure
+/// (`CFG_F_CT_PRESSURE`). The LRU evicts only when the table is full (or nearly: CPUs keep a
+/// few free entries each), so evictions before the mark would take a quarter of the table
+/// filling within one sweep interval.
+pub const PRESSURE_PERCENT: u64 = 75;
+
+/// Whether `entries` conntrack entries of `capacity` put the table under pressure.
+pub const fn under_pressure(entries: u64, capacity: u64) -> bool {
+    entries * 100 >= capacity * PRESSURE_PERCENT
+}
+
 /// The generation map's elements: the controller's counter (index 0), bumped after it removes
 /// flows, and the dataplane's, bumped when it removes an orphan. One writer kind each, so a
 /// read-then-write by either can never move the other's back.
@@ -191,6 +202,15 @@ mod tests {
         assert_eq!(fresh_ns(&crate::Timeouts { udp: 2, ..t }), 500_000_000);
         assert_eq!(fresh_ns(&crate::Timeouts { icmp: 8, tcp_transitory: 12, ..t }), 2_000_000_000);
         assert_eq!(fresh_ns(&crate::Timeouts { tcp_established: u32::MAX, ..t }), MAX_FRESH_NS);
+    }
+
+    #[test]
+    fn pressure_starts_at_three_quarters() {
+        assert!(!under_pressure(0, 1000));
+        assert!(!under_pressure(749, 1000));
+        assert!(under_pressure(750, 1000));
+        assert!(under_pressure(1000, 1000));
+        assert!(!under_pressure(u32::MAX as u64 / 2, u32::MAX as u64));
     }
 
     #[test]

@@ -198,6 +198,11 @@ pub const CFG_F_UDP_EIF: u32 = 1 << 1;
 /// [`Config::flags`]: established flows are translated whole and sent out by XDP itself
 /// (redirect or XDP_TX) when the FIB knows route and neighbour; otherwise the kernel forwards.
 pub const CFG_F_FAST_PATH: u32 = 1 << 2;
+/// [`Config::flags`], set by the controller's sweep: conntrack is at least
+/// [`crate::flow_cache::PRESSURE_PERCENT`] full, so the kernel's LRU may be evicting live
+/// flows, whose tuples new flows may take while other CPUs still hold cached copies of them.
+/// While it is set, every new flow moves the dataplane's generation (no copy survives it).
+pub const CFG_F_CT_PRESSURE: u32 = 1 << 3;
 
 /// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
 #[repr(C)]
@@ -249,6 +254,9 @@ impl Config {
         self.flags & CFG_F_FAST_PATH != 0
     }
 
+    pub const fn ct_pressure(&self) -> bool {
+        self.flags & CFG_F_CT_PRESSURE != 0
+    }
     pub const fn udp_endpoint_independent_filtering(&self) -> bool {
         self.flags & CFG_F_UDP_EIF != 0
     }

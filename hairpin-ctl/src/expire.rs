@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
+use aya::maps::IterableMap as _;
 use hairpin_common::{CT_F_REPLY, CtEntry, FlowKey, Ipv4Be, MappingKey, PortBe, expiry};
 
 use crate::dataplane::Maps;
@@ -79,6 +81,8 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let cfg = maps.config()?;
     let (timeouts, public) = (cfg.timeouts, cfg.public_addr);
     let (flows, lone_replies) = snapshot(maps)?;
+    let entries: usize = flows.iter().map(|f| 1 + usize::from(f.reply.is_some())).sum::<usize>() + lone_replies.len();
+    mark_pressure(maps, &cfg, entries as u64)?;
     let mut s = Sweep { flows: flows.len(), ..Default::default() };
     let mut in_use = HashSet::new();
     let mut dead = Vec::new();
@@ -106,6 +110,24 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     s.unbound = release_bindings(maps, &in_use, public, now)?;
     s.elapsed = start.elapsed();
     Ok(s)
+}
+
+/// Sets or clears `CFG_F_CT_PRESSURE` as conntrack's fill says (`flow_cache::under_pressure`).
+/// The configuration is written only when the flag changes.
+fn mark_pressure(maps: &mut Maps, cfg: &hairpin_common::Config, entries: u64) -> anyhow::Result<()> {
+    use hairpin_common::CFG_F_CT_PRESSURE;
+    let capacity = maps.ct.map().info()?.max_entries();
+    let pressure = hairpin_common::flow_cache::under_pressure(entries, capacity.into());
+    if pressure == cfg.ct_pressure() {
+        return Ok(());
+    }
+    // Re-read: only this bit is the sweep's to change.
+    let mut cur = maps.config()?;
+    cur.flags = match pressure {
+        true => cur.flags | CFG_F_CT_PRESSURE,
+        false => cur.flags & !CFG_F_CT_PRESSURE,
+    };
+    maps.config.set(0, &cur, 0).context("marking conntrack's pressure in the configuration")
 }
 
 /// The (protocol, public port) pairs a flow entry holds: a binding is in use while one does.

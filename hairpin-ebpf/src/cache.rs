@@ -136,7 +136,8 @@ pub fn forget(key: &FlowKey) {
 }
 
 /// Bumps the dataplane's half of the generation: every CPU's slots stop serving. For
-/// removals the dataplane makes itself (rare: an entry orphaned by LRU eviction). It has its
+/// removals the dataplane makes itself (rare: an entry orphaned by LRU eviction), and for new
+/// flows while conntrack is under pressure. It has its
 /// own counter, so that a racing bump by the controller can never move the generation back;
 /// two CPUs racing here may bump it once between them, which still moves it.
 #[inline(always)]

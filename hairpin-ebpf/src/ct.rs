@@ -150,6 +150,11 @@ pub struct NewFlow {
 #[inline(always)]
 pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
     let created = try_create(cfg, key, new);
+    if created.is_ok() && cfg.ct_pressure() {
+        // The LRU may have evicted the flow whose tuple this one took; its copies on other
+        // CPUs must not serve (see `CFG_F_CT_PRESSURE`).
+        crate::cache::invalidate_all();
+    }
     if let Err(reason) = created {
         stats::count_exhaustion(key.proto, reason);
         // Rare by nature, and bounded: when the log ring is full, records are dropped (the

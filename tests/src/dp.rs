@@ -123,6 +123,13 @@ impl Dataplane {
         hairpin_ctl::dataplane::flows_removed(&mut g).unwrap();
     }
 
+    /// The dataplane's own generation counter (bumped on orphan removals, and on new flows
+    /// while conntrack is under pressure).
+    pub fn dataplane_generation(&self) -> u32 {
+        let g: Array<_, u32> = Array::try_from(self.ebpf.map(map_names::CT_GEN).unwrap()).unwrap();
+        g.get(&hairpin_common::flow_cache::GEN_DATAPLANE, 0).unwrap()
+    }
+
     /// Fast-path packets the flow cache could not serve, summed over CPUs.
     pub fn cache_misses(&self) -> u64 {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::FC_MISSES).unwrap()).unwrap();

@@ -1289,6 +1289,45 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
     });
 }
 
+/// While the controller marks conntrack under pressure (the LRU may be evicting live flows),
+/// every new flow moves the dataplane's generation: no cached copy survives it, whichever CPU
+/// holds it. Without the mark, new flows leave copies alone.
+#[test]
+fn under_conntrack_pressure_new_flows_retire_cached_copies() {
+    use hairpin_common::{CFG_F_CT_PRESSURE, CFG_F_FAST_PATH};
+    for pressure in [false, true] {
+        let mark = if pressure { CFG_F_CT_PRESSURE } else { 0 };
+        let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH | mark, ..dp::lab_config() };
+        in_gateway_ns("pressure", cfg, Mode::Xdp, move |dp| {
+            pin_to_cpu0();
+            dp.add_mapping(L4::Udp, "203.0.113.1:53", "192.168.0.2:53");
+            let a = Pkt::udp("198.51.100.9:41000", "203.0.113.1:53");
+            let b = Pkt::udp("198.51.100.9:41001", "203.0.113.1:53");
+            let (v_new, v_fast) = (
+                dp.verdict(Hook::WanIngress, Reason::IngressNewFlow),
+                dp.verdict(Hook::WanIngress, Reason::FastRedirect),
+            );
+            let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
+            assert_eq!([send(&a), send(&a), send(&a)], [v_new, v_fast, v_fast]);
+            assert_eq!(dp.cache_misses(), 1, "a's second packet was copied, its third served from the copy");
+            let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
+            assert_eq!(send(&b), v_new, "b: a new flow");
+            assert_eq!(send(&a), v_fast);
+            let (misses, generation) = (dp.cache_misses(), dp.dataplane_generation());
+            match pressure {
+                true => {
+                    assert_eq!(misses, 2, "under pressure, b's creation retired a's copy");
+                    assert_eq!(generation, 2, "each new flow moved the generation");
+                }
+                false => {
+                    assert_eq!(misses, 1, "a's copy survived b's creation");
+                    assert_eq!(generation, 0);
+                }
+            }
+        });
+    }
+}
+
 /// Runs the calling thread (and its BPF test runs) on CPU 0 only.
 fn pin_to_cpu0() {
     hairpin_lab::pin_thread_to_cpu(0).unwrap();

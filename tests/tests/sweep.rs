@@ -1,0 +1,65 @@
+//! The controller's flow sweep (`hairpin-ctl run`) against a loaded dataplane's maps, without
+//! attaching anything.
+
+use aya::maps::Array;
+use hairpin_common::{
+    CFG_F_CT_PRESSURE, Config, Endpoint, FlowKey, Ipv4Be, PortBe,
+    consts::{IPPROTO_UDP, map_names},
+    flow_cache::{GEN_CONTROLLER, PRESSURE_PERCENT},
+    nat::plan_flow,
+};
+use hairpin_ctl::{dataplane, expire};
+
+/// Flows the table is sized for: 2,048 conntrack entries.
+const MAX_FLOWS: u32 = 1024;
+
+/// The sweep marks conntrack under pressure from three quarters full (so that new flows then
+/// invalidate the flow cache), clears the mark once it drains, and leaves the configuration
+/// otherwise as it was.
+#[test]
+fn sweep_marks_conntrack_pressure_and_clears_it() {
+    hairpin_tests::require_root();
+    let mut ebpf = dataplane::load(MAX_FLOWS, true).expect("load the dataplane");
+    let cfg = Config { timeouts: Default::default(), ..hairpin_tests::dp::lab_config() };
+    Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
+    let mut maps = dataplane::Maps::take(&mut ebpf).expect("the dataplane's maps");
+    let now = expire::boot_ns();
+    // UDP flows from distinct LAN ports, both directions each, all fresh.
+    let flows: Vec<_> = (0..)
+        .map(|i: u32| {
+            let src = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 3]), PortBe::from_host(10_000 + i as u16));
+            let dst = Endpoint::new(Ipv4Be::from_octets([198, 51, 100, 7]), PortBe::from_host(53));
+            plan_flow(&FlowKey::new(IPPROTO_UDP, src, dst), dst, None, 0, now)
+        })
+        .take(MAX_FLOWS as usize)
+        .collect();
+    let at_threshold = (2 * MAX_FLOWS as usize * PRESSURE_PERCENT as usize / 100) / 2;
+    let flags = |maps: &dataplane::Maps| maps.config().unwrap().flags;
+    let generation = |maps: &dataplane::Maps| maps.ct_gen.get(&GEN_CONTROLLER, 0).unwrap();
+    let insert = |maps: &mut dataplane::Maps, plans: &[hairpin_common::nat::FlowPlan]| {
+        for p in plans {
+            maps.ct.insert(&p.orig_key, &p.orig, 0).unwrap();
+            maps.ct.insert(&p.reply_key, &p.reply, 0).unwrap();
+        }
+    };
+
+    insert(&mut maps, &flows[..at_threshold - 1]);
+    expire::sweep(&mut maps, now).unwrap();
+    assert_eq!(flags(&maps), cfg.flags, "just under three quarters: no pressure");
+
+    insert(&mut maps, &flows[at_threshold - 1..at_threshold]);
+    let s = expire::sweep(&mut maps, now).unwrap();
+    assert_eq!(s.expired + s.orphans, 0, "nothing was due");
+    assert_eq!(flags(&maps), cfg.flags | CFG_F_CT_PRESSURE, "three quarters full: under pressure");
+    assert_eq!(maps.config().unwrap(), Config { flags: cfg.flags | CFG_F_CT_PRESSURE, ..cfg }, "only the flag");
+    let before = generation(&maps);
+
+    // Flows removed as `flows flush` would: the generation moves, and the next sweep sees the
+    // table drained.
+    let drained: Vec<_> =
+        flows[..at_threshold / 2].iter().flat_map(|p| [(p.orig_key, p.orig), (p.reply_key, p.reply)]).collect();
+    maps.remove_entries(drained).unwrap();
+    assert_ne!(generation(&maps), before, "removing flows moves the controller's generation");
+    expire::sweep(&mut maps, now).unwrap();
+    assert_eq!(flags(&maps), cfg.flags, "drained: the mark is cleared");
+}

@@ -1127,12 +1127,10 @@ fn an_original_entry_without_its_reply_is_never_used(mode: Mode) {
 /// out of the LAN when hairpinned. Whatever the kernel must handle takes the slow path, counted.
 #[test]
 fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
-    use hairpin_common::{CFG_F_FAST_PATH, Slow};
-    let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
-    in_gateway_ns("fast", cfg, Mode::Xdp, |dp| {
-        // On one CPU, so that known flows' packets after the first fast one come from the flow
-        // cache, the TTL and MTU cases included (which it must leave to conntrack's path).
-        pin_to_cpu0();
+    use hairpin_common::Slow;
+    // Known flows' packets after the first fast one come from the flow cache, the TTL and MTU
+    // cases included (which it must leave to conntrack's path).
+    in_fast_gateway("fast", 0, |dp| {
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
         let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
@@ -1219,12 +1217,9 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
 /// removed flows, no copy of them serves.
 #[test]
 fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
-    use hairpin_common::{CFG_F_FAST_PATH, CT_S_FIN};
+    use hairpin_common::CT_S_FIN;
     use hairpin_tests::frame::{TCP_ACK, TCP_FIN};
-    let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH, ..dp::lab_config() };
-    in_gateway_ns("fcache", cfg, Mode::Xdp, |dp| {
-        // The cache is per CPU: every test run on one CPU, so that each sees the last one's.
-        pin_to_cpu0();
+    in_fast_gateway("fcache", 0, |dp| {
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(TCP_ACK);
         // Destination translated; and sent on by XDP on the fast path.
@@ -1294,12 +1289,10 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
 /// holds it. Without the mark, new flows leave copies alone.
 #[test]
 fn under_conntrack_pressure_new_flows_retire_cached_copies() {
-    use hairpin_common::{CFG_F_CT_PRESSURE, CFG_F_FAST_PATH};
+    use hairpin_common::CFG_F_CT_PRESSURE;
     for pressure in [false, true] {
         let mark = if pressure { CFG_F_CT_PRESSURE } else { 0 };
-        let cfg = Config { flags: dp::lab_config().flags | CFG_F_FAST_PATH | mark, ..dp::lab_config() };
-        in_gateway_ns("pressure", cfg, Mode::Xdp, move |dp| {
-            pin_to_cpu0();
+        in_fast_gateway("pressure", mark, move |dp| {
             dp.add_mapping(L4::Udp, "203.0.113.1:53", "192.168.0.2:53");
             let a = Pkt::udp("198.51.100.9:41000", "203.0.113.1:53");
             let b = Pkt::udp("198.51.100.9:41001", "203.0.113.1:53");
@@ -1328,9 +1321,14 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies() {
     }
 }
 
-/// Runs the calling thread (and its BPF test runs) on CPU 0 only.
-fn pin_to_cpu0() {
-    hairpin_lab::pin_thread_to_cpu(0).unwrap();
+/// `in_gateway_ns` with the lab's configuration, the fast path on and `flags` added, ingress
+/// as XDP, on CPU 0 only: the flow cache is per CPU, so each test run must see the last one's.
+fn in_fast_gateway(name: &str, flags: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+    let cfg = Config { flags: dp::lab_config().flags | hairpin_common::CFG_F_FAST_PATH | flags, ..dp::lab_config() };
+    in_gateway_ns(name, cfg, Mode::Xdp, |dp| {
+        hairpin_lab::pin_thread_to_cpu(0).unwrap();
+        test(dp)
+    });
 }
 
 // Every case but the fast path's runs with ingress as XDP programs and as TC programs (`up

@@ -195,13 +195,25 @@ impl Maps {
         self.config.get(&0, 0).context("reading the dataplane configuration")
     }
 
-    /// Releases the binding of the LAN endpoint `internal`: its public port returns to the pool.
-    /// The caller calls [`flows_removed`] after its last release: a flow of the binding may
+    /// Releases the bindings of LAN endpoints (`(internal, binding)` pairs): their public ports
+    /// return to the pool. Then, if any went, moves the generation: a flow of a binding may
     /// have been evicted from conntrack by the LRU, leaving cached copies that another LAN
     /// host's flow on the released port must not meet.
-    pub fn unbind(&mut self, internal: &MappingKey, b: &Binding, public: hairpin_common::Ipv4Be) {
-        let _ = self.bindings.remove(internal);
-        let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
+    pub fn unbind(
+        &mut self,
+        bindings: impl IntoIterator<Item = (MappingKey, Binding)>,
+        public: hairpin_common::Ipv4Be,
+    ) -> anyhow::Result<()> {
+        let mut released = false;
+        for (internal, b) in bindings {
+            let _ = self.bindings.remove(&internal);
+            let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
+            released = true;
+        }
+        if released {
+            flows_removed(&mut self.ct_gen)?;
+        }
+        Ok(())
     }
 
     /// Removes conntrack entries (the directions of a flow, as a snapshot read them) and the

@@ -145,20 +145,18 @@ fn release_bindings(
     now: u64,
 ) -> anyhow::Result<usize> {
     let all: Vec<(MappingKey, hairpin_common::Binding)> = maps.bindings.iter().collect::<Result<_, _>>()?;
-    let mut released = 0;
-    for (internal, b) in &all {
+    let mut released = Vec::new();
+    for (internal, b) in all {
         if in_use.contains(&(internal.proto, b.port)) || now.saturating_sub(b.last_used_ns) < ORPHAN_GRACE_NS {
             continue;
         }
         // A flow started since the snapshot has refreshed the binding (its last use is over a
         // second old, the dataplane's refresh interval): read it again right before removing.
-        if maps.bindings.get(internal, 0).is_ok_and(|cur| cur.last_used_ns == b.last_used_ns) {
-            maps.unbind(internal, b, public);
-            released += 1;
+        if maps.bindings.get(&internal, 0).is_ok_and(|cur| cur.last_used_ns == b.last_used_ns) {
+            released.push((internal, b));
         }
     }
-    if released > 0 {
-        crate::dataplane::flows_removed(&mut maps.ct_gen)?;
-    }
-    Ok(released)
+    let n = released.len();
+    maps.unbind(released, public)?;
+    Ok(n)
 }

@@ -67,9 +67,9 @@ pub struct Found {
 /// every packet: a second lookup per packet would cost the fast path a fifth of its budget, and
 /// eviction of a live flow's reply entry is rare. (With the flow cache, a flow is looked up
 /// here only every `flow_cache::fresh_ns`, so that is also how long an orphan can go unseen.)
-/// Removing one bumps the generation: no CPU's cached copy of it serves again. Should two CPUs both find the orphan, the
-/// later removal may take the flow the earlier one re-created; its own creation right after
-/// restores it.
+/// Removing one bumps the generation: no CPU's cached copy of it serves again. Should two
+/// CPUs both find the orphan, the later removal may take the flow the earlier one re-created;
+/// its own creation right after restores it.
 #[inline(always)]
 pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<Found> {
     let entry = CT.get_ptr_mut(key)?;

@@ -38,11 +38,9 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         // With no flow left, no binding is in use: every public port returns to the pool.
         let public = maps.config()?.public_addr;
         let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
-        for (internal, b) in &bindings {
-            maps.unbind(internal, b, public);
-        }
-        crate::dataplane::flows_removed(&mut maps.ct_gen)?;
-        println!("flushed {} flows and {} bindings", flows.len(), bindings.len());
+        let released = bindings.len();
+        maps.unbind(bindings, public)?;
+        println!("flushed {} flows and {released} bindings", flows.len());
         return Ok(());
     }
     let timeouts = maps.config()?.timeouts;

@@ -9,6 +9,8 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = manifest.join("../hairpin-ebpf").canonicalize()?;
     let pin = ebpf_dir.join("rust-toolchain.toml");
     println!("cargo::rerun-if-changed={}", pin.display());
+    // Read by hairpin-ebpf's own build script (see there).
+    println!("cargo::rerun-if-env-changed=HAIRPIN_STRICT_ALIGNMENT");
     let text = std::fs::read_to_string(&pin).with_context(|| format!("reading {}", pin.display()))?;
     let nightly = text
         .lines()

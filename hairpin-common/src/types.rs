@@ -39,8 +39,10 @@ impl PortBe {
     }
 }
 
-/// An address and port: one side of a flow, or the target of a translation.
-#[repr(C)]
+/// An address and port: one side of a flow, or the target of a translation. Aligned to its
+/// size: eBPF copies it as one 8-byte word, and a stack copy at a 4-aligned offset (inside
+/// an `Option`) would be a misaligned access, which the verifier rejects.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Endpoint {
     pub addr: Ipv4Be,
@@ -272,7 +274,7 @@ impl Config {
 // The layouts are ABI between the BPF object and the controller.
 const _: () = assert!(size_of::<Ipv4Be>() == 4 && align_of::<Ipv4Be>() == 4);
 const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
-const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 4);
+const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);

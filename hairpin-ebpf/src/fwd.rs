@@ -53,8 +53,14 @@ fn fib(pkt: &impl Packet, key: &FlowKey, tot_len: u16, flags: u32) -> (u32, bpf_
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = key.proto;
-    params.sport = key.sport.0;
-    params.dport = key.dport.0;
+    // Volatile: the ports sit at offsets 2 and 4, and merged into one 4-byte store they
+    // would make a misaligned stack access, which the verifier rejects (the programs are
+    // built allowing misaligned access, for packet headers).
+    // SAFETY: pointers to fields of a local.
+    unsafe {
+        core::ptr::write_volatile(&mut params.sport, key.sport.0);
+        core::ptr::write_volatile(&mut params.dport, key.dport.0);
+    }
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = pkt.ifindex();
     params.__bindgen_anon_3.ipv4_src = key.src.0;

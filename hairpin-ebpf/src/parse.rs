@@ -41,6 +41,11 @@ pub struct Parsed {
     pub tot_len: u16,
     /// TCP flags (byte 13 of the header), 0 for other protocols.
     pub tcp_flags: u8,
+    /// Explicit padding, in naturally aligned pieces: left implicit, the 5 bytes after
+    /// `tcp_flags` are copied as a 4-byte word at an odd offset, a misaligned stack access
+    /// (the programs are built allowing misaligned access), which the verifier rejects.
+    pub _pad8: u8,
+    pub _pad32: u32,
 }
 
 /// What follows an IPv4 header that hairpin translates.
@@ -198,6 +203,8 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
         l4_off,
         tot_len: tot_len as u16,
         tcp_flags,
+        _pad8: 0,
+        _pad32: 0,
     }))
 }
 
@@ -224,5 +231,7 @@ fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
         l4_off: ip.l4_off,
         tot_len: ip.tot_len as u16,
         tcp_flags: 0,
+        _pad8: 0,
+        _pad32: 0,
     })
 }

@@ -64,8 +64,10 @@ pub struct Slot {
     /// Destination and source MAC addresses of the next hop.
     pub hop_macs: [u8; 12],
     pub hop_ifindex: u32,
-    /// When conntrack was consulted for it (`bpf_ktime_get_boot_ns`, a jiffy's precision).
-    pub checked_ns: u64,
+    /// Until when it may serve (`bpf_ktime_get_boot_ns`, a jiffy's precision): conntrack was
+    /// consulted for it [`fresh_ns`] before. A deadline rather than the time of the check, so
+    /// that the bound is worked out once per fill instead of on every packet.
+    pub fresh_until_ns: u64,
     /// The generation of the flow table it was copied under.
     pub generation: u32,
     /// The largest IPv4 total length the FIB passed for the hop (the egress MTU check).

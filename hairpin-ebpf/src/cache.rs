@@ -8,8 +8,8 @@
 
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
-    FlowKey,
-    flow_cache::{GEN_DATAPLANE, Slot, WAYS, generation as combine, set_of, slot_index},
+    FlowKey, Timeouts,
+    flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, set_of, slot_index},
 };
 
 use crate::{
@@ -43,19 +43,20 @@ fn set_base(key: &FlowKey) -> Option<u32> {
     Some(slot_index(cpu, sets, set_of(key, sets), 0))
 }
 
-/// When and under which generation a packet looks its flow up: a slot checked less than
-/// `fresh_ns` before `now`, of generation `generation`, may serve it.
-pub struct Epoch {
+/// When and under which generation a packet looks its flow up: a slot of generation
+/// `generation` whose deadline is after `now` may serve it; a slot filled now serves for
+/// `fresh_ns(timeouts)`.
+pub struct Epoch<'a> {
     pub now: u64,
-    pub fresh_ns: u64,
     pub generation: u32,
+    pub timeouts: &'a Timeouts,
 }
 
-impl Epoch {
+impl Epoch<'_> {
     /// Whether `slot` may still serve (its flow aside).
     #[inline(always)]
     fn current(&self, slot: &Slot) -> bool {
-        slot.generation == self.generation && self.now.wrapping_sub(slot.checked_ns) < self.fresh_ns
+        slot.generation == self.generation && self.now < slot.fresh_until_ns
     }
 }
 
@@ -108,7 +109,7 @@ pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &Hop, flags: u32, epoch: &Epoch
         (*slot).xlate = *xlate;
         (*slot).hop_macs = hop.macs;
         (*slot).hop_ifindex = hop.ifindex;
-        (*slot).checked_ns = epoch.now;
+        (*slot).fresh_until_ns = epoch.now + fresh_ns(epoch.timeouts);
         (*slot).generation = epoch.generation;
         (*slot).hop_len_ok = hop.len_ok;
         (*slot).state = Slot::state_of(flags);

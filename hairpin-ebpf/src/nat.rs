@@ -4,7 +4,7 @@ use hairpin_common::{
     CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, IPPROTO_UDP},
     csum::CsumDelta,
-    ct_state_bits, flow_cache,
+    ct_state_bits,
     nat::Side,
 };
 
@@ -52,11 +52,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
     // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
     let fast = P::XDP && cfg.fast_path();
-    let epoch = cache::Epoch {
-        now,
-        fresh_ns: flow_cache::fresh_ns(&cfg.timeouts),
-        generation: if fast { cache::generation() } else { 0 },
-    };
+    let epoch = cache::Epoch { now, generation: if fast { cache::generation() } else { 0 }, timeouts: &cfg.timeouts };
     if fast
         && let Some(slot) = cache::lookup(&p.key, &epoch, seen, p.tot_len)
         // On failure (TTL) nothing was changed: conntrack's path below decides and counts.

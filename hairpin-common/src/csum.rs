@@ -24,9 +24,21 @@ pub const fn fold(sum: u32) -> u16 {
     s as u16
 }
 
-/// The accumulated change `Σ(~old + new)` of rewritten words (RFC 1624, eqn. 3).
+/// Folds a 64-bit one's complement sum to 32 bits (not complemented); 0 only for 0.
+#[inline(always)]
+pub const fn fold64(sum: u64) -> u32 {
+    let s = (sum & 0xffff_ffff) + (sum >> 32);
+    ((s & 0xffff_ffff) + (s >> 32)) as u32
+}
+
+/// The accumulated change `Σ(~old + new)` of rewritten words (RFC 1624, eqn. 3), summed in 64
+/// bits and folded only when applied. With an end-around carry after every addition it cost
+/// about a seventh of the fast path's instructions (BPF has no carry flag, and each 32-bit
+/// overflow check needs zero-extensions); a 64-bit sum of a few dozen 32-bit words cannot
+/// overflow, and folds to the same checksum, bit for bit: both sums are 0 only when every
+/// term is, and otherwise fold into 1..=0xffff, where each value mod 0xffff has one form.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CsumDelta(u32);
+pub struct CsumDelta(u64);
 
 impl CsumDelta {
     pub const ZERO: Self = Self(0);
@@ -34,25 +46,26 @@ impl CsumDelta {
     /// Records that the raw 32-bit word `old` becomes `new` (an IPv4 address).
     #[inline(always)]
     pub const fn replace32(self, old: u32, new: u32) -> Self {
-        Self(add32(add32(self.0, !old), new))
+        // `!old` as a 32-bit word, without the 64-bit complement's high ones.
+        Self(self.0 + (0xffff_ffff - old as u64) + new as u64)
     }
 
     /// Records that the raw 16-bit word `old` becomes `new` (a port).
     #[inline(always)]
     pub const fn replace16(self, old: u16, new: u16) -> Self {
-        Self(add32(add32(self.0, (!old) as u32), new as u32))
+        Self(self.0 + (0xffff - old as u64) + new as u64)
     }
 
     /// Adds another delta (e.g. the pseudo-header part to the port part).
     #[inline(always)]
     pub const fn plus(self, other: Self) -> Self {
-        Self(add32(self.0, other.0))
+        Self(self.0 + other.0)
     }
 
     /// The kernel `__wsum` form, for `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with size 0.
     #[inline(always)]
     pub const fn wsum(self) -> u32 {
-        self.0
+        fold64(self.0)
     }
 
     /// RFC 1624 eqn. 3: `HC' = ~(~HC + Σ(~m + m'))`.
@@ -61,7 +74,7 @@ impl CsumDelta {
     /// full recomputation would too: the result is 0x0000 only if every covered word is zero.
     #[inline(always)]
     pub const fn apply(self, check: u16) -> u16 {
-        !fold(add32((!check) as u32, self.0))
+        !fold(fold64(self.0 + (!check) as u64))
     }
 
     /// As [`apply`](Self::apply), for a UDP checksum: 0 means "no checksum" (RFC 768) and stays
@@ -212,6 +225,27 @@ mod tests {
             buf.extend_from_slice(&port);
             buf.extend_from_slice(&body);
             recompute_matches(buf, 2, new_addr, 6, new_port);
+        }
+
+        #[test]
+        fn wide_sum_folds_as_the_end_around_carry_chain_bit_for_bit(
+            words in proptest::collection::vec((any::<u32>(), any::<u32>()), 0..24),
+            ports in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..8),
+            check in any::<u16>(),
+        ) {
+            // The RFC 1624 chain as it was computed before: an end-around carry at every step.
+            let mut chain = 0u32;
+            let mut d = CsumDelta::ZERO;
+            for &(old, new) in &words {
+                chain = add32(add32(chain, !old), new);
+                d = d.replace32(old, new);
+            }
+            for &(old, new) in &ports {
+                chain = add32(add32(chain, (!old) as u32), new as u32);
+                d = d.replace16(old, new);
+            }
+            prop_assert_eq!(d.apply(check), !fold(add32((!check) as u32, chain)));
+            prop_assert_eq!(d.wsum(), chain);
         }
 
         #[test]

@@ -33,6 +33,9 @@ pub enum Path {
     /// The same, reading one line of a flow-cache-sized table per packet first: the floor of
     /// any per-flow state.
     RawLookup,
+    /// The same, writing what any router writes (Ethernet addresses, TTL and its checksum):
+    /// the floor of correct forwarding, NAT or not.
+    RawForward,
     /// The kernel routing, no NAT.
     KernelForward,
     /// nftables DNAT of the forwarded port (kernel conntrack).
@@ -54,9 +57,10 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 11] = [
+    pub const ALL: [Path; 12] = [
         Path::RawRedirect,
         Path::RawLookup,
+        Path::RawForward,
         Path::KernelForward,
         Path::NftDnat,
         Path::NftDnatMasq,
@@ -71,6 +75,7 @@ impl Path {
         match self {
             Path::RawRedirect => "raw XDP redirect (ceiling)",
             Path::RawLookup => "raw XDP redirect + a table line (memory floor)",
+            Path::RawForward => "raw XDP redirect + MACs and TTL (forwarding floor)",
             Path::KernelForward => "kernel forwarding",
             Path::NftDnat => "nftables DNAT",
             Path::NftDnatMasq => "nftables DNAT + masquerade",
@@ -120,6 +125,21 @@ const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
 const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
 const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
+/// What the forwarding floor writes: the sink's address, then the gateway's LAN side's.
+const FWD_MACS: [u8; 12] = [
+    MAC_SINK[0],
+    MAC_SINK[1],
+    MAC_SINK[2],
+    MAC_SINK[3],
+    MAC_SINK[4],
+    MAC_SINK[5],
+    MAC_LAN[0],
+    MAC_LAN[1],
+    MAC_LAN[2],
+    MAC_LAN[3],
+    MAC_LAN[4],
+    MAC_LAN[5],
+];
 
 /// A gateway interface's name and MAC address.
 type Iface = (&'static str, [u8; 6]);
@@ -168,9 +188,10 @@ impl Harness {
             .map_max_entries(map_names::SNAT, 1024)
             .map_max_entries("BENCH_TABLE", (sets * flow_cache::WAYS).max(1))
             .override_global("BENCH_TABLE_SETS", &sets, true)
+            .override_global("BENCH_FWD_MACS", &FWD_MACS, true)
             .load(hairpin_ctl::EBPF_OBJECT)
             .context("loading the bench programs")?;
-        for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup"] {
+        for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup", "bench_redirect_forward"] {
             <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
@@ -258,12 +279,16 @@ impl Harness {
             .set(0, &want, 0)?;
 
         match self.path {
-            Path::RawRedirect | Path::RawLookup => {
+            Path::RawRedirect | Path::RawLookup | Path::RawForward => {
                 let lan = gw.ifindex("lan0")?;
                 let mut out = DevMap::try_from(self.ebpf.map_mut("BENCH_OUT").context("BENCH_OUT")?)?;
                 // A device map resolves the ifindex in the updating thread's namespace.
                 gw.scoped(|| out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
-                let prog = if self.path == Path::RawLookup { "bench_redirect_lookup" } else { "bench_redirect" };
+                let prog = match self.path {
+                    Path::RawLookup => "bench_redirect_lookup",
+                    Path::RawForward => "bench_redirect_forward",
+                    _ => "bench_redirect",
+                };
                 attach(&mut self.ebpf, prog, gw, "wan0")?;
             }
             Path::KernelForward | Path::NftDnat | Path::NftDnatMasq | Path::NftMasq => {
@@ -320,7 +345,7 @@ impl Harness {
         let (src, dst, dmac) = match self.path {
             Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
             Path::NftMasq | Path::HairpinMasq => (LAN_CLIENT, WAN_CLIENT, MAC_LAN),
-            Path::RawRedirect | Path::RawLookup | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
+            Path::RawRedirect | Path::RawLookup | Path::RawForward | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
             _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
         let mut f = dmac.to_vec();

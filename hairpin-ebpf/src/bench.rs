@@ -1,8 +1,9 @@
 //! Programs for `cargo xtask bench`, not part of the dataplane (they share its object so the
 //! benchmark needs no second build): a traffic generator run with BPF_PROG_TEST_RUN in live
 //! frames mode, a sink that counts only correctly translated packets, the raw redirect that
-//! measures the ceiling with no NAT work, and the same redirect reading one line of a
-//! flow-cache-sized table per packet (the memory floor of any per-flow state).
+//! measures the ceiling with no NAT work, the same redirect reading one line of a
+//! flow-cache-sized table per packet (the memory floor of any per-flow state), and the same
+//! redirect writing what any router writes (the forwarding floor).
 
 use aya_ebpf::{
     Global,
@@ -14,6 +15,7 @@ use aya_ebpf::{
 use hairpin_common::{
     Endpoint, FlowKey, Ipv4Be, PortBe,
     consts::IPPROTO_UDP,
+    csum::CsumDelta,
     flow_cache::{WAYS, set_of},
 };
 
@@ -146,6 +148,37 @@ pub fn bench_redirect_lookup(ctx: XdpContext) -> u32 {
         Some(line) if line[0] == u64::MAX => xdp_action::XDP_DROP,
         _ => OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED),
     }
+}
+
+/// The forwarding floor's Ethernet addresses (destination, then source), set by the harness.
+#[unsafe(no_mangle)]
+static BENCH_FWD_MACS: Global<[u8; 12]> = Global::new([0; 12]);
+
+/// The ceiling plus what forwarding a frame correctly takes at least, NAT or not (RFC 1812):
+/// new Ethernet addresses, and the TTL decremented with its checksum updated. Any XDP router
+/// writes these header bytes; the ceiling leaves the frame untouched.
+#[xdp]
+pub fn bench_redirect_forward(ctx: XdpContext) -> u32 {
+    const TTL_OFF: usize = 14 + 8;
+    const IP_CSUM_OFF: usize = 14 + 10;
+    let pkt = Xdp(&ctx);
+    let (Ok(eth), Ok(word), Ok(check)) =
+        (ptr_at::<[u8; 12]>(&pkt, 0), ptr_at::<[u8; 2]>(&pkt, TTL_OFF), ptr_at::<u16>(&pkt, IP_CSUM_OFF))
+    else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let [ttl, proto] = *word;
+        if ttl <= 1 {
+            return xdp_action::XDP_PASS;
+        }
+        *word = [ttl - 1, proto];
+        let delta = CsumDelta::ZERO.replace16(u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl - 1, proto]));
+        check.write_unaligned(delta.apply(check.read_unaligned()));
+        *eth = BENCH_FWD_MACS.load();
+    }
+    OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 // The controller writes it as 56 raw bytes.

@@ -32,8 +32,8 @@ pub const fn fold64(sum: u64) -> u32 {
 }
 
 /// The accumulated change `Σ(~old + new)` of rewritten words (RFC 1624, eqn. 3), summed in 64
-/// bits and folded only when applied. With an end-around carry after every addition it cost
-/// about a seventh of the fast path's instructions (BPF has no carry flag, and each 32-bit
+/// bits and folded only when applied. With an end-around carry after every addition it took
+/// some 300 of `xdp_wan`'s 3,800 instructions (BPF has no carry flag, and each 32-bit
 /// overflow check needs zero-extensions); a 64-bit sum of a few dozen 32-bit words cannot
 /// overflow, and folds to the same checksum, bit for bit: both sums are 0 only when every
 /// term is, and otherwise fold into 1..=0xffff, where each value mod 0xffff has one form.

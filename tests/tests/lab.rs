@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use hairpin_common::flow_cache::GEN_CONTROLLER;
 use hairpin_lab::{
     Lab,
     probe::{self, Answer, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED},
@@ -273,13 +274,20 @@ fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
     assert!(lab.pin_dir.exists());
     scenario::udp_forward(&lab.inet, INET).expect("udp port-forward after run exited");
 
-    // A second run adopts the pinned state: mappings and flows survive.
-    let flows_before = udp_flows(&lab).len();
+    // A second run adopts the pinned state: mappings and flows survive. Its timeouts (the
+    // defaults) differ, so the flow cache's copies, which serve until a deadline set under
+    // the old ones, are retired: the controller's generation moves.
+    let generation = || {
+        let maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().expect("open the pinned maps");
+        maps.ct_gen.get(&GEN_CONTROLLER, 0).expect("read the generation")
+    };
+    let (flows_before, generation_before) = (udp_flows(&lab).len(), generation());
     let ctl = Controller::start(&lab, &[]);
     assert_eq!(udp_flows(&lab).len(), flows_before);
     assert_eq!(lab.ctl_json(&["map", "list"]).unwrap().len(), 3);
     let (status, out) = ctl.stop();
     assert!(status.success() && out.contains("adopted"), "{status}: {out}");
+    assert_ne!(generation(), generation_before, "new timeouts retire cached copies");
 
     lab.ctl(&["flows", "flush"]).unwrap();
     assert_eq!(lab.flows().unwrap(), Vec::<serde_json::Value>::new());

@@ -29,5 +29,57 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf(
         [aya_build::Package { name: "hairpin-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&nightly),
-    )
+    )?;
+    if std::env::var_os("AYA_BUILD_SKIP").is_none() {
+        let object = PathBuf::from(std::env::var("OUT_DIR")?).join("hairpin");
+        check_stack_alignment(&object).with_context(|| format!("checking {}", object.display()))?;
+    }
+    Ok(())
+}
+
+/// Fails on any stack access not aligned to its size. The programs are built allowing
+/// misaligned access (see hairpin-ebpf/build.rs), so LLVM may write a small value at an odd
+/// stack offset with one wide store, and the verifier rejects every such access, even on
+/// paths no test takes; this names the function at build time instead.
+fn check_stack_alignment(path: &std::path::Path) -> anyhow::Result<()> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
+    const FP: u8 = 10;
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data)?;
+    let mut bad = Vec::new();
+    for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
+        for (i, &[op, regs, off0, off1, ..]) in section.data()?.as_chunks::<8>().0.iter().enumerate() {
+            let off = i16::from_le_bytes([off0, off1]);
+            // Memory (0x60) and atomic (0xc0) modes of the load and store classes: a load's
+            // base is its source register, a store's its destination.
+            let base = match (op & 0x07, op & 0xe0) {
+                (0x01, 0x60) => regs >> 4,
+                (0x02 | 0x03, 0x60 | 0xc0) => regs & 0x0f,
+                _ => continue,
+            };
+            let size = match op & 0x18 {
+                0x00 => 4,
+                0x08 => 2,
+                0x10 => 1,
+                _ => 8,
+            };
+            if base == FP && off % size != 0 {
+                let at = (i * 8) as u64;
+                let func = file.symbols().find(|s| {
+                    s.section_index() == Some(section.index()) && (s.address()..s.address() + s.size()).contains(&at)
+                });
+                let (name, start) = func.map_or(("?", 0), |s| (s.name().unwrap_or("?"), s.address()));
+                let n = (at - start) / 8;
+                bad.push(format!("{name}: instruction {n} accesses {size} bytes at r10{off:+}"));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "misaligned stack accesses, which the verifier rejects (give the values copied there an \
+             explicit aligned layout, see hairpin-ebpf/src/parse.rs `Parsed`):\n{}",
+            bad.join("\n")
+        );
+    }
+    Ok(())
 }

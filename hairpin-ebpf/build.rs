@@ -10,9 +10,9 @@
 /// everywhere; the types that would otherwise be copied misaligned say so.
 fn main() {
     if let Ok(linker) = which::which("bpf-linker") {
-        println!("cargo:rerun-if-changed={}", linker.display());
+        println!("cargo::rerun-if-changed={}", linker.display());
     }
-    println!("cargo:rerun-if-env-changed=HAIRPIN_STRICT_ALIGNMENT");
+    println!("cargo::rerun-if-env-changed=HAIRPIN_STRICT_ALIGNMENT");
     if std::env::var_os("HAIRPIN_STRICT_ALIGNMENT").is_none_or(|v| v.is_empty() || v == "0") {
         println!("cargo::rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
     }

@@ -31,20 +31,24 @@ pub const ICMP_HDR_LEN: usize = 8;
 pub const ICMP_ID_OFF: usize = 4;
 
 /// Where the fields hairpin rewrites live, and the tuple they form.
+///
+/// Laid out so that no run of constant bytes starts at an odd offset: the programs are built
+/// allowing misaligned access (see `build.rs`), so LLVM writes such a run (a UDP packet's zero
+/// flags, say, with the padding after them) with one wide store, and a misaligned store to
+/// the stack is what the verifier rejects. Hence `repr(C)`, the flags first, and explicit
+/// padding in naturally aligned pieces.
+#[repr(C)]
 pub struct Parsed {
     pub key: FlowKey,
     /// Offset of the IPv4 header.
     pub l3_off: usize,
     /// Offset of the TCP/UDP/ICMP header (after IPv4 options, if any).
     pub l4_off: usize,
-    /// IPv4 total length.
-    pub tot_len: u16,
     /// TCP flags (byte 13 of the header), 0 for other protocols.
     pub tcp_flags: u8,
-    /// Explicit padding, in naturally aligned pieces: left implicit, the 5 bytes after
-    /// `tcp_flags` are copied as a 4-byte word at an odd offset, a misaligned stack access
-    /// (the programs are built allowing misaligned access), which the verifier rejects.
     pub _pad8: u8,
+    /// IPv4 total length.
+    pub tot_len: u16,
     pub _pad32: u32,
 }
 

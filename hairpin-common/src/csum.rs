@@ -62,7 +62,16 @@ impl CsumDelta {
         Self(self.0 + other.0)
     }
 
-    /// The kernel `__wsum` form, for `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with size 0.
+    /// The change of a router decrementing the TTL: the IPv4 header word that holds it with
+    /// the protocol (`[ttl, proto]` as in packet memory) before and after; `ttl` above 0.
+    #[inline(always)]
+    pub const fn ttl_decrement(ttl: u8, proto: u8) -> Self {
+        Self::ZERO.replace16(u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl - 1, proto]))
+    }
+
+    /// The kernel `__wsum` form, for `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with size 0:
+    /// the same 32-bit word as the end-around carry chain gives (both are 0 only when every
+    /// term is, and otherwise in 1..=0xffffffff, one form per value mod 0xffffffff).
     #[inline(always)]
     pub const fn wsum(self) -> u32 {
         fold64(self.0)
@@ -225,6 +234,25 @@ mod tests {
             buf.extend_from_slice(&port);
             buf.extend_from_slice(&body);
             recompute_matches(buf, 2, new_addr, 6, new_port);
+        }
+
+        #[test]
+        fn wide_sum_folds_as_the_end_around_carry_chain_bit_for_bit_at_the_edges(
+            pick in proptest::collection::vec(0usize..6, 0..24),
+            check in prop_oneof![Just(0u16), Just(0xffff), any::<u16>()],
+        ) {
+            // The words where the two forms of zero and the carries meet.
+            const EDGE: [(u32, u32); 6] =
+                [(0, 0), (0xffff_ffff, 0), (0, 0xffff_ffff), (0xffff_ffff, 0xffff_ffff), (1, 0), (0x8000_0000, 0x7fff_ffff)];
+            let mut chain = 0u32;
+            let mut d = CsumDelta::ZERO;
+            for &i in &pick {
+                let (old, new) = EDGE[i];
+                chain = add32(add32(chain, !old), new);
+                d = d.replace32(old, new);
+            }
+            prop_assert_eq!(d.apply(check), !fold(add32((!check) as u32, chain)));
+            prop_assert_eq!(d.wsum(), chain);
         }
 
         #[test]

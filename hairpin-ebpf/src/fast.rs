@@ -132,7 +132,7 @@ fn send(
     // Committed: nothing below can fail on a packet that parsed. Both ends and the TTL go
     // into one checksum update.
     let Ttl { word, ttl, proto } = ttl;
-    let ttl_delta = CsumDelta::ZERO.replace16(u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl - 1, proto]));
+    let ttl_delta = CsumDelta::ttl_decrement(ttl, proto);
     // SAFETY: bounds checked by ptr_at in `Ttl::check`; XDP may write packet memory.
     unsafe { *word = [ttl - 1, proto] };
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;

@@ -33,8 +33,8 @@ pub enum Path {
     /// The same, reading one line of a flow-cache-sized table per packet first: the floor of
     /// any per-flow state.
     RawLookup,
-    /// The same, writing what any router writes (Ethernet addresses, TTL and its checksum):
-    /// the floor of correct forwarding, NAT or not.
+    /// The same, writing the header bytes any router writes (Ethernet addresses, TTL and its
+    /// checksum), at fixed offsets, without parsing or a route lookup: the write floor.
     RawForward,
     /// The kernel routing, no NAT.
     KernelForward,
@@ -75,7 +75,7 @@ impl Path {
         match self {
             Path::RawRedirect => "raw XDP redirect (ceiling)",
             Path::RawLookup => "raw XDP redirect + a table line (memory floor)",
-            Path::RawForward => "raw XDP redirect + MACs and TTL (forwarding floor)",
+            Path::RawForward => "raw XDP redirect + MAC and TTL writes (write floor)",
             Path::KernelForward => "kernel forwarding",
             Path::NftDnat => "nftables DNAT",
             Path::NftDnatMasq => "nftables DNAT + masquerade",
@@ -125,21 +125,16 @@ const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
 const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
 const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
-/// What the forwarding floor writes: the sink's address, then the gateway's LAN side's.
-const FWD_MACS: [u8; 12] = [
-    MAC_SINK[0],
-    MAC_SINK[1],
-    MAC_SINK[2],
-    MAC_SINK[3],
-    MAC_SINK[4],
-    MAC_SINK[5],
-    MAC_LAN[0],
-    MAC_LAN[1],
-    MAC_LAN[2],
-    MAC_LAN[3],
-    MAC_LAN[4],
-    MAC_LAN[5],
-];
+/// What the write floor writes: the sink's address, then the gateway's LAN side's.
+const FWD_MACS: [u8; 12] = {
+    let mut m = [0; 12];
+    let mut i = 0;
+    while i < 6 {
+        (m[i], m[i + 6]) = (MAC_SINK[i], MAC_LAN[i]);
+        i += 1;
+    }
+    m
+};
 
 /// A gateway interface's name and MAC address.
 type Iface = (&'static str, [u8; 6]);

@@ -211,7 +211,7 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
     use Path::{
         HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq,
-        RawForward as FwdFloor, RawLookup as Floor, RawRedirect as Raw,
+        RawForward as WriteFloor, RawLookup as Floor, RawRedirect as Raw,
     };
     use Traffic::{Flows, Prefilled};
     // (what, numerator, denominator): each a path and its traffic.
@@ -219,8 +219,8 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         ("hairpin fast / raw ceiling, 1 flow", (Fast, Flows(1)), (Raw, Flows(1))),
         ("hairpin fast / raw ceiling, 60000 flows", (Fast, Flows(60_000)), (Raw, Flows(60_000))),
         ("hairpin fast / raw ceiling, 1M entries", (Fast, Prefilled), (Raw, Flows(1))),
-        ("forwarding floor / raw ceiling, 1 flow", (FwdFloor, Flows(1)), (Raw, Flows(1))),
-        ("hairpin fast / forwarding floor, 1 flow", (Fast, Flows(1)), (FwdFloor, Flows(1))),
+        ("write floor / raw ceiling, 1 flow", (WriteFloor, Flows(1)), (Raw, Flows(1))),
+        ("hairpin fast / write floor, 1 flow", (Fast, Flows(1)), (WriteFloor, Flows(1))),
         ("memory floor / raw ceiling, 60000 flows", (Floor, Flows(60_000)), (Raw, Flows(60_000))),
         ("hairpin fast / memory floor, 60000 flows", (Fast, Flows(60_000)), (Floor, Flows(60_000))),
         ("hairpin fast / without flow cache, 1 flow", (Fast, Flows(1)), (NoCache, Flows(1))),

@@ -90,6 +90,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     // Every harness is built first and the repetitions go round all of them, each round
     // starting one further along, so that a slower minute on this shared machine (or being
     // first in a round) weighs on every path alike rather than on the ones measured in it.
+    // Within a round, one traffic after another goes round the paths: the figures a ratio
+    // compares (same traffic, or 1 flow and the 1M-entry case) are taken seconds apart, not
+    // a minute or two.
     let mut harnesses = Vec::new();
     for path in Path::ALL.into_iter().filter(selected) {
         let h = Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
@@ -118,10 +121,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         })
         .collect();
     let count = harnesses.len();
+    let most = harnesses.iter().map(|(_, traffic)| traffic.len()).max().unwrap_or(0);
     for rep in 1..=reps {
-        for k in (0..count).map(|k| (k + rep - 1) % count) {
-            let (h, traffic) = &mut harnesses[k];
-            for (j, &t) in traffic.iter().enumerate() {
+        for j in 0..most {
+            for k in (0..count).map(|k| (k + rep - 1) % count) {
+                let (h, traffic) = &mut harnesses[k];
+                let Some(&t) = traffic.get(j) else { continue };
                 let (n, warmup) = match t {
                     Traffic::Flows(n) => (n, u64::from(n) * 4 + 100_000),
                     Traffic::Prefilled => (1, 100_000),

@@ -195,6 +195,18 @@ impl Maps {
         self.config.get(&0, 0).context("reading the dataplane configuration")
     }
 
+    /// Writes the dataplane configuration. Then, if the idle timeouts changed, moves the
+    /// generation: flow cache copies serve until a deadline worked out from the timeouts they
+    /// were made under, and shorter ones must not wait for it (see `flow_cache::fresh_ns`).
+    pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        let before = self.config()?;
+        self.config.set(0, cfg, 0).context("writing the dataplane configuration")?;
+        if cfg.timeouts != before.timeouts {
+            flows_removed(&mut self.ct_gen)?;
+        }
+        Ok(())
+    }
+
     /// Releases the bindings of LAN endpoints (`(internal, binding)` pairs): their public ports
     /// return to the pool. Then, if any went, moves the generation: a flow of a binding may
     /// have been evicted from conntrack by the LRU, leaving cached copies that another LAN

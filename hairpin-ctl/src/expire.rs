@@ -127,7 +127,7 @@ fn mark_pressure(maps: &mut Maps, cfg: &hairpin_common::Config, entries: u64) ->
         true => cur.flags | CFG_F_CT_PRESSURE,
         false => cur.flags & !CFG_F_CT_PRESSURE,
     };
-    maps.config.set(0, &cur, 0).context("marking conntrack's pressure in the configuration")
+    maps.set_config(&cur).context("marking conntrack's pressure in the configuration")
 }
 
 /// The (protocol, public port) pairs a flow entry holds: a binding is in use while one does.

@@ -12,12 +12,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    cli::RunArgs,
-    cmd::up,
-    dataplane::{self, PinDir},
-    expire,
-};
+use crate::{cli::RunArgs, cmd::up, dataplane::PinDir, expire};
 
 /// Prints the dataplane's aya-log records on stdout, beside the controller's own lines.
 struct Print;
@@ -54,16 +49,10 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
         // bindings and mappings, take the timeouts, UDP filtering and fast path given now.
         let mut maps = pins.open()?;
         let mut cfg = maps.config()?;
-        let old_timeouts = cfg.timeouts;
         cfg.timeouts = a.up.timeouts.to_timeouts();
         let live = CFG_F_UDP_EIF | CFG_F_FAST_PATH;
         cfg.flags = (cfg.flags & !live) | (a.up.config_flags() & live);
-        maps.config.set(0, &cfg, 0).context("updating the timeouts, filtering and fast path")?;
-        if cfg.timeouts != old_timeouts {
-            // Flow cache copies serve until a deadline set from the timeouts they were made
-            // under: shorter ones must not wait for it (see `flow_cache::fresh_ns`).
-            dataplane::flows_removed(&mut maps.ct_gen)?;
-        }
+        maps.set_config(&cfg).context("updating the timeouts, filtering and fast path")?;
         println!("hairpin run: adopted the dataplane pinned at {}", pins.root.display());
     } else {
         up::run(pins, &a.up)?;

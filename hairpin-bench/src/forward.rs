@@ -35,7 +35,7 @@ pub enum Path {
     RawLookup,
     /// The same, writing the header bytes any router writes (Ethernet addresses, TTL and its
     /// checksum), at fixed offsets, without parsing or a route lookup: the write floor.
-    RawForward,
+    RawWrite,
     /// The kernel routing, no NAT.
     KernelForward,
     /// nftables DNAT of the forwarded port (kernel conntrack).
@@ -60,7 +60,7 @@ impl Path {
     pub const ALL: [Path; 12] = [
         Path::RawRedirect,
         Path::RawLookup,
-        Path::RawForward,
+        Path::RawWrite,
         Path::KernelForward,
         Path::NftDnat,
         Path::NftDnatMasq,
@@ -75,7 +75,7 @@ impl Path {
         match self {
             Path::RawRedirect => "raw XDP redirect (ceiling)",
             Path::RawLookup => "raw XDP redirect + a table line (memory floor)",
-            Path::RawForward => "raw XDP redirect + MAC and TTL writes (write floor)",
+            Path::RawWrite => "raw XDP redirect + MAC and TTL writes (write floor)",
             Path::KernelForward => "kernel forwarding",
             Path::NftDnat => "nftables DNAT",
             Path::NftDnatMasq => "nftables DNAT + masquerade",
@@ -126,7 +126,7 @@ const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
 const MAC_LAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x03];
 const MAC_SINK: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x04];
 /// What the write floor writes: the sink's address, then the gateway's LAN side's.
-const FWD_MACS: [u8; 12] = {
+const WRITE_MACS: [u8; 12] = {
     let mut m = [0; 12];
     let mut i = 0;
     while i < 6 {
@@ -183,10 +183,10 @@ impl Harness {
             .map_max_entries(map_names::SNAT, 1024)
             .map_max_entries("BENCH_TABLE", (sets * flow_cache::WAYS).max(1))
             .override_global("BENCH_TABLE_SETS", &sets, true)
-            .override_global("BENCH_FWD_MACS", &FWD_MACS, true)
+            .override_global("BENCH_WRITE_MACS", &WRITE_MACS, true)
             .load(hairpin_ctl::EBPF_OBJECT)
             .context("loading the bench programs")?;
-        for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup", "bench_redirect_forward"] {
+        for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup", "bench_redirect_write"] {
             <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
@@ -274,14 +274,14 @@ impl Harness {
             .set(0, &want, 0)?;
 
         match self.path {
-            Path::RawRedirect | Path::RawLookup | Path::RawForward => {
+            Path::RawRedirect | Path::RawLookup | Path::RawWrite => {
                 let lan = gw.ifindex("lan0")?;
                 let mut out = DevMap::try_from(self.ebpf.map_mut("BENCH_OUT").context("BENCH_OUT")?)?;
                 // A device map resolves the ifindex in the updating thread's namespace.
                 gw.scoped(|| out.set(0, lan, None, 0).context("filling BENCH_OUT"))?;
                 let prog = match self.path {
                     Path::RawLookup => "bench_redirect_lookup",
-                    Path::RawForward => "bench_redirect_forward",
+                    Path::RawWrite => "bench_redirect_write",
                     _ => "bench_redirect",
                 };
                 attach(&mut self.ebpf, prog, gw, "wan0")?;
@@ -340,7 +340,7 @@ impl Harness {
         let (src, dst, dmac) = match self.path {
             Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
             Path::NftMasq | Path::HairpinMasq => (LAN_CLIENT, WAN_CLIENT, MAC_LAN),
-            Path::RawRedirect | Path::RawLookup | Path::RawForward | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
+            Path::RawRedirect | Path::RawLookup | Path::RawWrite | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
             _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
         let mut f = dmac.to_vec();

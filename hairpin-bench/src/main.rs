@@ -40,11 +40,11 @@ enum Bench {
         append: Option<std::path::PathBuf>,
     },
     /// Packets per second through the gateway, side by side: raw XDP redirect (ceiling), the
-    /// same reading a table line per packet (memory floor) or writing MACs and TTL
-    /// (write floor), kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast path and
-    /// XDP_TX hairpinning towards a forwarded port; nftables masquerade and hairpin's fast
-    /// path for LAN hosts' traffic to the internet; 1, 4,096 and 60,000 flows, and 1,000,000
-    /// conntrack entries.
+    /// same reading a table line per packet (memory floor) or writing MACs and TTL (write
+    /// floor), kernel forwarding, nftables DNAT and DNAT+masquerade, hairpin slow path, fast
+    /// path and XDP_TX hairpinning towards a forwarded port; nftables masquerade and hairpin's
+    /// fast path for LAN hosts' traffic to the internet; 1, 4,096 and 60,000 flows, and
+    /// 1,000,000 conntrack entries.
     Forward {
         /// The hairpin-ctl binary to drive.
         #[arg(long)]

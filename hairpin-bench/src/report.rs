@@ -216,7 +216,7 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
     use Path::{
         HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq,
-        RawForward as WriteFloor, RawLookup as Floor, RawRedirect as Raw,
+        RawLookup as Floor, RawRedirect as Raw, RawWrite as WriteFloor,
     };
     use Traffic::{Flows, Prefilled};
     // (what, numerator, denominator): each a path and its traffic.

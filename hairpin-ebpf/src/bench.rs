@@ -152,14 +152,14 @@ pub fn bench_redirect_lookup(ctx: XdpContext) -> u32 {
 
 /// The write floor's Ethernet addresses (destination, then source), set by the harness.
 #[unsafe(no_mangle)]
-static BENCH_FWD_MACS: Global<[u8; 12]> = Global::new([0; 12]);
+static BENCH_WRITE_MACS: Global<[u8; 12]> = Global::new([0; 12]);
 
 /// The ceiling plus the header writes of forwarding, NAT or not (RFC 1812): new Ethernet
 /// addresses, and the TTL decremented with its checksum updated. Only the writes: the offsets
 /// are fixed (the generator's frames), and there is no parsing and no route lookup. The
 /// ceiling leaves the frame untouched.
 #[xdp]
-pub fn bench_redirect_forward(ctx: XdpContext) -> u32 {
+pub fn bench_redirect_write(ctx: XdpContext) -> u32 {
     const TTL_OFF: usize = 14 + 8;
     const IP_CSUM_OFF: usize = 14 + 10;
     let pkt = Xdp(&ctx);
@@ -176,7 +176,7 @@ pub fn bench_redirect_forward(ctx: XdpContext) -> u32 {
         }
         *word = [ttl - 1, proto];
         check.write_unaligned(CsumDelta::ttl_decrement(ttl, proto).apply(check.read_unaligned()));
-        *eth = BENCH_FWD_MACS.load();
+        *eth = BENCH_WRITE_MACS.load();
     }
     OUT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }

@@ -24,9 +24,13 @@ static FLOW_CACHE_SETS: Global<u32> = Global::new(0);
 
 /// The flow table's generation, both writers' counters in one word. Read before conntrack
 /// is, so that a slot filled from an entry removed meanwhile carries the generation from
-/// before its removal.
+/// before its removal. Without a cache nothing uses it: 0, and no map is read (the verifier
+/// drops the reads, `FLOW_CACHE_SETS` being read-only data).
 #[inline(always)]
 pub fn generation() -> u32 {
+    if FLOW_CACHE_SETS.load() == 0 {
+        return 0;
+    }
     let (Some(ctl), Some(dp)) = (CT_GEN.get(0), CT_GEN.get(GEN_DATAPLANE)) else { return 0 };
     combine(*ctl, *dp)
 }

@@ -343,26 +343,7 @@ impl Harness {
             Path::RawRedirect | Path::RawLookup | Path::RawWrite | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
             _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
-        let mut f = dmac.to_vec();
-        f.extend_from_slice(&MAC_GEN);
-        f.extend_from_slice(&[0x08, 0x00]);
-        let payload = [0u8; 18];
-        let tot = (20 + 8 + payload.len()) as u16;
-        let mut ip = vec![0x45, 0, (tot >> 8) as u8, tot as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
-        ip.extend_from_slice(&src.octets());
-        ip.extend_from_slice(&dst.octets());
-        let csum = !ip.chunks(2).fold(0u32, |s, w| {
-            let s = s + u32::from(u16::from_be_bytes([w[0], w[1]]));
-            (s & 0xffff) + (s >> 16)
-        }) as u16;
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&(FIRST_PORT as u16).to_be_bytes());
-        f.extend_from_slice(&PORT.to_be_bytes());
-        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&payload);
-        f
+        crate::frame::udp(dmac, MAC_GEN, src, FIRST_PORT as u16, dst, PORT)
     }
 
     fn sink_counts(&self) -> anyhow::Result<(u64, u64)> {

@@ -3,6 +3,7 @@
 
 mod chart;
 mod forward;
+mod frame;
 mod micro;
 mod report;
 mod sweep;

@@ -151,7 +151,8 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     let p: &mut Xdp = dps[0].program_mut("bench_tx").context("bench_tx")?.try_into()?;
     p.load()?;
     /// A row: the dataplane (index in `dps`) and program run, whether each run is a new
-    /// flow's first packet, and the verdict every run must return.
+    /// flow's first packet (which cannot be repeated: a new flow needs a new tuple), and the
+    /// verdict every run must return.
     struct Case {
         row: &'static str,
         dp: usize,
@@ -167,8 +168,9 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         case("new flow (port-forward)", 0, prog_names::XDP_WAN, true, 2),
         case(TRIVIAL, 0, "bench_tx", false, 3),
     ];
+    let n = cases.len();
     let started = std::time::Instant::now();
-    let mut total = [Duration::ZERO; 5];
+    let mut total = vec![Duration::ZERO; n];
     for block in 0..RUNS / BLOCK {
         for (c, t) in cases.iter().zip(&mut total) {
             for i in block * BLOCK..(block + 1) * BLOCK {
@@ -180,22 +182,22 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         }
     }
 
-    // Repeated: `bench_restore` in front of the program under test, each case in turn for
-    // `ROUNDS` rounds. The harness row runs it with the slot empty.
+    // Repeated: `bench_restore` in front of the program under test, each case but the new
+    // flow in turn for `ROUNDS` rounds; then the harness alone, the slot empty (the last
+    // figure).
     let established = frame(65000);
     let headers: [u8; 42] = established[..42].try_into().expect("a 42-byte header");
     for ebpf in &mut dps {
         Array::try_from(ebpf.map_mut("BENCH_RESTORE").context("BENCH_RESTORE")?)?.set(0, &headers, 0)?;
         <&mut Xdp>::try_from(ebpf.program_mut("bench_restore").context("bench_restore")?)?.load()?;
     }
-    let repeated: [(usize, Option<&str>, u32); 5] = [
-        (0, Some(prog_names::XDP_WAN), 4),
-        (1, Some(prog_names::XDP_WAN), 4),
-        (2, Some(prog_names::XDP_WAN), 2),
-        (0, Some("bench_tx"), 3),
-        (0, None, 0),
-    ];
-    let mut rep_total = [Duration::ZERO; 5];
+    let repeated: Vec<(usize, Option<&str>, u32)> = cases
+        .iter()
+        .map(|c| (!c.new_flow).then_some((c.dp, Some(c.prog), c.want)))
+        .chain([Some((0, None, 0))])
+        .flatten()
+        .collect();
+    let mut rep_total = vec![Duration::ZERO; repeated.len()];
     for _ in 0..ROUNDS {
         for (&(dp, prog, want), t) in repeated.iter().zip(&mut rep_total) {
             let ebpf = &mut dps[dp];
@@ -221,21 +223,18 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     ensure!(missed <= allowed, "the flow cache missed {missed} times (at most {allowed} expected) on one CPU");
     let all = u64::from(RUNS + REPEATS);
     ensure!(misses(&dps[1])? == all, "without a flow cache, conntrack forwards every packet");
-    let single = cases.iter().zip(total).map(|(c, t)| (c.row, t.as_nanos() as f64 / f64::from(RUNS)));
-    // A test run reports the mean per repeat: the rounds' mean.
-    let rep = |t: Duration| Some(t.as_nanos() as f64 / f64::from(ROUNDS));
-    let mut rows: Vec<Row> = single
-        .enumerate()
-        .map(|(i, (what, single))| Row {
-            what,
-            single: Some(single),
-            repeated: match i {
-                0..=2 => rep(rep_total[i]),
-                4 => rep(rep_total[3]),
-                _ => None,
-            },
+    // A test run reports the mean per repeat: the rounds' mean. The repeated figures are in
+    // the cases' order, the new flow left out, then the harness's.
+    let mut rep = rep_total.into_iter().map(|t| t.as_nanos() as f64 / f64::from(ROUNDS));
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .zip(total)
+        .map(|(c, t)| Row {
+            what: c.row,
+            single: Some(t.as_nanos() as f64 / f64::from(RUNS)),
+            repeated: if c.new_flow { None } else { rep.next() },
         })
         .collect();
-    rows.push(Row { what: HARNESS, single: None, repeated: rep(rep_total[4]) });
+    rows.push(Row { what: HARNESS, single: None, repeated: rep.next() });
     Ok(rows)
 }

@@ -13,7 +13,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, MAPPINGS, SNAT},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, MAPPINGS, PLAN, SNAT},
     stats,
 };
 
@@ -173,20 +173,25 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
 #[inline(always)]
 fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
     let &NewFlow { dst, snat, flags, seen, now } = new;
+    // Planned in this CPU's scratch slot, not on the stack: two entries and their keys are
+    // more than the fast path's share of the 512 bytes leaves.
+    let slot = PLAN.get_ptr_mut(0).ok_or(Reason::DropFlowInsert)?;
     let plan = |src| {
-        let mut plan = plan_flow(key, dst, src, flags, now);
+        // SAFETY: this CPU's slot, which nothing else uses while the program runs here.
+        let plan = unsafe { &mut *slot };
+        *plan = plan_flow(key, dst, src, flags, now);
         plan.orig.flags |= seen;
-        plan
+        &*plan
     };
     let addr = match snat {
         // Without a port to choose, a taken reply tuple is simply a failed insert.
-        SourceNat::Keep => return insert(&plan(None)).map_err(|_| Reason::DropFlowInsert),
+        SourceNat::Keep => return insert(plan(None)).map_err(|_| Reason::DropFlowInsert),
         SourceNat::Public if key.proto != IPPROTO_ICMP => {
             // A binding this packet created stays even if the flow fails: another CPU may
             // already use it. The controller releases bindings no flow holds.
             let port = binding(cfg, key, now)?;
             let src = Endpoint::new(cfg.public_addr, port);
-            return insert(&plan(Some(src))).map_err(|_| Reason::DropFlowInsert);
+            return insert(plan(Some(src))).map_err(|_| Reason::DropFlowInsert);
         }
         SourceNat::Public => cfg.public_addr,
         SourceNat::Lan => cfg.lan_addr,
@@ -199,7 +204,7 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         if snat == SourceNat::Public && forwarded(key.proto, src) {
             continue;
         }
-        match insert(&plan(Some(src))) {
+        match insert(plan(Some(src))) {
             Err(InsertError::TupleTaken) => continue,
             Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
             Ok(xlate) => return Ok(xlate),

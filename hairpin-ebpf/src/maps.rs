@@ -9,7 +9,7 @@ use aya_ebpf::{
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey, Slow,
     consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
-    flow_cache,
+    flow_cache, nat,
 };
 
 /// One element: the settings `hairpin-ctl up` wrote.
@@ -54,6 +54,10 @@ pub static SLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(Slow::COUNT, 0
 /// The interfaces the fast path may redirect to (LAN and WAN), keyed by ifindex.
 #[map(name = "HP_DEVICES")]
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
+
+/// Per CPU: the flow being created (`ct::create`), kept off the stack.
+#[map(name = "HP_PLAN")]
+pub static PLAN: PerCpuArray<nat::FlowPlan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the jiffy at which the boot-time clock was last read, and what it read.
 #[map(name = "HP_CLOCK")]

@@ -90,6 +90,9 @@ fn config(timeouts: Timeouts) -> Config {
         timeouts,
         lan_net: Ipv4Be::from_octets([10, 0, 0, 0]),
         lan_mask: Ipv4Be::from_octets([255, 0, 0, 0]),
+        lan_ifindex: 0,
+        lan_placement: 0,
+        wan_placement: 0,
     }
 }
 

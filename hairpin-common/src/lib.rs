@@ -10,6 +10,7 @@ pub mod csum;
 pub mod expiry;
 pub mod flow_cache;
 pub mod nat;
+pub mod placement;
 pub mod reason;
 pub mod types;
 

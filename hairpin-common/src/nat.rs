@@ -121,6 +121,9 @@ mod tests {
             timeouts: Timeouts::default(),
             lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
             lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
+            lan_ifindex: 0,
+            lan_placement: 0,
+            wan_placement: 0,
         }
     }
 

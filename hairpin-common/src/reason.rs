@@ -85,11 +85,12 @@ reasons! {
     /// (address-and-port-dependent filtering): passed to the gateway's stack like unsolicited
     /// traffic.
     PassFiltered = 19, "pass_filtered";
-    /// Packet of a known flow translated whole and redirected by XDP out of the other
-    /// interface (fast path): no kernel stack, no egress program.
+    /// Packet of a known flow translated whole and sent out of the other interface by the
+    /// ingress program itself (fast path: XDP redirect, or TC's bpf_redirect): no routing, no
+    /// netfilter.
     FastRedirect = 20, "fast_redirect";
     /// Hairpinned packet of a known flow translated whole and sent back out of the interface
-    /// it came in on (fast path, XDP_TX).
+    /// it came in on (fast path: XDP_TX, or TC's bpf_redirect).
     FastTx = 21, "fast_tx";
 }
 

@@ -226,6 +226,12 @@ pub struct Config {
     /// WAN packets must not claim or target it.
     pub lan_net: Ipv4Be,
     pub lan_mask: Ipv4Be,
+    /// The LAN interface: with `wan_ifindex`, the only interfaces the fast path sends to.
+    pub lan_ifindex: u32,
+    /// Where each interface's ingress runs ([`crate::placement::Placement::encode`]): the
+    /// dataplane reads only whether the XDP fast path may send into it.
+    pub lan_placement: u16,
+    pub wan_placement: u16,
 }
 
 /// How long a flow may stay idle, by protocol and TCP state, in seconds.
@@ -263,6 +269,21 @@ impl Config {
         self.flags & CFG_F_UDP_EIF != 0
     }
 
+    /// Whether the fast path may send a packet out of `ifindex` from a hook of this kind (`xdp`:
+    /// by XDP redirect or XDP_TX, else by TC's redirect): only to the LAN and WAN interfaces,
+    /// and with XDP only into those whose placement says they take XDP frames.
+    #[inline(always)]
+    pub const fn fast_target(&self, ifindex: u32, xdp: bool) -> bool {
+        let placement = if ifindex == self.lan_ifindex {
+            self.lan_placement
+        } else if ifindex == self.wan_ifindex {
+            self.wan_placement
+        } else {
+            return false;
+        };
+        ifindex != 0 && (!xdp || placement & crate::placement::XDP_TARGET != 0)
+    }
+
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).
     #[inline(always)]
     pub const fn in_lan(&self, addr: Ipv4Be) -> bool {
@@ -279,7 +300,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
-const _: () = assert!(size_of::<Config>() == 44 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Config>() == 52 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
 const _: () = {
@@ -291,6 +312,7 @@ const _: () = {
     assert!(offset_of!(CtEntry, hop_ifindex) == 36 && offset_of!(CtEntry, hop_macs) == 40);
     assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
     assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
+    assert!(offset_of!(Config, lan_ifindex) == 44 && offset_of!(Config, wan_placement) == 50);
 };
 
 #[cfg(feature = "user")]

@@ -115,8 +115,8 @@ pub struct UpArgs {
     pub no_hairpin: bool,
     /// Leave every packet to the kernel to forward (the slow path), translated by the ingress
     /// and egress programs. By default packets of known flows are translated whole and sent out
-    /// by XDP itself (redirect to the other interface, XDP_TX back out of the same one) when
-    /// the kernel's FIB knows the route and the neighbour.
+    /// by the ingress program itself (XDP redirect or XDP_TX, or TC's bpf_redirect) when the
+    /// kernel's FIB knows the route and the neighbour.
     #[arg(long)]
     pub no_fast_path: bool,
     /// Look every fast-path packet up in conntrack. By default each CPU keeps a copy of its
@@ -147,13 +147,18 @@ pub struct UpArgs {
     pub max_flows: u32,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
-    /// Where ingress runs: xdp (at the driver, with the fast path) or tc (TC ingress programs,
-    /// for NICs or kernels without XDP: the same translation, every packet forwarded by the
-    /// kernel).
-    #[arg(long, value_enum, default_value_t = crate::dataplane::Mode::Xdp, value_name = "MODE")]
+    /// Where ingress runs. auto: per interface, native XDP where the driver has it and
+    /// receives from a wire (NICs, virtio-net, bonds of them), TC ingress elsewhere (veth,
+    /// tun, bridge, VLAN, ...: XDP cannot see the checksum offload of a local sender, and a
+    /// veth loses XDP frames unless its peer runs XDP). xdp: XDP on both (native, else
+    /// generic). tc: TC ingress on both. The translation and the fast path are the same code
+    /// in XDP and TC; `up` prints what it chose per interface and why.
+    #[arg(long, value_enum, default_value_t = crate::dataplane::Mode::Auto, value_name = "MODE")]
     pub mode: crate::dataplane::Mode,
-    /// How to attach XDP: native (in the driver), generic (in the kernel stack, works on any
-    /// interface, slower) or auto (native, else generic).
+    /// Attach XDP on both interfaces this way, overriding the choice of --mode auto: native
+    /// (in the driver; fails where the driver has none) or generic (on the skb, any
+    /// interface; it cannot see checksums left to offload, so only for senders with complete
+    /// ones). auto: as --mode decides.
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
     pub xdp_mode: XdpAttachMode,
 }
@@ -406,7 +411,7 @@ mod tests {
             (&["run", "--lan", "a", "--wan", "b", "--sweep-interval", "0"][..], "--sweep-interval"),
             (&["up", "--lan", "a", "--wan", "b", "--udp-filtering", "full-cone"][..], "endpoint-independent"),
             (&["up", "--lan", "a", "--wan", "b", "--max-flows", "10"][..], "--max-flows"),
-            (&["up", "--lan", "a", "--wan", "b", "--mode", "ebpf"][..], "[possible values: xdp, tc]"),
+            (&["up", "--lan", "a", "--wan", "b", "--mode", "ebpf"][..], "[possible values: auto, xdp, tc]"),
             (&["flows", "purge"][..], "unrecognized subcommand"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail")).to_string();

@@ -13,28 +13,30 @@ use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
     consts::{Hook, global_names, map_names, prog_names},
     flow_cache,
+    placement::Ingress,
 };
 
-/// Where ingress runs: XDP (with the fast path), or TC for NICs without XDP.
+/// Where ingress runs: chosen per interface from what the kernel says of it (see
+/// `crate::placement`), or XDP or TC on both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    Auto,
     Xdp,
     Tc,
 }
 
-/// The programs `up` attaches in `mode`, in attach order, with the hook each serves; each link
-/// is pinned under `links/` by its program's name.
-pub const fn links(mode: Mode) -> [(&'static str, Hook); 4] {
-    let (lan, wan) = match mode {
-        Mode::Xdp => (prog_names::XDP_LAN, prog_names::XDP_WAN),
-        Mode::Tc => (prog_names::TC_IN_LAN, prog_names::TC_IN_WAN),
-    };
-    [
-        (lan, Hook::LanIngress),
-        (wan, Hook::WanIngress),
-        (prog_names::TC_LAN, Hook::LanEgress),
-        (prog_names::TC_WAN, Hook::WanEgress),
-    ]
+/// The program serving `hook` when ingress runs as `ingress`; each link is pinned under
+/// `links/` by its program's name.
+pub const fn program(hook: Hook, ingress: Ingress) -> &'static str {
+    let xdp = !matches!(ingress, Ingress::Tc);
+    match hook {
+        Hook::LanIngress if xdp => prog_names::XDP_LAN,
+        Hook::LanIngress => prog_names::TC_IN_LAN,
+        Hook::WanIngress if xdp => prog_names::XDP_WAN,
+        Hook::WanIngress => prog_names::TC_IN_WAN,
+        Hook::LanEgress => prog_names::TC_LAN,
+        Hook::WanEgress => prog_names::TC_WAN,
+    }
 }
 
 /// Every program of the dataplane, verified at load whatever the mode.

@@ -5,8 +5,10 @@ pub mod cli;
 pub mod cmd;
 pub mod dataplane;
 pub mod expire;
+pub mod ifcaps;
 pub mod netif;
 pub mod output;
+pub mod placement;
 
 /// The compiled eBPF object (hairpin-ebpf), built by build.rs with the pinned nightly.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hairpin"));

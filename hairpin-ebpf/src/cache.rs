@@ -13,6 +13,7 @@ use hairpin_common::{
 };
 
 use crate::{
+    ctx::Packet,
     fast::Hop,
     maps::{CT_GEN, FLOW_CACHE},
 };
@@ -65,9 +66,9 @@ impl Epoch<'_> {
 }
 
 /// The slot for `key` if it may serve this packet: current in `epoch`, with every state bit
-/// in `seen` recorded, and a next hop that has passed a packet this long.
+/// in `seen` recorded, and a next hop the packet fits (see `Packet::fits`).
 #[inline(always)]
-pub fn lookup(key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<*const Slot> {
+pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<*const Slot> {
     let base = set_base(key)?;
     let seen = Slot::state_of(seen);
     for way in 0..WAYS {
@@ -75,7 +76,9 @@ pub fn lookup(key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<*
         // SAFETY: read through a pointer from a successful lookup; only this CPU writes it.
         unsafe {
             if (*slot).key == *key {
-                let ok = epoch.current(&*slot) && (*slot).state & seen == seen && tot_len <= (*slot).hop_len_ok;
+                let ok = epoch.current(&*slot)
+                    && (*slot).state & seen == seen
+                    && pkt.fits((*slot).hop_ifindex, tot_len, (*slot).hop_len_ok);
                 return ok.then_some(slot);
             }
         }

@@ -1,17 +1,21 @@
-//! The only code that touches packet memory. XDP and TC differ in how checksums are updated,
-//! so both implement [`Packet`]; everything above this module is written once against it.
+//! The only code that touches packet memory or picks how a packet leaves. XDP and TC differ in
+//! how checksums are updated and how a packet is sent on, so both implement [`Packet`];
+//! everything above this module is written once against it.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
+        bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
+    },
+    helpers::{bpf_check_mtu, bpf_redirect},
     programs::{TcContext, XdpContext},
 };
-use hairpin_common::{Reason, csum::CsumDelta};
+use hairpin_common::{Config, Reason, csum::CsumDelta};
+
+use crate::maps::DEVICES;
 
 pub trait Packet {
-    /// An XDP frame: the fast path (redirect, XDP_TX) is open to it.
-    const XDP: bool;
-
     /// Start and end of the directly accessible (linear) bytes.
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
@@ -27,6 +31,26 @@ pub trait Packet {
     /// packet is on.
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
     fn ifindex(&self) -> u32;
+
+    /// A GSO super-packet (an skb of several segments): its segments, not its IPv4 total
+    /// length, must fit the egress MTU.
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        false
+    }
+
+    /// Whether this packet, of IPv4 total length `tot_len`, fits the MTU of `ifindex`, through
+    /// which the FIB has passed packets up to `len_ok` long: a GSO super-packet is asked of the
+    /// kernel segment by segment, any other packet compared.
+    #[inline(always)]
+    fn fits(&self, _ifindex: u32, tot_len: u16, len_ok: u16) -> bool {
+        tot_len <= len_ok
+    }
+
+    /// Makes the packet leave by `ifindex` (back out of the interface it came in on if `tx`)
+    /// once the program returns, if the fast path may send there from this hook (see
+    /// [`Config::fast_target`]). On `false` nothing was set.
+    fn redirect(&self, cfg: &Config, ifindex: u32, tx: bool) -> bool;
 
     /// Applies `delta` to the IPv4 header checksum at offset `off`.
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason>;
@@ -50,8 +74,6 @@ pub fn ptr_at<T>(pkt: &impl Packet, off: usize) -> Result<*mut T, Reason> {
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Packet for Xdp<'_> {
-    const XDP: bool = true;
-
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
@@ -70,6 +92,13 @@ impl Packet for Xdp<'_> {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         self.0.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn redirect(&self, cfg: &Config, ifindex: u32, tx: bool) -> bool {
+        // XDP_TX needs nothing set; a redirect goes through the device map, whose lookup fails
+        // for any interface `up` did not put there.
+        cfg.fast_target(ifindex, true) && (tx || DEVICES.redirect(ifindex, 0).is_ok())
     }
 
     #[inline(always)]
@@ -98,8 +127,6 @@ impl Packet for Xdp<'_> {
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Packet for Tc<'_> {
-    const XDP: bool = false;
-
     #[inline(always)]
     fn data(&self) -> usize {
         self.0.data()
@@ -123,7 +150,32 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         // SAFETY: a TC program's context is its __sk_buff.
-        unsafe { (*(self.0.as_ptr() as *const aya_ebpf::bindings::__sk_buff)).ifindex }
+        unsafe { (*(self.0.as_ptr() as *const __sk_buff)).ifindex }
+    }
+
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*(self.0.as_ptr() as *const __sk_buff)).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn fits(&self, ifindex: u32, tot_len: u16, len_ok: u16) -> bool {
+        if !self.gso() {
+            return tot_len <= len_ok;
+        }
+        let mut mtu = 0u32;
+        // SAFETY: `mtu` lives on this stack frame for the call; 0 in means "the skb's length".
+        let rc = unsafe { bpf_check_mtu(self.ctx_ptr(), ifindex, &mut mtu, 0, BPF_MTU_CHK_SEGS as u64) };
+        rc == BPF_MTU_CHK_RET_SUCCESS as i64
+    }
+
+    #[inline(always)]
+    fn redirect(&self, cfg: &Config, ifindex: u32, _tx: bool) -> bool {
+        // To the egress of any device, veth included, without help from its peer; the skb keeps
+        // its checksum (offload) and GSO state.
+        // SAFETY: a helper without preconditions.
+        cfg.fast_target(ifindex, false) && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
     }
 
     #[inline(always)]

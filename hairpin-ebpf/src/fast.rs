@@ -1,17 +1,17 @@
 //! The fast path: a packet of a known flow is translated whole (source and destination at
-//! once, from the one conntrack entry) and sent out by XDP itself: redirected through the
-//! device map to the other interface, or back out of the same one (XDP_TX) when hairpinned,
-//! with the next hop's MAC addresses and the TTL decremented as the kernel would. Whatever it
-//! cannot do exactly as the kernel would is left to the slow path, counted by [`Slow`].
+//! once, from the one conntrack entry) and sent out by the hook itself, with the next hop's MAC
+//! addresses and the TTL decremented as the kernel would: to the other interface, or back out of
+//! the same one when hairpinned. XDP sends with a redirect through the device map or XDP_TX, TC
+//! with `bpf_redirect` (see `ctx::Packet::redirect`); the code is one. Whatever it cannot do
+//! exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
+use hairpin_common::{Config, FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
 
 use crate::{
     cache,
     ct::Found,
     ctx::{Packet, ptr_at},
     fwd,
-    maps::DEVICES,
     nat::rewrite,
     parse::Parsed,
     stats,
@@ -38,12 +38,21 @@ pub struct Hop {
 /// otherwise from `bpf_fib_lookup`, which also checks the egress MTU, and is cached. Two CPUs
 /// revalidating at once write the same values.
 #[inline(always)]
-pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found, epoch: &cache::Epoch) -> Result<Reason, Slow> {
+pub fn forward(
+    pkt: &impl Packet,
+    cfg: &Config,
+    p: &Parsed,
+    found: &Found,
+    epoch: &cache::Epoch,
+) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
+    // A GSO super-packet (TC only) fits a hop by its segments' size: its total length neither
+    // passes the FIB's check nor raises the cached bound.
+    let gso = pkt.gso();
     // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
     let hop = unsafe {
         let e = found.entry;
-        if !found.stale && (*e).hop_ifindex != 0 && p.tot_len <= (*e).hop_len_ok {
+        if !found.stale && (*e).hop_ifindex != 0 && pkt.fits((*e).hop_ifindex, p.tot_len, (*e).hop_len_ok) {
             Hop {
                 ifindex: (*e).hop_ifindex,
                 macs: (*e).hop_macs,
@@ -51,10 +60,15 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found, epoch: &cache::Epoc
                 tx: (*e).hop_is_ingress != 0,
             }
         } else {
-            let next = fwd::next_hop(pkt, &found.xlate, p.tot_len)?;
+            let next = fwd::next_hop(pkt, &found.xlate, if gso { 0 } else { p.tot_len })?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
             let same = !found.stale && (*e).hop_ifindex == next.ifindex;
-            let len_ok = if same { p.tot_len.max((*e).hop_len_ok) } else { p.tot_len };
+            let len_ok = match (same, gso) {
+                (true, true) => (*e).hop_len_ok,
+                (true, false) => p.tot_len.max((*e).hop_len_ok),
+                (false, true) => 0,
+                (false, false) => p.tot_len,
+            };
             // A flow direction's packets arrive on one interface (the FIB answer cached with
             // it assumes so too): reading the ingress interface (three dependent loads
             // through the context) once per resolution is enough.
@@ -74,19 +88,19 @@ pub fn forward(pkt: &impl Packet, p: &Parsed, found: &Found, epoch: &cache::Epoc
     // SAFETY: the entry pointer comes from a successful lookup.
     let flags = unsafe { (*found.entry).flags };
     cache::fill(&p.key, &found.xlate, &hop, flags, epoch);
-    let verdict = send(pkt, p, ttl, &found.xlate, hop.ifindex, &hop.macs, hop.tx)?;
+    let verdict = send(pkt, cfg, p, ttl, &found.xlate, hop.ifindex, &hop.macs, hop.tx)?;
     stats::count_cache_miss();
     Ok(verdict)
 }
 
 /// Forwards `p` as the flow cache's `slot` says (see `cache::lookup` for when it may).
 #[inline(always)]
-pub fn forward_cached(pkt: &impl Packet, p: &Parsed, slot: *const Slot) -> Result<Reason, Slow> {
+pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, slot: *const Slot) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
     // SAFETY: the slot pointer comes from a successful lookup; read in place (the program's
     // stack is near its limit), only this CPU writes it.
     let s = unsafe { &*slot };
-    send(pkt, p, ttl, &s.xlate, s.hop_ifindex, &s.hop_macs, s.hop_is_ingress != 0)
+    send(pkt, cfg, p, ttl, &s.xlate, s.hop_ifindex, &s.hop_macs, s.hop_is_ingress != 0)
 }
 
 /// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).
@@ -111,10 +125,13 @@ impl Ttl {
 
 /// Sends `p` out of `ifindex` to `macs` (back out of the ingress interface if `tx`),
 /// translated to `xlate`, its TTL decremented. Fails, changing nothing, only when `ifindex`
-/// is no interface hairpin serves. Always inlined: it takes more than five arguments.
+/// is no interface the fast path may send to from this hook. Always inlined: it takes more
+/// than five arguments.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn send(
     pkt: &impl Packet,
+    cfg: &Config,
     p: &Parsed,
     ttl: Ttl,
     xlate: &FlowKey,
@@ -122,18 +139,15 @@ fn send(
     macs: &[u8; 12],
     tx: bool,
 ) -> Result<Reason, Slow> {
-    let verdict = if tx {
-        Reason::FastTx
-    } else {
-        // Only to the interfaces hairpin serves: the map lookup fails for any other.
-        DEVICES.redirect(ifindex, 0).map_err(|_| Slow::Route)?;
-        Reason::FastRedirect
-    };
+    if !pkt.redirect(cfg, ifindex, tx) {
+        return Err(Slow::Route);
+    }
+    let verdict = if tx { Reason::FastTx } else { Reason::FastRedirect };
     // Committed: nothing below can fail on a packet that parsed. Both ends and the TTL go
     // into one checksum update.
     let Ttl { word, ttl, proto } = ttl;
     let ttl_delta = CsumDelta::ttl_decrement(ttl, proto);
-    // SAFETY: bounds checked by ptr_at in `Ttl::check`; XDP may write packet memory.
+    // SAFETY: bounds checked by ptr_at in `Ttl::check`; both hooks may write packet memory.
     unsafe { *word = [ttl - 1, proto] };
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;

@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        TC_ACT_SHOT, bpf_fib_lookup, tcx_action_base::TCX_NEXT, xdp_action,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup, tcx_action_base::TCX_NEXT, xdp_action,
     },
     helpers::bpf_fib_lookup,
 };
@@ -31,8 +31,13 @@ pub fn finish_xdp(hook: Hook, reason: Reason) -> u32 {
 #[inline(always)]
 pub fn finish_tc(hook: Hook, reason: Reason) -> i32 {
     stats::count(hook, reason);
-    // TCX_NEXT (== TC_ACT_UNSPEC) lets later programs on the hook run; the default is pass.
-    if reason.is_drop() { TC_ACT_SHOT as i32 } else { TCX_NEXT }
+    match reason {
+        // The target was set by the fast path's bpf_redirect.
+        Reason::FastRedirect | Reason::FastTx => TC_ACT_REDIRECT as i32,
+        r if r.is_drop() => TC_ACT_SHOT as i32,
+        // TCX_NEXT (== TC_ACT_UNSPEC) lets later programs on the hook run; the default is pass.
+        _ => TCX_NEXT,
+    }
 }
 
 /// Where the kernel would send a packet.

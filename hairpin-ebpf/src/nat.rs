@@ -50,20 +50,19 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     };
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
-    // The fast path needs XDP's redirect; from TC (`--mode tc`) the kernel forwards.
-    let fast = P::XDP && cfg.fast_path();
+    let fast = cfg.fast_path();
     let epoch = cache::Epoch { now, generation: if fast { cache::generation() } else { 0 }, timeouts: &cfg.timeouts };
     if fast
-        && let Some(slot) = cache::lookup(&p.key, &epoch, seen, p.tot_len)
+        && let Some(slot) = cache::lookup(pkt, &p.key, &epoch, seen, p.tot_len)
         // On failure (TTL) nothing was changed: conntrack's path below decides and counts.
-        && let Ok(verdict) = fast::forward_cached(pkt, &p, slot)
+        && let Ok(verdict) = fast::forward_cached(pkt, cfg, &p, slot)
     {
         return Ok(verdict);
     }
     if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
         let xlate = found.xlate;
         if fast {
-            match fast::forward(pkt, &p, &found, &epoch) {
+            match fast::forward(pkt, cfg, &p, &found, &epoch) {
                 Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::count_slow(why),
             }

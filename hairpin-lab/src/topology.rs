@@ -32,13 +32,32 @@ pub const MAPPINGS: [(&str, u16, u16); 3] =
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// What runs on the far ends of the gateway's veths (the bridge port facing it, the internet
+/// host's interface). The hosts keep their default offloads (but with [`Peers::Xdp`]): they
+/// send TSO super-packets with checksums left to offload, as hosts in namespaces and
+/// containers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// Nothing: no XDP program, GRO off (a veth's default). What a user's namespaces and
+    /// containers look like, and what the lab tests run on.
+    Plain,
+    /// GRO on, no XDP program: the veth then advertises that it takes XDP frames, yet XDP_TX
+    /// frames into it wait in its peer's ring.
+    Gro,
+    /// A pass-through XDP program: XDP frames redirected or sent back into the gateway's
+    /// veths are delivered (what `--xdp-mode native` on a veth needs); and hosts that send
+    /// complete checksums (TX checksum offload off), which XDP cannot tell from partial ones.
+    /// A benchmark harness, not what users' namespaces look like.
+    Xdp,
+}
+
 pub struct Lab {
     pub prefix: String,
     pub pin_dir: PathBuf,
     ctl: PathBuf,
     servers: Option<Servers>,
     inet_servers: Option<Servers>,
-    /// xdp_pass on the far ends of the gateway's veths (see `wire`).
+    /// xdp_pass on the far ends of the gateway's veths ([`Peers::Xdp`]).
     _xdp_pass: Vec<hairpin_ctl::dataplane::XdpPass>,
     // Dropped in declaration order: servers above stop first, then the namespaces.
     pub gw: Netns,
@@ -50,8 +69,13 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Creates the topology under a unique prefix and starts the servers; hairpin is not up yet.
+    /// Creates the plain topology under a unique prefix; hairpin is not up yet.
     pub fn new(ctl: PathBuf) -> anyhow::Result<Self> {
+        Self::with_peers(ctl, Peers::Plain)
+    }
+
+    /// Creates the topology with `peers` on the far ends of the gateway's veths.
+    pub fn with_peers(ctl: PathBuf, peers: Peers) -> anyhow::Result<Self> {
         let prefix = format!("hp{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let ns = |role: &str| Netns::new(&format!("{prefix}-{role}"));
         // Each Netns deletes itself if a later step fails.
@@ -72,13 +96,23 @@ impl Lab {
         };
         let mut lab = lab;
         lab.wire().context("building the lab topology")?;
-        // The fast path sends hairpinned frames back out of lan0 with XDP_TX, which a veth
-        // delivers only to a peer that runs XDP itself (redirects need only its NAPI, which GRO
-        // turns on): give both far ends a program that passes everything.
+        if peers == Peers::Xdp {
+            for host in [&lab.srv, &lab.cli, &lab.inet, &lab.far] {
+                host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            }
+        }
         for (ns, iface) in [(&lab.sw, "p-gw"), (&lab.inet, "eth0")] {
-            let iface = iface.to_owned();
-            let pass = ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(&iface))??;
-            lab._xdp_pass.push(pass);
+            match peers {
+                Peers::Plain => {}
+                Peers::Gro => {
+                    ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
+                }
+                Peers::Xdp => {
+                    let iface = iface.to_owned();
+                    let pass = ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(&iface))??;
+                    lab._xdp_pass.push(pass);
+                }
+            }
         }
         Ok(lab)
     }
@@ -122,11 +156,6 @@ impl Lab {
         far.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])?;
         far.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
 
-        // Hosts send complete checksums, as packets on a wire have: XDP sees wire frames.
-        for host in [srv, cli, inet, far] {
-            host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
-        }
-
         Ok(())
     }
 
@@ -167,10 +196,16 @@ impl Lab {
 
     /// `hairpin-ctl up` on lan0/wan0 (plus `extra` flags) and the scenario's mappings.
     pub fn up(&self, extra: &[&str]) -> anyhow::Result<()> {
+        self.up_output(extra).map(|_| ())
+    }
+
+    /// As [`up`](Self::up); what `up` printed.
+    pub fn up_output(&self, extra: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0"];
         args.extend_from_slice(extra);
-        self.ctl(&args)?;
-        self.add_mappings()
+        let out = self.ctl(&args)?;
+        self.add_mappings()?;
+        Ok(out)
     }
 
     /// Adds the scenario's port-forwards to a running dataplane.

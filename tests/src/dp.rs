@@ -23,6 +23,7 @@ pub const XDP_REDIRECT: u32 = 4;
 /// TCX_NEXT (-1): continue, i.e. pass.
 pub const TC_NEXT: u32 = u32::MAX;
 pub const TC_SHOT: u32 = 2;
+pub const TC_REDIRECT: u32 = 7;
 
 pub fn ep(s: &str) -> Endpoint {
     let sa: SocketAddrV4 = s.parse().expect("ADDR:PORT");
@@ -49,6 +50,9 @@ pub fn lab_config() -> Config {
         timeouts: Default::default(),
         lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
         lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
+        lan_ifindex: 0,
+        lan_placement: 0,
+        wan_placement: 0,
     }
 }
 
@@ -80,12 +84,13 @@ impl Dataplane {
 
     /// What `hook`'s program returns when it decides `reason`.
     pub fn verdict(&self, hook: Hook, reason: Reason) -> u32 {
-        match reason {
-            Reason::FastTx => return XDP_TX,
-            Reason::FastRedirect => return XDP_REDIRECT,
+        let xdp = self.mode != Mode::Tc && matches!(hook, Hook::LanIngress | Hook::WanIngress);
+        match (reason, xdp) {
+            (Reason::FastTx, true) => return XDP_TX,
+            (Reason::FastRedirect, true) => return XDP_REDIRECT,
+            (Reason::FastTx | Reason::FastRedirect, false) => return TC_REDIRECT,
             _ => {}
         }
-        let xdp = self.mode == Mode::Xdp && matches!(hook, Hook::LanIngress | Hook::WanIngress);
         match (xdp, reason.is_drop()) {
             (true, false) => XDP_PASS,
             (true, true) => XDP_DROP,

@@ -12,14 +12,20 @@ use hairpin_lab::{
     Lab,
     probe::{self, Answer, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED},
     scenario::{self, HAIRPIN_BYTES},
-    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, FAR, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
+    topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, FAR, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, Peers, SERVER},
     traffic,
 };
 use hairpin_tests::{hairpin_ctl, require_root};
 
+/// The plain topology: nothing on the far ends of the gateway's veths, hosts with their
+/// default offloads.
 fn lab() -> Lab {
+    lab_with(Peers::Plain)
+}
+
+fn lab_with(peers: Peers) -> Lab {
     require_root();
-    let mut lab = Lab::new(hairpin_ctl()).expect("build the lab");
+    let mut lab = Lab::with_peers(hairpin_ctl(), peers).expect("build the lab");
     lab.start_servers().expect("start the LAN server");
     lab
 }
@@ -30,27 +36,43 @@ fn assert_no_kernel_nat(lab: &Lab) {
     assert!(rules.trim().is_empty(), "the gateway has kernel rules:\n{rules}");
 }
 
+/// Default flags on the plain topology: veths, so `up` puts ingress in TC, fast path on.
 #[test]
 fn port_forward_and_hairpin_over_tcp_and_udp() {
-    forward_and_hairpin(&[]);
+    forward_and_hairpin(Peers::Plain, &[]);
 }
 
 /// The same with every packet left to the kernel to forward.
 #[test]
 fn port_forward_and_hairpin_on_the_slow_path() {
-    forward_and_hairpin(&["--no-fast-path"]);
+    forward_and_hairpin(Peers::Plain, &["--no-fast-path"]);
 }
 
 /// The same with the fast path looking every packet up in conntrack.
 #[test]
 fn port_forward_and_hairpin_without_flow_cache() {
-    forward_and_hairpin(&["--no-flow-cache"]);
+    forward_and_hairpin(Peers::Plain, &["--no-flow-cache"]);
 }
 
-/// The same with ingress as TC programs (for NICs without XDP): same code, no fast path.
+/// The same with ingress as TC programs chosen explicitly (for NICs without XDP).
 #[test]
 fn port_forward_and_hairpin_with_tc_ingress() {
-    forward_and_hairpin(&["--mode", "tc"]);
+    forward_and_hairpin(Peers::Plain, &["--mode", "tc"]);
+}
+
+/// Peers with GRO on: the veths now claim to take XDP frames (XDP_TX frames would wait in
+/// the peer's ring), and default flags must still not send any into them.
+#[test]
+fn port_forward_and_hairpin_with_gro_on_the_peers() {
+    forward_and_hairpin(Peers::Gro, &[]);
+}
+
+/// Peers that run XDP, and native XDP asked for on the gateway's veths: the XDP fast path
+/// redirects and sends back into them (hosts' checksums are left to offload, which only the
+/// receiving namespaces' own stacks check, so this is what a benchmark harness may do).
+#[test]
+fn port_forward_and_hairpin_in_native_xdp_with_xdp_peers() {
+    forward_and_hairpin(Peers::Xdp, &["--xdp-mode", "native"]);
 }
 
 /// Known flows' packets that took the fast path (redirected or sent back by XDP).
@@ -66,14 +88,19 @@ fn flow_cache(lab: &Lab) -> (bool, u64, u64) {
     (enabled, get("hits"), get("misses"))
 }
 
-fn forward_and_hairpin(up_args: &[&str]) {
-    let cache = up_args.is_empty();
-    let fast = cache || up_args == ["--no-flow-cache"];
-    let lab = lab();
-    lab.up(up_args).expect("hairpin-ctl up");
-    if up_args.contains(&"tc") {
-        let links = lab.gw.ip(&["link", "show", "lan0"]).unwrap();
-        assert!(!links.contains("xdp"), "--mode tc attached XDP: {links}");
+fn forward_and_hairpin(peers: Peers, up_args: &[&str]) {
+    let fast = !up_args.contains(&"--no-fast-path");
+    let cache = fast && !up_args.contains(&"--no-flow-cache");
+    let xdp = up_args.contains(&"--xdp-mode");
+    let lab = lab_with(peers);
+    let up = lab.up_output(up_args).expect("hairpin-ctl up");
+    // veths: TC unless XDP is asked for, and `up` says so and why.
+    let path = if fast { "fast path" } else { "slow path" };
+    for iface in ["lan0", "wan0"] {
+        let line = if xdp { format!("{iface}: {path} xdp (--xdp-mode given") } else { format!("{iface}: {path} tc (") };
+        assert!(up.contains(&line), "up printed no '{line}': {up}");
+        let links = lab.gw.ip(&["link", "show", iface]).unwrap();
+        assert_eq!(links.contains("xdp"), xdp, "{iface}: {links}");
     }
     assert_no_kernel_nat(&lab);
 

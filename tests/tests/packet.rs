@@ -6,7 +6,11 @@
 //! Every step asserts the verdict, the exact output bytes (built independently, checksums from
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
 
-use hairpin_common::{CT_F_REPLY, Config, CtEntry, FlowKey, Reason, consts::Hook};
+use hairpin_common::{
+    CT_F_REPLY, Config, CtEntry, FlowKey, Reason,
+    consts::Hook,
+    placement::{Ingress, Placement, Why},
+};
 use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, RoutedGateway, SERVER_MAC, WAN_MAC};
 use hairpin_tests::{
     dp::{self, Dataplane, Mode, TC_NEXT, ep},
@@ -36,7 +40,15 @@ fn run_case(case: &str, dp: &mut Dataplane, steps: &[Step]) {
         let ctx = format!("{case} / step {i} ({}, {:?})", s.what, s.hook);
         let before: Vec<u64> = Reason::ALL.iter().map(|r| dp.counter(s.hook, *r)).collect();
         let (verdict, out) = dp.run(s.hook, &s.input);
-        assert_eq!(verdict, dp.verdict(s.hook, s.reason), "{ctx}: verdict");
+        let slow: Vec<u64> = hairpin_common::Slow::ALL.iter().map(|w| dp.slow(*w)).collect();
+        let moved: Vec<&str> = Reason::ALL
+            .iter()
+            .zip(&before)
+            .filter(|(r, b)| dp.counter(s.hook, **r) != **b)
+            .map(|(r, _)| r.name())
+            .collect();
+        let slow = (slow, moved);
+        assert_eq!(verdict, dp.verdict(s.hook, s.reason), "{ctx}: verdict (slow {slow:?})");
         for (r, b) in Reason::ALL.iter().zip(&before) {
             let moved = dp.counter(s.hook, *r) - b;
             let want = u64::from(*r == s.reason);
@@ -494,7 +506,10 @@ fn in_gateway_ns(name: &str, cfg: Config, mode: Mode, test: impl FnOnce(&mut Dat
     let (lan, wan) = (gw.lan, gw.wan);
     gw.ns
         .run(move || {
-            let mut dp = Dataplane::load(Config { wan_ifindex: wan, ..cfg }, mode);
+            // Both interfaces native XDP, taking XDP frames: the fast path may send into either.
+            let xdp = Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true }.encode();
+            let cfg = Config { wan_ifindex: wan, lan_ifindex: lan, lan_placement: xdp, wan_placement: xdp, ..cfg };
+            let mut dp = Dataplane::load(cfg, mode);
             dp.ifindex = Some((lan, wan));
             dp.add_device(lan);
             dp.add_device(wan);
@@ -1125,12 +1140,11 @@ fn an_original_entry_without_its_reply_is_never_used(mode: Mode) {
 /// The fast path: a known flow's packet is translated whole, its TTL decremented and its MAC
 /// addresses set from the FIB, and XDP sends it on: redirected to the other interface, or back
 /// out of the LAN when hairpinned. Whatever the kernel must handle takes the slow path, counted.
-#[test]
-fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
+fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel(mode: Mode) {
     use hairpin_common::Slow;
     // Known flows' packets after the first fast one come from the flow cache, the TTL and MTU
     // cases included (which it must leave to conntrack's path).
-    in_fast_gateway("fast", 0, |dp| {
+    in_fast_gateway("fast", mode, 0, |dp| {
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
         let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
@@ -1215,11 +1229,10 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel() {
 /// ones are served by the CPU's cached copy, with the same bytes out; a packet with a TCP state
 /// bit the copy has not recorded goes to conntrack (which records it); once the controller has
 /// removed flows, no copy of them serves.
-#[test]
-fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
+fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
     use hairpin_common::CT_S_FIN;
     use hairpin_tests::frame::{TCP_ACK, TCP_FIN};
-    in_fast_gateway("fcache", 0, |dp| {
+    in_fast_gateway("fcache", mode, 0, |dp| {
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
         let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(TCP_ACK);
         // Destination translated; and sent on by XDP on the fast path.
@@ -1287,12 +1300,11 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack() {
 /// While the controller marks conntrack under pressure (the LRU may be evicting live flows),
 /// every new flow moves the dataplane's generation: no cached copy survives it, whichever CPU
 /// holds it. Without the mark, new flows leave copies alone.
-#[test]
-fn under_conntrack_pressure_new_flows_retire_cached_copies() {
+fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
     use hairpin_common::CFG_F_CT_PRESSURE;
     for pressure in [false, true] {
         let mark = if pressure { CFG_F_CT_PRESSURE } else { 0 };
-        in_fast_gateway("pressure", mark, move |dp| {
+        in_fast_gateway("pressure", mode, mark, move |dp| {
             dp.add_mapping(L4::Udp, "203.0.113.1:53", "192.168.0.2:53");
             let a = Pkt::udp("198.51.100.9:41000", "203.0.113.1:53");
             let b = Pkt::udp("198.51.100.9:41001", "203.0.113.1:53");
@@ -1321,18 +1333,18 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies() {
     }
 }
 
-/// `in_gateway_ns` with the lab's configuration, the fast path on and `flags` added, ingress
-/// as XDP, on CPU 0 only: the flow cache is per CPU, so each test run must see the last one's.
-fn in_fast_gateway(name: &str, flags: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+/// `in_gateway_ns` with the lab's configuration, the fast path on and `flags` added, on CPU 0
+/// only: the flow cache is per CPU, so each test run must see the last one's.
+fn in_fast_gateway(name: &str, mode: Mode, flags: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
     let cfg = Config { flags: dp::lab_config().flags | hairpin_common::CFG_F_FAST_PATH | flags, ..dp::lab_config() };
-    in_gateway_ns(name, cfg, Mode::Xdp, |dp| {
+    in_gateway_ns(name, cfg, mode, |dp| {
         hairpin_lab::pin_thread_to_cpu(0).unwrap();
         test(dp)
     });
 }
 
-// Every case but the fast path's runs with ingress as XDP programs and as TC programs (`up
-// --mode tc`): one shared code path, which must decide and rewrite the same.
+// Every case runs with ingress as XDP programs and as TC programs: one shared code path, the
+// fast path's included, which must decide and rewrite the same.
 macro_rules! in_both_modes {
     ($($name:ident),* $(,)?) => {
         mod xdp {
@@ -1371,4 +1383,7 @@ in_both_modes! {
     mappings_are_endpoint_independent_and_udp_filtering_switchable,
     hairpin_to_dynamic_bindings,
     an_original_entry_without_its_reply_is_never_used,
+    fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel,
+    flow_cache_serves_known_flows_and_yields_to_conntrack,
+    under_conntrack_pressure_new_flows_retire_cached_copies,
 }

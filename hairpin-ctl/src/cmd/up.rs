@@ -11,6 +11,7 @@ use aya::{
 use hairpin_common::{
     Config, Ipv4Be,
     consts::{Hook, map_names},
+    placement::{Ingress, Placement},
 };
 
 use clap::ValueEnum as _;
@@ -18,7 +19,8 @@ use clap::ValueEnum as _;
 use crate::{
     cli::{Ipv4Net, UpArgs, XdpAttachMode},
     dataplane::{self, Mode, PinDir},
-    netif,
+    ifcaps::Caps,
+    netif, placement,
 };
 
 pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
@@ -31,6 +33,9 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     check_bpffs(pins)?;
     if a.lan == a.wan {
         bail!("--lan and --wan are both '{}': they must be different interfaces", a.lan);
+    }
+    if a.mode == Mode::Tc && a.xdp_mode != XdpAttachMode::Auto {
+        bail!("--mode tc attaches no XDP: drop --xdp-mode, or use --mode xdp");
     }
     let lan_ifindex = netif::ifindex(&a.lan).context("--lan")?;
     let wan_ifindex = netif::ifindex(&a.wan).context("--wan")?;
@@ -49,7 +54,23 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         Some(ip) => ip,
         None => netif::primary_ipv4(&a.wan).context("--public-ip")?,
     };
-    let cfg = Config {
+    let lan_caps = Caps::probe(&a.lan, lan_ifindex)?;
+    let wan_caps = Caps::probe(&a.wan, wan_ifindex)?;
+    let mut sides = [
+        Side {
+            iface: &a.lan,
+            ifindex: lan_ifindex,
+            placement: placement::choose(&lan_caps, a.mode, a.xdp_mode),
+            caps: lan_caps,
+        },
+        Side {
+            iface: &a.wan,
+            ifindex: wan_ifindex,
+            placement: placement::choose(&wan_caps, a.mode, a.xdp_mode),
+            caps: wan_caps,
+        },
+    ];
+    let mut cfg = Config {
         lan_addr: Ipv4Be::from_octets(lan_ip.octets()),
         public_addr: Ipv4Be::from_octets(public_ip.octets()),
         port_min: a.port_range.min,
@@ -59,26 +80,35 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         timeouts: a.timeouts.to_timeouts(),
         lan_net: Ipv4Be::from_octets(lan_prefix.addr.octets()),
         lan_mask: Ipv4Be::from_octets(lan_prefix.mask().octets()),
+        lan_ifindex,
+        lan_placement: sides[0].placement.encode(),
+        wan_placement: sides[1].placement.encode(),
     };
 
-    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache && a.mode == Mode::Xdp)?;
-    Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
-        .set(0, &cfg, 0)
-        .context("writing the dataplane configuration")?;
-    // The fast path redirects only to these two.
+    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache && !a.no_fast_path)?;
+    write_config(&mut ebpf, &cfg)?;
+    // XDP redirects go only to these two, and the dataplane sends into neither unless its
+    // placement says the device takes XDP frames.
     let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("device map missing")?)?;
     for ifindex in [lan_ifindex, wan_ifindex] {
         devices.insert(ifindex, ifindex, None, 0).context("filling the fast path's device map")?;
     }
     // Until pinned, each link lives only as long as this process: an error below detaches it.
     let mut links = Vec::new();
-    for (prog, hook) in dataplane::links(a.mode) {
-        let (iface, ifindex) = match hook {
-            Hook::LanIngress | Hook::LanEgress => (&a.lan, lan_ifindex),
-            Hook::WanIngress | Hook::WanEgress => (&a.wan, wan_ifindex),
-        };
-        let link = attach(&mut ebpf, prog, hook, ifindex, a.xdp_mode)
-            .with_context(|| format!("attaching {prog} to {iface}"))?;
+    for (side, hook) in [(0, Hook::LanIngress), (1, Hook::WanIngress)] {
+        let s = &mut sides[side];
+        let strict = a.xdp_mode == XdpAttachMode::Native;
+        let link =
+            attach_ingress(&mut ebpf, hook, s, strict).with_context(|| format!("attaching ingress to {}", s.iface))?;
+        links.push((dataplane::program(hook, s.placement.ingress), link));
+    }
+    // A fallback may have changed a placement: the dataplane must see the final ones.
+    (cfg.lan_placement, cfg.wan_placement) = (sides[0].placement.encode(), sides[1].placement.encode());
+    write_config(&mut ebpf, &cfg)?;
+    for (side, hook) in [(0, Hook::LanEgress), (1, Hook::WanEgress)] {
+        let prog = dataplane::program(hook, Ingress::Tc);
+        let link = attach_tc(&mut ebpf, prog, sides[side].ifindex, TcAttachType::Egress)
+            .with_context(|| format!("attaching {prog} to {}", sides[side].iface))?;
         links.push((prog, link));
     }
     pin_all(pins, &mut ebpf, links).inspect_err(|_| {
@@ -91,7 +121,7 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         a.lan,
         a.wan,
         if a.no_hairpin { "off" } else { "on" },
-        match (a.no_fast_path || a.mode == Mode::Tc, a.no_flow_cache) {
+        match (a.no_fast_path, a.no_flow_cache) {
             (true, _) => "off",
             (false, false) => "on",
             (false, true) => "on (no flow cache)",
@@ -99,46 +129,66 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );
+    for s in &sides {
+        println!("  {}", placement::describe(s.iface, s.placement, !a.no_fast_path));
+        if s.placement.ingress == Ingress::XdpGeneric {
+            eprintln!(
+                "warning: {}: generic XDP cannot see checksums a local sender left to offload; \
+                 translated packets from such senders may leave with bad checksums (use --mode auto or tc)",
+                s.iface
+            );
+        }
+    }
     Ok(())
 }
 
-fn attach(ebpf: &mut Ebpf, prog: &str, hook: Hook, ifindex: u32, mode: XdpAttachMode) -> anyhow::Result<FdLink> {
-    let p = ebpf.program_mut(prog).context("program missing")?;
-    let xdp = matches!(p, aya::programs::Program::Xdp(_));
-    match hook {
-        Hook::LanIngress | Hook::WanIngress if !xdp => {
-            let tc: &mut SchedClassifier = p.try_into()?;
-            let id = tc.attach(ifindex, TcAttachType::Ingress)?;
-            tc.take_link(id)?
-                .try_into()
-                .context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
-        }
-        Hook::LanIngress | Hook::WanIngress => {
-            let xdp: &mut Xdp = p.try_into()?;
-            let id = match mode {
-                XdpAttachMode::Native => xdp.attach(ifindex, XdpMode::Driver)?,
-                XdpAttachMode::Generic => xdp.attach(ifindex, XdpMode::Skb)?,
-                XdpAttachMode::Auto => match xdp.attach(ifindex, XdpMode::Driver) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        eprintln!("warning: native XDP unavailable on ifindex {ifindex} ({e}); using generic XDP");
-                        xdp.attach(ifindex, XdpMode::Skb)?
-                    }
-                },
-            };
-            xdp.take_link(id)?
-                .try_into()
-                .context("the XDP attachment is not a bpf_link (kernel < 5.9?), so it cannot be pinned")
-        }
-        Hook::LanEgress | Hook::WanEgress => {
-            let tc: &mut SchedClassifier = p.try_into()?;
-            // TCX (kernel >= 6.6) attaches through a bpf_link, which can be pinned.
-            let id = tc.attach(ifindex, TcAttachType::Egress)?;
-            tc.take_link(id)?
-                .try_into()
-                .context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
-        }
+/// One interface as `up` attaches it.
+struct Side<'a> {
+    iface: &'a str,
+    ifindex: u32,
+    caps: Caps,
+    placement: Placement,
+}
+
+fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> anyhow::Result<()> {
+    Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config map missing")?)?
+        .set(0, cfg, 0)
+        .context("writing the dataplane configuration")
+}
+
+/// Attaches `hook`'s ingress program as `side.placement` says. Where native XDP was chosen and
+/// will not attach, fails if `strict` (`--xdp-mode native`), else takes the fallback and
+/// records it in `side`.
+fn attach_ingress(ebpf: &mut Ebpf, hook: Hook, side: &mut Side, strict: bool) -> anyhow::Result<FdLink> {
+    let xdp_link = |ebpf: &mut Ebpf, ingress, mode| -> anyhow::Result<FdLink> {
+        let prog = dataplane::program(hook, ingress);
+        let xdp: &mut Xdp = ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        let id = xdp.attach(side.ifindex, mode)?;
+        xdp.take_link(id)?
+            .try_into()
+            .context("the XDP attachment is not a bpf_link (kernel < 5.9?), so it cannot be pinned")
+    };
+    match side.placement.ingress {
+        Ingress::Tc => attach_tc(ebpf, dataplane::program(hook, Ingress::Tc), side.ifindex, TcAttachType::Ingress),
+        Ingress::XdpGeneric => xdp_link(ebpf, Ingress::XdpGeneric, XdpMode::Skb),
+        Ingress::Xdp => match xdp_link(ebpf, Ingress::Xdp, XdpMode::Driver) {
+            Ok(link) => Ok(link),
+            Err(e) if strict => Err(e),
+            Err(e) => {
+                let fallback = placement::fallback(&side.caps, side.placement);
+                eprintln!("warning: {}: native XDP unavailable ({e:#}); using {}", side.iface, fallback.ingress.name());
+                side.placement = fallback;
+                attach_ingress(ebpf, hook, side, false)
+            }
+        },
     }
+}
+
+fn attach_tc(ebpf: &mut Ebpf, prog: &str, ifindex: u32, at: TcAttachType) -> anyhow::Result<FdLink> {
+    let tc: &mut SchedClassifier = ebpf.program_mut(prog).context("program missing")?.try_into()?;
+    // TCX (kernel >= 6.6) attaches through a bpf_link, which can be pinned.
+    let id = tc.attach(ifindex, at)?;
+    tc.take_link(id)?.try_into().context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
 }
 
 fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow::Result<()> {

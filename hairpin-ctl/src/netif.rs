@@ -10,6 +10,18 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("no interface named '{name}' in this network namespace"))
 }
 
+/// The name of the interface `ifindex`, if it exists here.
+pub fn name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 /// The interface's primary (first listed) IPv4 address.
 pub fn primary_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
     primary_ipv4_net(name).map(|(addr, _)| addr)

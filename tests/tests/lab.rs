@@ -102,6 +102,15 @@ fn forward_and_hairpin(peers: Peers, up_args: &[&str]) {
         let links = lab.gw.ip(&["link", "show", iface]).unwrap();
         assert_eq!(links.contains("xdp"), xdp, "{iface}: {links}");
     }
+    // stats reports the same placement, with the line up printed.
+    let stats = lab.stats_json().unwrap();
+    let rows = stats["interfaces"].as_array().unwrap_or_else(|| panic!("stats --json: no interfaces: {stats:#}"));
+    assert_eq!(rows.len(), 2, "{stats:#}");
+    for row in rows {
+        assert_eq!(row["ingress"], if xdp { "xdp" } else { "tc" }, "{row:#}");
+        assert_eq!(row["fast_path"], fast, "{row:#}");
+        assert!(up.contains(row["summary"].as_str().unwrap()), "{row:#} vs {up}");
+    }
     assert_no_kernel_nat(&lab);
 
     // Case 1: the first packet of the flow must resolve every neighbour itself.

@@ -7,12 +7,13 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Reason, Slow,
     consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index, map_names},
+    placement::Placement,
 };
 use serde::Serialize;
 
 use crate::{
     dataplane::{Maps, PinDir},
-    output,
+    output, placement,
 };
 
 #[derive(Serialize)]
@@ -57,7 +58,7 @@ struct SlowRow {
 /// usable copy for (conntrack forwarded them).
 #[derive(Serialize)]
 struct FlowCache {
-    /// Off: `up --no-flow-cache` or `--mode tc` (every fast-path packet is a miss).
+    /// Off: `up --no-flow-cache` or `--no-fast-path` (every fast-path packet is a miss).
     enabled: bool,
     hits: u64,
     misses: u64,
@@ -65,8 +66,25 @@ struct FlowCache {
     hit_percent: f64,
 }
 
+/// Where an interface's ingress runs (as `up` placed it), and why.
+#[derive(Serialize)]
+struct InterfaceRow {
+    side: &'static str,
+    name: String,
+    ifindex: u32,
+    /// `xdp`, `xdp-generic` or `tc`.
+    ingress: &'static str,
+    fast_path: bool,
+    why: &'static str,
+    /// The XDP fast path may send frames into it (redirect, XDP_TX).
+    takes_xdp_frames: bool,
+    /// The line `up` printed for it.
+    summary: String,
+}
+
 #[derive(Serialize)]
 struct Stats {
+    interfaces: Vec<InterfaceRow>,
     reasons: Vec<ReasonRow>,
     slow_path: Vec<SlowRow>,
     flow_cache: FlowCache,
@@ -94,6 +112,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         .max_entries()
         > 1;
     let stats = Stats {
+        interfaces: interfaces(&cfg),
         flow_cache: FlowCache {
             enabled,
             hits,
@@ -112,6 +131,13 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
+    }
+    if !stats.interfaces.is_empty() {
+        println!("interfaces");
+        for i in &stats.interfaces {
+            println!("  {}", i.summary);
+        }
+        println!();
     }
     println!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
     for r in &stats.reasons {
@@ -141,6 +167,28 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The placements `up` recorded (none in a configuration written before they were).
+fn interfaces(cfg: &Config) -> Vec<InterfaceRow> {
+    let fast_path = cfg.fast_path();
+    [("lan", cfg.lan_ifindex, cfg.lan_placement), ("wan", cfg.wan_ifindex, cfg.wan_placement)]
+        .into_iter()
+        .filter_map(|(side, ifindex, code)| {
+            let p = Placement::decode(code)?;
+            let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+            Some(InterfaceRow {
+                side,
+                summary: placement::describe(&name, p, fast_path),
+                name,
+                ifindex,
+                ingress: p.ingress.name(),
+                fast_path,
+                why: p.why.text(),
+                takes_xdp_frames: p.xdp_target,
+            })
+        })
+        .collect()
 }
 
 fn reasons(maps: &Maps) -> anyhow::Result<Vec<ReasonRow>> {

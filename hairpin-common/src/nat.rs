@@ -214,4 +214,16 @@ mod tests {
         c.port_max = 6000;
         assert_eq!(candidate_port(&c, &key, 3), Some(6000), "single-port range");
     }
+
+    #[test]
+    fn tcp_flags_are_judged_as_netfilter_does() {
+        use crate::tcp_flags_valid;
+        const PSH: u8 = 0x08;
+        for ok in [0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30, 0x18 | PSH, 0x12 | 0xc0] {
+            assert!(tcp_flags_valid(ok), "{ok:#04x} is sent by stacks");
+        }
+        for bad in [0x00, 0x03, 0x06, 0x01, 0x32, 0x3f, 0x07, 0x24, PSH, 0x05] {
+            assert!(!tcp_flags_valid(bad), "{bad:#04x} is invalid");
+        }
+    }
 }

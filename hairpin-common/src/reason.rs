@@ -35,7 +35,7 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged...): passed to the kernel untouched.
+    /// Not IPv4 (ARP, IPv6...): passed to the kernel untouched.
     PassNotIpv4 = 0, "pass_not_ipv4";
     /// IPv4 fragment: passed untouched (ports are only in the first fragment).
     PassFragment = 1, "pass_fragment";
@@ -92,6 +92,18 @@ reasons! {
     /// Hairpinned packet of a known flow translated whole and sent back out of the interface
     /// it came in on (fast path: XDP_TX, or TC's bpf_redirect).
     FastTx = 21, "fast_tx";
+    /// Frame of a VLAN (an 802.1Q or 802.1ad tag with an ID other than 0, or two tags): it
+    /// belongs to that VLAN's own interface, where hairpin may be attached in its own right;
+    /// passed untouched (the kernel delivers it there, or drops it). A priority tag (ID 0) is
+    /// translated like an untagged frame.
+    PassVlan = 22, "pass_vlan";
+    /// TCP or UDP header that netfilter's conntrack calls invalid: a UDP length beyond the
+    /// datagram or under 8, a TCP data offset under 20 bytes or beyond the packet, TCP flags no
+    /// stack sends together (SYN+FIN, SYN+RST, none...): dropped.
+    DropInvalid = 23, "drop_invalid";
+    /// ICMP from the WAN of a type hairpin does not translate (not echo, echo reply or an error
+    /// quoting a packet), addressed past the gateway: dropped, never forwarded.
+    DropWanIcmpType = 24, "drop_wan_icmp_type";
 }
 
 /// Why a packet of a known flow took the slow path (the kernel forwards it, egress rewrites its
@@ -139,6 +151,8 @@ impl Reason {
                 | Reason::DropWanToLan
                 | Reason::DropLanForeignSource
                 | Reason::DropLanSourceToWan
+                | Reason::DropInvalid
+                | Reason::DropWanIcmpType
         )
     }
 }

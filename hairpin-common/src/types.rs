@@ -167,6 +167,28 @@ pub const fn ct_state_bits(proto: u8, tcp_flags: u8) -> u32 {
     bits
 }
 
+/// Whether a TCP segment's flags (byte 13 of its header) are a combination a stack sends, as
+/// netfilter's conntrack judges them (`tcp_valid_flags`): PSH, ECE and CWR aside, SYN (with URG
+/// or ACK), RST (with ACK), FIN with ACK (and URG), or ACK (with URG).
+#[inline(always)]
+pub const fn tcp_flags_valid(tcp_flags: u8) -> bool {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    const URG: u8 = 0x20;
+    let f = tcp_flags & (FIN | SYN | RST | ACK | URG);
+    f == SYN
+        || f == SYN | URG
+        || f == SYN | ACK
+        || f == RST
+        || f == RST | ACK
+        || f == FIN | ACK
+        || f == FIN | ACK | URG
+        || f == ACK
+        || f == ACK | URG
+}
+
 /// One direction of a translated flow, keyed by its [`FlowKey`] as seen at ingress.
 ///
 /// `xlate` is the whole translation (source and destination) so that a single lookup can apply

@@ -32,6 +32,13 @@ pub trait Packet {
     fn ctx_ptr(&self) -> *mut core::ffi::c_void;
     fn ifindex(&self) -> u32;
 
+    /// The VLAN ID of a tag the kernel has already taken out of the frame (TC; XDP sees tags
+    /// in the frame), 0 if none.
+    #[inline(always)]
+    fn vlan_id(&self) -> u16 {
+        0
+    }
+
     /// A GSO super-packet (an skb of several segments): its segments, not its IPv4 total
     /// length, must fit the egress MTU.
     #[inline(always)]
@@ -151,6 +158,13 @@ impl Packet for Tc<'_> {
     fn ifindex(&self) -> u32 {
         // SAFETY: a TC program's context is its __sk_buff.
         unsafe { (*(self.0.as_ptr() as *const __sk_buff)).ifindex }
+    }
+
+    #[inline(always)]
+    fn vlan_id(&self) -> u16 {
+        // SAFETY: as above.
+        let skb = unsafe { &*(self.0.as_ptr() as *const __sk_buff) };
+        if skb.vlan_present != 0 { (skb.vlan_tci & 0x0fff) as u16 } else { 0 }
     }
 
     #[inline(always)]

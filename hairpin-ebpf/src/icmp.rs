@@ -35,13 +35,14 @@ pub fn translate_error(
     ip: &Ip,
     quoted: &Parsed,
 ) -> Result<Option<FlowKey>, Reason> {
+    // From the WAN, a quoted LAN address is aimed past the boundary, whoever it is sent to.
+    if side == Side::Wan && (cfg.in_lan(quoted.key.src) || cfg.in_lan(quoted.key.dst)) {
+        return Err(Reason::DropWanToLan);
+    }
     // An error is addressed to the sender of the packet it quotes; anything else is not ours
     // to interpret.
     if ip.dst != quoted.key.src {
         return Ok(None);
-    }
-    if side == Side::Wan && (cfg.in_lan(quoted.key.src) || cfg.in_lan(quoted.key.dst)) {
-        return Err(Reason::DropWanToLan);
     }
     let Some(reply) = ct::lookup(&quoted.key.reversed()) else {
         return Ok(None);

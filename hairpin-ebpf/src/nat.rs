@@ -39,9 +39,14 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::PassNoConfig);
     };
     check_boundary(pkt, cfg, &ip, side)?;
-    let p = match parse_l4(pkt, &ip)? {
-        L4::Flow(p) => p,
-        L4::IcmpError(quoted) => {
+    let p = match parse_l4(pkt, &ip) {
+        Ok(L4::Flow(p)) => p,
+        // ICMP the dataplane does not translate may reach the gateway's stack, never past it.
+        Err(Reason::PassOtherProto) if side == Side::Wan && ip.proto == IPPROTO_ICMP && ip.dst != cfg.public_addr => {
+            return Err(Reason::DropWanIcmpType);
+        }
+        Err(r) => return Err(r),
+        Ok(L4::IcmpError(quoted)) => {
             return Ok(match icmp::translate_error(pkt, cfg, side, &ip, &quoted)? {
                 Some(_) => Reason::IcmpError,
                 None => Reason::PassNoMapping,
@@ -121,14 +126,18 @@ fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<()
 }
 
 /// The gateway is a boundary: the WAN may neither claim a LAN source nor reach a LAN address
-/// directly, and the LAN may not have foreign sources forwarded (its own stack may still hear
-/// them: DHCP from 0.0.0.0, link-local chatter).
+/// directly, and the LAN may not have foreign sources forwarded or translated, nor make flows
+/// or bindings (its own stack may still hear them: DHCP from 0.0.0.0, link-local chatter).
 #[inline(always)]
 fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Result<(), Reason> {
     match side {
         Side::Wan if cfg.in_lan(ip.src) => Err(Reason::DropWanLanSource),
         Side::Wan if cfg.in_lan(ip.dst) => Err(Reason::DropWanToLan),
         // 0.0.0.0 is a host without an address yet (DHCP): only ever for the gateway itself.
+        // The public address is the NAT's: a foreign source there would be hairpinned.
+        Side::Lan if cfg.lan_mask.0 != 0 && ip.src.0 != 0 && !cfg.in_lan(ip.src) && ip.dst == cfg.public_addr => {
+            Err(Reason::DropLanForeignSource)
+        }
         Side::Lan if cfg.lan_mask.0 != 0 && ip.src.0 != 0 && !cfg.in_lan(ip.src) => {
             let key = FlowKey::new(ip.proto, Endpoint::new(ip.src, PortBe(0)), Endpoint::new(ip.dst, PortBe(0)));
             match fwd::route(pkt, &key, ip.tot_len as u16) {

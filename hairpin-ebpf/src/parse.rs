@@ -9,12 +9,19 @@
 use hairpin_common::{
     Endpoint, FlowKey, Ipv4Be, PortBe, Reason,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    tcp_flags_valid,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::ctx::{Packet, ptr_at};
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// 802.1Q and 802.1ad (QinQ service) VLAN tags.
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
+/// A VLAN tag: tag control (priority, DEI, VLAN ID) and the type it encloses.
+const VLAN_TAG_LEN: usize = 4;
+const VLAN_VID_MASK: u16 = 0x0fff;
 /// More-fragments flag and fragment offset, in the raw (network order) `frags` word.
 const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
 /// Fragment offset alone: non-zero means the L4 header is in another fragment.
@@ -22,6 +29,8 @@ const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_SOURCE_QUENCH: u8 = 4;
+const ICMP_REDIRECT: u8 = 5;
 const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
@@ -56,8 +65,8 @@ pub struct Parsed {
 pub enum L4 {
     /// A TCP, UDP or ICMP echo packet: a flow of its own.
     Flow(Parsed),
-    /// An ICMP error (destination unreachable, time exceeded, parameter problem): the packet it
-    /// quotes, parsed as it sits inside the error. Only its first 8 L4 bytes are sure to be there.
+    /// An ICMP error (destination unreachable, source quench, redirect, time exceeded,
+    /// parameter problem): the packet it quotes, parsed as it sits inside the error. Only its first 8 L4 bytes are sure to be there.
     IcmpError(Parsed),
 }
 
@@ -83,15 +92,34 @@ pub struct Ip {
 }
 
 /// Parses Ethernet and IPv4. Non-IPv4 is an `Err` to pass; a bad IPv4 header one to drop.
+///
+/// A frame of a VLAN (a tag with an ID other than 0, or two tags; in the frame, or already
+/// taken out of it into the skb, as TC sees it) belongs to the VLAN's own interface: an `Err`
+/// to pass. A priority tag (ID 0) is looked past: the kernel delivers such a frame on this
+/// interface, so it is translated (and its boundary checked) like an untagged one.
 #[inline(always)]
 pub fn parse_ip(pkt: &impl Packet) -> Result<Ip, Reason> {
+    if pkt.vlan_id() != 0 {
+        return Err(Reason::PassVlan);
+    }
     let eth = ptr_at::<EthHdr>(pkt, 0).map_err(|_| Reason::PassNotIpv4)?;
     // SAFETY: ptr_at checked the bounds; headers are read unaligned (network-types fields are
     // byte arrays).
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut l3_off = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q_BE || ether_type == ETH_P_8021AD_BE {
+        let tag = ptr_at::<[u16; 2]>(pkt, EthHdr::LEN)?;
+        // SAFETY: as above.
+        let [tci, inner] = unsafe { tag.read_unaligned() };
+        if u16::from_be(tci) & VLAN_VID_MASK != 0 || inner == ETH_P_8021Q_BE || inner == ETH_P_8021AD_BE {
+            return Err(Reason::PassVlan);
+        }
+        (ether_type, l3_off) = (inner, EthHdr::LEN + VLAN_TAG_LEN);
+    }
+    if ether_type != ETH_P_IP_BE {
         return Err(Reason::PassNotIpv4);
     }
-    let (ip, ihl) = ipv4_at(pkt, EthHdr::LEN)?;
+    let (ip, ihl) = ipv4_at(pkt, l3_off)?;
     if ip.tot_len < ihl {
         return Err(Reason::DropMalformed);
     }
@@ -150,22 +178,35 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
     }
     let (l3_off, l4_off, tot_len) = (ip.l3_off, ip.l4_off, ip.tot_len);
     let ihl = l4_off - l3_off;
+    const TCP_DOFF_OFF: usize = 12;
     const TCP_FLAGS_OFF: usize = 13;
     let mut error = false;
+    // What netfilter's conntrack would call an invalid header (see `Reason::DropInvalid`).
+    let mut invalid = false;
     let (sport, dport, tcp_flags) = match ip.proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let tcp = ptr_at::<TcpHdr>(pkt, l4_off)?;
-            unsafe { ((*tcp).source, (*tcp).dest, *(tcp as *const u8).add(TCP_FLAGS_OFF)) }
+            // SAFETY: bounds checked by ptr_at.
+            let (sport, dport, doff, flags) = unsafe {
+                let b = tcp as *const u8;
+                ((*tcp).source, (*tcp).dest, *b.add(TCP_DOFF_OFF), *b.add(TCP_FLAGS_OFF))
+            };
+            let hdr_len = ((doff >> 4) as usize) * 4;
+            invalid = hdr_len < TcpHdr::LEN || ihl + hdr_len > tot_len || !tcp_flags_valid(flags);
+            (sport, dport, flags)
         }
         IPPROTO_UDP => {
             if tot_len < ihl + UdpHdr::LEN {
                 return Err(Reason::DropMalformed);
             }
             let udp = ptr_at::<UdpHdr>(pkt, l4_off)?;
-            unsafe { ((*udp).src, (*udp).dst, 0) }
+            // SAFETY: bounds checked by ptr_at.
+            let (sport, dport, len) = unsafe { ((*udp).src, (*udp).dst, u16::from_be_bytes((*udp).len) as usize) };
+            invalid = len < UdpHdr::LEN || ihl + len > tot_len;
+            (sport, dport, 0)
         }
         IPPROTO_ICMP => {
             if tot_len < ihl + ICMP_HDR_LEN {
@@ -173,8 +214,13 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
             }
             let icmp = ptr_at::<[u8; ICMP_HDR_LEN]>(pkt, l4_off)?;
             let (ty, id) = unsafe { ((*icmp)[0], u16::from_ne_bytes([(*icmp)[4], (*icmp)[5]])) };
+            // Every message that quotes a packet: netfilter's conntrack relates the same five.
             match ty {
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => error = true,
+                ICMP_DEST_UNREACH
+                | ICMP_SOURCE_QUENCH
+                | ICMP_REDIRECT
+                | ICMP_TIME_EXCEEDED
+                | ICMP_PARAMETER_PROBLEM => error = true,
                 _ => {}
             }
             match echo_ports(ty, id) {
@@ -189,6 +235,9 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
     // compiler prove their bounds checks redundant and drop them, which the verifier rejects.
     if l3_off + tot_len > pkt.len() {
         return Err(Reason::DropMalformed);
+    }
+    if invalid {
+        return Err(Reason::DropInvalid);
     }
     if error {
         let quoted = parse_quoted(pkt, l4_off + ICMP_HDR_LEN)?;

@@ -44,6 +44,19 @@ impl Netns {
         run(self.command(program).args(args))
     }
 
+    /// A counter of this namespace's `/proc/net/snmp` (`Tcp`, `InCsumErrors` style names).
+    pub fn snmp(&self, group: &str, field: &str) -> anyhow::Result<u64> {
+        let (group, field) = (format!("{group}:"), field.to_owned());
+        self.run(move || -> anyhow::Result<u64> {
+            // thread-self: the calling thread's namespace (self is the process's).
+            let text = std::fs::read_to_string("/proc/thread-self/net/snmp").context("reading snmp")?;
+            let mut rows = text.lines().filter(|l| l.starts_with(&group));
+            let (names, values) = (rows.next().context("no header")?, rows.next().context("no values")?);
+            let i = names.split_whitespace().position(|n| n == field).with_context(|| format!("no {group} {field}"))?;
+            Ok(values.split_whitespace().nth(i).context("short row")?.parse()?)
+        })?
+    }
+
     /// Writes a sysctl of this namespace (`net.ipv4.ip_forward` style name).
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));

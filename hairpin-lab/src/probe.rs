@@ -6,7 +6,7 @@
 use std::{
     io::IoSliceMut,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -114,4 +114,39 @@ fn read_error(fd: &OwnedFd) -> anyhow::Result<Answer> {
         }
     }
     bail!("the socket's error is not an ICMP error")
+}
+
+/// Sends `frame` (Ethernet header included) out of `iface` in `ns` as it is, through a packet
+/// socket: for frames no socket of the host's own would build (VLAN tags, bad headers).
+pub fn send_frame(ns: &Netns, iface: &str, frame: &[u8]) -> anyhow::Result<()> {
+    let (iface, frame) = (iface.to_owned(), frame.to_vec());
+    ns.run(move || -> anyhow::Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| format!("no {iface}"))?;
+        // SAFETY: plain syscalls on a descriptor owned here; the address is a zeroed
+        // sockaddr_ll filled in below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("creating a packet socket");
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let sent = libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if sent < 0 {
+                return Err(std::io::Error::last_os_error()).context("sending the frame");
+            }
+        }
+        Ok(())
+    })?
 }

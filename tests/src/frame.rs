@@ -46,6 +46,8 @@ pub struct Pkt {
     pub ttl: u8,
     /// Destination and source MAC addresses.
     pub macs: ([u8; 6], [u8; 6]),
+    /// An 802.1Q tag's control field (priority, DEI, VLAN ID), if tagged.
+    pub vlan: Option<u16>,
 }
 
 impl Pkt {
@@ -84,6 +86,7 @@ impl Pkt {
             quoted: Vec::new(),
             ttl: 64,
             macs: (MAC_B, MAC_A),
+            vlan: None,
         }
     }
     /// The same packet as a router sends it on: TTL one less, new MAC addresses.
@@ -114,6 +117,11 @@ impl Pkt {
         self.tcp_flags = tcp_flags;
         self
     }
+    /// The same packet in an 802.1Q tag with control field `tci` (VLAN ID in the low 12 bits).
+    pub fn vlan(mut self, tci: u16) -> Self {
+        self.vlan = Some(tci);
+        self
+    }
     pub fn without_udp_checksum(mut self) -> Self {
         self.no_udp_csum = true;
         self
@@ -142,6 +150,10 @@ impl Pkt {
         ip.header_checksum = ip.calc_header_checksum();
         let mut out = self.macs.0.to_vec();
         out.extend_from_slice(&self.macs.1);
+        if let Some(tci) = self.vlan {
+            out.extend_from_slice(&0x8100u16.to_be_bytes());
+            out.extend_from_slice(&tci.to_be_bytes());
+        }
         out.extend_from_slice(&0x0800u16.to_be_bytes());
         out.extend_from_slice(&ip.to_bytes());
         match self.l4 {

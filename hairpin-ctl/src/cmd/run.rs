@@ -44,6 +44,10 @@ fn dataplane_logs(pins: &PinDir) -> anyhow::Result<AsyncFd<EbpfLogger<Print>>> {
 }
 
 pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
+    // First: a stop asked for while attaching or adopting is then a clean stop after it, not
+    // the default action's kill.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     if pins.exists() {
         // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows,
         // bindings and mappings, take the timeouts, UDP filtering and fast path given now.
@@ -59,8 +63,6 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     }
     let mut maps = pins.open()?;
     let mut logs = dataplane_logs(pins)?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
     loop {
         tokio::select! {

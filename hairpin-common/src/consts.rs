@@ -44,7 +44,9 @@ pub mod map_names {
     pub const CT_GEN: &str = "HP_CT_GEN";
     /// Per CPU: fast-path packets the flow cache could not serve.
     pub const FC_MISSES: &str = "HP_FC_MISSES";
-    pub const ALL: [&str; 13] = [
+    /// Per CPU and interface: XDP frames the kernel refused to transmit.
+    pub const XDP_REFUSED: &str = "HP_XDP_REFUSED";
+    pub const ALL: [&str; 14] = [
         CONFIG,
         MAPPINGS,
         CONNTRACK,
@@ -58,6 +60,7 @@ pub mod map_names {
         FLOW_CACHE,
         CT_GEN,
         FC_MISSES,
+        XDP_REFUSED,
     ];
 }
 
@@ -78,6 +81,21 @@ pub mod prog_names {
     pub const TC_IN_WAN: &str = "tc_ingress_wan";
     /// Not the dataplane's: for veth peers in labs and benchmarks (see its doc).
     pub const XDP_PASS: &str = "xdp_pass";
+    /// Tracepoint programs counting XDP frames the kernel refused, by the tracepoint
+    /// (category `xdp`) each attaches to, which is also its name.
+    pub const REFUSED: [&str; 3] = ["xdp_bulk_tx", "xdp_devmap_xmit", "xdp_redirect_err"];
+}
+
+/// The interfaces whose refused XDP frames are counted (`HP_XDP_REFUSED`'s index).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedSide {
+    Lan = 0,
+    Wan = 1,
+}
+
+impl RefusedSide {
+    pub const COUNT: u32 = 2;
 }
 
 /// Where a program runs; the stats map holds one row of [`crate::Reason`] counters per hook.

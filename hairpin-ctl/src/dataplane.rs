@@ -7,11 +7,11 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, Xdp},
+    programs::{SchedClassifier, TracePoint, Xdp},
 };
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{Hook, global_names, map_names, prog_names},
+    consts::{Hook, RefusedSide, global_names, map_names, prog_names},
     flow_cache,
     placement::Ingress,
 };
@@ -140,6 +140,10 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
         }
         .with_context(|| format!("verifying program {prog}"))?;
     }
+    for prog in prog_names::REFUSED {
+        let p = ebpf.program_mut(prog).with_context(|| format!("program {prog} missing from the object"))?;
+        <&mut TracePoint>::try_from(p)?.load().with_context(|| format!("verifying program {prog}"))?;
+    }
     Ok(ebpf)
 }
 
@@ -161,6 +165,8 @@ pub struct Maps {
     pub ct_gen: Array<MapData, u32>,
     /// Fast-path packets the flow cache could not serve, per CPU.
     pub fc_misses: PerCpuArray<MapData, u64>,
+    /// XDP frames the kernel refused to transmit into the LAN and WAN interfaces, per CPU.
+    pub xdp_refused: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -190,7 +196,13 @@ impl Maps {
             slow: map(map_names::SLOW)?.try_into()?,
             ct_gen: map(map_names::CT_GEN)?.try_into()?,
             fc_misses: map(map_names::FC_MISSES)?.try_into()?,
+            xdp_refused: map(map_names::XDP_REFUSED)?.try_into()?,
         })
+    }
+
+    /// XDP frames the kernel refused to transmit into the interface of `side`, summed over CPUs.
+    pub fn xdp_refused(&self, side: RefusedSide) -> anyhow::Result<u64> {
+        Ok(self.xdp_refused.get(&(side as u32), 0).context("reading the refused XDP frames")?.iter().sum())
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {

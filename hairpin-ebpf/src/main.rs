@@ -21,11 +21,12 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod refused;
 mod stats;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use hairpin_common::{consts::Hook, nat::Side};
 
@@ -63,6 +64,25 @@ pub fn tc_egress_lan(ctx: TcContext) -> i32 {
 pub fn tc_egress_wan(ctx: TcContext) -> i32 {
     let reason = nat::egress(&ctx::Tc(&ctx), Side::Wan);
     fwd::finish_tc(Hook::WanEgress, reason)
+}
+
+/// The kernel's reports of XDP frames it could not transmit (see `refused.rs`).
+#[tracepoint(category = "xdp", name = "xdp_bulk_tx")]
+pub fn xdp_bulk_tx(ctx: TracePointContext) -> u32 {
+    refused::bulk_tx(&ctx);
+    0
+}
+
+#[tracepoint(category = "xdp", name = "xdp_devmap_xmit")]
+pub fn xdp_devmap_xmit(ctx: TracePointContext) -> u32 {
+    refused::devmap_xmit(&ctx);
+    0
+}
+
+#[tracepoint(category = "xdp", name = "xdp_redirect_err")]
+pub fn xdp_redirect_err(ctx: TracePointContext) -> u32 {
+    refused::redirect_err(&ctx);
+    0
 }
 
 /// Passes everything. Not part of the dataplane: a veth delivers frames that its peer sends

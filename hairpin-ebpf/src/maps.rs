@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use hairpin_common::{
     Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey, Slow,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, RefusedSide, SNAT_CAPACITY, STATS_LEN},
     flow_cache, nat,
 };
 
@@ -73,6 +73,11 @@ pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, BPF_
 /// cache slots of an older generation are not used.
 #[map(name = "HP_CT_GEN")]
 pub static CT_GEN: Array<u32> = Array::with_max_entries(flow_cache::GEN_LEN, 0);
+
+/// Per CPU: XDP frames the kernel refused to transmit into the LAN and WAN interfaces, indexed
+/// by `consts::RefusedSide` (see `refused.rs`).
+#[map(name = "HP_XDP_REFUSED")]
+pub static XDP_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(RefusedSide::COUNT, 0);
 
 /// Per CPU: fast-path packets the flow cache could not serve (conntrack forwarded them).
 #[map(name = "HP_FC_MISSES")]

@@ -58,7 +58,7 @@ pub struct Lab {
     servers: Option<Servers>,
     inet_servers: Option<Servers>,
     /// xdp_pass on the far ends of the gateway's veths ([`Peers::Xdp`]).
-    _xdp_pass: Vec<hairpin_ctl::dataplane::XdpPass>,
+    xdp_pass: Vec<hairpin_ctl::dataplane::XdpPass>,
     // Dropped in declaration order: servers above stop first, then the namespaces.
     pub gw: Netns,
     pub sw: Netns,
@@ -86,7 +86,7 @@ impl Lab {
             ctl,
             servers: None,
             inet_servers: None,
-            _xdp_pass: Vec::new(),
+            xdp_pass: Vec::new(),
             gw,
             sw,
             srv,
@@ -110,7 +110,7 @@ impl Lab {
                 Peers::Xdp => {
                     let iface = iface.to_owned();
                     let pass = ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(&iface))??;
-                    lab._xdp_pass.push(pass);
+                    lab.xdp_pass.push(pass);
                 }
             }
         }
@@ -178,6 +178,12 @@ impl Lab {
         let mut c = self.gw.command(self.ctl.to_str().context("non-UTF-8 path")?);
         c.arg("--pin-dir").arg(&self.pin_dir).args(args);
         Ok(c)
+    }
+
+    /// Detaches the pass-through XDP programs of [`Peers::Xdp`]: the gateway's veths take no
+    /// XDP frames from then on.
+    pub fn detach_peer_xdp(&mut self) {
+        self.xdp_pass.clear();
     }
 
     /// Runs `hairpin-ctl --pin-dir <lab pins> args...` in the gateway namespace.

@@ -313,11 +313,18 @@ impl Controller {
     }
 
     /// SIGTERM, then the exit status and stdout.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let status = self.terminate();
-        let mut out = String::new();
-        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    fn stop(self) -> (std::process::ExitStatus, String) {
+        let (status, out, _) = self.stop_with_stderr();
         (status, out)
+    }
+
+    /// SIGTERM, then the exit status, stdout and stderr.
+    fn stop_with_stderr(mut self) -> (std::process::ExitStatus, String, String) {
+        let status = self.terminate();
+        let (mut out, mut err) = (String::new(), String::new());
+        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status, out, err)
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -338,6 +345,44 @@ impl Drop for Controller {
             self.terminate();
         }
     }
+}
+
+/// Honest counters: the peers of the gateway's veths stop taking XDP frames under a running
+/// gateway in native XDP. The frames the kernel then refuses are counted per interface, `run`
+/// stops the fast path from sending XDP frames there, and traffic goes on on the slow path:
+/// from then on no fast-path counter moves while it flows.
+#[test]
+fn refused_xdp_frames_are_counted_and_turn_the_xdp_fast_path_off() {
+    let mut lab = lab_with(Peers::Xdp);
+    let ctl = Controller::start(&lab, &["--xdp-mode", "native"]);
+    lab.add_mappings().unwrap();
+    let hairpin = SocketAddrV4::new(PUBLIC, HTTP_PORT);
+    let t = Duration::from_secs(10);
+    traffic::tcp_echo(&lab.cli, hairpin, 64 << 10, t).expect("hairpin on the XDP fast path");
+    assert!(lab.counter("fast_tx").unwrap() > 0);
+    let refused = |lab: &Lab| -> u64 {
+        let s = lab.stats_json().unwrap();
+        s["interfaces"].as_array().unwrap().iter().map(|i| i["refused_xdp_frames"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(refused(&lab), 0);
+
+    lab.detach_peer_xdp();
+    // The first frames into each interface are refused; run sees it within a sweep, and TCP's
+    // retransmissions then take the slow path.
+    traffic::tcp_echo(&lab.cli, hairpin, 64 << 10, t).expect("hairpin once XDP frames are refused");
+    scenario::port_forward(&lab, HTTP_PORT).expect("the forward once XDP frames are refused");
+    wait_for(10, "run to stop sending XDP frames into lan0 and wan0", || {
+        let s = lab.stats_json().unwrap();
+        s["interfaces"].as_array().unwrap().iter().all(|i| i["takes_xdp_frames"] == false)
+    });
+    assert!(refused(&lab) > 0, "no refused frame counted");
+    let before = fast_packets(&lab);
+    traffic::tcp_echo(&lab.cli, hairpin, 64 << 10, t).expect("hairpin on the slow path");
+    scenario::port_forward(&lab, HTTP_PORT).expect("the forward on the slow path");
+    assert_eq!(fast_packets(&lab), before, "fast-path counters moved while the kernel refused XDP frames");
+    let (status, _, err) = ctl.stop_with_stderr();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("lan0: the kernel refused") && err.contains("wan0: the kernel refused"), "{err}");
 }
 
 fn udp_flows(lab: &Lab) -> Vec<serde_json::Value> {

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and tests need (idempotent): apt packages, the pinned nightly
-    /// with rust-src, bpf-linker built against that nightly's LLVM, a mounted bpffs.
+    /// with rust-src, bpf-linker built against that nightly's LLVM, mounted bpffs and tracefs.
     Setup,
     /// Release build: target/release/hairpin-ctl with the eBPF object embedded.
     Build,

@@ -26,6 +26,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> anyhow::Result<()> {
     apt()?;
     bpffs()?;
+    tracefs()?;
     let nightly = nightly()?;
     bpf_linker(&nightly)?;
     Ok(())
@@ -73,6 +74,16 @@ fn bpffs() -> anyhow::Result<()> {
         return Ok(());
     }
     sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// `up` counts the XDP frames the kernel refuses through tracepoints, which need tracefs at
+/// /sys/kernel/tracing (systemd mounts it; a bare VM may not).
+fn tracefs() -> anyhow::Result<()> {
+    let fs_type = output(Command::new("stat").args(["-f", "-c", "%T", "/sys/kernel/tracing"])).unwrap_or_default();
+    if fs_type.trim() == "tracefs" || !util::is_root() {
+        return Ok(());
+    }
+    sh(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
 }
 
 fn sysroot(nightly: &str) -> Option<PathBuf> {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Reason, Slow,
-    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, exhaustion_index, map_names},
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, RefusedSide, exhaustion_index, map_names},
     placement::Placement,
 };
 use serde::Serialize;
@@ -76,8 +76,12 @@ struct InterfaceRow {
     ingress: &'static str,
     fast_path: bool,
     why: &'static str,
-    /// The XDP fast path may send frames into it (redirect, XDP_TX).
+    /// The XDP fast path may send frames into it (redirect, XDP_TX); `run` clears this when
+    /// the kernel refuses them.
     takes_xdp_frames: bool,
+    /// XDP frames sent into it that the kernel refused to transmit (counted by tracepoints;
+    /// they are also in fast_redirect or fast_tx, which count what the fast path handed on).
+    refused_xdp_frames: u64,
     /// The line `up` printed for it.
     summary: String,
 }
@@ -112,7 +116,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         .max_entries()
         > 1;
     let stats = Stats {
-        interfaces: interfaces(&cfg),
+        interfaces: interfaces(&maps, &cfg)?,
         flow_cache: FlowCache {
             enabled,
             hits,
@@ -135,7 +139,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     if !stats.interfaces.is_empty() {
         println!("interfaces");
         for i in &stats.interfaces {
-            println!("  {}", i.summary);
+            match i.refused_xdp_frames {
+                0 => println!("  {}", i.summary),
+                n => println!("  {}; {n} XDP frames refused by the kernel", i.summary),
+            }
         }
         println!();
     }
@@ -170,25 +177,28 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
 }
 
 /// The placements `up` recorded (none in a configuration written before they were).
-fn interfaces(cfg: &Config) -> Vec<InterfaceRow> {
+fn interfaces(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<InterfaceRow>> {
     let fast_path = cfg.fast_path();
-    [("lan", cfg.lan_ifindex, cfg.lan_placement), ("wan", cfg.wan_ifindex, cfg.wan_placement)]
-        .into_iter()
-        .filter_map(|(side, ifindex, code)| {
-            let p = Placement::decode(code)?;
-            let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
-            Some(InterfaceRow {
-                side,
-                summary: placement::describe(&name, p, fast_path),
-                name,
-                ifindex,
-                ingress: p.ingress.name(),
-                fast_path,
-                why: p.why.text(),
-                takes_xdp_frames: p.xdp_target,
-            })
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for (side, refused, ifindex, code) in [
+        ("lan", RefusedSide::Lan, cfg.lan_ifindex, cfg.lan_placement),
+        ("wan", RefusedSide::Wan, cfg.wan_ifindex, cfg.wan_placement),
+    ] {
+        let Some(p) = Placement::decode(code) else { continue };
+        let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+        rows.push(InterfaceRow {
+            side,
+            summary: placement::describe(&name, p, fast_path),
+            name,
+            ifindex,
+            ingress: p.ingress.name(),
+            fast_path,
+            why: p.why.text(),
+            takes_xdp_frames: p.xdp_target,
+            refused_xdp_frames: maps.xdp_refused(refused)?,
+        });
+    }
+    Ok(rows)
 }
 
 fn reasons(maps: &Maps) -> anyhow::Result<Vec<ReasonRow>> {

@@ -6,11 +6,11 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, DevMapHash},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+    programs::{SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, links::FdLink},
 };
 use hairpin_common::{
     Config, Ipv4Be,
-    consts::{Hook, map_names},
+    consts::{Hook, map_names, prog_names},
     placement::{Ingress, Placement},
 };
 
@@ -111,6 +111,16 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("attaching {prog} to {}", sides[side].iface))?;
         links.push((prog, link));
     }
+    // XDP frames the kernel refuses are counted for stats and run, if it lets us watch.
+    if sides.iter().any(|s| s.placement.ingress != Ingress::Tc) {
+        match attach_refused(&mut ebpf) {
+            Ok(watch) => links.extend(watch),
+            Err(e) => eprintln!(
+                "warning: XDP frames the kernel refuses will not be counted ({e:#}); is tracefs mounted at \
+                 /sys/kernel/tracing?"
+            ),
+        }
+    }
     pin_all(pins, &mut ebpf, links).inspect_err(|_| {
         let _ = pins.remove_all();
     })?;
@@ -182,6 +192,18 @@ fn attach_ingress(ebpf: &mut Ebpf, hook: Hook, side: &mut Side, strict: bool) ->
             }
         },
     }
+}
+
+/// The tracepoint programs that count XDP frames the kernel refused (see the dataplane's
+/// `refused.rs`), attached: all or none.
+fn attach_refused(ebpf: &mut Ebpf) -> anyhow::Result<Vec<(&'static str, FdLink)>> {
+    let mut links = Vec::new();
+    for prog in prog_names::REFUSED {
+        let tp: &mut TracePoint = ebpf.program_mut(prog).context("program missing")?.try_into()?;
+        let id = tp.attach("xdp", prog).with_context(|| format!("attaching {prog} to the tracepoint xdp:{prog}"))?;
+        links.push((prog, tp.take_link(id)?.try_into().context("the tracepoint link cannot be pinned")?));
+    }
+    Ok(links)
 }
 
 fn attach_tc(ebpf: &mut Ebpf, prog: &str, ifindex: u32, at: TcAttachType) -> anyhow::Result<FdLink> {

@@ -50,6 +50,11 @@ pub enum Path {
     HairpinFastNoCache,
     /// hairpin's fast path for hairpinned traffic: LAN -> public address -> LAN, XDP_TX.
     HairpinTx,
+    /// hairpin with default flags, which on veths puts ingress in TC: the TC fast path
+    /// (bpf_redirect), what a user's namespaces get.
+    HairpinTc,
+    /// hairpin with `--xdp-mode generic`: XDP on the skb.
+    HairpinGeneric,
     /// nftables masquerade of LAN hosts' traffic to the internet (kernel conntrack).
     NftMasq,
     /// hairpin's fast path masquerading LAN hosts' traffic to the internet.
@@ -57,7 +62,7 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [Path; 12] = [
+    pub const ALL: [Path; 14] = [
         Path::RawRedirect,
         Path::RawLookup,
         Path::RawWrite,
@@ -68,6 +73,8 @@ impl Path {
         Path::HairpinFast,
         Path::HairpinFastNoCache,
         Path::HairpinTx,
+        Path::HairpinTc,
+        Path::HairpinGeneric,
         Path::NftMasq,
         Path::HairpinMasq,
     ];
@@ -83,6 +90,8 @@ impl Path {
             Path::HairpinFast => "hairpin fast path",
             Path::HairpinFastNoCache => "hairpin fast path without flow cache",
             Path::HairpinTx => "hairpin XDP_TX (hairpinned)",
+            Path::HairpinTc => "hairpin TC fast path (default on veth)",
+            Path::HairpinGeneric => "hairpin generic XDP fast path",
             Path::NftMasq => "nftables masquerade (LAN -> WAN)",
             Path::HairpinMasq => "hairpin fast path, masquerade (LAN -> WAN)",
         }
@@ -91,7 +100,13 @@ impl Path {
     fn hairpin(self) -> bool {
         matches!(
             self,
-            Path::HairpinSlow | Path::HairpinFast | Path::HairpinFastNoCache | Path::HairpinTx | Path::HairpinMasq
+            Path::HairpinSlow
+                | Path::HairpinFast
+                | Path::HairpinFastNoCache
+                | Path::HairpinTx
+                | Path::HairpinTc
+                | Path::HairpinGeneric
+                | Path::HairpinMasq
         )
     }
     /// The generator's interface, and the gateway's interfaces the traffic comes in and goes
@@ -297,14 +312,28 @@ impl Harness {
                     _ => {}
                 }
             }
-            Path::HairpinSlow | Path::HairpinFast | Path::HairpinFastNoCache | Path::HairpinTx | Path::HairpinMasq => {
-                let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0", "--xdp-mode", "native"];
+            Path::HairpinSlow
+            | Path::HairpinFast
+            | Path::HairpinFastNoCache
+            | Path::HairpinTx
+            | Path::HairpinTc
+            | Path::HairpinGeneric
+            | Path::HairpinMasq => {
+                let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0"];
                 let flows = max_flows.to_string();
                 args.extend(["--max-flows", &flows]);
                 match self.path {
-                    Path::HairpinSlow => args.push("--no-fast-path"),
-                    Path::HairpinFastNoCache => args.push("--no-flow-cache"),
-                    _ => {}
+                    Path::HairpinSlow => args.extend(["--xdp-mode", "native", "--no-fast-path"]),
+                    Path::HairpinFastNoCache => args.extend(["--xdp-mode", "native", "--no-flow-cache"]),
+                    Path::HairpinGeneric => args.extend(["--xdp-mode", "generic"]),
+                    // Default flags: `up` chooses (TC on these veths).
+                    Path::HairpinTc => {}
+                    _ => args.extend(["--xdp-mode", "native"]),
+                }
+                // Without XDP of its own, the gateway's receiving veth takes the generator's
+                // XDP frames only through the NAPI that GRO turns on.
+                if matches!(self.path, Path::HairpinTc | Path::HairpinGeneric) {
+                    gw.exec("ethtool", &["-K", ingress, "gro", "on"])?;
                 }
                 self.ctl(&args)?;
                 self.ctl(&["map", "add", "udp", "203.0.113.1:9", "192.168.0.2:9"])?;

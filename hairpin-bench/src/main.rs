@@ -1,6 +1,7 @@
 //! `hairpin-bench`: measurements that need root and the real dataplane. Run through
 //! `cargo xtask bench`; timings are reported, never asserted.
 
+mod bulk;
 mod chart;
 mod forward;
 mod frame;
@@ -46,6 +47,23 @@ enum Bench {
     /// path and XDP_TX hairpinning towards a forwarded port; nftables masquerade and hairpin's
     /// fast path for LAN hosts' traffic to the internet; 1, 4,096 and 60,000 flows, and
     /// 1,000,000 conntrack entries.
+    /// Bulk TCP Gbit/s with iperf3 on the lab's plain topology (hosts' default offloads):
+    /// kernel routing, nftables and hairpin with default flags, port-forward and masquerade,
+    /// 1 and 4 streams.
+    Bulk {
+        /// The hairpin-ctl binary to drive.
+        #[arg(long)]
+        ctl: std::path::PathBuf,
+        /// One second per cell, once: the smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        secs: u32,
+        /// Repetitions (the report gives medians).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     Forward {
         /// The hairpin-ctl binary to drive.
         #[arg(long)]
@@ -85,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Micro { append } => micro::run(append.as_deref()),
+        Bench::Bulk { ctl, quick, secs, reps } => bulk::run(ctl, quick, secs, reps),
         Bench::Forward { ctl, quick, secs, reps, out, paths, flows } => {
             report::run(&report::Options { ctl, quick, secs, reps, out, paths, flows })
         }

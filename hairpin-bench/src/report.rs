@@ -215,8 +215,8 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
     };
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
     use Path::{
-        HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinMasq as Masq, NftDnat, NftDnatMasq, NftMasq,
-        RawLookup as Floor, RawRedirect as Raw, RawWrite as WriteFloor,
+        HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinGeneric as Generic, HairpinMasq as Masq,
+        HairpinTc as Tc, NftDnat, NftDnatMasq, NftMasq, RawLookup as Floor, RawRedirect as Raw, RawWrite as WriteFloor,
     };
     use Traffic::{Flows, Prefilled};
     // (what, numerator, denominator): each a path and its traffic.
@@ -233,6 +233,10 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         ("hairpin fast / nftables DNAT, 1 flow", (Fast, Flows(1)), (NftDnat, Flows(1))),
         ("hairpin fast / nftables DNAT+masquerade, 1 flow", (Fast, Flows(1)), (NftDnatMasq, Flows(1))),
         ("hairpin fast / nftables DNAT+masquerade, 60000 flows", (Fast, Flows(60_000)), (NftDnatMasq, Flows(60_000))),
+        ("hairpin TC fast / nftables DNAT+masquerade, 1 flow", (Tc, Flows(1)), (NftDnatMasq, Flows(1))),
+        ("hairpin TC fast / nftables DNAT+masquerade, 60000 flows", (Tc, Flows(60_000)), (NftDnatMasq, Flows(60_000))),
+        ("hairpin TC fast / XDP fast, 1 flow", (Tc, Flows(1)), (Fast, Flows(1))),
+        ("hairpin generic XDP / nftables DNAT+masquerade, 1 flow", (Generic, Flows(1)), (NftDnatMasq, Flows(1))),
         ("hairpin fast, 60000 flows / 1 flow", (Fast, Flows(60_000)), (Fast, Flows(1))),
         ("hairpin fast, 1M entries / 1 flow", (Fast, Prefilled), (Fast, Flows(1))),
         ("hairpin masquerade / raw ceiling, 1 flow", (Masq, Flows(1)), (Raw, Flows(1))),
@@ -247,7 +251,9 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         "\n64-byte IPv4/UDP frames from an XDP generator (BPF_PROG_TEST_RUN, live frames) on CPU 0; \
          the gateway's receive NAPI threaded and pinned: {pinned}. {reps} repetition(s) of {secs} s each; \
          delivered = frames counted at the sink with the expected translated destination \
-         (and, masqueraded, the public source address)."
+         (and, masqueraded, the public source address). On these veths `up` with default flags \
+         puts ingress in TC (the TC fast path row); the XDP rows ask for XDP (`--xdp-mode native`, \
+         with XDP programs on the veths' far ends), as a gateway on NICs gets it by default."
     );
     s
 }

@@ -15,6 +15,8 @@ const APT: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("nft", "nftables"),
     ("iptables-save", "iptables"),
+    // The bulk TCP benchmark.
+    ("iperf3", "iperf3"),
     // The benchmark pins the gateway's NAPI kthread: found with ps, pinned with taskset.
     ("ps", "procps"),
     ("taskset", "util-linux"),

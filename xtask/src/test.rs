@@ -39,17 +39,20 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    // The benchmark harness's smoke run, so it cannot rot: every path must deliver translated
-    // frames (figures are printed, never judged). Skipped when a filter picks tests.
+    // The benchmark harnesses' smoke runs, so they cannot rot: every path must deliver
+    // translated frames, every iperf3 run complete (figures are printed, never judged).
+    // Skipped when a filter picks tests.
     if extra.is_empty() {
         util::run(util::cargo().args(["build", "--release", "-p", "hairpin-bench"]))?;
         let bench = util::root().join("target/release/hairpin-bench");
-        let smoke = std::process::Command::new(bench).args(["forward", "--quick", "--ctl"]).arg(&ctl).status();
-        match smoke {
-            Ok(s) if s.success() => passed += 1,
-            _ => {
-                eprintln!("bench smoke (hairpin-bench forward --quick) failed");
-                failed += 1;
+        for what in ["forward", "bulk"] {
+            let smoke = std::process::Command::new(&bench).args([what, "--quick", "--ctl"]).arg(&ctl).status();
+            match smoke {
+                Ok(s) if s.success() => passed += 1,
+                _ => {
+                    eprintln!("bench smoke (hairpin-bench {what} --quick) failed");
+                    failed += 1;
+                }
             }
         }
     }

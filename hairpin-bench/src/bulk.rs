@@ -71,7 +71,14 @@ impl Drop for Server {
     }
 }
 
-pub fn run(ctl: std::path::PathBuf, quick: bool, secs: u32, reps: usize) -> anyhow::Result<()> {
+/// Prints the report as a markdown section, also appended to `append` if given.
+pub fn run(
+    ctl: std::path::PathBuf,
+    quick: bool,
+    secs: u32,
+    reps: usize,
+    append: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let (secs, reps) = if quick { (1, 1) } else { (secs, reps) };
     let lab = Lab::new(ctl).context("building the lab")?;
     // Plain routing needs the internet host to route the LAN at the gateway; the NAT cases
@@ -95,7 +102,16 @@ pub fn run(ctl: std::path::PathBuf, quick: bool, secs: u32, reps: usize) -> anyh
             tear_down(&lab, gateway)?;
         }
     }
-    println!("{}", report(&cases, &results, secs, reps));
+    let report = report(&cases, &results, secs, reps);
+    println!("{report}");
+    if let Some(path) = append {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "\n{report}").with_context(|| format!("appending to {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -63,6 +63,9 @@ enum Bench {
         /// Repetitions (the report gives medians).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Also append the report to this file (the forwarding report).
+        #[arg(long)]
+        append: Option<std::path::PathBuf>,
     },
     Forward {
         /// The hairpin-ctl binary to drive.
@@ -103,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Micro { append } => micro::run(append.as_deref()),
-        Bench::Bulk { ctl, quick, secs, reps } => bulk::run(ctl, quick, secs, reps),
+        Bench::Bulk { ctl, quick, secs, reps, append } => bulk::run(ctl, quick, secs, reps, append.as_deref()),
         Bench::Forward { ctl, quick, secs, reps, out, paths, flows } => {
             report::run(&report::Options { ctl, quick, secs, reps, out, paths, flows })
         }

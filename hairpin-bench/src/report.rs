@@ -216,7 +216,8 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
     let _ = writeln!(s, "\nRatios (medians, same run):\n");
     use Path::{
         HairpinFast as Fast, HairpinFastNoCache as NoCache, HairpinGeneric as Generic, HairpinMasq as Masq,
-        HairpinTc as Tc, NftDnat, NftDnatMasq, NftMasq, RawLookup as Floor, RawRedirect as Raw, RawWrite as WriteFloor,
+        HairpinTc as Tc, KernelForward, NftDnat, NftDnatMasq, NftMasq, RawLookup as Floor, RawRedirect as Raw,
+        RawWrite as WriteFloor,
     };
     use Traffic::{Flows, Prefilled};
     // (what, numerator, denominator): each a path and its traffic.
@@ -236,6 +237,7 @@ fn markdown(rows: &[Row], secs: f64, reps: usize, pinned: &str) -> String {
         ("hairpin TC fast / nftables DNAT+masquerade, 1 flow", (Tc, Flows(1)), (NftDnatMasq, Flows(1))),
         ("hairpin TC fast / nftables DNAT+masquerade, 60000 flows", (Tc, Flows(60_000)), (NftDnatMasq, Flows(60_000))),
         ("hairpin TC fast / XDP fast, 1 flow", (Tc, Flows(1)), (Fast, Flows(1))),
+        ("hairpin TC fast / kernel forwarding (no NAT), 1 flow", (Tc, Flows(1)), (KernelForward, Flows(1))),
         ("hairpin generic XDP / nftables DNAT+masquerade, 1 flow", (Generic, Flows(1)), (NftDnatMasq, Flows(1))),
         ("hairpin fast, 60000 flows / 1 flow", (Fast, Flows(60_000)), (Fast, Flows(1))),
         ("hairpin fast, 1M entries / 1 flow", (Fast, Prefilled), (Fast, Flows(1))),

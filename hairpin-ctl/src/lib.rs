@@ -9,6 +9,7 @@ pub mod ifcaps;
 pub mod netif;
 pub mod output;
 pub mod placement;
+pub mod watch;
 
 /// The compiled eBPF object (hairpin-ebpf), built by build.rs with the pinned nightly.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hairpin"));

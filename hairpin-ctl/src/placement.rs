@@ -41,7 +41,7 @@ pub fn fallback(caps: &Caps, chosen: Placement) -> Placement {
 /// `--xdp-mode`/`--mode xdp` trusts what it advertises. Generic XDP sends skbs, which any
 /// device takes. Without the `netdev` family (kernels before 6.3) the kernel cannot say: an
 /// interface native XDP attached to is trusted, but never a veth.
-fn xdp_target(caps: &Caps, ingress: Ingress, why: Why) -> bool {
+pub fn xdp_target(caps: &Caps, ingress: Ingress, why: Why) -> bool {
     if ingress == Ingress::XdpGeneric {
         return true;
     }

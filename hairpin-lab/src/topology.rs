@@ -76,7 +76,8 @@ impl Lab {
 
     /// Creates the topology with `peers` on the far ends of the gateway's veths.
     pub fn with_peers(ctl: PathBuf, peers: Peers) -> anyhow::Result<Self> {
-        let prefix = format!("hp{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let (pid, seq) = (std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!("hp{pid}x{seq}");
         let ns = |role: &str| Netns::new(&format!("{prefix}-{role}"));
         // Each Netns deletes itself if a later step fails.
         let (gw, sw, srv, cli, inet, far) = (ns("gw")?, ns("sw")?, ns("srv")?, ns("cli")?, ns("inet")?, ns("far")?);
@@ -95,39 +96,42 @@ impl Lab {
             far,
         };
         let mut lab = lab;
-        lab.wire().context("building the lab topology")?;
+        // The gateway's interfaces get indices no other lab running beside this one has: some
+        // of the dataplane's counters are keyed by index, host-wide (see hairpin-ebpf's
+        // `refused.rs`).
+        let gw_ifindex = 100_000 + (pid % 20_000) * 100 + (seq % 50) * 2;
+        lab.wire(gw_ifindex).context("building the lab topology")?;
         if peers == Peers::Xdp {
             for host in [&lab.srv, &lab.cli, &lab.inet, &lab.far] {
                 host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
             }
         }
-        for (ns, iface) in [(&lab.sw, "p-gw"), (&lab.inet, "eth0")] {
-            match peers {
-                Peers::Plain => {}
-                Peers::Gro => {
+        match peers {
+            Peers::Plain => {}
+            Peers::Gro => {
+                for (ns, iface) in lab.peers() {
                     ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
                 }
-                Peers::Xdp => {
-                    let iface = iface.to_owned();
-                    let pass = ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(&iface))??;
-                    lab.xdp_pass.push(pass);
-                }
             }
+            Peers::Xdp => lab.attach_peer_xdp()?,
         }
         Ok(lab)
     }
 
-    fn wire(&self) -> anyhow::Result<()> {
+    /// Builds the topology; the gateway's lan0 and wan0 get indices `gw_ifindex` and the next.
+    fn wire(&self, gw_ifindex: u32) -> anyhow::Result<()> {
         let Self { gw, sw, srv, cli, inet, far, .. } = self;
         // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         sw.ip(&["link", "set", "br0", "up"])?;
-        for (host, port, ifname) in [(gw, "p-gw", "lan0"), (srv, "p-srv", "eth0"), (cli, "p-cli", "eth0")] {
-            veth(host, ifname, sw, port)?;
+        for (host, port, ifname, index) in
+            [(gw, "p-gw", "lan0", Some(gw_ifindex)), (srv, "p-srv", "eth0", None), (cli, "p-cli", "eth0", None)]
+        {
+            veth(host, ifname, index, sw, port)?;
             sw.ip(&["link", "set", port, "master", "br0", "up"])?;
         }
-        veth(gw, "wan0", inet, "eth0")?;
-        veth(inet, "eth1", far, "eth0")?;
+        veth(gw, "wan0", Some(gw_ifindex + 1), inet, "eth0")?;
+        veth(inet, "eth1", None, far, "eth0")?;
         for ns in [gw, sw, srv, cli, inet, far] {
             for link in links(ns)? {
                 ns.ip(&["link", "set", &link, "up"])?;
@@ -180,8 +184,23 @@ impl Lab {
         Ok(c)
     }
 
-    /// Detaches the pass-through XDP programs of [`Peers::Xdp`]: the gateway's veths take no
-    /// XDP frames from then on.
+    /// The far ends of the gateway's veths: the switch's port and the internet host's link.
+    fn peers(&self) -> [(&Netns, &'static str); 2] {
+        [(&self.sw, "p-gw"), (&self.inet, "eth0")]
+    }
+
+    /// Attaches a pass-through XDP program to the far ends of the gateway's veths (as
+    /// [`Peers::Xdp`] does): they take XDP frames from then on.
+    pub fn attach_peer_xdp(&mut self) -> anyhow::Result<()> {
+        let mut passes = Vec::new();
+        for (ns, iface) in self.peers() {
+            passes.push(ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(iface))??);
+        }
+        self.xdp_pass.extend(passes);
+        Ok(())
+    }
+
+    /// Detaches them: the gateway's veths take no XDP frames from then on.
     pub fn detach_peer_xdp(&mut self) {
         self.xdp_pass.clear();
     }
@@ -294,11 +313,14 @@ impl Drop for Lab {
     }
 }
 
-/// A veth pair with one end in each namespace.
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
-    run(std::process::Command::new("ip")
-        .args(["link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name]))
-    .map(|_| ())
+/// A veth pair with one end in each namespace, the first with index `index` if given.
+fn veth(a: &Netns, a_name: &str, index: Option<u32>, b: &Netns, b_name: &str) -> anyhow::Result<()> {
+    let mut c = std::process::Command::new("ip");
+    c.args(["link", "add", a_name, "netns", &a.name]);
+    if let Some(i) = index {
+        c.args(["index", &i.to_string()]);
+    }
+    run(c.args(["type", "veth", "peer", "name", b_name, "netns", &b.name])).map(|_| ())
 }
 
 fn links(ns: &Netns) -> anyhow::Result<Vec<String>> {

@@ -33,9 +33,10 @@ enum Task {
         args: Vec<String>,
     },
     /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
-    /// the gateway for every path side by side and ns per packet (report and chart in
-    /// bench/results.md and .png), then the flow sweep over 1,000,000 entries. Or one of
-    /// `forward [--quick] [--path NAME]... [--flows N]...`, `micro`, `sweep`, `chart REPORT`.
+    /// the gateway for every path side by side, ns per packet and bulk TCP Gbit/s (report and
+    /// chart in bench/results.md and .png), then the flow sweep over 1,000,000 entries. Or one
+    /// of `forward [--quick] [--path NAME]... [--flows N]...`, `micro`, `bulk [--quick]`,
+    /// `sweep`, `chart REPORT`.
     Bench {
         /// Arguments for hairpin-bench (e.g. `forward --quick`, `sweep --entries 200000`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

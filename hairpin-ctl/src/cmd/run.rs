@@ -6,22 +6,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya_log::EbpfLogger;
-use hairpin_common::{
-    CFG_F_FAST_PATH, CFG_F_UDP_EIF,
-    consts::{RefusedSide, prog_names},
-    placement::Placement,
-};
+use hairpin_common::{CFG_F_FAST_PATH, CFG_F_UDP_EIF, consts::prog_names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    cli::RunArgs,
-    cmd::up,
-    dataplane::{Maps, PinDir},
-    expire,
-};
+use crate::{cli::RunArgs, cmd::up, dataplane::PinDir, expire, watch::Watch};
 
 /// Prints the dataplane's aya-log records on stdout, beside the controller's own lines.
 struct Print;
@@ -72,12 +63,12 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     }
     let mut maps = pins.open()?;
     let mut logs = dataplane_logs(pins)?;
-    let mut refusals = Refusals::new(&maps)?;
+    let mut watch = Watch::new(&maps)?;
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                refusals.check(&mut maps)?;
+                watch.check(&mut maps)?;
                 let s = expire::sweep(&mut maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
                 if s.expired + s.orphans + s.unbound > 0 {
@@ -100,47 +91,4 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     logs.get_mut().flush();
     println!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display());
     Ok(())
-}
-
-/// Watches the XDP frames the kernel refuses to transmit into each interface: once any more are
-/// refused, the fast path stops sending XDP frames there (its placement loses `xdp_target`) and
-/// the slow path takes over, so that nothing more is lost and `fast_*` counts only frames that
-/// left.
-struct Refusals {
-    seen: [u64; 2],
-}
-
-impl Refusals {
-    const SIDES: [RefusedSide; 2] = [RefusedSide::Lan, RefusedSide::Wan];
-
-    /// What was refused before this run started is history, not news.
-    fn new(maps: &Maps) -> anyhow::Result<Self> {
-        Ok(Self { seen: [maps.xdp_refused(RefusedSide::Lan)?, maps.xdp_refused(RefusedSide::Wan)?] })
-    }
-
-    fn check(&mut self, maps: &mut Maps) -> anyhow::Result<()> {
-        for (i, side) in Self::SIDES.into_iter().enumerate() {
-            let now = maps.xdp_refused(side)?;
-            let new = now.saturating_sub(self.seen[i]);
-            self.seen[i] = now;
-            if new == 0 {
-                continue;
-            }
-            let mut cfg = maps.config()?;
-            let (ifindex, code) = match side {
-                RefusedSide::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
-                RefusedSide::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
-            };
-            let Some(mut p) = Placement::decode(*code).filter(|p| p.xdp_target) else { continue };
-            p.xdp_target = false;
-            *code = p.encode();
-            maps.set_config(&cfg).context("turning the XDP fast path off")?;
-            let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
-            eprintln!(
-                "warning: {name}: the kernel refused {new} XDP frames sent into it; the fast path sends it none \
-                 any more (the slow path takes over)"
-            );
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,91 @@
+//! What `run` watches at every sweep besides the flows: whether each interface takes XDP
+//! frames, as the kernel says (its XDP features, read again: a veth's change as its peer
+//! attaches or detaches XDP, a driver reloaded) and as it shows (frames it refused to
+//! transmit, counted by the dataplane's tracepoint programs). The fast path's placement
+//! follows, and each change is said in one line. Frames refused turn the XDP fast path off for
+//! that interface until the next `up`.
+
+use anyhow::Context as _;
+use hairpin_common::{Config, consts::RefusedSide, placement::Placement};
+
+use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
+
+pub struct Watch {
+    /// Per side (`RefusedSide` order): refused frames last seen, whether refusals turned the
+    /// XDP fast path off, whether the interface was found gone.
+    refused: [u64; 2],
+    refusing: [bool; 2],
+    gone: [bool; 2],
+}
+
+const SIDES: [RefusedSide; 2] = [RefusedSide::Lan, RefusedSide::Wan];
+
+impl Watch {
+    /// What was refused before this run started is history, not news.
+    pub fn new(maps: &Maps) -> anyhow::Result<Self> {
+        Ok(Self {
+            refused: [maps.xdp_refused(RefusedSide::Lan)?, maps.xdp_refused(RefusedSide::Wan)?],
+            refusing: [false; 2],
+            gone: [false; 2],
+        })
+    }
+
+    pub fn check(&mut self, maps: &mut Maps) -> anyhow::Result<()> {
+        for (i, side) in SIDES.into_iter().enumerate() {
+            let mut cfg = maps.config()?;
+            let (ifindex, code) = side_of(&mut cfg, side);
+            let Some(mut p) = Placement::decode(*code) else { continue };
+            let Some(name) = netif::name(ifindex) else {
+                if !std::mem::replace(&mut self.gone[i], true) {
+                    eprintln!(
+                        "warning: the {} interface (ifindex {ifindex}) is gone, and the dataplane's programs on it; \
+                         run `hairpin-ctl down` and `up` once it is back",
+                        side_name(side)
+                    );
+                }
+                continue;
+            };
+            let refused = maps.xdp_refused(side)?;
+            let new = refused.saturating_sub(std::mem::replace(&mut self.refused[i], refused));
+            let (want, why) = if new > 0 || self.refusing[i] {
+                self.refusing[i] = true;
+                (false, format!("the kernel refused {new} XDP frames sent into it"))
+            } else {
+                match Caps::probe(&name, ifindex) {
+                    Ok(caps) => {
+                        let want = placement::xdp_target(&caps, p.ingress, p.why);
+                        let says = if want { "now says it takes" } else { "no longer says it takes" };
+                        (want, format!("the kernel {says} XDP frames"))
+                    }
+                    // The interface went between the two lookups: the next sweep says so.
+                    Err(_) => continue,
+                }
+            };
+            if want == p.xdp_target {
+                continue;
+            }
+            p.xdp_target = want;
+            *code = p.encode();
+            maps.set_config(&cfg).with_context(|| format!("updating {name}'s placement"))?;
+            match want {
+                true => println!("{name}: {why}: the fast path sends XDP frames into it"),
+                false => eprintln!("warning: {name}: {why}: the fast path sends it none (the slow path takes over)"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn side_of(cfg: &mut Config, side: RefusedSide) -> (u32, &mut u16) {
+    match side {
+        RefusedSide::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
+        RefusedSide::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
+    }
+}
+
+fn side_name(side: RefusedSide) -> &'static str {
+    match side {
+        RefusedSide::Lan => "LAN",
+        RefusedSide::Wan => "WAN",
+    }
+}

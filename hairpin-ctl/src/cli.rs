@@ -59,7 +59,9 @@ pub enum Command {
     /// identifier as the port), or flush them.
     Flows(FlowsArgs),
     /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
-    /// until SIGTERM or SIGINT, leaving the dataplane running on exit.
+    /// until SIGTERM or SIGINT, leaving the dataplane running on exit. At every sweep it also
+    /// reads what the kernel says of the interfaces (whether they take XDP frames) and the XDP
+    /// frames the kernel refused, and stops or resumes the XDP fast path into each, saying so.
     Run(RunArgs),
 }
 

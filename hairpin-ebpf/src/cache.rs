@@ -14,7 +14,7 @@ use hairpin_common::{
 
 use crate::{
     ctx::Packet,
-    fast::Hop,
+    fwd::Hop,
     maps::{CT_GEN, FLOW_CACHE},
 };
 

@@ -11,24 +11,14 @@ use crate::{
     cache,
     ct::Found,
     ctx::{Packet, ptr_at},
-    fwd,
-    nat::rewrite,
+    fwd::{self, Hop},
     parse::Parsed,
+    rewrite::rewrite,
     stats,
 };
 
 /// Offset of the TTL (and protocol, the other half of its checksum word) in the IPv4 header.
-const IP_TTL_OFF: usize = 8;
-
-/// Where and how a packet was sent: the next hop's interface and MAC addresses, the largest
-/// IPv4 total length the FIB has passed for it (the egress MTU check), and whether it is the
-/// interface the packet came in on (XDP_TX).
-pub struct Hop {
-    pub ifindex: u32,
-    pub macs: [u8; 12],
-    pub len_ok: u16,
-    pub tx: bool,
-}
+const IP_TTL_OFF: usize = core::mem::offset_of!(network_types::ip::Ipv4Hdr, ttl);
 
 /// Forwards `p`, of the flow direction `found`, and copies what it was sent with into the
 /// flow cache; the verdict, or why the kernel must forward it.
@@ -60,24 +50,20 @@ pub fn forward(
                 tx: (*e).hop_is_ingress != 0,
             }
         } else {
-            let next = fwd::next_hop(pkt, &found.xlate, if gso { 0 } else { p.tot_len })?;
+            let mut next = fwd::next_hop(pkt, &found.xlate, if gso { 0 } else { p.tot_len })?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
             let same = !found.stale && (*e).hop_ifindex == next.ifindex;
-            let len_ok = match (same, gso) {
+            next.len_ok = match (same, gso) {
                 (true, true) => (*e).hop_len_ok,
                 (true, false) => p.tot_len.max((*e).hop_len_ok),
                 (false, true) => 0,
                 (false, false) => p.tot_len,
             };
-            // A flow direction's packets arrive on one interface (the FIB answer cached with
-            // it assumes so too): reading the ingress interface (three dependent loads
-            // through the context) once per resolution is enough.
-            let tx = next.ifindex == pkt.ifindex();
-            (*e).hop_len_ok = len_ok;
+            (*e).hop_len_ok = next.len_ok;
             (*e).hop_macs = next.macs;
             (*e).hop_ifindex = next.ifindex;
-            (*e).hop_is_ingress = u16::from(tx);
-            Hop { ifindex: next.ifindex, macs: next.macs, len_ok, tx }
+            (*e).hop_is_ingress = u16::from(next.tx);
+            next
         }
     };
     // Copied before sending, so that the hop need not outlive `send` (the program's stack is

@@ -84,24 +84,31 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
     }
 }
 
-/// Where the fast path sends a translated packet: out of `ifindex`, with `macs` (destination
-/// then source, as they open an Ethernet header).
-pub struct NextHop {
+/// Where the fast path sends a translated packet: out of `ifindex` to `macs` (destination then
+/// source, as they open an Ethernet header); the largest IPv4 total length the FIB has passed
+/// for it (the egress MTU check); whether it is the interface the packet came in on.
+pub struct Hop {
     pub ifindex: u32,
     pub macs: [u8; 12],
+    pub len_ok: u16,
+    pub tx: bool,
 }
 
-/// Where the translated packet `key` goes, neighbour included; or why the kernel must
-/// forward it instead.
+/// Where the translated packet `key`, `tot_len` long (0: a GSO super-packet, checked by its
+/// segments), goes, neighbour included; or why the kernel must forward it instead.
 #[inline(always)]
-pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHop, Slow> {
+pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<Hop, Slow> {
     match fib(pkt, key, tot_len, 0) {
         (BPF_FIB_LKUP_RET_SUCCESS, params) => {
             // SAFETY: on success the kernel filled the MAC addresses of this union member.
             let m = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
             let (d, s) = (m.dmac, m.smac);
             let macs = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
-            Ok(NextHop { ifindex: params.ifindex, macs })
+            // A flow direction's packets arrive on one interface (the FIB answer cached with it
+            // assumes so too): reading the ingress interface (three dependent loads through
+            // the context) once per resolution is enough.
+            let tx = params.ifindex == pkt.ifindex();
+            Ok(Hop { ifindex: params.ifindex, macs, len_ok: tot_len, tx })
         }
         (BPF_FIB_LKUP_RET_NO_NEIGH, _) => Err(Slow::NoNeighbour),
         (BPF_FIB_LKUP_RET_FRAG_NEEDED, _) => Err(Slow::FragNeeded),

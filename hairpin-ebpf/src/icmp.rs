@@ -2,19 +2,14 @@
 //! translated, so its sender would not recognise it. It is translated back, with every checksum
 //! that covers it, and the error is sent on to that sender.
 
-use hairpin_common::{
-    CT_F_HAIRPIN, Config, FlowKey, Reason,
-    consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    csum::CsumDelta,
-    nat::Side,
-};
+use hairpin_common::{CT_F_HAIRPIN, Config, FlowKey, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, nat::Side};
 
 use crate::{
-    csum::{self, ICMP_CSUM_OFF, IP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    csum::{self, IP_CSUM_OFF, l4_csum},
     ct,
     ctx::{Packet, ptr_at},
-    nat::{IP_DST_OFF, IP_SRC_OFF, write_addr, write_tuple},
     parse::{Ip, Parsed},
+    rewrite::{IP_DST_OFF, IP_SRC_OFF, write_addr, write_tuple},
 };
 
 /// Translates the ICMP error `ip` quoting `quoted`, if the quoted packet belongs to a flow.
@@ -94,14 +89,12 @@ fn rewrite_quoted(pkt: &impl Packet, ip: &Ip, q: &Parsed, to: &FlowKey) -> Resul
     let mut quoted = addrs.plus(ports);
     quoted = quoted.plus(update_csum(pkt, q.l3_off + IP_CSUM_OFF, addrs, false)?);
     // Only 8 L4 bytes are sure to be quoted: a TCP checksum is updated if the router quoted it.
+    // ICMP has no pseudo-header: the addresses are not in its sum.
     let end = ip.l3_off + ip.tot_len;
-    let l4 = match from.proto {
-        IPPROTO_TCP if q.l4_off + TCP_CSUM_OFF + 2 <= end => Some((TCP_CSUM_OFF, addrs.plus(ports), false)),
-        IPPROTO_UDP => Some((UDP_CSUM_OFF, addrs.plus(ports), true)),
-        IPPROTO_ICMP => Some((ICMP_CSUM_OFF, ports, false)),
-        _ => None,
-    };
-    if let Some((off, delta, udp)) = l4 {
+    if let Some((off, udp)) = l4_csum(from.proto)
+        && q.l4_off + off + 2 <= end
+    {
+        let delta = if from.proto == IPPROTO_ICMP { ports } else { addrs.plus(ports) };
         quoted = quoted.plus(update_csum(pkt, q.l4_off + off, delta, udp)?);
     }
     Ok(quoted)

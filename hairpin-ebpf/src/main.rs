@@ -5,8 +5,12 @@
 //! match a port-forward, and restoring the client on replies. Egress (TC on both interfaces)
 //! rewrites sources: the hairpin source, and the public address on replies. The kernel routes
 //! in between, so it resolves neighbours and never sees one of its own addresses as a source.
-//! Known flows skip that detour on the fast path (`fast.rs`). For NICs without XDP, ingress
-//! runs as TC programs instead (`up --mode tc`): the same code, without the fast path.
+//! Known flows skip that detour on the fast path (`fast.rs`). Where XDP cannot serve (veths,
+//! bridges, NICs without XDP; the controller decides per interface), ingress runs as TC
+//! programs instead: the same code, the fast path included.
+//!
+//! Calls go one way, down: `hook` (decisions) -> `fast`, `icmp` -> `ct` -> `cache` ->
+//! `rewrite` -> `fwd`, `csum` -> `parse` -> `ctx`, `maps`.
 #![no_std]
 #![no_main]
 
@@ -17,11 +21,12 @@ mod ct;
 mod ctx;
 mod fast;
 mod fwd;
+mod hook;
 mod icmp;
 mod maps;
-mod nat;
 mod parse;
 mod refused;
+mod rewrite;
 mod stats;
 
 use aya_ebpf::{
@@ -32,37 +37,37 @@ use hairpin_common::{consts::Hook, nat::Side};
 
 #[xdp]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {
-    let reason = nat::ingress(&ctx::Xdp(&ctx), Side::Lan);
+    let reason = hook::ingress(&ctx::Xdp(&ctx), Side::Lan);
     fwd::finish_xdp(Hook::LanIngress, reason)
 }
 
 #[xdp]
 pub fn xdp_wan(ctx: XdpContext) -> u32 {
-    let reason = nat::ingress(&ctx::Xdp(&ctx), Side::Wan);
+    let reason = hook::ingress(&ctx::Xdp(&ctx), Side::Wan);
     fwd::finish_xdp(Hook::WanIngress, reason)
 }
 
 #[classifier]
 pub fn tc_ingress_lan(ctx: TcContext) -> i32 {
-    let reason = nat::ingress_tc(&ctx::Tc(&ctx), Side::Lan);
+    let reason = hook::ingress_tc(&ctx::Tc(&ctx), Side::Lan);
     fwd::finish_tc(Hook::LanIngress, reason)
 }
 
 #[classifier]
 pub fn tc_ingress_wan(ctx: TcContext) -> i32 {
-    let reason = nat::ingress_tc(&ctx::Tc(&ctx), Side::Wan);
+    let reason = hook::ingress_tc(&ctx::Tc(&ctx), Side::Wan);
     fwd::finish_tc(Hook::WanIngress, reason)
 }
 
 #[classifier]
 pub fn tc_egress_lan(ctx: TcContext) -> i32 {
-    let reason = nat::egress(&ctx::Tc(&ctx), Side::Lan);
+    let reason = hook::egress(&ctx::Tc(&ctx), Side::Lan);
     fwd::finish_tc(Hook::LanEgress, reason)
 }
 
 #[classifier]
 pub fn tc_egress_wan(ctx: TcContext) -> i32 {
-    let reason = nat::egress(&ctx::Tc(&ctx), Side::Wan);
+    let reason = hook::egress(&ctx::Tc(&ctx), Side::Wan);
     fwd::finish_tc(Hook::WanEgress, reason)
 }
 

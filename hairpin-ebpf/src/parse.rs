@@ -36,8 +36,8 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 /// The ICMP header: type, code, checksum, and four bytes (echo id + sequence, or unused).
 pub const ICMP_HDR_LEN: usize = 8;
-/// Offset of the echo identifier within the ICMP header.
-pub const ICMP_ID_OFF: usize = 4;
+/// Offset of the echo identifier within the ICMP header: the first half of its rest.
+pub const ICMP_ID_OFF: usize = core::mem::offset_of!(network_types::icmp::Icmpv4Hdr, data);
 
 /// Where the fields hairpin rewrites live, and the tuple they form.
 ///

@@ -1,4 +1,7 @@
-//! The NAT decisions at each hook, and the one function that rewrites an address and port.
+//! The NAT decisions at each hook, in the order a packet meets them: ingress (restore or
+//! translate the destination, create flows, or hand known flows to the fast path), then egress
+//! (the source). What a decision does to the packet is done by the layers below (`fast`,
+//! `icmp`, `ct`, `rewrite`), which never call back up here.
 
 use hairpin_common::{
     CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FlowKey, MappingKey, PortBe, Reason,
@@ -9,14 +12,15 @@ use hairpin_common::{
 };
 
 use crate::{
-    cache, csum,
+    cache,
     ct::{self, NewFlow, SourceNat},
-    ctx::{Packet, Tc, ptr_at},
+    ctx::{Packet, Tc},
     fast,
     fwd::{self, Route},
     icmp,
     maps::{CONFIG, MAPPINGS, SNAT},
-    parse::{ICMP_ID_OFF, Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, parse_ip, parse_l4},
+    parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, parse_ip, parse_l4},
+    rewrite::rewrite,
     stats,
 };
 
@@ -218,78 +222,6 @@ fn egress_icmp_error(
         return Err(Reason::DropLanSourceToWan);
     }
     Ok(if translated.is_some() || fixed { Reason::IcmpError } else { Reason::PassEgressNoFlow })
-}
-
-/// Offsets of the addresses within the IPv4 header.
-pub const IP_SRC_OFF: usize = 12;
-pub const IP_DST_OFF: usize = 16;
-
-/// Offsets of the source and destination "ports" within the L4 header: an ICMP echo's id
-/// stands for both (see `parse`).
-#[inline(always)]
-fn port_offs(proto: u8) -> (usize, usize) {
-    if proto == IPPROTO_ICMP { (ICMP_ID_OFF, ICMP_ID_OFF) } else { (0, 2) }
-}
-
-#[inline(always)]
-pub fn write_addr(pkt: &impl Packet, off: usize, addr: u32) -> Result<(), Reason> {
-    let a = ptr_at::<u32>(pkt, off)?;
-    // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
-    unsafe { a.write_unaligned(addr) };
-    Ok(())
-}
-
-#[inline(always)]
-fn write_port(pkt: &impl Packet, off: usize, port: u16) -> Result<(), Reason> {
-    let p = ptr_at::<u16>(pkt, off)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { p.write_unaligned(port) };
-    Ok(())
-}
-
-/// Writes the addresses and ports of `to` where they differ from `from`, the tuple of the
-/// headers at `l3_off` and `l4_off` (a packet's, or the one an ICMP error quotes), and returns
-/// what changed for the checksums: addresses (IPv4 header and pseudo-header), ports (L4 only).
-/// An echo's id is one field standing for both "ports", the other being 0 on both sides: it is
-/// written only for the end that carries it.
-#[inline(always)]
-pub fn write_tuple(
-    pkt: &impl Packet,
-    l3_off: usize,
-    l4_off: usize,
-    from: &FlowKey,
-    to: &FlowKey,
-) -> Result<(CsumDelta, CsumDelta), Reason> {
-    let (sport_off, dport_off) = port_offs(from.proto);
-    let (mut addrs, mut ports) = (CsumDelta::ZERO, CsumDelta::ZERO);
-    if from.src != to.src {
-        write_addr(pkt, l3_off + IP_SRC_OFF, to.src.0)?;
-        addrs = addrs.replace32(from.src.0, to.src.0);
-    }
-    if from.dst != to.dst {
-        write_addr(pkt, l3_off + IP_DST_OFF, to.dst.0)?;
-        addrs = addrs.replace32(from.dst.0, to.dst.0);
-    }
-    if from.sport != to.sport {
-        write_port(pkt, l4_off + sport_off, to.sport.0)?;
-        ports = ports.replace16(from.sport.0, to.sport.0);
-    }
-    if from.dport != to.dport {
-        write_port(pkt, l4_off + dport_off, to.dport.0)?;
-        ports = ports.replace16(from.dport.0, to.dport.0);
-    }
-    Ok((addrs, ports))
-}
-
-/// Rewrites the packet's tuple to `to` and updates every checksum that covers it, once.
-/// `l3_other` is any other change to the IPv4 header's words (the fast path's TTL).
-#[inline(always)]
-pub fn rewrite(pkt: &impl Packet, p: &Parsed, to: &FlowKey, l3_other: CsumDelta) -> Result<(), Reason> {
-    let (addrs, ports) = write_tuple(pkt, p.l3_off, p.l4_off, &p.key, to)?;
-    if addrs == CsumDelta::ZERO && ports == CsumDelta::ZERO && l3_other == CsumDelta::ZERO {
-        return Ok(());
-    }
-    csum::apply(pkt, p, addrs, ports, l3_other)
 }
 
 /// The packet's tuple with its destination replaced: what ingress writes on the slow path.

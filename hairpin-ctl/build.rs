@@ -1,5 +1,7 @@
 //! Builds the eBPF programs (hairpin-ebpf) for the BPF target with the pinned nightly, so the
-//! controller can embed the object: `cargo build` alone produces a complete hairpin-ctl.
+//! controller can embed the dataplane's object: `cargo build` alone produces a complete
+//! hairpin-ctl. The crate's second object, the lab's and benchmarks' helper programs, is
+//! handed to the crates that embed it.
 
 use anyhow::{Context as _, bail};
 use std::path::PathBuf;
@@ -30,10 +32,16 @@ fn main() -> anyhow::Result<()> {
         [aya_build::Package { name: "hairpin-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&nightly),
     )?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
     if std::env::var_os("AYA_BUILD_SKIP").is_none() {
-        let object = PathBuf::from(std::env::var("OUT_DIR")?).join("hairpin");
-        check_stack_alignment(&object).with_context(|| format!("checking {}", object.display()))?;
+        for name in ["hairpin", "helpers"] {
+            let object = out.join(name);
+            check_stack_alignment(&object).with_context(|| format!("checking {}", object.display()))?;
+        }
     }
+    // The helpers object (lab and benchmark programs) is not embedded here: crates that use
+    // it read its path from DEP_HAIRPIN_EBPF_HELPERS (see `links` in Cargo.toml).
+    println!("cargo::metadata=helpers={}", out.join("helpers").display());
     Ok(())
 }
 

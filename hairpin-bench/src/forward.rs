@@ -22,7 +22,7 @@ use aya::{
     maps::{Array, DevMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use hairpin_common::{Endpoint, Ipv4Be, PortBe, consts::map_names, flow_cache};
+use hairpin_common::{Endpoint, Ipv4Be, PortBe, flow_cache};
 use hairpin_lab::{Netns, netns::mac};
 
 /// What forwards the traffic.
@@ -194,12 +194,10 @@ impl Harness {
         let cpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("reading {p}: {e}"))?.get();
         let sets = if path == Path::RawLookup { flow_cache::sets_per_cpu(max_flows, cpus) } else { 0 };
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::CONNTRACK, 1024)
-            .map_max_entries(map_names::SNAT, 1024)
             .map_max_entries("BENCH_TABLE", (sets * flow_cache::WAYS).max(1))
             .override_global("BENCH_TABLE_SETS", &sets, true)
             .override_global("BENCH_WRITE_MACS", &WRITE_MACS, true)
-            .load(hairpin_ctl::EBPF_OBJECT)
+            .load(hairpin_lab::HELPERS_OBJECT)
             .context("loading the bench programs")?;
         for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup", "bench_redirect_write"] {
             <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;

@@ -153,15 +153,17 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     };
     // One dataplane per configuration, each with the established flow created: flow cache,
     // none, slow path.
-    let mut dps = [prepare(true)?, prepare(false)?, prepare(true)?];
+    // The fourth object: the helper programs (the trivial reference and the repeat harness).
+    let mut dps = [prepare(true)?, prepare(false)?, prepare(true)?, aya::Ebpf::load(hairpin_lab::HELPERS_OBJECT)?];
+    const HELPERS: usize = 3;
     set_cfg(&mut dps[2], CFG_F_HAIRPIN)?;
-    for ebpf in &mut dps {
+    for ebpf in &mut dps[..HELPERS] {
         let (rv, _) = run(ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
         ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
     }
-    let p: &mut Xdp = dps[0].program_mut("bench_tx").context("bench_tx")?.try_into()?;
+    let p: &mut Xdp = dps[HELPERS].program_mut("bench_tx").context("bench_tx")?.try_into()?;
     p.load()?;
-    /// A row: the dataplane (index in `dps`) and program run, whether each run is a new
+    /// A row: the object (index in `dps`) and program run, whether each run is a new
     /// flow's first packet (which cannot be repeated: a new flow needs a new tuple), and the
     /// verdict every run must return.
     struct Case {
@@ -177,7 +179,7 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         case("established, fast path, without flow cache (conntrack, XDP_REDIRECT)", 1, prog_names::XDP_WAN, false, 4),
         case("established, slow path (XDP_PASS, destination rewritten)", 2, prog_names::XDP_WAN, false, 2),
         case("new flow (port-forward)", 0, prog_names::XDP_WAN, true, 2),
-        case(TRIVIAL, 0, "bench_tx", false, 3),
+        case(TRIVIAL, HELPERS, "bench_tx", false, 3),
     ];
     let n = cases.len();
     let started = std::time::Instant::now();
@@ -198,10 +200,8 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     // figure).
     let established = frame(65000);
     let headers: [u8; 42] = established[..42].try_into().expect("a 42-byte header");
-    for ebpf in &mut dps {
-        Array::try_from(ebpf.map_mut("BENCH_RESTORE").context("BENCH_RESTORE")?)?.set(0, &headers, 0)?;
-        <&mut Xdp>::try_from(ebpf.program_mut("bench_restore").context("bench_restore")?)?.load()?;
-    }
+    Array::try_from(dps[HELPERS].map_mut("BENCH_RESTORE").context("BENCH_RESTORE")?)?.set(0, &headers, 0)?;
+    <&mut Xdp>::try_from(dps[HELPERS].program_mut("bench_restore").context("bench_restore")?)?.load()?;
     let repeated: Vec<(usize, Option<&str>, u32)> = cases
         .iter()
         .map(|c| (!c.new_flow).then_some((c.dp, Some(c.prog), c.want)))
@@ -211,17 +211,18 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     let mut rep_total = vec![Duration::ZERO; repeated.len()];
     for _ in 0..ROUNDS {
         for (&(dp, prog, want), t) in repeated.iter().zip(&mut rep_total) {
-            let ebpf = &mut dps[dp];
+            // The harness tail-calls the program under test, in whichever object it is.
             let next = match prog {
-                Some(p) => Some(ebpf.program(p).context("program")?.fd()?.try_clone()?),
+                Some(p) => Some(dps[dp].program(p).context("program")?.fd()?.try_clone()?),
                 None => None,
             };
-            let mut slot = ProgramArray::try_from(ebpf.map_mut("BENCH_NEXT").context("BENCH_NEXT")?)?;
+            let helpers = &mut dps[HELPERS];
+            let mut slot = ProgramArray::try_from(helpers.map_mut("BENCH_NEXT").context("BENCH_NEXT")?)?;
             match &next {
                 Some(fd) => slot.set(0, fd, 0)?,
                 None => slot.clear_index(&0)?,
             }
-            let (rv, d) = run(ebpf, "bench_restore", &established, wan, REPEATS / ROUNDS)?;
+            let (rv, d) = run(helpers, "bench_restore", &established, wan, REPEATS / ROUNDS)?;
             ensure!(rv == want, "repeated {prog:?}: verdict {rv}, expected {want}");
             *t += d;
         }

@@ -79,8 +79,6 @@ pub mod prog_names {
     /// Ingress as TC programs (`up --mode tc`, for NICs without XDP): the same code.
     pub const TC_IN_LAN: &str = "tc_ingress_lan";
     pub const TC_IN_WAN: &str = "tc_ingress_wan";
-    /// Not the dataplane's: for veth peers in labs and benchmarks (see its doc).
-    pub const XDP_PASS: &str = "xdp_pass";
     /// Tracepoint programs counting XDP frames the kernel refused, by the tracepoint
     /// (category `xdp`) each attaches to, which is also its name.
     pub const REFUSED: [&str; 3] = ["xdp_bulk_tx", "xdp_devmap_xmit", "xdp_redirect_err"];

@@ -270,27 +270,3 @@ pub fn flows_removed<T: std::borrow::BorrowMut<MapData>>(ct_gen: &mut Array<T, u
     let g = ct_gen.get(&i, 0).context("reading the flow table generation")?;
     ct_gen.set(i, &g.wrapping_add(1), 0).context("bumping the flow table generation")
 }
-
-/// `xdp_pass` attached to an interface of the calling thread's network namespace, for as long
-/// as this value lives: the far end of a veth that hairpin answers on with XDP_TX must run an
-/// XDP program for the frames to be delivered (a veth quirk; real NICs need nothing).
-pub struct XdpPass {
-    _ebpf: Ebpf,
-}
-
-impl XdpPass {
-    pub fn attach(iface: &str) -> anyhow::Result<Self> {
-        // Its own copy of the object, with the tables at their smallest: only the program runs.
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::CONNTRACK, 1024)
-            .map_max_entries(map_names::SNAT, 1024)
-            .load(crate::EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        let prog: &mut Xdp = ebpf.program_mut(prog_names::XDP_PASS).context("xdp_pass missing")?.try_into()?;
-        prog.load()?;
-        let ifindex = crate::netif::ifindex(iface)?;
-        prog.attach(ifindex, aya::programs::XdpMode::Driver)
-            .with_context(|| format!("attaching xdp_pass to {iface}"))?;
-        Ok(Self { _ebpf: ebpf })
-    }
-}

@@ -14,7 +14,6 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod cache;
 mod csum;
 mod ct;
@@ -88,14 +87,6 @@ pub fn xdp_devmap_xmit(ctx: TracePointContext) -> u32 {
 pub fn xdp_redirect_err(ctx: TracePointContext) -> u32 {
     refused::redirect_err(&ctx);
     0
-}
-
-/// Passes everything. Not part of the dataplane: a veth delivers frames that its peer sends
-/// with XDP_TX only if it runs an XDP program itself, so labs and benchmarks attach this to the
-/// far end of the gateway's veths (real NICs need nothing of the kind).
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

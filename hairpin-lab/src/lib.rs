@@ -14,8 +14,13 @@ pub mod routed;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;
+pub mod xdp_pass;
 
 pub use netns::Netns;
+
+/// The eBPF crate's second object: helper programs for the lab (`xdp_pass`) and the benchmarks
+/// (generator, sink, ceilings, micro-benchmark harness), never part of the dataplane.
+pub static HELPERS_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HAIRPIN_HELPERS_OBJECT"));
 pub use topology::Lab;
 
 /// Runs the calling thread on `cpu` only: a BPF test run executes on the caller's CPU, and

@@ -58,7 +58,7 @@ pub struct Lab {
     servers: Option<Servers>,
     inet_servers: Option<Servers>,
     /// xdp_pass on the far ends of the gateway's veths ([`Peers::Xdp`]).
-    xdp_pass: Vec<hairpin_ctl::dataplane::XdpPass>,
+    xdp_pass: Vec<crate::xdp_pass::XdpPass>,
     // Dropped in declaration order: servers above stop first, then the namespaces.
     pub gw: Netns,
     pub sw: Netns,
@@ -194,7 +194,7 @@ impl Lab {
     pub fn attach_peer_xdp(&mut self) -> anyhow::Result<()> {
         let mut passes = Vec::new();
         for (ns, iface) in self.peers() {
-            passes.push(ns.run(move || hairpin_ctl::dataplane::XdpPass::attach(iface))??);
+            passes.push(ns.run(move || crate::xdp_pass::XdpPass::attach(iface))??);
         }
         self.xdp_pass.extend(passes);
         Ok(())

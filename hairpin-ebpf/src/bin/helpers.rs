@@ -1,9 +1,14 @@
-//! Programs for `cargo xtask bench`, not part of the dataplane (they share its object so the
-//! benchmark needs no second build): a traffic generator run with BPF_PROG_TEST_RUN in live
-//! frames mode, a sink that counts only correctly translated packets, the raw redirect that
-//! measures the ceiling with no NAT work, the same redirect reading one line of a
-//! flow-cache-sized table per packet (the memory floor of any per-flow state), and the same
-//! redirect writing the header bytes any router writes (the write floor).
+//! Helper programs for the lab and the benchmarks, not part of the dataplane: a second object
+//! (this binary of the eBPF crate), which `up` never loads. A pass-through program for the far
+//! ends of veths that must take XDP frames; for `cargo xtask bench`, a traffic generator run
+//! with BPF_PROG_TEST_RUN in live frames mode, a sink that counts only correctly translated
+//! packets, the raw redirect that measures the ceiling with no NAT work, the same redirect
+//! reading one line of a flow-cache-sized table per packet (the memory floor of any per-flow
+//! state), and the same redirect writing the header bytes any router writes (the write floor);
+//! and for the micro-benchmark, a trivial XDP_TX program and a harness that restores a frame's
+//! headers and tail-calls the program under test.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     Global,
@@ -19,7 +24,15 @@ use hairpin_common::{
     flow_cache::{WAYS, set_of},
 };
 
-use crate::ctx::{Xdp, ptr_at};
+/// A pointer to a `T` at `off` bytes into the frame, if the frame is that long. (The dataplane
+/// has its own, over XDP and TC alike; these programs are XDP only.)
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
+    if ctx.data() + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return Err(());
+    }
+    Ok((ctx.data() + off) as *mut T)
+}
 
 /// Ethernet, IPv4 without options and UDP: the headers of the generator's frames.
 const HDR_LEN: usize = 14 + 20 + 8;
@@ -60,11 +73,11 @@ const UDP_OFF: usize = 14 + 20;
 /// out (XDP_TX from the test run's interface).
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    let pkt = Xdp(&ctx);
+    let pkt = &ctx;
     let (Some(cfg), Some(seq)) = (GEN.get(0), GEN_SEQ.get_ptr_mut(0)) else {
         return xdp_action::XDP_ABORTED;
     };
-    let (Ok(hdr), Ok(sport)) = (ptr_at::<[u8; HDR_LEN]>(&pkt, 0), ptr_at::<u16>(&pkt, UDP_OFF)) else {
+    let (Ok(hdr), Ok(sport)) = (ptr_at::<[u8; HDR_LEN]>(pkt, 0), ptr_at::<u16>(pkt, UDP_OFF)) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: per-CPU slot; bounds checked by ptr_at. The UDP checksum is 0 (none), so the
@@ -84,8 +97,8 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
-    let pkt = Xdp(&ctx);
-    let slot = match (SINK.get(0), ptr_at::<[u8; 14 + 20 + 4]>(&pkt, 0)) {
+    let pkt = &ctx;
+    let slot = match (SINK.get(0), ptr_at::<[u8; 14 + 20 + 4]>(pkt, 0)) {
         // SAFETY: bounds checked by ptr_at.
         (Some([want, from]), Ok(h)) => unsafe {
             let h = &*h;
@@ -128,8 +141,8 @@ static BENCH_TABLE_SETS: Global<u32> = Global::new(0);
 /// NAT with per-flow state can reach on this machine, hash map or not.
 #[xdp]
 pub fn bench_redirect_lookup(ctx: XdpContext) -> u32 {
-    let pkt = Xdp(&ctx);
-    let Ok(h) = ptr_at::<[u8; HDR_LEN]>(&pkt, 0) else {
+    let pkt = &ctx;
+    let Ok(h) = ptr_at::<[u8; HDR_LEN]>(pkt, 0) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: bounds checked by ptr_at.
@@ -162,9 +175,9 @@ static BENCH_WRITE_MACS: Global<[u8; 12]> = Global::new([0; 12]);
 pub fn bench_redirect_write(ctx: XdpContext) -> u32 {
     const TTL_OFF: usize = 14 + 8;
     const IP_CSUM_OFF: usize = 14 + 10;
-    let pkt = Xdp(&ctx);
+    let pkt = &ctx;
     let (Ok(eth), Ok(word), Ok(check)) =
-        (ptr_at::<[u8; 12]>(&pkt, 0), ptr_at::<[u8; 2]>(&pkt, TTL_OFF), ptr_at::<u16>(&pkt, IP_CSUM_OFF))
+        (ptr_at::<[u8; 12]>(pkt, 0), ptr_at::<[u8; 2]>(pkt, TTL_OFF), ptr_at::<u16>(pkt, IP_CSUM_OFF))
     else {
         return xdp_action::XDP_ABORTED;
     };
@@ -204,8 +217,8 @@ static NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// reference alike; with the slot empty it measures itself (the tail call fails: aborted).
 #[xdp]
 pub fn bench_restore(ctx: XdpContext) -> u32 {
-    let pkt = Xdp(&ctx);
-    let (Some(headers), Ok(hdr)) = (RESTORE.get(0), ptr_at::<[u8; HDR_LEN]>(&pkt, 0)) else {
+    let pkt = &ctx;
+    let (Some(headers), Ok(hdr)) = (RESTORE.get(0), ptr_at::<[u8; HDR_LEN]>(pkt, 0)) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: bounds checked by ptr_at; a tail call that succeeds does not return.
@@ -215,3 +228,21 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_ABORTED
 }
+
+/// Passes everything: for the far end of a veth that must take XDP frames (a veth delivers
+/// frames its peer sends with XDP_TX or redirect only while it runs an XDP program itself).
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects any program that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -148,8 +148,8 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     let (dmac, smac) = ([0x02, 0, 0, 0, 0x02, 0x01], [0x02, 0, 0, 0, 0x02, 0xfe]);
     let frame = |sport| crate::frame::udp(dmac, smac, [198, 51, 100, 7].into(), sport, [203, 0, 113, 1].into(), 9);
     let misses = |ebpf: &aya::Ebpf| -> anyhow::Result<u64> {
-        let m = PerCpuArray::<_, u64>::try_from(ebpf.map(map_names::FC_MISSES).context("cache misses")?)?;
-        Ok(m.get(&0, 0)?.iter().sum())
+        let m = PerCpuArray::<_, u64>::try_from(ebpf.map(map_names::COUNTERS).context("counters")?)?;
+        Ok(m.get(&(hairpin_common::Counter::CacheMiss as u32), 0)?.iter().sum())
     };
     // One dataplane per configuration, each with the established flow created: flow cache,
     // none, slow path.

@@ -34,34 +34,17 @@ pub mod map_names {
     pub const STATS: &str = "HP_STATS";
     pub const BINDINGS: &str = "HP_BINDINGS";
     pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
-    pub const EXHAUSTION: &str = "HP_EXHAUSTED";
-    pub const SLOW: &str = "HP_SLOW";
+    /// Per CPU: the side counters (`Counter`): slow-path causes, flow cache misses, new flows
+    /// refused by protocol, refused XDP frames by interface.
+    pub const COUNTERS: &str = "HP_COUNTERS";
     pub const DEVICES: &str = "HP_DEVICES";
     /// The fast path's per-CPU flow cache (`flow_cache`).
     pub const FLOW_CACHE: &str = "HP_FLOW_CACHE";
     /// One `u32`: the flow table's generation, bumped whenever flows are removed, so that the
     /// flow cache stops using copies of them.
     pub const CT_GEN: &str = "HP_CT_GEN";
-    /// Per CPU: fast-path packets the flow cache could not serve.
-    pub const FC_MISSES: &str = "HP_FC_MISSES";
-    /// Per CPU and interface: XDP frames the kernel refused to transmit.
-    pub const XDP_REFUSED: &str = "HP_XDP_REFUSED";
-    pub const ALL: [&str; 14] = [
-        CONFIG,
-        MAPPINGS,
-        CONNTRACK,
-        SNAT,
-        STATS,
-        BINDINGS,
-        BOUND_PORTS,
-        EXHAUSTION,
-        SLOW,
-        DEVICES,
-        FLOW_CACHE,
-        CT_GEN,
-        FC_MISSES,
-        XDP_REFUSED,
-    ];
+    pub const ALL: [&str; 11] =
+        [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, COUNTERS, DEVICES, FLOW_CACHE, CT_GEN];
 }
 
 /// Names of the object's global variables, set by the loader.
@@ -82,18 +65,6 @@ pub mod prog_names {
     /// Tracepoint programs counting XDP frames the kernel refused, by the tracepoint
     /// (category `xdp`) each attaches to, which is also its name.
     pub const REFUSED: [&str; 3] = ["xdp_bulk_tx", "xdp_devmap_xmit", "xdp_redirect_err"];
-}
-
-/// The interfaces whose refused XDP frames are counted (`HP_XDP_REFUSED`'s index).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusedSide {
-    Lan = 0,
-    Wan = 1,
-}
-
-impl RefusedSide {
-    pub const COUNT: u32 = 2;
 }
 
 /// Where a program runs; the stats map holds one row of [`crate::Reason`] counters per hook.
@@ -126,25 +97,6 @@ impl Hook {
 /// Entries in the per-CPU stats array.
 pub const STATS_LEN: u32 = Hook::COUNT * crate::Reason::COUNT;
 
-/// Why new flows could not be created, by protocol: the exhaustion counters `stats` shows
-/// beside the table fill. Indexed by [`exhaustion_index`].
+/// The protocols whose new flows can be refused for want of a port or table space (see
+/// `Counter::exhausted`), in the order `stats` lists them.
 pub const EXHAUSTION_PROTOS: [u8; 3] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP];
-pub const EXHAUSTION_REASONS: [crate::Reason; 2] = [crate::Reason::DropNoPort, crate::Reason::DropFlowInsert];
-pub const EXHAUSTION_LEN: u32 = (EXHAUSTION_PROTOS.len() * EXHAUSTION_REASONS.len()) as u32;
-
-/// The exhaustion counter of a new `proto` flow dropped for `reason`, if it has one.
-#[inline(always)]
-pub const fn exhaustion_index(proto: u8, reason: crate::Reason) -> Option<u32> {
-    let p = match proto {
-        IPPROTO_TCP => 0,
-        IPPROTO_UDP => 1,
-        IPPROTO_ICMP => 2,
-        _ => return None,
-    };
-    let r = match reason {
-        crate::Reason::DropNoPort => 0,
-        crate::Reason::DropFlowInsert => 1,
-        _ => return None,
-    };
-    Some(p * EXHAUSTION_REASONS.len() as u32 + r)
-}

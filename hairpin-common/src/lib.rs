@@ -14,5 +14,5 @@ pub mod placement;
 pub mod reason;
 pub mod types;
 
-pub use reason::{Reason, Slow};
+pub use reason::{Counter, Reason, Slow};
 pub use types::*;

@@ -10,8 +10,8 @@ use aya::{
     programs::{SchedClassifier, TracePoint, Xdp},
 };
 use hairpin_common::{
-    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{Hook, RefusedSide, global_names, map_names, prog_names},
+    Binding, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey,
+    consts::{Hook, global_names, map_names, prog_names},
     flow_cache,
     placement::Ingress,
 };
@@ -157,16 +157,10 @@ pub struct Maps {
     /// LAN endpoint -> its public port, and public port -> LAN endpoint.
     pub bindings: HashMap<MapData, MappingKey, Binding>,
     pub bound_ports: HashMap<MapData, MappingKey, Endpoint>,
-    /// New flows dropped for want of a port or table space, per protocol and CPU.
-    pub exhausted: PerCpuArray<MapData, u64>,
-    /// Why packets of known flows took the slow path, per CPU.
-    pub slow: PerCpuArray<MapData, u64>,
+    /// The side counters (`Counter`), per CPU.
+    pub counters: PerCpuArray<MapData, u64>,
     /// The flow table's generation (see [`flows_removed`]).
     pub ct_gen: Array<MapData, u32>,
-    /// Fast-path packets the flow cache could not serve, per CPU.
-    pub fc_misses: PerCpuArray<MapData, u64>,
-    /// XDP frames the kernel refused to transmit into the LAN and WAN interfaces, per CPU.
-    pub xdp_refused: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -192,17 +186,14 @@ impl Maps {
             stats: map(map_names::STATS)?.try_into()?,
             bindings: map(map_names::BINDINGS)?.try_into()?,
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
-            exhausted: map(map_names::EXHAUSTION)?.try_into()?,
-            slow: map(map_names::SLOW)?.try_into()?,
+            counters: map(map_names::COUNTERS)?.try_into()?,
             ct_gen: map(map_names::CT_GEN)?.try_into()?,
-            fc_misses: map(map_names::FC_MISSES)?.try_into()?,
-            xdp_refused: map(map_names::XDP_REFUSED)?.try_into()?,
         })
     }
 
-    /// XDP frames the kernel refused to transmit into the interface of `side`, summed over CPUs.
-    pub fn xdp_refused(&self, side: RefusedSide) -> anyhow::Result<u64> {
-        Ok(self.xdp_refused.get(&(side as u32), 0).context("reading the refused XDP frames")?.iter().sum())
+    /// A side counter, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> anyhow::Result<u64> {
+        Ok(self.counters.get(&(c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?.iter().sum())
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {

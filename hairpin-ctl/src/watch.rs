@@ -6,25 +6,25 @@
 //! that interface until the next `up`.
 
 use anyhow::Context as _;
-use hairpin_common::{Config, consts::RefusedSide, placement::Placement};
+use hairpin_common::{Config, Counter, nat::Side, placement::Placement};
 
 use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
 
 pub struct Watch {
-    /// Per side (`RefusedSide` order): refused frames last seen, whether refusals turned the
+    /// Per side (LAN, WAN): refused frames last seen, whether refusals turned the
     /// XDP fast path off, whether the interface was found gone.
     refused: [u64; 2],
     refusing: [bool; 2],
     gone: [bool; 2],
 }
 
-const SIDES: [RefusedSide; 2] = [RefusedSide::Lan, RefusedSide::Wan];
+const SIDES: [Side; 2] = [Side::Lan, Side::Wan];
 
 impl Watch {
     /// What was refused before this run started is history, not news.
     pub fn new(maps: &Maps) -> anyhow::Result<Self> {
         Ok(Self {
-            refused: [maps.xdp_refused(RefusedSide::Lan)?, maps.xdp_refused(RefusedSide::Wan)?],
+            refused: [maps.counter(Counter::LanXdpRefused)?, maps.counter(Counter::WanXdpRefused)?],
             refusing: [false; 2],
             gone: [false; 2],
         })
@@ -45,7 +45,7 @@ impl Watch {
                 }
                 continue;
             };
-            let refused = maps.xdp_refused(side)?;
+            let refused = maps.counter(Counter::xdp_refused(side))?;
             let new = refused.saturating_sub(std::mem::replace(&mut self.refused[i], refused));
             let (want, why) = if new > 0 || self.refusing[i] {
                 self.refusing[i] = true;
@@ -76,16 +76,16 @@ impl Watch {
     }
 }
 
-fn side_of(cfg: &mut Config, side: RefusedSide) -> (u32, &mut u16) {
+fn side_of(cfg: &mut Config, side: Side) -> (u32, &mut u16) {
     match side {
-        RefusedSide::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
-        RefusedSide::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
+        Side::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
+        Side::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
     }
 }
 
-fn side_name(side: RefusedSide) -> &'static str {
+fn side_name(side: Side) -> &'static str {
     match side {
-        RefusedSide::Lan => "LAN",
-        RefusedSide::Wan => "WAN",
+        Side::Lan => "LAN",
+        Side::Wan => "WAN",
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use hairpin_common::{
-    Binding, CT_F_REPLY, Config, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_REPLY, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
@@ -156,7 +156,9 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         crate::cache::invalidate_all();
     }
     if let Err(reason) = created {
-        stats::count_exhaustion(key.proto, reason);
+        if let Some(counter) = Counter::exhausted(key.proto, reason) {
+            stats::bump(counter, 1);
+        }
         // Rare by nature, and bounded: when the log ring is full, records are dropped (the
         // counters above stay exact). Addresses go out in host order for the `:i` hint.
         let (src, dst) = (u32::from_be(key.src.0), u32::from_be(key.dst.0));

@@ -195,7 +195,7 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason> {
         // size 0: `to` is a diff (what CsumDelta holds).
-        self.0.l3_csum_replace(off, 0, delta.wsum() as u64, 0).map_err(|_| Reason::DropMalformed)
+        self.0.l3_csum_replace(off, 0, delta.wsum() as u64, 0).map_err(|_| Reason::DropRewrite)
     }
 
     #[inline(always)]
@@ -207,7 +207,7 @@ impl Packet for Tc<'_> {
         self.0
             .l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mangled0)
             .and_then(|_| self.0.l4_csum_replace(off, 0, ports.wsum() as u64, mangled0))
-            .map_err(|_| Reason::DropMalformed)
+            .map_err(|_| Reason::DropRewrite)
     }
 }
 

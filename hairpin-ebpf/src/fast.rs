@@ -5,7 +5,7 @@
 //! with `bpf_redirect` (see `ctx::Packet::redirect`); the code is one. Whatever it cannot do
 //! exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{Config, FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
+use hairpin_common::{Config, Counter, FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
 
 use crate::{
     cache,
@@ -75,7 +75,7 @@ pub fn forward(
     let flags = unsafe { (*found.entry).flags };
     cache::fill(&p.key, &found.xlate, &hop, flags, epoch);
     let verdict = send(pkt, cfg, p, ttl, &found.xlate, hop.ifindex, &hop.macs, hop.tx)?;
-    stats::count_cache_miss();
+    stats::bump(Counter::CacheMiss, 1);
     Ok(verdict)
 }
 

@@ -73,7 +73,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         if fast {
             match fast::forward(pkt, cfg, &p, &found, &epoch) {
                 Ok(verdict) => return Ok(verdict),
-                Err(why) => stats::count_slow(why),
+                Err(why) => stats::bump(why.counter(), 1),
             }
         }
         rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;

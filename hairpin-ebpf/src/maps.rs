@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use hairpin_common::{
-    Binding, Config, CtEntry, Endpoint, FlowKey, MappingKey, Slow,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EXHAUSTION_LEN, MAX_MAPPINGS, RefusedSide, SNAT_CAPACITY, STATS_LEN},
+    Binding, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey,
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
     flow_cache, nat,
 };
 
@@ -32,10 +32,9 @@ pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SN
 #[map(name = "HP_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
-/// Per-CPU counters of new flows dropped for want of a port or table space, by protocol,
-/// indexed by `consts::exhaustion_index`.
-#[map(name = "HP_EXHAUSTED")]
-pub static EXHAUSTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXHAUSTION_LEN, 0);
+/// Per-CPU side counters, indexed by `Counter` (see `stats.rs`).
+#[map(name = "HP_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Endpoint-independent bindings: a LAN host's (proto, address, port) -> its public port. Not
 /// LRU: a binding must not vanish under a live flow; the controller removes unused ones.
@@ -46,10 +45,6 @@ pub static BINDINGS: HashMap<MappingKey, Binding> = HashMap::with_max_entries(BI
 /// it. Inserting here with BPF_NOEXIST is what claims a public port.
 #[map(name = "HP_BOUND_PORTS")]
 pub static BOUND_PORTS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
-
-/// Per-CPU counters of why packets of known flows took the slow path, indexed by `Slow`.
-#[map(name = "HP_SLOW")]
-pub static SLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(Slow::COUNT, 0);
 
 /// The interfaces the fast path may redirect to (LAN and WAN), keyed by ifindex.
 #[map(name = "HP_DEVICES")]
@@ -73,12 +68,3 @@ pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, BPF_
 /// cache slots of an older generation are not used.
 #[map(name = "HP_CT_GEN")]
 pub static CT_GEN: Array<u32> = Array::with_max_entries(flow_cache::GEN_LEN, 0);
-
-/// Per CPU: XDP frames the kernel refused to transmit into the LAN and WAN interfaces, indexed
-/// by `consts::RefusedSide` (see `refused.rs`).
-#[map(name = "HP_XDP_REFUSED")]
-pub static XDP_REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(RefusedSide::COUNT, 0);
-
-/// Per CPU: fast-path packets the flow cache could not serve (conntrack forwarded them).
-#[map(name = "HP_FC_MISSES")]
-pub static FC_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

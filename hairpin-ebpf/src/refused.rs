@@ -10,9 +10,9 @@
 //! They can only over-report, which errs towards the slow path.
 
 use aya_ebpf::programs::TracePointContext;
-use hairpin_common::consts::RefusedSide;
+use hairpin_common::{Counter, nat::Side};
 
-use crate::maps::{CONFIG, XDP_REFUSED};
+use crate::{maps::CONFIG, stats};
 
 /// Offsets in the tracepoints' records (`/sys/kernel/tracing/events/xdp/*/format`), stable
 /// since they were added (4.13-5.8).
@@ -62,12 +62,9 @@ fn count(ifindex: i32, frames: i32) {
     let Some(cfg) = CONFIG.get(0) else { return };
     let side = match ifindex as u32 {
         i if i == 0 => return,
-        i if i == cfg.lan_ifindex => RefusedSide::Lan,
-        i if i == cfg.wan_ifindex => RefusedSide::Wan,
+        i if i == cfg.lan_ifindex => Side::Lan,
+        i if i == cfg.wan_ifindex => Side::Wan,
         _ => return,
     };
-    if let Some(c) = XDP_REFUSED.get_ptr_mut(side as u32) {
-        // SAFETY: per-CPU slot; no other writer on this CPU while the program runs.
-        unsafe { *c += frames as u64 };
-    }
+    stats::bump(Counter::xdp_refused(side), frames as u64);
 }

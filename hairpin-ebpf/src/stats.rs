@@ -1,11 +1,9 @@
-//! Per-CPU reason counters: every verdict is counted here, by hook and reason.
+//! Per-CPU counters: every verdict, by hook and reason (`count`), and the side counters
+//! (`Counter`: slow-path causes, flow cache misses, refused new flows, refused XDP frames).
 
-use hairpin_common::{
-    Reason, Slow,
-    consts::{Hook, exhaustion_index},
-};
+use hairpin_common::{Counter, Reason, consts::Hook};
 
-use crate::maps::{EXHAUSTED, FC_MISSES, SLOW, STATS};
+use crate::maps::{COUNTERS, STATS};
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
@@ -15,31 +13,11 @@ pub fn count(hook: Hook, reason: Reason) {
     }
 }
 
-/// Counts a new `proto` flow that could not be created for `reason` (no port, no table space).
+/// Adds `n` to a side counter.
 #[inline(always)]
-pub fn count_exhaustion(proto: u8, reason: Reason) {
-    if let Some(i) = exhaustion_index(proto, reason)
-        && let Some(c) = EXHAUSTED.get_ptr_mut(i)
-    {
+pub fn bump(counter: Counter, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: as above.
-        unsafe { *c += 1 };
-    }
-}
-
-/// Counts a packet of a known flow that the fast path left to the kernel, and why.
-#[inline(always)]
-pub fn count_slow(why: Slow) {
-    if let Some(c) = SLOW.get_ptr_mut(why as u32) {
-        // SAFETY: as above.
-        unsafe { *c += 1 };
-    }
-}
-
-/// Counts a fast-path packet that the flow cache could not serve (conntrack was looked up).
-#[inline(always)]
-pub fn count_cache_miss() {
-    if let Some(c) = FC_MISSES.get_ptr_mut(0) {
-        // SAFETY: as above.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }

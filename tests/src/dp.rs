@@ -135,10 +135,15 @@ impl Dataplane {
         g.get(&hairpin_common::flow_cache::GEN_DATAPLANE, 0).unwrap()
     }
 
+    /// A side counter, summed over CPUs.
+    pub fn side_counter(&self, c: hairpin_common::Counter) -> u64 {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::COUNTERS).unwrap()).unwrap();
+        m.get(&(c as u32), 0).unwrap().iter().sum()
+    }
+
     /// Fast-path packets the flow cache could not serve, summed over CPUs.
     pub fn cache_misses(&self) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::FC_MISSES).unwrap()).unwrap();
-        m.get(&0, 0).unwrap().iter().sum()
+        self.side_counter(hairpin_common::Counter::CacheMiss)
     }
 
     pub fn snat(&self) -> Vec<(FlowKey, Endpoint)> {
@@ -160,15 +165,12 @@ impl Dataplane {
 
     /// Packets of known flows left to the slow path because of `why`, summed over CPUs.
     pub fn slow(&self, why: hairpin_common::Slow) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::SLOW).unwrap()).unwrap();
-        m.get(&(why as u32), 0).unwrap().iter().sum()
+        self.side_counter(why.counter())
     }
 
     /// New `proto` flows dropped for `reason` (no port, no table space), summed over CPUs.
     pub fn exhausted(&self, proto: u8, reason: Reason) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::EXHAUSTION).unwrap()).unwrap();
-        let i = hairpin_common::consts::exhaustion_index(proto, reason).unwrap();
-        m.get(&i, 0).unwrap().iter().sum()
+        self.side_counter(hairpin_common::Counter::exhausted(proto, reason).unwrap())
     }
 
     /// Runs `hook`'s program on `frame`: its return value and the frame it left.

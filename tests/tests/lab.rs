@@ -384,7 +384,7 @@ fn refused_xdp_frames_turn_the_xdp_fast_path_off() {
         let mut maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().unwrap();
         let cpus = aya::util::nr_cpus().unwrap().get() as usize;
         let values = aya::maps::PerCpuValues::try_from(vec![3u64; cpus]).unwrap();
-        maps.xdp_refused.set(hairpin_common::consts::RefusedSide::Lan as u32, values, 0).unwrap();
+        maps.counters.set(hairpin_common::Counter::LanXdpRefused as u32, values, 0).unwrap();
     }
     wait_for(10, "run to stop sending XDP frames into lan0", || takes_xdp_frames(&lab) == [false, true]);
     let before = lab.counter("fast_tx").unwrap();

@@ -5,8 +5,9 @@
 use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
-    Config, Reason, Slow,
-    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, RefusedSide, exhaustion_index, map_names},
+    Config, Counter, Reason, Slow,
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, map_names},
+    nat::Side,
     placement::Placement,
 };
 use serde::Serialize;
@@ -86,9 +87,19 @@ struct InterfaceRow {
     summary: String,
 }
 
+/// One side counter, as the dataplane's list (`Counter`) names and explains it.
+#[derive(Serialize)]
+struct CounterRow {
+    name: &'static str,
+    description: &'static str,
+    value: u64,
+}
+
 #[derive(Serialize)]
 struct Stats {
     interfaces: Vec<InterfaceRow>,
+    /// Every side counter, whatever section below also shows it.
+    counters: Vec<CounterRow>,
     reasons: Vec<ReasonRow>,
     slow_path: Vec<SlowRow>,
     flow_cache: FlowCache,
@@ -106,7 +117,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         .filter(|r| r.reason == Reason::FastRedirect.name() || r.reason == Reason::FastTx.name())
         .map(|r| r.total)
         .sum();
-    let misses: u64 = maps.fc_misses.get(&0, 0)?.iter().sum();
+    let misses = maps.counter(Counter::CacheMiss)?;
     // Read one after the other while packets flow: clamp rather than underflow.
     let hits = fast.saturating_sub(misses);
     // The loader gives the cache one unused slot when it is off.
@@ -117,6 +128,10 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         > 1;
     let stats = Stats {
         interfaces: interfaces(&maps, &cfg)?,
+        counters: Counter::ALL
+            .iter()
+            .map(|&c| Ok(CounterRow { name: c.name(), description: c.help(), value: maps.counter(c)? }))
+            .collect::<anyhow::Result<_>>()?,
         flow_cache: FlowCache {
             enabled,
             hits,
@@ -126,7 +141,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         reasons,
         slow_path: Slow::ALL
             .iter()
-            .map(|&s| Ok(SlowRow { cause: s.name(), packets: maps.slow.get(&(s as u32), 0)?.iter().sum() }))
+            .map(|&s| Ok(SlowRow { cause: s.name(), packets: maps.counter(s.counter())? }))
             .collect::<anyhow::Result<_>>()?,
         exhaustion: exhaustion(&maps)?,
         tables: tables(&maps)?,
@@ -180,10 +195,9 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
 fn interfaces(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<InterfaceRow>> {
     let fast_path = cfg.fast_path();
     let mut rows = Vec::new();
-    for (side, refused, ifindex, code) in [
-        ("lan", RefusedSide::Lan, cfg.lan_ifindex, cfg.lan_placement),
-        ("wan", RefusedSide::Wan, cfg.wan_ifindex, cfg.wan_placement),
-    ] {
+    for (side, refused, ifindex, code) in
+        [("lan", Side::Lan, cfg.lan_ifindex, cfg.lan_placement), ("wan", Side::Wan, cfg.wan_ifindex, cfg.wan_placement)]
+    {
         let Some(p) = Placement::decode(code) else { continue };
         let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
         rows.push(InterfaceRow {
@@ -195,7 +209,7 @@ fn interfaces(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<InterfaceRow>> {
             fast_path,
             why: p.why.text(),
             takes_xdp_frames: p.xdp_target,
-            refused_xdp_frames: maps.xdp_refused(refused)?,
+            refused_xdp_frames: maps.counter(Counter::xdp_refused(refused))?,
         });
     }
     Ok(rows)
@@ -227,10 +241,7 @@ fn reasons(maps: &Maps) -> anyhow::Result<Vec<ReasonRow>> {
 }
 
 fn exhaustion(maps: &Maps) -> anyhow::Result<Vec<ExhaustionRow>> {
-    let count = |proto, r| -> anyhow::Result<u64> {
-        let i = exhaustion_index(proto, r).expect("an exhaustion reason");
-        Ok(maps.exhausted.get(&i, 0)?.iter().sum())
-    };
+    let count = |proto, r| maps.counter(Counter::exhausted(proto, r).expect("an exhaustion reason"));
     EXHAUSTION_PROTOS
         .iter()
         .map(|&p| {

@@ -12,7 +12,7 @@
 use bytemuck::{Pod, Zeroable};
 use core::mem::{align_of, size_of};
 
-use crate::FlowKey;
+use crate::{FlowKey, NextHop};
 
 /// Slots per set.
 pub const WAYS: u32 = 2;
@@ -61,22 +61,33 @@ pub struct Slot {
     pub key: FlowKey,
     /// Its whole translation (conntrack's `xlate`).
     pub xlate: FlowKey,
-    /// Destination and source MAC addresses of the next hop.
-    pub hop_macs: [u8; 12],
-    pub hop_ifindex: u32,
-    /// Until when it may serve (`bpf_ktime_get_boot_ns`, a jiffy's precision): conntrack was
-    /// consulted for it [`fresh_ns`] before. A deadline rather than the time of the check, so
-    /// that the bound is worked out once per fill instead of on every packet.
-    pub fresh_until_ns: u64,
+    /// The next hop, as conntrack's entry had it.
+    pub hop: NextHop,
     /// The generation of the flow table it was copied under.
     pub generation: u32,
-    /// The largest IPv4 total length the FIB passed for the hop (the egress MTU check).
-    pub hop_len_ok: u16,
+    /// Until when it may serve, as a [`stamp`]: conntrack was consulted for it [`fresh_ns`]
+    /// before. A deadline rather than the time of the check, so that the bound is worked out
+    /// once per fill instead of on every packet.
+    pub fresh_until: u32,
     /// The conntrack state bits (`CT_S_*`, shifted down by [`STATE_SHIFT`]) already recorded
     /// in the entry: a packet with others must go to conntrack to record them.
     pub state: u8,
-    /// 1: the next hop is out of the interface the packet came in on (XDP_TX).
-    pub hop_is_ingress: u8,
+    pub _pad8: u8,
+    pub _pad16: u16,
+}
+
+/// A time (`bpf_ktime_get_boot_ns`) as a slot keeps it, in units of 1,024 ns: 32 bits wrap
+/// after 73 minutes, far beyond the seconds a slot serves, which [`serves_at`] allows for.
+#[inline(always)]
+pub const fn stamp(now_ns: u64) -> u32 {
+    (now_ns >> 10) as u32
+}
+
+/// Whether a slot with deadline `until` may still serve at `now` (both [`stamp`]s), across a
+/// wrap of the stamps.
+#[inline(always)]
+pub const fn serves_at(now: u32, until: u32) -> bool {
+    (until.wrapping_sub(now) as i32) > 0
 }
 
 /// `CT_S_*` bits sit at bits 8-12 of the conntrack flags; a slot keeps them in a byte.
@@ -117,7 +128,7 @@ pub const fn generation(controller: u32, dataplane: u32) -> u32 {
 const _: () = assert!(
     crate::CT_S_ALL >> STATE_SHIFT <= 0xff && (crate::CT_S_ALL >> STATE_SHIFT) << STATE_SHIFT == crate::CT_S_ALL
 );
-const _: () = assert!(size_of::<Slot>() == 64 && align_of::<Slot>() == 8);
+const _: () = assert!(size_of::<Slot>() == 64 && align_of::<Slot>() == 4);
 
 /// The set of `key` among `sets` (a power of two): a multiplicative (Fibonacci) hash of the
 /// tuple, its high half folded onto the low one so that the mask keeps well-mixed bits.
@@ -159,6 +170,18 @@ pub const fn slot_index(cpu: u32, sets: u32, set: u32, way: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::{Endpoint, Ipv4Be, PortBe};
+
+    #[test]
+    fn deadlines_hold_across_a_wrap_of_the_stamps() {
+        let fresh = MAX_FRESH_NS;
+        for now_ns in [0u64, 5_000_000_000, (1u64 << 42) - 1_000_000_000, (1 << 42) + 17, (3 << 42) - 1] {
+            let until = stamp(now_ns + fresh);
+            assert!(serves_at(stamp(now_ns), until), "at {now_ns}");
+            assert!(serves_at(stamp(now_ns + fresh - 2048), until), "just before, at {now_ns}");
+            assert!(!serves_at(stamp(now_ns + fresh), until), "at the deadline, from {now_ns}");
+            assert!(!serves_at(stamp(now_ns + fresh + 60_000_000_000), until), "a minute on, from {now_ns}");
+        }
+    }
 
     #[test]
     fn sizes_are_powers_of_two_within_bounds() {

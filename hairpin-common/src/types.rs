@@ -203,15 +203,26 @@ pub struct CtEntry {
     /// `bpf_ktime_get_boot_ns` of the last packet seen in this direction.
     pub last_seen_ns: u64,
     pub flags: u32,
-    /// The fast path's cached next hop for this direction: interface (0: none yet), its
-    /// destination and source MAC addresses, the largest IPv4 total length the FIB has
-    /// passed for it (the egress MTU check), and whether it is the interface the packets
-    /// arrive on (1: hairpinned, XDP_TX). Resolved again whenever `last_seen_ns` is
-    /// refreshed, i.e. at most a second old.
-    pub hop_ifindex: u32,
-    pub hop_macs: [u8; 12],
-    pub hop_len_ok: u16,
-    pub hop_is_ingress: u16,
+    /// The fast path's cached next hop for this direction (interface 0: none yet). Resolved
+    /// again whenever `last_seen_ns` is refreshed, i.e. at most a second old.
+    pub hop: NextHop,
+}
+
+/// Where the fast path sends a flow direction's packets, as the FIB answered: cached in its
+/// conntrack entry ([`CtEntry::hop`]) and copied into the flow cache's slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// Destination then source MAC address, as they open an Ethernet header.
+    pub macs: [u8; 12],
+    /// The interface (0: none).
+    pub ifindex: u32,
+    /// The largest IPv4 total length the FIB has passed for it (the egress MTU check).
+    pub len_ok: u16,
+    /// 1: it is the interface the packets arrive on (hairpinned: XDP_TX, or TC's redirect
+    /// back out of it).
+    pub tx: u8,
+    pub _pad: u8,
 }
 
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
@@ -321,6 +332,7 @@ const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 8)
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
 const _: () = assert!(size_of::<Config>() == 52 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
@@ -331,7 +343,7 @@ const _: () = {
     assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
-    assert!(offset_of!(CtEntry, hop_ifindex) == 36 && offset_of!(CtEntry, hop_macs) == 40);
+    assert!(offset_of!(CtEntry, hop) == 36 && offset_of!(NextHop, ifindex) == 12);
     assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
     assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
     assert!(offset_of!(Config, lan_ifindex) == 44 && offset_of!(Config, wan_placement) == 50);
@@ -345,6 +357,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for MappingKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}

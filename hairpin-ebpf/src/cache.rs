@@ -8,13 +8,12 @@
 
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
-    FlowKey, Timeouts,
-    flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, set_of, slot_index},
+    FlowKey, NextHop, Timeouts,
+    flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, serves_at, set_of, slot_index, stamp},
 };
 
 use crate::{
     ctx::Packet,
-    fwd::Hop,
     maps::{CT_GEN, FLOW_CACHE},
 };
 
@@ -61,7 +60,7 @@ impl Epoch<'_> {
     /// Whether `slot` may still serve (its flow aside).
     #[inline(always)]
     fn current(&self, slot: &Slot) -> bool {
-        slot.generation == self.generation && self.now < slot.fresh_until_ns
+        slot.generation == self.generation && serves_at(stamp(self.now), slot.fresh_until)
     }
 }
 
@@ -78,7 +77,7 @@ pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_le
             if (*slot).key == *key {
                 let ok = epoch.current(&*slot)
                     && (*slot).state & seen == seen
-                    && pkt.fits((*slot).hop_ifindex, tot_len, (*slot).hop_len_ok);
+                    && pkt.fits((*slot).hop.ifindex, tot_len, (*slot).hop.len_ok);
                 return ok.then_some(slot);
             }
         }
@@ -92,7 +91,7 @@ pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_le
 /// of other flows stay: with more flows than ways the newcomer is served by conntrack,
 /// instead of flows evicting each other on every packet.
 #[inline(always)]
-pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &Hop, flags: u32, epoch: &Epoch) {
+pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &NextHop, flags: u32, epoch: &Epoch) {
     let Some(base) = set_base(key) else { return };
     let mut target = None;
     for way in 0..WAYS {
@@ -114,13 +113,10 @@ pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &Hop, flags: u32, epoch: &Epoch
     unsafe {
         (*slot).key = *key;
         (*slot).xlate = *xlate;
-        (*slot).hop_macs = hop.macs;
-        (*slot).hop_ifindex = hop.ifindex;
-        (*slot).fresh_until_ns = epoch.now + fresh_ns(epoch.timeouts);
+        (*slot).hop = *hop;
+        (*slot).fresh_until = stamp(epoch.now + fresh_ns(epoch.timeouts));
         (*slot).generation = epoch.generation;
-        (*slot).hop_len_ok = hop.len_ok;
         (*slot).state = Slot::state_of(flags);
-        (*slot).hop_is_ingress = u8::from(hop.tx);
     }
 }
 

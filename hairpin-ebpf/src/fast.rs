@@ -5,13 +5,13 @@
 //! with `bpf_redirect` (see `ctx::Packet::redirect`); the code is one. Whatever it cannot do
 //! exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{Config, Counter, FlowKey, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
+use hairpin_common::{Config, Counter, FlowKey, NextHop, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
 
 use crate::{
     cache,
     ct::Found,
     ctx::{Packet, ptr_at},
-    fwd::{self, Hop},
+    fwd,
     parse::Parsed,
     rewrite::rewrite,
     stats,
@@ -42,27 +42,20 @@ pub fn forward(
     // SAFETY: the entry pointer comes from a successful lookup (see `ct::lookup_refresh`).
     let hop = unsafe {
         let e = found.entry;
-        if !found.stale && (*e).hop_ifindex != 0 && pkt.fits((*e).hop_ifindex, p.tot_len, (*e).hop_len_ok) {
-            Hop {
-                ifindex: (*e).hop_ifindex,
-                macs: (*e).hop_macs,
-                len_ok: (*e).hop_len_ok,
-                tx: (*e).hop_is_ingress != 0,
-            }
+        let cached = (*e).hop;
+        if !found.stale && cached.ifindex != 0 && pkt.fits(cached.ifindex, p.tot_len, cached.len_ok) {
+            cached
         } else {
             let mut next = fwd::next_hop(pkt, &found.xlate, if gso { 0 } else { p.tot_len })?;
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
-            let same = !found.stale && (*e).hop_ifindex == next.ifindex;
+            let same = !found.stale && cached.ifindex == next.ifindex;
             next.len_ok = match (same, gso) {
-                (true, true) => (*e).hop_len_ok,
-                (true, false) => p.tot_len.max((*e).hop_len_ok),
+                (true, true) => cached.len_ok,
+                (true, false) => p.tot_len.max(cached.len_ok),
                 (false, true) => 0,
                 (false, false) => p.tot_len,
             };
-            (*e).hop_len_ok = next.len_ok;
-            (*e).hop_macs = next.macs;
-            (*e).hop_ifindex = next.ifindex;
-            (*e).hop_is_ingress = u16::from(next.tx);
+            (*e).hop = next;
             next
         }
     };
@@ -74,7 +67,7 @@ pub fn forward(
     // SAFETY: the entry pointer comes from a successful lookup.
     let flags = unsafe { (*found.entry).flags };
     cache::fill(&p.key, &found.xlate, &hop, flags, epoch);
-    let verdict = send(pkt, cfg, p, ttl, &found.xlate, hop.ifindex, &hop.macs, hop.tx)?;
+    let verdict = send(pkt, cfg, p, ttl, &found.xlate, &hop)?;
     stats::bump(Counter::CacheMiss, 1);
     Ok(verdict)
 }
@@ -86,7 +79,7 @@ pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, slot: *const 
     // SAFETY: the slot pointer comes from a successful lookup; read in place (the program's
     // stack is near its limit), only this CPU writes it.
     let s = unsafe { &*slot };
-    send(pkt, cfg, p, ttl, &s.xlate, s.hop_ifindex, &s.hop_macs, s.hop_is_ingress != 0)
+    send(pkt, cfg, p, ttl, &s.xlate, &s.hop)
 }
 
 /// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).
@@ -109,23 +102,14 @@ impl Ttl {
     }
 }
 
-/// Sends `p` out of `ifindex` to `macs` (back out of the ingress interface if `tx`),
-/// translated to `xlate`, its TTL decremented. Fails, changing nothing, only when `ifindex`
-/// is no interface the fast path may send to from this hook. Always inlined: it takes more
-/// than five arguments.
+/// Sends `p` to `hop` (back out of the ingress interface if it says so), translated to
+/// `xlate`, its TTL decremented. Fails, changing nothing, only when the hop's interface is
+/// none the fast path may send to from this hook. Always inlined: it takes more than five
+/// arguments.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn send(
-    pkt: &impl Packet,
-    cfg: &Config,
-    p: &Parsed,
-    ttl: Ttl,
-    xlate: &FlowKey,
-    ifindex: u32,
-    macs: &[u8; 12],
-    tx: bool,
-) -> Result<Reason, Slow> {
-    if !pkt.redirect(cfg, ifindex, tx) {
+fn send(pkt: &impl Packet, cfg: &Config, p: &Parsed, ttl: Ttl, xlate: &FlowKey, hop: &NextHop) -> Result<Reason, Slow> {
+    let tx = hop.tx != 0;
+    if !pkt.redirect(cfg, hop.ifindex, tx) {
         return Err(Slow::Route);
     }
     let verdict = if tx { Reason::FastTx } else { Reason::FastRedirect };
@@ -138,6 +122,6 @@ fn send(
     rewrite(pkt, p, xlate, ttl_delta).map_err(|_| Slow::Route)?;
     let eth = ptr_at::<[u8; 12]>(pkt, 0).map_err(|_| Slow::Route)?;
     // SAFETY: as above.
-    unsafe { *eth = *macs };
+    unsafe { *eth = hop.macs };
     Ok(verdict)
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     helpers::bpf_fib_lookup,
 };
-use hairpin_common::{FlowKey, Reason, Slow, consts::Hook};
+use hairpin_common::{FlowKey, NextHop, Reason, Slow, consts::Hook};
 
 use crate::{ctx::Packet, stats};
 
@@ -84,20 +84,10 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
     }
 }
 
-/// Where the fast path sends a translated packet: out of `ifindex` to `macs` (destination then
-/// source, as they open an Ethernet header); the largest IPv4 total length the FIB has passed
-/// for it (the egress MTU check); whether it is the interface the packet came in on.
-pub struct Hop {
-    pub ifindex: u32,
-    pub macs: [u8; 12],
-    pub len_ok: u16,
-    pub tx: bool,
-}
-
 /// Where the translated packet `key`, `tot_len` long (0: a GSO super-packet, checked by its
 /// segments), goes, neighbour included; or why the kernel must forward it instead.
 #[inline(always)]
-pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<Hop, Slow> {
+pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHop, Slow> {
     match fib(pkt, key, tot_len, 0) {
         (BPF_FIB_LKUP_RET_SUCCESS, params) => {
             // SAFETY: on success the kernel filled the MAC addresses of this union member.
@@ -107,8 +97,8 @@ pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<Hop, S
             // A flow direction's packets arrive on one interface (the FIB answer cached with it
             // assumes so too): reading the ingress interface (three dependent loads through
             // the context) once per resolution is enough.
-            let tx = params.ifindex == pkt.ifindex();
-            Ok(Hop { ifindex: params.ifindex, macs, len_ok: tot_len, tx })
+            let tx = u8::from(params.ifindex == pkt.ifindex());
+            Ok(NextHop { macs, ifindex: params.ifindex, len_ok: tot_len, tx, _pad: 0 })
         }
         (BPF_FIB_LKUP_RET_NO_NEIGH, _) => Err(Slow::NoNeighbour),
         (BPF_FIB_LKUP_RET_FRAG_NEEDED, _) => Err(Slow::FragNeeded),

@@ -1,5 +1,8 @@
 //! Map capacities and protocol numbers, named once and used by the maps and the controller.
 
+/// Bytes of the dataplane's event ring buffer (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 64 * 1024;
+
 /// Port-forward mappings (`hairpin-ctl map add`).
 pub const MAX_MAPPINGS: u32 = 4096;
 /// Flows the tables hold unless `up --max-flows` says otherwise: the object's map sizes,
@@ -43,8 +46,22 @@ pub mod map_names {
     /// One `u32`: the flow table's generation, bumped whenever flows are removed, so that the
     /// flow cache stops using copies of them.
     pub const CT_GEN: &str = "HP_CT_GEN";
-    pub const ALL: [&str; 11] =
-        [CONFIG, MAPPINGS, CONNTRACK, SNAT, STATS, BINDINGS, BOUND_PORTS, COUNTERS, DEVICES, FLOW_CACHE, CT_GEN];
+    /// The ring buffer of `Event`s `run` prints.
+    pub const EVENTS: &str = "HP_EVENTS";
+    pub const ALL: [&str; 12] = [
+        CONFIG,
+        MAPPINGS,
+        CONNTRACK,
+        SNAT,
+        STATS,
+        BINDINGS,
+        BOUND_PORTS,
+        COUNTERS,
+        DEVICES,
+        FLOW_CACHE,
+        CT_GEN,
+        EVENTS,
+    ];
 }
 
 /// Names of the object's global variables, set by the loader.

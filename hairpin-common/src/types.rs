@@ -225,6 +225,20 @@ pub struct NextHop {
     pub _pad: u8,
 }
 
+/// Something the dataplane reports to `run` through its ring buffer (`HP_EVENTS`): so far, a new
+/// flow it refused for want of a public port or table space (`reason`: `DropNoPort` or
+/// `DropFlowInsert`). Rare by nature; when the ring is full, events are lost, the counters
+/// stay exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    /// The refused flow's tuple, as it arrived.
+    pub key: FlowKey,
+    /// A [`crate::Reason`] index.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
 pub const CFG_F_HAIRPIN: u32 = 1 << 0;
 /// [`Config::flags`]: UDP bindings accept packets from any WAN endpoint (endpoint-independent
@@ -333,6 +347,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
+const _: () = assert!(size_of::<Event>() == 24 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
 const _: () = assert!(size_of::<Config>() == 52 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);

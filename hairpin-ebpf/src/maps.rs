@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use hairpin_common::{
     Binding, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EVENTS_BYTES, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
     flow_cache, nat,
 };
 
@@ -31,6 +31,10 @@ pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SN
 /// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
 #[map(name = "HP_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Events for `run` (`hairpin_common::Event`): new flows refused.
+#[map(name = "HP_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Per-CPU side counters, indexed by `Counter` (see `stats.rs`).
 #[map(name = "HP_COUNTERS")]

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use anyhow::Context as _;
-use aya::programs::links::{FdLink, PinnedLink};
-use aya_log::EbpfLogger;
-use hairpin_common::{CFG_F_FAST_PATH, CFG_F_UDP_EIF, consts::prog_names};
+use aya::maps::{MapData, RingBuf};
+use hairpin_common::{CFG_F_FAST_PATH, CFG_F_UDP_EIF, Event, Reason, consts::map_names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -14,33 +15,36 @@ use tokio::{
 
 use crate::{cli::RunArgs, cmd::up, dataplane::PinDir, expire, watch::Watch};
 
-/// Prints the dataplane's aya-log records on stdout, beside the controller's own lines.
-struct Print;
-
-impl log::Log for Print {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        println!("dataplane {}: {}", record.level().as_str().to_lowercase(), record.args());
-    }
-    fn flush(&self) {}
+/// The dataplane's event ring (`HP_EVENTS`), pinned, read as it fills.
+fn dataplane_events(pins: &PinDir) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    let path = pins.map(map_names::EVENTS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let ring = RingBuf::try_from(aya::maps::Map::RingBuf(data)).context("the event ring")?;
+    // SAFETY: the ring owns its map's fd, which stays open and the same for as long as the
+    // ring lives, i.e. as long as the AsyncFd that owns it.
+    Ok(unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?)
 }
 
-/// Reads the log ring of the pinned dataplane (found through a pinned link's program, which
-/// works whether this process attached it or adopted it).
-fn dataplane_logs(pins: &PinDir) -> anyhow::Result<AsyncFd<EbpfLogger<Print>>> {
-    let path = [prog_names::XDP_LAN, prog_names::TC_IN_LAN]
-        .map(|p| pins.link(p))
-        .into_iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| pins.link(prog_names::XDP_LAN));
-    let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let prog_id = FdLink::from(link).info().context("link info")?.program_id();
-    let logger = EbpfLogger::init_from_id_with_logger(prog_id, Print).context("opening the dataplane's log ring")?;
-    // SAFETY: the logger owns its ring buffer map's fd, which stays open and the same for as
-    // long as the logger lives, i.e. as long as the AsyncFd that owns it.
-    Ok(unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.map_err(std::io::Error::from)?)
+/// Prints what the dataplane reported, one line each, beside the controller's own lines.
+fn print_events(ring: &mut RingBuf<MapData>) {
+    while let Some(item) = ring.next() {
+        let Some(e) = bytemuck::try_from_bytes::<Event>(&item[..std::mem::size_of::<Event>().min(item.len())]).ok()
+        else {
+            continue;
+        };
+        let want = match Reason::from_index(e.reason) {
+            Some(Reason::DropNoPort) => "free public port",
+            _ => "table space",
+        };
+        let k = &e.key;
+        let (src, dst) = (Ipv4Addr::from(k.src.octets()), Ipv4Addr::from(k.dst.octets()));
+        println!(
+            "dataplane warn: no {want} for a new flow (proto {}) {src}:{} -> {dst}:{}: dropped",
+            k.proto,
+            k.sport.host(),
+            k.dport.host()
+        );
+    }
 }
 
 pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
@@ -62,7 +66,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
         up::run(pins, &a.up)?;
     }
     let mut maps = pins.open()?;
-    let mut logs = dataplane_logs(pins)?;
+    let mut events = dataplane_events(pins)?;
     let mut watch = Watch::new(&maps)?;
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
     loop {
@@ -78,17 +82,17 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            ready = logs.readable_mut() => {
-                let mut ready = ready.context("waiting on the dataplane's log ring")?;
-                ready.get_inner_mut().flush();
+            ready = events.readable_mut() => {
+                let mut ready = ready.context("waiting on the dataplane's event ring")?;
+                print_events(ready.get_inner_mut());
                 ready.clear_ready();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    // Whatever the dataplane logged before the signal is still printed.
-    logs.get_mut().flush();
+    // Whatever the dataplane reported before the signal is still printed.
+    print_events(events.get_mut());
     println!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display());
     Ok(())
 }

@@ -163,6 +163,12 @@ pub struct UpArgs {
     /// ones). auto: as --mode decides.
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
     pub xdp_mode: XdpAttachMode,
+    /// How the TC programs attach: tcx (bpf_links, kernel 6.6 and later, pinned under the pin
+    /// directory), netlink (a clsact qdisc and cls_bpf filters, any kernel: they stay until
+    /// `down`, which removes exactly hairpin's, by program name), or auto (TCX where the kernel
+    /// takes it, else netlink).
+    #[arg(long, value_enum, default_value_t = crate::dataplane::TcAttachMode::Auto, value_name = "MODE")]
+    pub tc_attach: crate::dataplane::TcAttachMode,
 }
 
 /// Idle timeouts (seconds), enforced by `hairpin-ctl run`.

@@ -25,6 +25,34 @@ pub enum Mode {
     Tc,
 }
 
+/// How TC programs attach (see `up --tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttachMode {
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// Removes the netlink TC filters that run hairpin's programs on the interface `ifindex` (none
+/// if hairpin attached with TCX): found by program name, so no other program's filter goes.
+/// Returns how many programs had filters there.
+pub fn detach_netlink_filters(ifindex: u32) -> anyhow::Result<usize> {
+    use aya::programs::tc::{TcAttachType, qdisc_detach_program};
+    let mut removed = 0;
+    for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+        for prog in [prog_names::TC_IN_LAN, prog_names::TC_IN_WAN, prog_names::TC_LAN, prog_names::TC_WAN] {
+            match qdisc_detach_program(ifindex, at.into(), prog) {
+                Ok(()) => removed += 1,
+                Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing the {prog} filters of ifindex {ifindex}"));
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The program serving `hook` when ingress runs as `ingress`; each link is pinned under
 /// `links/` by its program's name.
 pub const fn program(hook: Hook, ingress: Ingress) -> &'static str {

@@ -60,6 +60,34 @@ fn port_forward_and_hairpin_with_tc_ingress() {
     forward_and_hairpin(Peers::Plain, &["--mode", "tc"]);
 }
 
+/// TC programs as netlink filters (what kernels without TCX get; asked for here): the same
+/// translation, fast path included; `down` removes hairpin's filters, by program name, and
+/// leaves another program's filter on the same hook alone.
+#[test]
+fn tc_programs_as_netlink_filters_and_down_removes_only_them() {
+    let lab = lab();
+    lab.gw.exec("tc", &["qdisc", "add", "dev", "lan0", "clsact"]).unwrap();
+    let foreign = ["filter", "add", "dev", "lan0", "ingress", "pref", "60000", "protocol", "ip", "u32"];
+    lab.gw.exec("tc", &[&foreign[..], &["match", "u32", "0", "0", "classid", "1:1"]].concat()).unwrap();
+    let up = lab.up_output(&["--tc-attach", "netlink"]).expect("hairpin-ctl up --tc-attach netlink");
+    assert!(up.contains("tc programs: netlink filters (--tc-attach netlink)"), "{up}");
+    assert!(!lab.pin_dir.join("links/tc_ingress_lan").exists(), "a netlink filter has no link to pin");
+    let filters = |dev: &str, dir: &str| lab.gw.exec("tc", &["filter", "show", "dev", dev, dir]).unwrap();
+    assert!(filters("lan0", "ingress").contains("tc_ingress_lan"), "{}", filters("lan0", "ingress"));
+    assert!(filters("wan0", "egress").contains("tc_egress_wan"), "{}", filters("wan0", "egress"));
+    // `up` has exited: the filters and their programs stay.
+    assert_eq!(scenario::port_forward(&lab, HTTP_PORT).unwrap().seen_by_server.ip(), IpAddr::V4(INET));
+    let hp = scenario::hairpin_tcp(&lab, HTTP_PORT, HAIRPIN_BYTES).expect("hairpin");
+    assert_eq!(hp.seen_by_server.ip(), IpAddr::V4(GW_LAN));
+    assert!(fast_packets(&lab) > 0, "the fast path ran in the filters");
+    lab.down().unwrap();
+    for (dev, dir) in [("lan0", "ingress"), ("lan0", "egress"), ("wan0", "ingress"), ("wan0", "egress")] {
+        let left = filters(dev, dir);
+        assert!(!left.contains("tc_"), "down left a filter on {dev} {dir}: {left}");
+    }
+    assert!(filters("lan0", "ingress").contains("u32"), "down removed another program's filter");
+}
+
 /// Peers with GRO on: the veths now claim to take XDP frames (XDP_TX frames would wait in
 /// the peer's ring), and default flags must still not send any into them.
 #[test]

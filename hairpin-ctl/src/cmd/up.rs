@@ -6,7 +6,11 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, DevMapHash},
-    programs::{SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, links::FdLink},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
+        links::FdLink,
+        tc::{NlOptions, SchedClassifierLink, TcAttach, TcError, qdisc_add_clsact},
+    },
 };
 use hairpin_common::{
     Config, Ipv4Be,
@@ -18,7 +22,7 @@ use clap::ValueEnum as _;
 
 use crate::{
     cli::{Ipv4Net, UpArgs, XdpAttachMode},
-    dataplane::{self, Mode, PinDir},
+    dataplane::{self, Mode, PinDir, TcAttachMode},
     ifcaps::Caps,
     netif, placement,
 };
@@ -93,23 +97,31 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     for ifindex in [lan_ifindex, wan_ifindex] {
         devices.insert(ifindex, ifindex, None, 0).context("filling the fast path's device map")?;
     }
-    // Until pinned, each link lives only as long as this process: an error below detaches it.
-    let mut links = Vec::new();
+    // Until pinned (or, for netlink filters, let go of), each link lives only as long as this
+    // process: an error below detaches it.
+    let (mut links, mut filters) = (Vec::new(), Vec::new());
+    let (mut tc_mode, mut tc_why) = (a.tc_attach, None);
     for (side, hook) in [(0, Hook::LanIngress), (1, Hook::WanIngress)] {
         let s = &mut sides[side];
         let strict = a.xdp_mode == XdpAttachMode::Native;
-        let link =
-            attach_ingress(&mut ebpf, hook, s, strict).with_context(|| format!("attaching ingress to {}", s.iface))?;
-        links.push((dataplane::program(hook, s.placement.ingress), link));
+        match attach_ingress(&mut ebpf, hook, s, strict, &mut tc_mode, &mut tc_why)
+            .with_context(|| format!("attaching ingress to {}", s.iface))?
+        {
+            Attached::Pinned(link) => links.push((dataplane::program(hook, s.placement.ingress), link)),
+            Attached::Filter(link) => filters.push(link),
+        }
     }
     // A fallback may have changed a placement: the dataplane must see the final ones.
     (cfg.lan_placement, cfg.wan_placement) = (sides[0].placement.encode(), sides[1].placement.encode());
     write_config(&mut ebpf, &cfg)?;
     for (side, hook) in [(0, Hook::LanEgress), (1, Hook::WanEgress)] {
         let prog = dataplane::program(hook, Ingress::Tc);
-        let link = attach_tc(&mut ebpf, prog, sides[side].ifindex, TcAttachType::Egress)
-            .with_context(|| format!("attaching {prog} to {}", sides[side].iface))?;
-        links.push((prog, link));
+        match attach_tc(&mut ebpf, prog, sides[side].ifindex, TcAttachType::Egress, &mut tc_mode, &mut tc_why)
+            .with_context(|| format!("attaching {prog} to {}", sides[side].iface))?
+        {
+            Attached::Pinned(link) => links.push((prog, link)),
+            Attached::Filter(link) => filters.push(link),
+        }
     }
     // XDP frames the kernel refuses are counted for stats and run, if it lets us watch.
     if sides.iter().any(|s| s.placement.ingress != Ingress::Tc) {
@@ -124,6 +136,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
     pin_all(pins, &mut ebpf, links).inspect_err(|_| {
         let _ = pins.remove_all();
     })?;
+    // Everything is in place: the netlink filters stay (dropping them would detach them);
+    // `down` finds them by program name.
+    for f in filters {
+        std::mem::forget(f);
+    }
 
     warn_sysctls(&a.lan, !a.no_hairpin);
     println!(
@@ -139,6 +156,11 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
         pins.root.display()
     );
+    match (tc_mode, &tc_why) {
+        (TcAttachMode::Netlink, Some(why)) => println!("  tc programs: netlink filters (TCX unavailable: {why})"),
+        (TcAttachMode::Netlink, None) => println!("  tc programs: netlink filters (--tc-attach netlink)"),
+        _ => println!("  tc programs: tcx links"),
+    }
     for s in &sides {
         println!("  {}", placement::describe(s.iface, s.placement, !a.no_fast_path));
         if s.placement.ingress == Ingress::XdpGeneric {
@@ -169,7 +191,14 @@ fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> anyhow::Result<()> {
 /// Attaches `hook`'s ingress program as `side.placement` says. Where native XDP was chosen and
 /// will not attach, fails if `strict` (`--xdp-mode native`), else takes the fallback and
 /// records it in `side`.
-fn attach_ingress(ebpf: &mut Ebpf, hook: Hook, side: &mut Side, strict: bool) -> anyhow::Result<FdLink> {
+fn attach_ingress(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    side: &mut Side,
+    strict: bool,
+    tc_mode: &mut TcAttachMode,
+    tc_why: &mut Option<String>,
+) -> anyhow::Result<Attached> {
     let xdp_link = |ebpf: &mut Ebpf, ingress, mode| -> anyhow::Result<FdLink> {
         let prog = dataplane::program(hook, ingress);
         let xdp: &mut Xdp = ebpf.program_mut(prog).context("program missing")?.try_into()?;
@@ -179,16 +208,19 @@ fn attach_ingress(ebpf: &mut Ebpf, hook: Hook, side: &mut Side, strict: bool) ->
             .context("the XDP attachment is not a bpf_link (kernel < 5.9?), so it cannot be pinned")
     };
     match side.placement.ingress {
-        Ingress::Tc => attach_tc(ebpf, dataplane::program(hook, Ingress::Tc), side.ifindex, TcAttachType::Ingress),
-        Ingress::XdpGeneric => xdp_link(ebpf, Ingress::XdpGeneric, XdpMode::Skb),
+        Ingress::Tc => {
+            let prog = dataplane::program(hook, Ingress::Tc);
+            attach_tc(ebpf, prog, side.ifindex, TcAttachType::Ingress, tc_mode, tc_why)
+        }
+        Ingress::XdpGeneric => xdp_link(ebpf, Ingress::XdpGeneric, XdpMode::Skb).map(Attached::Pinned),
         Ingress::Xdp => match xdp_link(ebpf, Ingress::Xdp, XdpMode::Driver) {
-            Ok(link) => Ok(link),
+            Ok(link) => Ok(Attached::Pinned(link)),
             Err(e) if strict => Err(e),
             Err(e) => {
                 let fallback = placement::fallback(&side.caps, side.placement);
                 eprintln!("warning: {}: native XDP unavailable ({e:#}); using {}", side.iface, fallback.ingress.name());
                 side.placement = fallback;
-                attach_ingress(ebpf, hook, side, false)
+                attach_ingress(ebpf, hook, side, false, tc_mode, tc_why)
             }
         },
     }
@@ -206,11 +238,47 @@ fn attach_refused(ebpf: &mut Ebpf) -> anyhow::Result<Vec<(&'static str, FdLink)>
     Ok(links)
 }
 
-fn attach_tc(ebpf: &mut Ebpf, prog: &str, ifindex: u32, at: TcAttachType) -> anyhow::Result<FdLink> {
+/// A program attached: through a bpf_link (XDP, TCX), pinned under the pin directory, or as a
+/// netlink TC filter, which stays after this process exits once `up` lets go of it.
+enum Attached {
+    Pinned(FdLink),
+    Filter(SchedClassifierLink),
+}
+
+/// Attaches `prog` at `at` on `ifindex` as `mode` says. In `Auto`, TCX is tried first, and if
+/// the kernel refuses it, `mode` becomes `Netlink` (with the reason in `why`) for the rest.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    ifindex: u32,
+    at: TcAttachType,
+    mode: &mut TcAttachMode,
+    why: &mut Option<String>,
+) -> anyhow::Result<Attached> {
     let tc: &mut SchedClassifier = ebpf.program_mut(prog).context("program missing")?.try_into()?;
-    // TCX (kernel >= 6.6) attaches through a bpf_link, which can be pinned.
-    let id = tc.attach(ifindex, at)?;
-    tc.take_link(id)?.try_into().context("the TC attachment is not a TCX link (kernel < 6.6?), so it cannot be pinned")
+    if *mode != TcAttachMode::Netlink {
+        match tc.attach(ifindex, TcAttach::Tcx { attach_type: at, order: LinkOrder::default() }) {
+            Ok(id) => {
+                let link = tc.take_link(id)?.try_into().context("the TCX attachment is not a bpf_link")?;
+                *mode = TcAttachMode::Tcx;
+                return Ok(Attached::Pinned(link));
+            }
+            Err(e) if *mode == TcAttachMode::Tcx => return Err(e).context("attaching with TCX (kernel 6.6 and later)"),
+            Err(e) => {
+                *why = Some(format!("{:#}", anyhow::Error::from(e)));
+                *mode = TcAttachMode::Netlink;
+            }
+        }
+    }
+    // cls_bpf filters hang off a clsact qdisc, which may be there already (another program's).
+    if let Err(e) = qdisc_add_clsact(ifindex) {
+        let exists = matches!(&e, TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e).context("adding a clsact qdisc");
+        }
+    }
+    let id = tc.attach(ifindex, TcAttach::Netlink { parent: at.into(), options: NlOptions::default() })?;
+    Ok(Attached::Filter(tc.take_link(id)?))
 }
 
 fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow::Result<()> {

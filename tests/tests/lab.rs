@@ -323,21 +323,41 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A `hairpin-ctl run` child process, stopped with SIGTERM (by its PID) when dropped.
-struct Controller(std::process::Child);
+struct Controller {
+    child: std::process::Child,
+    /// Its stdout so far, read as it comes (a thread drains the pipe).
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Controller {
+    /// Starts `run` and waits until it is running: it has said so on stdout (after its signal
+    /// handlers are in place, so a SIGTERM from then on is a clean stop).
     fn start(lab: &Lab, extra: &[&str]) -> Self {
         let mut args = vec!["run", "--lan", "lan0", "--wan", "wan0", "--sweep-interval", "1"];
         args.extend_from_slice(extra);
-        let child = lab
+        let mut child = lab
             .ctl_command(&args)
             .unwrap()
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start hairpin-ctl run");
-        wait_for(10, "run to pin the dataplane", || lab.ctl_output(&["map", "list"]).is_ok_and(|o| o.status.success()));
-        Self(child)
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (pipe, sink) = (child.stdout.take().unwrap(), out.clone());
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+                let mut o = sink.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let ctl = Self { child, out, reader: Some(reader) };
+        wait_for(30, "run to say it is running", || {
+            let o = ctl.out.lock().unwrap();
+            o.contains("hairpin up:") || o.contains("hairpin run: adopted")
+        });
+        ctl
     }
 
     /// SIGTERM, then the exit status and stdout.
@@ -349,18 +369,21 @@ impl Controller {
     /// SIGTERM, then the exit status, stdout and stderr.
     fn stop_with_stderr(mut self) -> (std::process::ExitStatus, String, String) {
         let status = self.terminate();
-        let (mut out, mut err) = (String::new(), String::new());
-        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let out = self.out.lock().unwrap().clone();
         (status, out, err)
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         // nsenter execs hairpin-ctl, so this PID is the controller itself.
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let mut status = None;
-        wait_for(10, "run to exit on SIGTERM", || {
-            status = self.0.try_wait().unwrap();
+        wait_for(30, "run to exit on SIGTERM", || {
+            status = self.child.try_wait().unwrap();
             status.is_some()
         });
         status.unwrap()
@@ -369,7 +392,7 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
+        if self.child.try_wait().ok().flatten().is_none() {
             self.terminate();
         }
     }

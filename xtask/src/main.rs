@@ -6,6 +6,7 @@ mod lab;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use clap::{Parser, Subcommand};
 
@@ -26,11 +27,20 @@ enum Task {
     /// The demo: build, create the namespaced gateway, LAN server, LAN client and internet
     /// host, run the four hairpin cases with real TCP/UDP, print each step, tear down.
     Lab,
-    /// Every test: host unit tests, BPF_PROG_TEST_RUN packet tests, veth lab tests (root).
+    /// Every test: host unit tests, BPF_PROG_TEST_RUN packet tests, veth lab tests (root), the
+    /// benchmarks' smoke runs, then the packet and lab tests on Debian's 6.1 and 6.12 kernels
+    /// in VMs (as `vmtest`).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The packet tests and the plain-topology lab on other kernels (root): each booted in
+    /// qemu from Debian's package, this machine's files shared read-only. `--kernel 6.1`
+    /// (Debian 12's own), `--kernel 6.12` (its updates), or a package name; repeatable.
+    Vmtest {
+        #[arg(long = "kernel", required = true, value_name = "VERSION|PACKAGE")]
+        kernels: Vec<String>,
     },
     /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
     /// the gateway for every path side by side, ns per packet and bulk TCP Gbit/s (report and
@@ -51,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Task::Lab => lab::run(),
         Task::Test { args } => test::run(&args),
         Task::Bench { args } => bench::run(&args),
+        Task::Vmtest { kernels } => vmtest::run(&kernels),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,6 +17,12 @@ const APT: &[(&str, &str)] = &[
     ("iptables-save", "iptables"),
     // The bulk TCP benchmark.
     ("iperf3", "iperf3"),
+    // The VM tests: the guest, its initramfs, the kernel modules as Debian packs them.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("/usr/share/doc/busybox-static", "busybox-static"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
     // The benchmark pins the gateway's NAPI kthread: found with ps, pinned with taskset.
     ("ps", "procps"),
     ("taskset", "util-linux"),

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: all tests, after the format and lint gates. Packet and lab tests need
-//! root and a BPF-capable kernel; they fail (never skip) without them.
+//! `cargo xtask test`: all tests, after the format and lint gates, then the packet and lab tests
+//! again on Debian 12's 6.1 and 6.12 kernels in VMs. Packet and lab tests need root and a
+//! BPF-capable kernel; they fail (never skip) without them.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,6 +10,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{build, util};
+
+/// The kernels `cargo xtask test` also runs the tests on, in VMs (see `vmtest.rs`).
+const VM_KERNELS: [&str; 2] = ["6.1", "6.12"];
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     util::require_root("the packet and lab tests")?;
@@ -51,6 +55,19 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
                 Ok(s) if s.success() => passed += 1,
                 _ => {
                     eprintln!("bench smoke (hairpin-bench {what} --quick) failed");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    // The kernels gateways run (Debian 12's 6.1 and 6.12), each in a VM: the packet tests and
+    // the plain-topology lab again. Skipped when a filter picks tests.
+    if extra.is_empty() {
+        for kernel in VM_KERNELS {
+            match crate::vmtest::run(&[kernel.to_string()]) {
+                Ok(()) => passed += 1,
+                Err(e) => {
+                    eprintln!("vmtest {kernel}: {e:#}");
                     failed += 1;
                 }
             }

@@ -1,0 +1,324 @@
+//! `cargo xtask vmtest --kernel 6.1|6.12|PACKAGE`: the packet tests and the plain-topology lab
+//! on the kernels gateways run, each booted in qemu (TCG: KVM is not usable on these nested
+//! hosts) from Debian's own package, with this machine's root filesystem shared read-only over
+//! 9p and the tests run inside as root. The way aya tests its kernels.
+//!
+//! The guest is a busybox initramfs that loads the modules the tests need (the guest loads
+//! none by itself), mounts the host's `/` over 9p, gives it writable `/tmp`, `/run`, bpffs and
+//! tracefs, and runs one command in it; the command's exit status comes back on the console.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, output, root, run as sh};
+
+/// Modules the guest loads (with what each depends on): virtio and 9p for the host's
+/// filesystem, then what the tests use (veth and bridge for the lab, clsact and cls_bpf for TC
+/// without TCX, u32 for the lab test that adds another program's filter beside them).
+const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf", "cls_u32"];
+
+/// Lab tests run in the guests: the plain topology with default flags, TC as netlink filters,
+/// the controller's run. (Bulk transfers and benchmarks are too slow under emulation.)
+const LAB_TESTS: &[&str] = &[
+    "port_forward_and_hairpin_over_tcp_and_udp",
+    "port_forward_and_hairpin_on_the_slow_path",
+    "tc_programs_as_netlink_filters_and_down_removes_only_them",
+    "vlan_tagged_frames_from_the_wan_do_not_reach_the_lan",
+    "icmp_errors_and_endpoint_independent_bindings",
+    "run_expires_idle_flows_and_leaves_the_dataplane_running",
+    "run_prints_the_dataplane_log",
+];
+
+/// How long a guest may take, boot to power-off.
+const TIMEOUT: Duration = Duration::from_secs(1800);
+
+pub fn run(kernels: &[String]) -> anyhow::Result<()> {
+    util::require_root("the VM tests")?;
+    let ctl = crate::build::run()?;
+    let tests = test_binaries()?;
+    let mut failed = Vec::new();
+    for k in kernels {
+        let pkg = package(k)?;
+        let kernel = Kernel::fetch(&pkg).with_context(|| format!("fetching {pkg}"))?;
+        let initrd = kernel.initramfs().with_context(|| format!("building the initramfs for {pkg}"))?;
+        let lab = format!("{} --test-threads 1 {}", tests.lab.display(), LAB_TESTS.join(" "));
+        let cmd = format!(
+            "cd {} && export HAIRPIN_CTL={} && {} --test-threads 2 && {lab}",
+            root().display(),
+            ctl.display(),
+            tests.packet.display(),
+        );
+        eprintln!("vmtest: {pkg} ({}): packet tests, then lab tests {}", kernel.release, LAB_TESTS.join(", "));
+        match boot(&kernel, &initrd, &cmd) {
+            Ok(0) => eprintln!("vmtest: {pkg} ({}): passed", kernel.release),
+            Ok(code) => failed.push(format!("{pkg} ({}): tests exited {code}", kernel.release)),
+            Err(e) => failed.push(format!("{pkg} ({}): {e:#}", kernel.release)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("on {} kernel(s): {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The Debian package for a kernel: `6.1` (bookworm's own), `6.12` (its updates), or a package
+/// name as is. A meta-package is resolved to the image it depends on.
+fn package(k: &str) -> anyhow::Result<String> {
+    let meta = match k {
+        "6.1" => "linux-image-amd64",
+        "6.12" => "linux-image-6.12-amd64",
+        other => return Ok(other.to_owned()),
+    };
+    let deps = output(Command::new("apt-cache").args(["depends", meta]))
+        .with_context(|| format!("apt-cache depends {meta} (run `apt-get update`?)"))?;
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-") && !d.contains("dbg"))
+        .map(str::to_owned)
+        .with_context(|| format!("{meta} depends on no kernel image"))
+}
+
+/// The test binaries, built on the host: the guest runs them from the shared filesystem.
+struct Tests {
+    packet: PathBuf,
+    lab: PathBuf,
+}
+
+fn test_binaries() -> anyhow::Result<Tests> {
+    let out = util::cargo()
+        .args(["test", "--release", "--no-run", "--message-format=json", "-p", "hairpin-tests"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("cargo test --no-run failed");
+    }
+    let find = |name: &str| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains("\"kind\":[\"test\"]"))
+            .find_map(|l| {
+                let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+                Some(PathBuf::from(&l[at..at + l[at..].find('"')?]))
+            })
+            .with_context(|| format!("no {name} test binary"))
+    };
+    Ok(Tests { packet: find("packet")?, lab: find("lab")? })
+}
+
+/// A kernel image and its modules, extracted from its package under target/vm.
+struct Kernel {
+    dir: PathBuf,
+    release: String,
+}
+
+impl Kernel {
+    fn fetch(pkg: &str) -> anyhow::Result<Self> {
+        let dir = root().join("target/vm").join(pkg);
+        let extracted = dir.join("root");
+        if !extracted.join("boot").exists() {
+            std::fs::create_dir_all(&dir)?;
+            sh(Command::new("apt-get").args(["download", pkg]).current_dir(&dir))?;
+            let deb = std::fs::read_dir(&dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                .with_context(|| format!("apt-get download {pkg} left no .deb"))?;
+            sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+        }
+        let modules = std::fs::read_dir(extracted.join("lib/modules"))?
+            .filter_map(Result::ok)
+            .next()
+            .context("the package has no modules")?;
+        Ok(Self { release: modules.file_name().to_string_lossy().into_owned(), dir })
+    }
+
+    fn vmlinuz(&self) -> PathBuf {
+        self.dir.join("root/boot").join(format!("vmlinuz-{}", self.release))
+    }
+
+    /// busybox, the modules (decompressed), and the init script, as a gzipped cpio archive.
+    fn initramfs(&self) -> anyhow::Result<PathBuf> {
+        let tree = self.dir.join("initrd");
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::create_dir_all(tree.join("bin"))?;
+        std::fs::create_dir_all(tree.join("modules"))?;
+        std::fs::copy("/usr/bin/busybox", tree.join("bin/busybox")).context("busybox-static is not installed")?;
+        let mods = self.dir.join("root/lib/modules").join(&self.release);
+        // Each wanted module after the ones it depends on (its `.modinfo` says which).
+        let mut order = Vec::new();
+        for m in MODULES {
+            self.add_module(&mods, &tree.join("modules"), m, &mut order)?;
+        }
+        std::fs::write(tree.join("init"), init_script(&order))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755))?;
+        let out = self.dir.join("initrd.gz");
+        sh(Command::new("sh")
+            .arg("-c")
+            .arg(format!("find . | cpio -o -H newc --quiet | gzip -1 > {}", out.display()))
+            .current_dir(&tree))?;
+        Ok(out)
+    }
+}
+
+impl Kernel {
+    /// Puts module `name` (decompressed) into `to` after its dependencies, and appends it to
+    /// `order`. Built in, or absent from this kernel: nothing to load.
+    fn add_module(&self, dir: &Path, to: &Path, name: &str, order: &mut Vec<String>) -> anyhow::Result<()> {
+        let name = name.replace('-', "_");
+        if order.contains(&name) {
+            return Ok(());
+        }
+        let Some(found) = find_module(dir, &name)? else { return Ok(()) };
+        let dest = to.join(format!("{name}.ko"));
+        match found.extension().and_then(|e| e.to_str()) {
+            Some("xz") => decompress("xz", &found, &dest)?,
+            Some("zst") => decompress("zstd", &found, &dest)?,
+            _ => {
+                std::fs::copy(&found, &dest)?;
+            }
+        }
+        let bytes = std::fs::read(&dest)?;
+        let depends = bytes
+            .split(|&b| b == 0)
+            .find_map(|f| f.strip_prefix(b"depends="))
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
+        for dep in depends.split(',').filter(|d| !d.is_empty()) {
+            self.add_module(dir, to, dep, order)?;
+        }
+        order.push(name);
+        Ok(())
+    }
+}
+
+fn find_module(dir: &Path, name: &str) -> anyhow::Result<Option<PathBuf>> {
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if path.is_dir() {
+            if let Some(found) = find_module(&path, name)? {
+                return Ok(Some(found));
+            }
+        } else if let Some(file) = path.file_name().and_then(|f| f.to_str())
+            && [".ko", ".ko.xz", ".ko.zst"].iter().any(|ext| file.replace('-', "_") == format!("{name}{ext}"))
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+fn decompress(tool: &str, from: &Path, to: &Path) -> anyhow::Result<()> {
+    let out = Command::new(tool).arg("-dc").arg(from).output().with_context(|| format!("running {tool}"))?;
+    if !out.status.success() {
+        bail!("{tool} -d {} failed", from.display());
+    }
+    Ok(std::fs::write(to, out.stdout)?)
+}
+
+/// The guest's init: modules, the host's root over 9p with writable scratch mounts, the
+/// command (base64 on the kernel command line), its exit status on the console, power off.
+fn init_script(modules: &[String]) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+B=/bin/busybox
+$B mkdir -p /proc /sys /dev /host
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+for m in {modules}; do
+  $B insmod /modules/$m.ko || echo "VMTEST: module $m not loaded"
+done
+if ! $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host; then
+  echo "VMTEST-EXIT=254 (9p mount failed)"; $B poweroff -f
+fi
+for d in proc sys dev; do $B mount --bind /$d /host/$d; done
+$B mount -t tmpfs tmp /host/tmp
+$B mount -t tmpfs run /host/run
+$B mount -t bpf bpf /host/sys/fs/bpf
+$B mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
+CMD=$($B sed -n 's/.*vmtest.cmd=\([^ ]*\).*/\1/p' /proc/cmdline | $B base64 -d)
+echo "VMTEST: kernel $($B uname -r)"
+$B chroot /host /bin/sh -c "$CMD"
+echo "VMTEST-EXIT=$?"
+$B poweroff -f
+"#,
+        modules = modules.join(" ")
+    )
+}
+
+/// Boots `kernel` running `cmd`, passing its console through; the command's exit status.
+fn boot(kernel: &Kernel, initrd: &Path, cmd: &str) -> anyhow::Result<i32> {
+    let encoded = base64(cmd.as_bytes());
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 vmtest.cmd={encoded}"))
+        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let started = Instant::now();
+    let pid = child.id();
+    // The guest's own timeout: qemu is killed (by its PID) if it outlives it.
+    let watchdog = std::thread::spawn(move || {
+        while started.elapsed() < TIMEOUT {
+            std::thread::sleep(Duration::from_secs(1));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    });
+    let mut code = None;
+    for line in BufReader::new(child.stdout.take().context("qemu's console")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.trim().strip_prefix("VMTEST-EXIT=") {
+            code = rest.split_whitespace().next().and_then(|c| c.parse().ok());
+        }
+    }
+    child.wait()?;
+    let _ = watchdog.join();
+    code.with_context(|| format!("the guest stopped without an exit status (after {:?})", started.elapsed()))
+}
+
+/// Standard base64 (the command goes on the kernel command line, which splits at spaces).
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = u32::from(c[0]) << 16 | u32::from(*c.get(1).unwrap_or(&0)) << 8 | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::base64(b"cd /x && echo hi"), "Y2QgL3ggJiYgZWNobyBoaQ==");
+        assert_eq!(super::base64(b"ab"), "YWI=");
+        assert_eq!(super::base64(b"abc"), "YWJj");
+    }
+}

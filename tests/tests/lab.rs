@@ -72,6 +72,7 @@ fn tc_programs_as_netlink_filters_and_down_removes_only_them() {
     let up = lab.up_output(&["--tc-attach", "netlink"]).expect("hairpin-ctl up --tc-attach netlink");
     assert!(up.contains("tc programs: netlink filters (--tc-attach netlink)"), "{up}");
     assert!(!lab.pin_dir.join("links/tc_ingress_lan").exists(), "a netlink filter has no link to pin");
+    assert_eq!(lab.stats_json().unwrap()["tc_attach"], "netlink");
     let filters = |dev: &str, dir: &str| lab.gw.exec("tc", &["filter", "show", "dev", dev, dir]).unwrap();
     assert!(filters("lan0", "ingress").contains("tc_ingress_lan"), "{}", filters("lan0", "ingress"));
     assert!(filters("wan0", "egress").contains("tc_egress_wan"), "{}", filters("wan0", "egress"));
@@ -132,6 +133,9 @@ fn forward_and_hairpin(peers: Peers, up_args: &[&str]) {
     }
     // stats reports the same placement, with the line up printed.
     let stats = lab.stats_json().unwrap();
+    // TCX where the kernel has it (6.6 on), else netlink filters: stats says what up said.
+    let tc = if up.contains("tc programs: tcx links") { "tcx" } else { "netlink" };
+    assert_eq!(stats["tc_attach"], tc, "{up}");
     let rows = stats["interfaces"].as_array().unwrap_or_else(|| panic!("stats --json: no interfaces: {stats:#}"));
     assert_eq!(rows.len(), 2, "{stats:#}");
     for row in rows {

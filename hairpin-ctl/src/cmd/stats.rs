@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Counter, Reason, Slow,
-    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, map_names},
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, map_names, prog_names},
     nat::Side,
     placement::Placement,
 };
@@ -98,6 +98,8 @@ struct CounterRow {
 #[derive(Serialize)]
 struct Stats {
     interfaces: Vec<InterfaceRow>,
+    /// How the TC programs are attached: `tcx` (pinned links) or `netlink` (cls_bpf filters).
+    tc_attach: &'static str,
     /// Every side counter, whatever section below also shows it.
     counters: Vec<CounterRow>,
     reasons: Vec<ReasonRow>,
@@ -128,6 +130,8 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         > 1;
     let stats = Stats {
         interfaces: interfaces(&maps, &cfg)?,
+        // TCX links are pinned by program name; netlink filters have no pin.
+        tc_attach: if pins.link(prog_names::TC_LAN).exists() { "tcx" } else { "netlink" },
         counters: Counter::ALL
             .iter()
             .map(|&c| Ok(CounterRow { name: c.name(), description: c.help(), value: maps.counter(c)? }))
@@ -153,6 +157,7 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     }
     if !stats.interfaces.is_empty() {
         println!("interfaces");
+        println!("  tc programs: {}", if stats.tc_attach == "tcx" { "tcx links" } else { "netlink filters" });
         for i in &stats.interfaces {
             match i.refused_xdp_frames {
                 0 => println!("  {}", i.summary),

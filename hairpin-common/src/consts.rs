@@ -76,7 +76,7 @@ pub mod prog_names {
     pub const XDP_WAN: &str = "xdp_wan";
     pub const TC_LAN: &str = "tc_egress_lan";
     pub const TC_WAN: &str = "tc_egress_wan";
-    /// Ingress as TC programs (`up --mode tc`, for NICs without XDP): the same code.
+    /// Ingress as TC programs (veths, bridges, NICs without XDP, `--mode tc`): the same code.
     pub const TC_IN_LAN: &str = "tc_ingress_lan";
     pub const TC_IN_WAN: &str = "tc_ingress_wan";
     /// Tracepoint programs counting XDP frames the kernel refused, by the tracepoint

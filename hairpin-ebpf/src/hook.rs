@@ -153,8 +153,8 @@ fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Resul
     }
 }
 
-/// Ingress as a TC program (`--mode tc`): the same decisions, once the headers (an ICMP
-/// error's quoted ones included) are in the linear part of the skb.
+/// Ingress as a TC program (where `up` placed it so): the same decisions, once the headers
+/// (an ICMP error's quoted ones included) are in the linear part of the skb.
 #[inline(always)]
 pub fn ingress_tc(pkt: &Tc, side: Side) -> Reason {
     pkt.pull_headers(MAX_ICMP_ERROR_HDR_LEN);

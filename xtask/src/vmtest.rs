@@ -4,8 +4,9 @@
 //! 9p and the tests run inside as root. The way aya tests its kernels.
 //!
 //! The guest is a busybox initramfs that loads the modules the tests need (the guest loads
-//! none by itself), mounts the host's `/` over 9p, gives it writable `/tmp`, `/run`, bpffs and
-//! tracefs, and runs one command in it; the command's exit status comes back on the console.
+//! none by itself), mounts the host's `/` over 9p, gives it a writable `/run` (with `TMPDIR` in
+//! it: the host's `/tmp` stays visible, a checkout may live there), bpffs and tracefs, and runs
+//! one command in it; the command's exit status comes back on the console.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -49,7 +50,7 @@ pub fn run(kernels: &[String]) -> anyhow::Result<()> {
         let initrd = kernel.initramfs().with_context(|| format!("building the initramfs for {pkg}"))?;
         let lab = format!("{} --test-threads 1 {}", tests.lab.display(), LAB_TESTS.join(" "));
         let cmd = format!(
-            "cd {} && export HAIRPIN_CTL={} && {} --test-threads 2 && {lab}",
+            "cd {} && export HAIRPIN_CTL={} TMPDIR=/run/tmp && {} --test-threads 2 && {lab}",
             root().display(),
             ctl.display(),
             tests.packet.display(),
@@ -240,8 +241,8 @@ if ! $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /h
   echo "VMTEST-EXIT=254 (9p mount failed)"; $B poweroff -f
 fi
 for d in proc sys dev; do $B mount --bind /$d /host/$d; done
-$B mount -t tmpfs tmp /host/tmp
 $B mount -t tmpfs run /host/run
+$B mkdir -p /host/run/tmp
 $B mount -t bpf bpf /host/sys/fs/bpf
 $B mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 CMD=$($B sed -n 's/.*vmtest.cmd=\([^ ]*\).*/\1/p' /proc/cmdline | $B base64 -d)

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use hairpin_lab::{Lab, Netns};
 
+use crate::forward::nft_script;
+
 /// What translates (or only routes) the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Gateway {
@@ -118,7 +120,7 @@ pub fn run(
 fn set_up(lab: &Lab, g: Gateway) -> anyhow::Result<()> {
     match g {
         Gateway::Routing => Ok(()),
-        Gateway::Nftables => nft(&lab.gw, NFT),
+        Gateway::Nftables => nft_script(&lab.gw, NFT),
         Gateway::Hairpin => {
             lab.ctl(&["up", "--lan", "lan0", "--wan", "wan0"])?;
             lab.ctl(&["map", "add", "tcp", &format!("203.0.113.1:{PORT}"), &format!("192.168.0.2:{PORT}")])?;
@@ -130,7 +132,7 @@ fn set_up(lab: &Lab, g: Gateway) -> anyhow::Result<()> {
 fn tear_down(lab: &Lab, g: Gateway) -> anyhow::Result<()> {
     match g {
         Gateway::Routing => Ok(()),
-        Gateway::Nftables => nft(&lab.gw, "delete table ip hpbulk\n"),
+        Gateway::Nftables => nft_script(&lab.gw, "delete table ip hpbulk\n"),
         Gateway::Hairpin => lab.down(),
     }
 }
@@ -160,18 +162,6 @@ fn iperf(lab: &Lab, g: Gateway, traffic: Traffic, streams: u32, secs: u32) -> an
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn nft(gw: &Netns, script: &str) -> anyhow::Result<()> {
-    let mut c = gw.command("nft");
-    c.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().context("running nft")?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {

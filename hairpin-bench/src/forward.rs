@@ -310,13 +310,8 @@ impl Harness {
                     _ => {}
                 }
             }
-            Path::HairpinSlow
-            | Path::HairpinFast
-            | Path::HairpinFastNoCache
-            | Path::HairpinTx
-            | Path::HairpinTc
-            | Path::HairpinGeneric
-            | Path::HairpinMasq => {
+            // hairpin is the gateway.
+            _ => {
                 let mut args = vec!["up", "--lan", "lan0", "--wan", "wan0"];
                 let flows = max_flows.to_string();
                 args.extend(["--max-flows", &flows]);
@@ -509,7 +504,11 @@ const NFT_MASQ_WAN: &str = "  chain post {\n    type nat hook postrouting priori
 
 /// Loads `chains` as table `ip hpbench` in the gateway.
 fn nft(gw: &Netns, chains: &str) -> anyhow::Result<()> {
-    let rules = format!("table ip hpbench {{\n{chains}}}\n");
+    nft_script(gw, &format!("table ip hpbench {{\n{chains}}}\n"))
+}
+
+/// Runs an nft script in `ns`.
+pub fn nft_script(gw: &Netns, rules: &str) -> anyhow::Result<()> {
     let mut c = gw.command("nft");
     c.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().context("running nft")?;

@@ -9,7 +9,7 @@ use crate::{
     ct,
     ctx::{Packet, ptr_at},
     parse::{Ip, Parsed},
-    rewrite::{IP_DST_OFF, IP_SRC_OFF, write_addr, write_tuple},
+    rewrite::{IP_DST_OFF, IP_SRC_OFF, write, write_tuple},
 };
 
 /// Translates the ICMP error `ip` quoting `quoted`, if the quoted packet belongs to a flow.
@@ -76,7 +76,7 @@ fn set_outer_addr(pkt: &impl Packet, ip: &Ip, off: usize, from: u32, to: u32) ->
     if from == to {
         return Ok(());
     }
-    write_addr(pkt, ip.l3_off + off, to)?;
+    write(pkt, ip.l3_off + off, to)?;
     pkt.update_l3_csum(ip.l3_off + IP_CSUM_OFF, CsumDelta::ZERO.replace32(from, to))
 }
 

@@ -29,19 +29,12 @@ fn port_offs(proto: u8) -> (usize, usize) {
     }
 }
 
+/// Writes `value` (an address or port, in network order as read) at `off` in the packet.
 #[inline(always)]
-pub fn write_addr(pkt: &impl Packet, off: usize, addr: u32) -> Result<(), Reason> {
-    let a = ptr_at::<u32>(pkt, off)?;
+pub fn write<T>(pkt: &impl Packet, off: usize, value: T) -> Result<(), Reason> {
+    let p = ptr_at::<T>(pkt, off)?;
     // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
-    unsafe { a.write_unaligned(addr) };
-    Ok(())
-}
-
-#[inline(always)]
-fn write_port(pkt: &impl Packet, off: usize, port: u16) -> Result<(), Reason> {
-    let p = ptr_at::<u16>(pkt, off)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { p.write_unaligned(port) };
+    unsafe { p.write_unaligned(value) };
     Ok(())
 }
 
@@ -61,19 +54,19 @@ pub fn write_tuple(
     let (sport_off, dport_off) = port_offs(from.proto);
     let (mut addrs, mut ports) = (CsumDelta::ZERO, CsumDelta::ZERO);
     if from.src != to.src {
-        write_addr(pkt, l3_off + IP_SRC_OFF, to.src.0)?;
+        write(pkt, l3_off + IP_SRC_OFF, to.src.0)?;
         addrs = addrs.replace32(from.src.0, to.src.0);
     }
     if from.dst != to.dst {
-        write_addr(pkt, l3_off + IP_DST_OFF, to.dst.0)?;
+        write(pkt, l3_off + IP_DST_OFF, to.dst.0)?;
         addrs = addrs.replace32(from.dst.0, to.dst.0);
     }
     if from.sport != to.sport {
-        write_port(pkt, l4_off + sport_off, to.sport.0)?;
+        write(pkt, l4_off + sport_off, to.sport.0)?;
         ports = ports.replace16(from.sport.0, to.sport.0);
     }
     if from.dport != to.dport {
-        write_port(pkt, l4_off + dport_off, to.dport.0)?;
+        write(pkt, l4_off + dport_off, to.dport.0)?;
         ports = ports.replace16(from.dport.0, to.dport.0);
     }
     Ok((addrs, ports))

@@ -67,14 +67,15 @@ pub const fn program(hook: Hook, ingress: Ingress) -> &'static str {
     }
 }
 
-/// Every program of the dataplane, verified at load whatever the mode.
+/// Every program of the dataplane that serves a hook, verified at load whatever the placement:
+/// each hook's program under each ingress kind (egress is TC either way).
 const PROGRAMS: [(&str, bool); 6] = [
-    (prog_names::XDP_LAN, true),
-    (prog_names::XDP_WAN, true),
-    (prog_names::TC_IN_LAN, false),
-    (prog_names::TC_IN_WAN, false),
-    (prog_names::TC_LAN, false),
-    (prog_names::TC_WAN, false),
+    (program(Hook::LanIngress, Ingress::Xdp), true),
+    (program(Hook::WanIngress, Ingress::Xdp), true),
+    (program(Hook::LanIngress, Ingress::Tc), false),
+    (program(Hook::WanIngress, Ingress::Tc), false),
+    (program(Hook::LanEgress, Ingress::Tc), false),
+    (program(Hook::WanEgress, Ingress::Tc), false),
 ];
 
 /// Paths under the pin directory: `maps/<MAP>` and `links/<program>`.

@@ -10,10 +10,11 @@ use aya::{
 };
 use hairpin_common::{
     CFG_F_HAIRPIN, Config, CtEntry, Endpoint, FlowKey, Ipv4Be, MappingKey, PortBe, Reason,
-    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, IPPROTO_TCP, IPPROTO_UDP, map_names, prog_names},
+    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, IPPROTO_TCP, IPPROTO_UDP, map_names},
 };
 
 use crate::frame::L4;
+use hairpin_common::placement::Ingress;
 pub use hairpin_ctl::dataplane::Mode;
 
 pub const XDP_DROP: u32 = 1;
@@ -176,14 +177,8 @@ impl Dataplane {
     /// Runs `hook`'s program on `frame`: its return value and the frame it left.
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
         let tc_ingress = self.mode == Mode::Tc;
-        let name = match hook {
-            Hook::LanIngress if tc_ingress => prog_names::TC_IN_LAN,
-            Hook::WanIngress if tc_ingress => prog_names::TC_IN_WAN,
-            Hook::LanIngress => prog_names::XDP_LAN,
-            Hook::WanIngress => prog_names::XDP_WAN,
-            Hook::LanEgress => prog_names::TC_LAN,
-            Hook::WanEgress => prog_names::TC_WAN,
-        };
+        let ingress_kind = if tc_ingress { Ingress::Tc } else { Ingress::Xdp };
+        let name = hairpin_ctl::dataplane::program(hook, ingress_kind);
         let ingress_hook = matches!(hook, Hook::LanIngress | Hook::WanIngress);
         let xdp = ingress_hook && !tc_ingress;
         let ingress = self.ifindex.map(|(lan, wan)| if hook == Hook::WanIngress { wan } else { lan });

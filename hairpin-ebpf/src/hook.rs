@@ -138,11 +138,11 @@ fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Resul
         Side::Wan if cfg.in_lan(ip.src) => Err(Reason::DropWanLanSource),
         Side::Wan if cfg.in_lan(ip.dst) => Err(Reason::DropWanToLan),
         // 0.0.0.0 is a host without an address yet (DHCP): only ever for the gateway itself.
-        // The public address is the NAT's: a foreign source there would be hairpinned.
-        Side::Lan if cfg.lan_mask.0 != 0 && ip.src.0 != 0 && !cfg.in_lan(ip.src) && ip.dst == cfg.public_addr => {
-            Err(Reason::DropLanForeignSource)
-        }
         Side::Lan if cfg.lan_mask.0 != 0 && ip.src.0 != 0 && !cfg.in_lan(ip.src) => {
+            // The public address is the NAT's: a foreign source there would be hairpinned.
+            if ip.dst == cfg.public_addr {
+                return Err(Reason::DropLanForeignSource);
+            }
             let key = FlowKey::new(ip.proto, Endpoint::new(ip.src, PortBe(0)), Endpoint::new(ip.dst, PortBe(0)));
             match fwd::route(pkt, &key, ip.tot_len as u16) {
                 Route::Out(_) => Err(Reason::DropLanForeignSource),

@@ -252,6 +252,9 @@ pub const CFG_F_FAST_PATH: u32 = 1 << 2;
 /// flows, whose tuples new flows may take while other CPUs still hold cached copies of them.
 /// While it is set, every new flow moves the dataplane's generation (no copy survives it).
 pub const CFG_F_CT_PRESSURE: u32 = 1 << 3;
+/// [`Config::flags`], for the controller only (the dataplane ignores it): no public address was
+/// given, so it is the WAN interface's primary address and follows it.
+pub const CFG_F_PUBLIC_FROM_WAN: u32 = 1 << 4;
 
 /// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
 #[repr(C)]

@@ -6,7 +6,7 @@ use std::{fs, path::PathBuf};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{SchedClassifier, TracePoint, Xdp},
 };
 use hairpin_common::{
@@ -15,23 +15,6 @@ use hairpin_common::{
     flow_cache,
     placement::Ingress,
 };
-
-/// Where ingress runs: chosen per interface from what the kernel says of it (see
-/// `crate::placement`), or XDP or TC on both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    Auto,
-    Xdp,
-    Tc,
-}
-
-/// How TC programs attach (see `up --tc-attach`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TcAttachMode {
-    Auto,
-    Tcx,
-    Netlink,
-}
 
 /// Removes the netlink TC filters that run hairpin's programs on the interface `ifindex` (none
 /// if hairpin attached with TCX): found by program name, so no other program's filter goes.
@@ -66,6 +49,21 @@ pub const fn program(hook: Hook, ingress: Ingress) -> &'static str {
         Hook::WanEgress => prog_names::TC_WAN,
     }
 }
+
+/// Every program name of the dataplane: its hooks' programs and the tracepoints.
+pub const PROGRAM_NAMES: [&str; PROGRAMS.len() + prog_names::REFUSED.len()] = {
+    let mut names = [""; PROGRAMS.len() + prog_names::REFUSED.len()];
+    let mut i = 0;
+    while i < PROGRAMS.len() {
+        names[i] = PROGRAMS[i].0;
+        i += 1;
+    }
+    while i < names.len() {
+        names[i] = prog_names::REFUSED[i - PROGRAMS.len()];
+        i += 1;
+    }
+    names
+};
 
 /// Every program of the dataplane that serves a hook, verified at load whatever the placement:
 /// each hook's program under each ingress kind (egress is TC either way).
@@ -104,6 +102,48 @@ impl PinDir {
     /// Whether anything of a dataplane is pinned here.
     pub fn exists(&self) -> bool {
         self.root.exists()
+    }
+
+    /// Whether the dataplane's configuration is pinned here (`run` stops once it is not).
+    pub fn is_up(&self) -> bool {
+        self.map(map_names::CONFIG).exists()
+    }
+
+    /// Whether the directory is hairpin's: its configuration map is pinned in it (the marker),
+    /// or, after a `down` cut short, nothing but hairpin's `maps/` and `links/` is left.
+    /// `down` removes nothing else.
+    pub fn is_ours(&self) -> bool {
+        let config = self.map(map_names::CONFIG);
+        if config.exists() {
+            return aya::maps::MapInfo::from_pin(&config).is_ok_and(|i| i.name_as_str() == Some(map_names::CONFIG));
+        }
+        let Ok(entries) = fs::read_dir(&self.root) else { return false };
+        entries.filter_map(Result::ok).all(|e| {
+            let name = e.file_name();
+            let known = if name == "maps" {
+                map_names::ALL.iter().map(|m| self.map(m)).collect::<Vec<_>>()
+            } else if name == "links" {
+                PROGRAM_NAMES.iter().map(|p| self.link(p)).collect()
+            } else {
+                return false;
+            };
+            fs::read_dir(e.path()).is_ok_and(|d| d.filter_map(Result::ok).all(|x| known.contains(&x.path())))
+        })
+    }
+
+    /// Holds the directory for one `run`: a second is refused while the first lives (an
+    /// advisory lock on the directory itself; bpffs holds no plain files).
+    pub fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = fs::File::open(&self.root).with_context(|| format!("opening {}", self.root.display()))?;
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "another `hairpin-ctl run` already serves the dataplane pinned at {}; one run per pin directory",
+                self.root.display()
+            ),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", self.root.display())),
+        }
     }
 
     /// The pinned maps, or an error saying hairpin is not up here.
@@ -225,6 +265,18 @@ impl Maps {
         Ok(self.counters.get(&(c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?.iter().sum())
     }
 
+    /// Adds a port-forward; the duplicate check and the insert are one atomic step.
+    pub fn add_mapping(&mut self, key: &MappingKey, target: &Endpoint) -> Result<(), AddError> {
+        const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
+        match self.mappings.insert(key, target, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Err(AddError::AlreadyExists(self.mappings.get(key, 0).unwrap_or(*target)))
+            }
+            Err(e) => Err(AddError::Map(e)),
+        }
+    }
+
     pub fn config(&self) -> anyhow::Result<Config> {
         self.config.get(&0, 0).context("reading the dataplane configuration")
     }
@@ -279,6 +331,25 @@ impl Maps {
         Ok(())
     }
 }
+
+/// Why a port-forward could not be added.
+#[derive(Debug)]
+pub enum AddError {
+    /// The public endpoint is forwarded already, to this target.
+    AlreadyExists(Endpoint),
+    Map(MapError),
+}
+
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddError::AlreadyExists(e) => write!(f, "already forwarded (to {})", crate::output::endpoint(*e)),
+            AddError::Map(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AddError {}
 
 /// Tells the dataplane that flows were removed from conntrack: the fast path's flow cache
 /// stops using its copies of every flow (bumps the generation). Called after the removals, so

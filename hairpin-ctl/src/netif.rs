@@ -1,8 +1,16 @@
-//! Interface lookups in the caller's network namespace.
+//! Interfaces in the caller's network namespace, as rtnetlink tells them: indexes, primary
+//! addresses, and the XDP and TCX programs already on them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, bail};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// The interface's index, or a clear error if it does not exist here.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
@@ -22,23 +30,167 @@ pub fn name(ifindex: u32) -> Option<String> {
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
-/// The interface's primary (first listed) IPv4 address.
+/// The interface's primary (first, not secondary) IPv4 address.
 pub fn primary_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
     primary_ipv4_net(name).map(|(addr, _)| addr)
 }
 
 /// The interface's primary IPv4 address and its prefix length.
 pub fn primary_ipv4_net(name: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
-    for ifa in addrs {
-        if ifa.interface_name != name {
-            continue;
-        }
-        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-            let mask =
-                ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in()).map_or(32, |m| u32::from(m.ip()).count_ones());
-            return Ok((sin.ip(), mask as u8));
+    let index = ifindex(name)?;
+    match ipv4_addresses()?.into_iter().find(|a| a.ifindex == index) {
+        Some(a) => Ok((a.addr, a.prefix_len)),
+        None => bail!("interface '{name}' has no IPv4 address; give one explicitly"),
+    }
+}
+
+/// An IPv4 address of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ifaddr {
+    pub ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// Every primary IPv4 address here, in the kernel's order (each interface's primary first).
+pub fn ipv4_addresses() -> anyhow::Result<Vec<Ifaddr>> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    let mut out = Vec::new();
+    for reply in request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP).context("listing IPv4 addresses")? {
+        if let RouteNetlinkMessage::NewAddress(a) = reply
+            && let Some(ifaddr) = ifaddr(&a)
+        {
+            out.push(ifaddr);
         }
     }
-    bail!("interface '{name}' has no IPv4 address; give one explicitly")
+    Ok(out)
+}
+
+/// The primary IPv4 address an rtnetlink address message describes, if it does.
+pub fn ifaddr(a: &AddressMessage) -> Option<Ifaddr> {
+    if a.header.family != AddressFamily::Inet || a.header.flags.contains(AddressHeaderFlags::Secondary) {
+        return None;
+    }
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on point-to-point
+    // links (PPPoE) and the same as IFA_LOCAL elsewhere.
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    Some(Ifaddr { ifindex: a.header.index, addr: local.or(address)?, prefix_len: a.header.prefix_len })
+}
+
+/// Whether the interface is a loopback device.
+pub fn is_loopback(name: &str) -> bool {
+    ifindex(name).and_then(link).is_ok_and(|l| l.header.flags.contains(LinkFlags::Loopback))
+}
+
+/// Refuses an interface that already runs an XDP program, or TCX programs (hairpin's own from
+/// another pin directory, or anyone's): a second NAT, or a program hairpin would run beside
+/// without knowing, is never what an operator wants. Names the program.
+pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
+    let xdp = link(ifindex)?.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::Xdp(x) => x.into_iter().find_map(|x| match x {
+            LinkXdp::ProgId(id) if id != 0 => Some(id),
+            _ => None,
+        }),
+        _ => None,
+    });
+    if let Some(id) = xdp {
+        bail!("{name} already runs XDP program id {id}{}: detach it first", program_name(id));
+    }
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    for (at, hook) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
+        // Kernels before 6.6 have no TCX (nothing can be attached that way there).
+        let Ok((_, progs)) = SchedClassifier::query_tcx(ifindex, at) else { continue };
+        if let Some(p) = progs.first() {
+            let id = p.id();
+            bail!("{name} already runs TCX program id {id}{} at {hook}: detach it first", program_name(id));
+        }
+    }
+    Ok(())
+}
+
+/// ` (name, hairpin's from another pin directory?)` for a program id, as far as it is known.
+fn program_name(id: u32) -> String {
+    let Some(name) = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(String::from))
+    else {
+        return String::new();
+    };
+    let ours = crate::dataplane::PROGRAM_NAMES.iter().any(|n| n.starts_with(&name) && !name.is_empty());
+    match ours {
+        true => format!(" ({name}: hairpin's, from another pin directory or a `down` that did not finish?)"),
+        false => format!(" ({name})"),
+    }
+}
+
+/// The link message of `ifindex`.
+fn link(ifindex: u32) -> anyhow::Result<LinkMessage> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    for reply in request(RouteNetlinkMessage::GetLink(msg), 0)? {
+        if let RouteNetlinkMessage::NewLink(l) = reply {
+            return Ok(l);
+        }
+    }
+    bail!("no interface with index {ifindex}")
+}
+
+/// Sends one rtnetlink request and collects the replies (all parts of a dump).
+fn request(msg: RouteNetlinkMessage, flags: u16) -> anyhow::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
+    socket.bind_auto().context("binding the rtnetlink socket")?;
+    socket.connect(&SocketAddr::new(0, 0)).context("connecting the rtnetlink socket")?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf[..]);
+    socket.send(&buf, 0).context("sending an rtnetlink request")?;
+    let mut out = Vec::new();
+    let mut rx = vec![0; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0).context("reading rtnetlink")?;
+        let mut off = 0;
+        while off < n {
+            let m: NetlinkMessage<RouteNetlinkMessage> =
+                NetlinkMessage::deserialize(&rx[off..n]).context("parsing an rtnetlink reply")?;
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(e.to_io()).context("rtnetlink refused the request");
+                }
+                NetlinkPayload::InnerMessage(inner) => {
+                    out.push(inner);
+                    if flags & NLM_F_DUMP == 0 {
+                        return Ok(out);
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_is_known_and_has_its_address() {
+        assert!(super::is_loopback("lo"));
+        assert_eq!(super::primary_ipv4("lo").unwrap(), std::net::Ipv4Addr::LOCALHOST);
+    }
 }

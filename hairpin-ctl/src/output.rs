@@ -1,6 +1,11 @@
-//! Machine output (`--json`) and human output, kept apart from the commands' logic.
+//! Machine output (`--json`) and human output, kept apart from the commands' logic. Every
+//! command writes its output through here: a closed pipe (`hairpin-ctl stats | head -1`) ends
+//! the program quietly, as it does any Unix filter, instead of a panic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use hairpin_common::{Endpoint, FlowKey};
 use serde::Serialize;
@@ -32,8 +37,28 @@ pub fn proto_name(proto: u8) -> &'static str {
     }
 }
 
-/// Prints `rows` as a JSON array (one object per entry) followed by a newline.
-pub fn json<T: Serialize>(rows: &[T]) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(rows)?);
+/// Writes one line to stdout (see [`say!`](crate::say)). A reader that has gone is the end of
+/// the output: exit at once, successfully. Any other failure to write is an error exit.
+pub fn line(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(format_args!("{args}\n")).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`line`].
+#[macro_export]
+macro_rules! say {
+    () => { $crate::output::line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
+}
+
+/// Prints `value` as pretty JSON followed by a newline: an array of rows, or one object.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    line(format_args!("{}", serde_json::to_string_pretty(value)?));
     Ok(())
 }

@@ -4,9 +4,8 @@
 use hairpin_common::placement::{Ingress, Placement, Why};
 
 use crate::{
-    cli::XdpAttachMode,
-    dataplane::Mode,
     ifcaps::{Caps, XDP_ACT_BASIC, XDP_ACT_NDO_XMIT},
+    spec::{Mode, XdpAttachMode},
 };
 
 /// Where `caps`'s ingress goes under the flags given. `(Ingress::Xdp, Why::NativeXdp)` is a

@@ -68,7 +68,7 @@ impl Watch {
             *code = p.encode();
             maps.set_config(&cfg).with_context(|| format!("updating {name}'s placement"))?;
             match want {
-                true => println!("{name}: {why}: the fast path sends XDP frames into it"),
+                true => say!("{name}: {why}: the fast path sends XDP frames into it"),
                 false => eprintln!("warning: {name}: {why}: the fast path sends it none (the slow path takes over)"),
             }
         }

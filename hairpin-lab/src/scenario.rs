@@ -152,13 +152,22 @@ pub fn recv(sock: &UdpSocket) -> io::Result<(Vec<u8>, SocketAddr)> {
     Ok((buf[..n].to_vec(), from))
 }
 
+/// Indents every line of a command's output by four spaces.
+fn indent(out: &str) -> String {
+    out.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
 /// Runs the whole story, narrating through `say`. Fails at the first case that does not
 /// behave as described.
 pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
     lab.start_servers()?;
     say(format!("LAN server {} and internet host {INET}: TCP echo on :80, UDP echo on :53", crate::topology::SERVER));
-    lab.up(&[])?;
-    say(format!("hairpin-ctl up --lan lan0 --wan wan0  (pins under {})", lab.pin_dir.display()));
+    let config = lab.example_config();
+    say(format!(
+        "hairpin-ctl apply -f hairpin.toml  (contrib/hairpin.toml on lan0/wan0, plus tcp {ALT_HTTP_PORT}; pins under {})",
+        lab.pin_dir.display()
+    ));
+    say(indent(&lab.apply(&config, &[])?));
     say(lab.ctl(&["map", "list"])?.trim_end().to_owned());
 
     say("\n[1] port forward: internet host 198.51.100.7 -> http://203.0.113.1:80".into());
@@ -217,9 +226,9 @@ pub fn story(lab: &mut Lab, say: &mut dyn FnMut(String)) -> anyhow::Result<()> {
         }
     }
 
-    say("\n[3] the same gateway without hairpin (hairpin-ctl up --no-hairpin)".into());
-    lab.down()?;
-    lab.up(&["--no-hairpin"])?;
+    say("\n[3] the same gateway without hairpin: `hairpin = false` in the file, applied live".into());
+    let no_hairpin = config.replace("hairpin = true", "hairpin = false");
+    say(indent(&lab.apply(&no_hairpin, &[])?));
     lab.flush_neighbours()?;
     let kind = no_hairpin_fails(lab)?;
     say(format!(

@@ -233,6 +233,28 @@ impl Lab {
         Ok(out)
     }
 
+    /// The shipped example configuration (`contrib/hairpin.toml`, whose addresses are the
+    /// lab's) on the lab's interfaces, with the scenarios' second TCP forward added.
+    pub fn example_config(&self) -> String {
+        let example = include_str!("../../contrib/hairpin.toml")
+            .replace("interface = \"eth1\"", "interface = \"lan0\"")
+            .replace("interface = \"eth0\"", "interface = \"wan0\"");
+        format!("{example}\n[[forward]]\nproto = \"tcp\"\nport = {ALT_HTTP_PORT}\nto = \"{SERVER}:{HTTP_PORT}\"\n")
+    }
+
+    /// Writes `config` to a file of this lab's and runs `hairpin-ctl apply -f` on it (with
+    /// `extra` flags); what it printed.
+    pub fn apply(&self, config: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let path = std::env::temp_dir().join(format!("{}.toml", self.prefix));
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        let file = path.to_str().context("non-UTF-8 path")?;
+        let mut args = vec!["apply", "-f", file];
+        args.extend_from_slice(extra);
+        let out = self.ctl(&args);
+        let _ = std::fs::remove_file(&path);
+        out
+    }
+
     /// Adds the scenario's port-forwards to a running dataplane.
     pub fn add_mappings(&self) -> anyhow::Result<()> {
         for (proto, public, private) in MAPPINGS {

@@ -15,7 +15,7 @@ use hairpin_common::{
 
 use crate::frame::L4;
 use hairpin_common::placement::Ingress;
-pub use hairpin_ctl::dataplane::Mode;
+pub use hairpin_ctl::spec::Mode;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

@@ -4,6 +4,7 @@
 //! These tests need root and a BPF-capable kernel. Without them they fail, loudly: a skipped
 //! test would pass CI without testing anything.
 
+pub mod controller;
 pub mod dp;
 pub mod frame;
 

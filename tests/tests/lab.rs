@@ -15,7 +15,10 @@ use hairpin_lab::{
     topology::{ALT_HTTP_PORT, CLIENT, DNS_PORT, FAR, GW_LAN, HTTP_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, Peers, SERVER},
     traffic,
 };
-use hairpin_tests::{hairpin_ctl, require_root};
+use hairpin_tests::{
+    controller::{Controller, wait_for},
+    hairpin_ctl, require_root,
+};
 
 /// The plain topology: nothing on the far ends of the gateway's veths, hosts with their
 /// default offloads.
@@ -315,91 +318,6 @@ fn without_hairpin_the_lan_client_times_out_but_the_internet_still_gets_in() {
     assert_eq!(udp.reply_from, SocketAddr::V4(SocketAddrV4::new(SERVER, DNS_PORT)));
     assert_eq!(udp.seen_by_server.ip(), IpAddr::V4(CLIENT));
     assert_no_kernel_nat(&lab);
-}
-
-/// Polls `cond` every 100 ms until it holds or `secs` pass.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// A `hairpin-ctl run` child process, stopped with SIGTERM (by its PID) when dropped.
-struct Controller {
-    child: std::process::Child,
-    /// Its stdout so far, read as it comes (a thread drains the pipe).
-    out: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Controller {
-    /// Starts `run` and waits until it is running: it has said so on stdout (after its signal
-    /// handlers are in place, so a SIGTERM from then on is a clean stop).
-    fn start(lab: &Lab, extra: &[&str]) -> Self {
-        let mut args = vec!["run", "--lan", "lan0", "--wan", "wan0", "--sweep-interval", "1"];
-        args.extend_from_slice(extra);
-        let mut child = lab
-            .ctl_command(&args)
-            .unwrap()
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start hairpin-ctl run");
-        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (pipe, sink) = (child.stdout.take().unwrap(), out.clone());
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
-                let mut o = sink.lock().unwrap();
-                o.push_str(&line);
-                o.push('\n');
-            }
-        });
-        let ctl = Self { child, out, reader: Some(reader) };
-        wait_for(30, "run to say it is running", || {
-            let o = ctl.out.lock().unwrap();
-            o.contains("hairpin up:") || o.contains("hairpin run: adopted")
-        });
-        ctl
-    }
-
-    /// SIGTERM, then the exit status and stdout.
-    fn stop(self) -> (std::process::ExitStatus, String) {
-        let (status, out, _) = self.stop_with_stderr();
-        (status, out)
-    }
-
-    /// SIGTERM, then the exit status, stdout and stderr.
-    fn stop_with_stderr(mut self) -> (std::process::ExitStatus, String, String) {
-        let status = self.terminate();
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        let mut err = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        let out = self.out.lock().unwrap().clone();
-        (status, out, err)
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // nsenter execs hairpin-ctl, so this PID is the controller itself.
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let mut status = None;
-        wait_for(30, "run to exit on SIGTERM", || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.unwrap()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.terminate();
-        }
-    }
 }
 
 /// Honest counters, as the kernel reports them: under a gateway in native XDP (and no `run`),

@@ -1,4 +1,5 @@
-//! `hairpin-ctl down`: detach the programs and remove every pin.
+//! `hairpin-ctl down`: detach the programs and remove every pin. Nothing up is not an error: a
+//! stop step (systemd's ExecStopPost, a script's cleanup) must be idempotent.
 
 use anyhow::bail;
 
@@ -6,7 +7,14 @@ use crate::dataplane::{self, PinDir};
 
 pub fn run(pins: &PinDir) -> anyhow::Result<()> {
     if !pins.exists() {
-        bail!("hairpin is not up (nothing pinned at {})", pins.root.display());
+        say!("hairpin is not up (nothing pinned at {}): nothing to do", pins.root.display());
+        return Ok(());
+    }
+    if !pins.is_ours() {
+        bail!(
+            "{} is not a hairpin pin directory (no hairpin configuration map in it): left alone; check --pin-dir",
+            pins.root.display()
+        );
     }
     // Netlink TC filters (kernels without TCX, or `--tc-attach netlink`) hold their programs
     // without pins: they go first, found by program name on the two interfaces.
@@ -20,6 +28,6 @@ pub fn run(pins: &PinDir) -> anyhow::Result<()> {
     // no program runs against maps that are going away. Tolerates a half-removed directory.
     let removed = pins.remove_all()?;
     let filters = if filters > 0 { format!(", {filters} TC filters") } else { String::new() };
-    println!("hairpin down: programs detached{filters}, {} pins under {} removed", removed.len(), pins.root.display());
+    say!("hairpin down: programs detached{filters}, {} pins under {} removed", removed.len(), pins.root.display());
     Ok(())
 }

@@ -4,11 +4,26 @@
 use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CtEntry, FlowKey, expiry};
 use serde::Serialize;
 
-use crate::{
-    cli::{FlowsAction, FlowsArgs},
-    dataplane::PinDir,
-    expire, output,
-};
+use clap::{Args, Subcommand};
+
+use crate::{dataplane::PinDir, expire, output};
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    #[command(subcommand)]
+    pub action: Option<FlowsAction>,
+    /// Print a JSON array, one object per entry.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsAction {
+    /// Remove every flow (both directions and their rewrites) and every binding. Established
+    /// connections through the gateway break; port-forwards and masquerade create new flows
+    /// for new traffic, and LAN hosts may get other public ports.
+    Flush,
+}
 
 #[derive(Serialize)]
 struct Row {
@@ -40,7 +55,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
         let released = bindings.len();
         maps.unbind(bindings, public)?;
-        println!("flushed {} flows and {released} bindings", flows.len());
+        say!("flushed {} flows and {released} bindings", flows.len());
         return Ok(());
     }
     let timeouts = maps.config()?.timeouts;
@@ -85,7 +100,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         return output::json(&rows);
     }
     if rows.is_empty() {
-        println!("no flows");
+        say!("no flows");
     }
     for r in rows {
         let kind = if r.hairpin {
@@ -95,7 +110,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
+        say!(
             "{:<4} {:<8} {:<21} -> {:<21}  as {:<21} -> {:<21} {kind}{} age {:.0}s idle {:.0}s expires in {:.0}s",
             r.proto,
             r.direction,

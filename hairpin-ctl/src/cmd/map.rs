@@ -1,19 +1,47 @@
 //! `hairpin-ctl map add|del|list`: the port-forward table.
 
 use anyhow::{Context as _, bail};
-use aya::maps::MapError;
+use clap::Subcommand;
 use hairpin_common::{Endpoint, Ipv4Be, MappingKey, PortBe};
 use serde::Serialize;
 
 use crate::{
-    cli::{self, MapCommand, Proto},
-    dataplane::PinDir,
+    cli::{HostPort, JsonArg, Proto},
+    dataplane::{AddError, PinDir},
     expire, output,
+    spec::{self, Addresses},
 };
 
-const BPF_NOEXIST: u64 = 1;
+#[derive(Debug, Subcommand)]
+pub enum MapCommand {
+    /// Forward PUBLIC_IP:PORT to PRIVATE_IP:PORT for one protocol.
+    ///
+    /// Example: hairpin-ctl map add tcp 203.0.113.1:80 192.168.0.2:80
+    /// The public address must be the gateway's public address, and the target a host in the
+    /// LAN prefix other than the gateway. A public port a LAN host's masquerade binding holds
+    /// is refused. (A configuration file's forwards are applied with `apply`.)
+    Add {
+        #[arg(value_enum)]
+        proto: Proto,
+        /// Public address and port, e.g. 203.0.113.1:80.
+        #[arg(value_name = "PUBLIC_IP:PORT")]
+        public: HostPort,
+        /// LAN server address and port, e.g. 192.168.0.2:80.
+        #[arg(value_name = "PRIVATE_IP:PORT")]
+        private: HostPort,
+    },
+    /// Delete a mapping, and the flows it created (the forward stops at once).
+    Del {
+        #[arg(value_enum)]
+        proto: Proto,
+        #[arg(value_name = "PUBLIC_IP:PORT")]
+        public: HostPort,
+    },
+    /// List the mappings.
+    List(JsonArg),
+}
 
-fn to_endpoint(e: cli::Endpoint) -> Endpoint {
+fn to_endpoint(e: HostPort) -> Endpoint {
     Endpoint::new(Ipv4Be::from_octets(e.0.ip().octets()), PortBe::from_host(e.0.port()))
 }
 
@@ -29,25 +57,38 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                     output::ip(cfg.public_addr)
                 );
             }
-            if private.0.ip().octets() == cfg.lan_addr.octets() {
-                bail!("{} is the gateway's own LAN address: forward to a LAN host", private.0.ip());
+            let mask = u32::from(output::ip(cfg.lan_mask)).count_ones() as u8;
+            let addrs = Addresses {
+                lan_ip: output::ip(cfg.lan_addr),
+                lan_prefix: ipnet::Ipv4Net::new(output::ip(cfg.lan_net), mask).context("the pinned LAN prefix")?,
+                public_ip: output::ip(cfg.public_addr),
+            };
+            if let Some(why) = spec::target_problem(*private.0.ip(), &addrs) {
+                bail!("{why}");
             }
             let key = MappingKey::new(proto.number(), to_endpoint(public));
-            // BPF_NOEXIST makes the duplicate check and the insert one atomic step.
-            match maps.mappings.insert(&key, &to_endpoint(private), BPF_NOEXIST) {
+            if let Ok(holder) = maps.bound_ports.get(&key, 0) {
+                bail!(
+                    "public {} port {} is held by {}'s masquerade binding: pick another port, or release it with \
+                     `hairpin-ctl flows flush`",
+                    proto.name(),
+                    public.0.port(),
+                    output::endpoint(holder)
+                );
+            }
+            match maps.add_mapping(&key, &to_endpoint(private)) {
                 Ok(()) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                    let existing = maps.mappings.get(&key, 0).map(output::endpoint).ok();
+                Err(AddError::AlreadyExists(to)) => {
                     bail!(
                         "mapping {} {} already exists (-> {}): delete it first",
                         proto.name(),
                         public.0,
-                        existing.map_or("?".into(), |e| e.to_string())
-                    );
+                        output::endpoint(to)
+                    )
                 }
                 Err(e) => return Err(e).context("adding the mapping"),
             }
-            println!("added {} {} -> {}", proto.name(), public.0, private.0);
+            say!("added {} {} -> {}", proto.name(), public.0, private.0);
         }
         MapCommand::Del { proto, public } => {
             let key = MappingKey::new(proto.number(), to_endpoint(public));
@@ -63,7 +104,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 .collect();
             let removed = its.len();
             maps.remove_entries(its.iter().flat_map(|f| f.entries()))?;
-            println!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
+            say!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
         }
         MapCommand::List(a) => {
             let mut rows: Vec<Row> = maps
@@ -83,10 +124,10 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 return output::json(&rows);
             }
             if rows.is_empty() {
-                println!("no mappings");
+                say!("no mappings");
             }
             for r in rows {
-                println!("{:<4} {:<21} -> {}", r.proto.name(), r.public, r.private);
+                say!("{:<4} {:<21} -> {}", r.proto.name(), r.public, r.private);
             }
         }
     }

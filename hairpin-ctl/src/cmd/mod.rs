@@ -1,9 +1,11 @@
-//! One module per subcommand, each exposing `run`.
+//! One module per subcommand, each holding its arguments (clap) and exposing `run`.
 
+pub mod apply;
 pub mod down;
 pub mod flows;
 pub mod map;
 pub mod run;
+pub mod show;
 pub mod stats;
 pub mod up;
 
@@ -17,6 +19,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(&pins, &args),
         Command::Down => down::run(&pins),
+        Command::Apply(a) => apply::run(&pins, &a),
+        Command::Show(a) => show::run(&pins, a.json),
         Command::Map(cmd) => map::run(&pins, cmd),
         Command::Stats(a) => stats::run(&pins, a.json),
         Command::Flows(a) => flows::run(&pins, a),

@@ -7,13 +7,33 @@ use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use hairpin_common::{CFG_F_FAST_PATH, CFG_F_UDP_EIF, Event, Reason, consts::map_names};
+use clap::Args;
+use hairpin_common::{Event, Reason, consts::map_names};
+use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{cli::RunArgs, cmd::up, dataplane::PinDir, expire, watch::Watch};
+use crate::{
+    cmd::{
+        apply::reconcile,
+        up::{self, UpArgs},
+    },
+    dataplane::PinDir,
+    expire,
+    gateway::{self, Origin},
+    watch::Watch,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Seconds between two sweeps of the flow table.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600), value_name = "SECS")]
+    pub sweep_interval: u32,
+}
 
 /// The dataplane's event ring (`HP_EVENTS`), pinned, read as it fills.
 fn dataplane_events(pins: &PinDir) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
@@ -38,7 +58,7 @@ fn print_events(ring: &mut RingBuf<MapData>) {
         };
         let k = &e.key;
         let (src, dst) = (Ipv4Addr::from(k.src.octets()), Ipv4Addr::from(k.dst.octets()));
-        println!(
+        say!(
             "dataplane warn: no {want} for a new flow (proto {}) {src}:{} -> {dst}:{}: dropped",
             k.proto,
             k.sport.host(),
@@ -52,31 +72,46 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     // the default action's kill.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    if pins.exists() {
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let _lock = if pins.exists() {
         // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows,
-        // bindings and mappings, take the timeouts, UDP filtering and fast path given now.
-        let mut maps = pins.open()?;
-        let mut cfg = maps.config()?;
-        cfg.timeouts = a.up.timeouts.to_timeouts();
-        let live = CFG_F_UDP_EIF | CFG_F_FAST_PATH;
-        cfg.flags = (cfg.flags & !live) | (a.up.config_flags() & live);
-        maps.set_config(&cfg).context("updating the timeouts, filtering and fast path")?;
-        println!("hairpin run: adopted the dataplane pinned at {}", pins.root.display());
+        // bindings and forwards; apply what was given (a file, or flags), keep the rest.
+        let lock = pins.lock()?;
+        match &a.up.config {
+            Some(path) => {
+                let (spec, origin) = Origin::load(path.clone())?;
+                reconcile(pins, &spec, &origin, false)?;
+            }
+            None => {
+                let mut spec = gateway::live(pins, &pins.open()?)?;
+                if !a.up.overlay(&mut spec).is_empty() {
+                    reconcile(pins, &spec, &Origin::Live, false)?;
+                }
+            }
+        }
+        say!("hairpin run: adopted the dataplane pinned at {}", pins.root.display());
+        lock
     } else {
         up::run(pins, &a.up)?;
-    }
+        pins.lock()?
+    };
     let mut maps = pins.open()?;
     let mut events = dataplane_events(pins)?;
     let mut watch = Watch::new(&maps)?;
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
-    loop {
+    // Not under systemd, this does nothing.
+    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+    let orphaned = loop {
         tokio::select! {
             _ = tick.tick() => {
+                if !pins.is_up() {
+                    break true;
+                }
                 watch.check(&mut maps)?;
                 let s = expire::sweep(&mut maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
                 if s.expired + s.orphans + s.unbound > 0 {
-                    println!(
+                    say!(
                         "swept {} flows in {:?}: {} expired, {} orphaned entries removed, {} unused bindings released",
                         s.flows, s.elapsed, s.expired, s.orphans, s.unbound
                     );
@@ -87,12 +122,33 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                 print_events(ready.get_inner_mut());
                 ready.clear_ready();
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = hup.recv() => reload(pins, a),
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
         }
-    }
+    };
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // Whatever the dataplane reported before the signal is still printed.
     print_events(events.get_mut());
-    println!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display());
+    match orphaned {
+        true => say!("hairpin run: the pins at {} were removed (hairpin-ctl down?): stopping", pins.root.display()),
+        false => say!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display()),
+    }
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration file and applies it. A file that fails a check is
+/// reported and changes nothing; `run` goes on with what is live.
+fn reload(pins: &PinDir, a: &RunArgs) {
+    let Some(path) = &a.up.config else {
+        eprintln!("warning: SIGHUP: no --config file to re-read; nothing changed");
+        return;
+    };
+    let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
+    say!("hairpin run: SIGHUP: applying {}", path.display());
+    let done = Origin::load(path.clone()).and_then(|(spec, origin)| reconcile(pins, &spec, &origin, false));
+    if let Err(e) = done {
+        eprintln!("error: reload of {} failed, nothing changed: {e:#}", path.display());
+    }
+    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
 }

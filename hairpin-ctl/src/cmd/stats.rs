@@ -152,45 +152,41 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
         port_pools: port_pools(&maps, &cfg)?,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
+        return output::json(&stats);
     }
     if !stats.interfaces.is_empty() {
-        println!("interfaces");
-        println!("  tc programs: {}", if stats.tc_attach == "tcx" { "tcx links" } else { "netlink filters" });
+        say!("interfaces");
+        say!("  tc programs: {}", if stats.tc_attach == "tcx" { "tcx links" } else { "netlink filters" });
         for i in &stats.interfaces {
             match i.refused_xdp_frames {
-                0 => println!("  {}", i.summary),
-                n => println!("  {}; {n} XDP frames refused by the kernel", i.summary),
+                0 => say!("  {}", i.summary),
+                n => say!("  {}; {n} XDP frames refused by the kernel", i.summary),
             }
         }
-        println!();
+        say!();
     }
-    println!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
+    say!("{:<22} {:>12} {:>12} {:>12} {:>12}", "reason", "lan_ingress", "wan_ingress", "lan_egress", "wan_egress");
     for r in &stats.reasons {
-        println!(
-            "{:<22} {:>12} {:>12} {:>12} {:>12}",
-            r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress
-        );
+        say!("{:<22} {:>12} {:>12} {:>12} {:>12}", r.reason, r.lan_ingress, r.wan_ingress, r.lan_egress, r.wan_egress);
     }
-    println!("\n{:<22} {:>12}", "slow path because", "packets");
+    say!("\n{:<22} {:>12}", "slow path because", "packets");
     for s in &stats.slow_path {
-        println!("{:<22} {:>12}", s.cause, s.packets);
+        say!("{:<22} {:>12}", s.cause, s.packets);
     }
     let fc = &stats.flow_cache;
-    println!("\n{:<22} {:>12} {:>12} {:>8}", "fast path flow cache", "hits", "misses", "hits");
+    say!("\n{:<22} {:>12} {:>12} {:>8}", "fast path flow cache", "hits", "misses", "%");
     match fc.enabled {
-        true => println!("{:<22} {:>12} {:>12} {:>7.1}%", "", fc.hits, fc.misses, fc.hit_percent),
-        false => println!("{:<22} {:>12} {:>12} {:>8}", "", "off", fc.misses, ""),
+        true => say!("{:<22} {:>12} {:>12} {:>7.1}%", "", fc.hits, fc.misses, fc.hit_percent),
+        false => say!("{:<22} {:>12} {:>12} {:>8}", "", "off", fc.misses, ""),
     }
-    println!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
+    say!("\n{:<22} {:>12} {:>14}", "new flows dropped", "no_port", "no_table_space");
     for e in &stats.exhaustion {
-        println!("{:<22} {:>12} {:>14}", e.proto, e.no_port, e.no_table_space);
+        say!("{:<22} {:>12} {:>14}", e.proto, e.no_port, e.no_table_space);
     }
     for (title, rows) in [("table", &stats.tables), ("public port pool", &stats.port_pools)] {
-        println!("\n{title:<22} {:>12} {:>12} {:>8}", "in_use", "capacity", "full");
+        say!("\n{title:<22} {:>12} {:>12} {:>8}", "in_use", "capacity", "%");
         for f in rows {
-            println!("{:<22} {:>12} {:>12} {:>7.1}%", f.name, f.in_use, f.capacity, f.percent);
+            say!("{:<22} {:>12} {:>12} {:>7.1}%", f.name, f.in_use, f.capacity, f.percent);
         }
     }
     Ok(())

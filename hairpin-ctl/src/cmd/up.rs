@@ -1,109 +1,307 @@
 //! `hairpin-ctl up`: load, configure, attach and pin; all of it or none of it.
 
-use std::fs;
+use std::{fs, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash},
+    maps::{Array, DevMapHash, HashMap},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::FdLink,
         tc::{NlOptions, SchedClassifierLink, TcAttach, TcError, qdisc_add_clsact},
     },
 };
+use clap::Args;
 use hairpin_common::{
-    Config, Ipv4Be,
+    Config, Endpoint, MappingKey,
     consts::{Hook, map_names, prog_names},
     placement::{Ingress, Placement},
 };
 
 use clap::ValueEnum as _;
 
+use ipnet::Ipv4Net;
+
 use crate::{
-    cli::{Ipv4Net, UpArgs, XdpAttachMode},
-    dataplane::{self, Mode, PinDir, TcAttachMode},
+    dataplane::{self, PinDir},
+    gateway::{self, Origin},
     ifcaps::Caps,
-    netif, placement,
+    placement,
+    spec::{self, Mode, PortRange, Spec, TcAttachMode, UdpFiltering, XdpAttachMode},
 };
 
+/// The gateway's settings as flags (or a file). Flags not given take the defaults named in
+/// their help, or, for `run` adopting a pinned dataplane, keep the pinned values.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Read the whole gateway (settings and forwards) from this TOML file, as `apply` does
+    /// (example: contrib/hairpin.toml); then no other setting may be given as a flag.
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = [
+        "lan", "wan", "public_ip", "lan_ip", "lan_prefix", "no_hairpin", "no_fast_path", "no_flow_cache",
+        "port_range", "udp_filtering", "max_flows", "mode", "xdp_mode", "tc_attach",
+        "tcp_established_timeout", "tcp_transitory_timeout", "udp_timeout", "icmp_timeout",
+    ])]
+    pub config: Option<PathBuf>,
+    /// LAN-side interface (where the servers and LAN clients are). Required without --config.
+    #[arg(long, value_name = "IFACE")]
+    pub lan: Option<String>,
+    /// WAN-side interface (towards the internet). Required without --config.
+    #[arg(long, value_name = "IFACE")]
+    pub wan: Option<String>,
+    /// The gateway's public address [default: the WAN interface's primary IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// The gateway's LAN address, the source of hairpinned flows [default: the LAN
+    /// interface's primary IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub lan_ip: Option<Ipv4Addr>,
+    /// The LAN prefix, e.g. 192.168.0.0/24 [default: the LAN interface's primary address and
+    /// prefix]. LAN sources outside it are not forwarded; WAN packets from or to it are dropped.
+    #[arg(long, value_name = "CIDR", value_parser = spec::parse_prefix)]
+    pub lan_prefix: Option<Ipv4Net>,
+    /// Do not hairpin: LAN clients dialling the public address get destination NAT only, as on
+    /// a gateway without NAT loopback (their connections fail; useful to show why hairpin is
+    /// needed).
+    #[arg(long)]
+    pub no_hairpin: bool,
+    /// Leave every packet to the kernel to forward (the slow path), translated by the ingress
+    /// and egress programs. By default packets of known flows are translated whole and sent out
+    /// by the ingress program itself (XDP redirect or XDP_TX, or TC's bpf_redirect) when the
+    /// kernel's FIB knows the route and the neighbour.
+    #[arg(long)]
+    pub no_fast_path: bool,
+    /// Look every fast-path packet up in conntrack. By default each CPU keeps a copy of its
+    /// established flows' translation and next hop (one 64-byte line per flow direction,
+    /// 128-256 bytes per --max-flows over all CPUs), so that their packets skip the
+    /// conntrack hash lookup; a copy serves at most 4 s (a quarter of the shortest idle
+    /// timeout if less) before conntrack is consulted again, and none once flows are removed.
+    /// Fixed once up.
+    #[arg(long)]
+    pub no_flow_cache: bool,
+    /// Source ports that hairpinned and masqueraded flows may take, MIN-MAX inclusive (the
+    /// client's own port is kept when it lies in the range and is free) [default: 1024-65535].
+    #[arg(long, value_name = "MIN-MAX")]
+    pub port_range: Option<PortRange>,
+    /// Which internet hosts may send to the public UDP port a LAN host's traffic was given:
+    /// address-and-port-dependent allows only those it has sent to (like netfilter);
+    /// endpoint-independent allows any ("full cone", what peer-to-peer games and calls want).
+    /// TCP is always address-and-port-dependent. Either way a LAN host keeps one public port
+    /// for all its destinations [default: address-and-port-dependent].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub udp_filtering: Option<UdpFiltering>,
+    /// Flows the gateway can track at once (each takes two conntrack entries and up to two
+    /// egress rewrites, about 350 bytes, allocated up front, and 128-256 bytes of flow
+    /// cache). When full, the least recently used flows are evicted (with the flow cache,
+    /// "used" is looked up in conntrack: every few seconds for a busy flow). Fixed once up
+    /// [default: 131072].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=16_777_216), value_name = "N")]
+    pub max_flows: Option<u32>,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    /// Where ingress runs. auto: per interface, native XDP where the driver has it and
+    /// receives from a wire (NICs, virtio-net, bonds of them), TC ingress elsewhere (veth,
+    /// tun, bridge, VLAN, ...: XDP cannot see the checksum offload of a local sender, and a
+    /// veth loses XDP frames unless its peer runs XDP). xdp: XDP on both (native, else
+    /// generic). tc: TC ingress on both. The translation and the fast path are the same code
+    /// in XDP and TC; `up` prints what it chose per interface and why [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// Attach XDP on both interfaces this way, overriding the choice of --mode auto: native
+    /// (in the driver; fails where the driver has none) or generic (on the skb, any
+    /// interface; it cannot see checksums left to offload, so only for senders with complete
+    /// ones). auto: as --mode decides [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpAttachMode>,
+    /// How the TC programs attach: tcx (bpf_links, kernel 6.6 and later, pinned under the pin
+    /// directory), netlink (a clsact qdisc and cls_bpf filters, any kernel: they stay until
+    /// `down`, which removes exactly hairpin's, by program name), or auto (TCX where the kernel
+    /// takes it, else netlink) [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tc_attach: Option<TcAttachMode>,
+}
+
+/// Idle timeouts (seconds), enforced by `hairpin-ctl run`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct TimeoutArgs {
+    /// Idle timeout of established TCP flows (RFC 5382 asks at least 7440) [default: 7440].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub tcp_established_timeout: Option<u32>,
+    /// Idle timeout of TCP flows opening (SYN seen) or closing (FIN or RST seen) [default: 240].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub tcp_transitory_timeout: Option<u32>,
+    /// Idle timeout of UDP flows, refreshed by outbound packets only (RFC 4787 asks at least
+    /// 120) [default: 300].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub udp_timeout: Option<u32>,
+    /// Idle timeout of ICMP flows [default: 60].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
+    pub icmp_timeout: Option<u32>,
+}
+
+impl UpArgs {
+    /// Sets in `spec` what the flags give; returns the flags given, in the order above.
+    pub fn overlay(&self, spec: &mut Spec) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut set = |flag: &'static str, on: bool| {
+            if on {
+                given.push(flag);
+            }
+            on
+        };
+        if let Some(v) = &self.lan
+            && set("--lan", true)
+        {
+            spec.lan.interface = v.clone();
+        }
+        if let Some(v) = &self.wan
+            && set("--wan", true)
+        {
+            spec.wan.interface = v.clone();
+        }
+        if set("--public-ip", self.public_ip.is_some()) {
+            spec.wan.public_address = self.public_ip;
+        }
+        if set("--lan-ip", self.lan_ip.is_some()) {
+            spec.lan.address = self.lan_ip;
+        }
+        if set("--lan-prefix", self.lan_prefix.is_some()) {
+            spec.lan.prefix = self.lan_prefix;
+        }
+        if set("--no-hairpin", self.no_hairpin) {
+            spec.nat.hairpin = false;
+        }
+        if set("--no-fast-path", self.no_fast_path) {
+            spec.dataplane.fast_path = false;
+        }
+        if set("--no-flow-cache", self.no_flow_cache) {
+            spec.dataplane.flow_cache = false;
+        }
+        if let Some(v) = self.port_range
+            && set("--port-range", true)
+        {
+            spec.nat.port_range = v;
+        }
+        if let Some(v) = self.udp_filtering
+            && set("--udp-filtering", true)
+        {
+            spec.nat.udp_filtering = v;
+        }
+        if let Some(v) = self.max_flows
+            && set("--max-flows", true)
+        {
+            spec.dataplane.max_flows = v;
+        }
+        let t = self.timeouts;
+        for (flag, v, field) in [
+            ("--tcp-established-timeout", t.tcp_established_timeout, &mut spec.timeouts.tcp_established),
+            ("--tcp-transitory-timeout", t.tcp_transitory_timeout, &mut spec.timeouts.tcp_transitory),
+            ("--udp-timeout", t.udp_timeout, &mut spec.timeouts.udp),
+            ("--icmp-timeout", t.icmp_timeout, &mut spec.timeouts.icmp),
+        ] {
+            if let Some(v) = v
+                && set(flag, true)
+            {
+                *field = v;
+            }
+        }
+        if let Some(v) = self.mode
+            && set("--mode", true)
+        {
+            spec.dataplane.mode = v;
+        }
+        if let Some(v) = self.xdp_mode
+            && set("--xdp-mode", true)
+        {
+            spec.dataplane.xdp_mode = v;
+        }
+        if let Some(v) = self.tc_attach
+            && set("--tc-attach", true)
+        {
+            spec.dataplane.tc_attach = v;
+        }
+        given
+    }
+
+    /// The spec these flags describe from scratch (no file): both interfaces are needed.
+    pub fn spec(&self) -> anyhow::Result<Spec> {
+        let (Some(lan), Some(wan)) = (&self.lan, &self.wan) else {
+            bail!("give --lan and --wan (the gateway's two interfaces), or --config FILE");
+        };
+        let mut spec = Spec::new(lan, wan);
+        self.overlay(&mut spec);
+        Ok(spec)
+    }
+
+    /// The spec to bring up, and where it came from: the file, or the flags.
+    pub fn load(&self) -> anyhow::Result<(Spec, Origin)> {
+        match &self.config {
+            Some(path) => Origin::load(path.clone()),
+            None => Ok((self.spec()?, Origin::Flags)),
+        }
+    }
+}
+
 pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
+    let (spec, origin) = a.load()?;
+    bring_up(pins, &spec, &origin)
+}
+
+/// Brings the gateway `spec` describes up: resolved and checked first, then loaded, filled
+/// (configuration and forwards), attached and pinned, all of it or none of it.
+pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<()> {
     if pins.exists() {
         bail!(
-            "hairpin is already up here (pins at {}): run `hairpin-ctl down` first, or use another --pin-dir",
+            "hairpin is already up here (pins at {}): run `hairpin-ctl down` first, use `apply`, or another --pin-dir",
             pins.root.display()
         );
     }
     check_bpffs(pins)?;
-    if a.lan == a.wan {
-        bail!("--lan and --wan are both '{}': they must be different interfaces", a.lan);
+    let r = gateway::resolve(spec, origin)?;
+    let d = spec.dataplane;
+    let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
+    for (name, ifindex) in [(lan, r.lan_ifindex), (wan, r.wan_ifindex)] {
+        crate::netif::refuse_attached(name, ifindex)?;
     }
-    if a.mode == Mode::Tc && a.xdp_mode != XdpAttachMode::Auto {
-        bail!("--mode tc attaches no XDP: drop --xdp-mode, or use --mode xdp");
-    }
-    let lan_ifindex = netif::ifindex(&a.lan).context("--lan")?;
-    let wan_ifindex = netif::ifindex(&a.wan).context("--wan")?;
-    let lan_ip = match a.lan_ip {
-        Some(ip) => ip,
-        None => netif::primary_ipv4(&a.lan).context("--lan-ip")?,
-    };
-    let lan_prefix = match a.lan_prefix {
-        Some(net) => net,
-        None => {
-            let (addr, len) = netif::primary_ipv4_net(&a.lan).context("--lan-prefix")?;
-            Ipv4Net::new(addr, len)
-        }
-    };
-    let public_ip = match a.public_ip {
-        Some(ip) => ip,
-        None => netif::primary_ipv4(&a.wan).context("--public-ip")?,
-    };
-    let lan_caps = Caps::probe(&a.lan, lan_ifindex)?;
-    let wan_caps = Caps::probe(&a.wan, wan_ifindex)?;
+    let lan_caps = Caps::probe(lan, r.lan_ifindex)?;
+    let wan_caps = Caps::probe(wan, r.wan_ifindex)?;
     let mut sides = [
         Side {
-            iface: &a.lan,
-            ifindex: lan_ifindex,
-            placement: placement::choose(&lan_caps, a.mode, a.xdp_mode),
+            iface: lan,
+            ifindex: r.lan_ifindex,
+            placement: placement::choose(&lan_caps, d.mode, d.xdp_mode),
             caps: lan_caps,
         },
         Side {
-            iface: &a.wan,
-            ifindex: wan_ifindex,
-            placement: placement::choose(&wan_caps, a.mode, a.xdp_mode),
+            iface: wan,
+            ifindex: r.wan_ifindex,
+            placement: placement::choose(&wan_caps, d.mode, d.xdp_mode),
             caps: wan_caps,
         },
     ];
-    let mut cfg = Config {
-        lan_addr: Ipv4Be::from_octets(lan_ip.octets()),
-        public_addr: Ipv4Be::from_octets(public_ip.octets()),
-        port_min: a.port_range.min,
-        port_max: a.port_range.max,
-        flags: a.config_flags(),
-        wan_ifindex,
-        timeouts: a.timeouts.to_timeouts(),
-        lan_net: Ipv4Be::from_octets(lan_prefix.addr.octets()),
-        lan_mask: Ipv4Be::from_octets(lan_prefix.mask().octets()),
-        lan_ifindex,
-        lan_placement: sides[0].placement.encode(),
-        wan_placement: sides[1].placement.encode(),
-    };
-
-    let mut ebpf = dataplane::load(a.max_flows, !a.no_flow_cache && !a.no_fast_path)?;
+    let mut cfg = gateway::config(spec, &r, [sides[0].placement, sides[1].placement]);
+    let mut ebpf = dataplane::load(d.max_flows, d.flow_cache)?;
     write_config(&mut ebpf, &cfg)?;
+    // The forwards go in before anything is attached: the first packet meets all of them.
+    let mut mappings: HashMap<_, MappingKey, Endpoint> =
+        HashMap::try_from(ebpf.map_mut(map_names::MAPPINGS).context("mapping table missing")?)?;
+    for f in &spec.forwards {
+        let (key, target) = gateway::mapping(f, cfg.public_addr);
+        mappings.insert(&key, &target, 0).with_context(|| format!("adding forward {f}"))?;
+    }
     // XDP redirects go only to these two, and the dataplane sends into neither unless its
     // placement says the device takes XDP frames.
     let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("device map missing")?)?;
-    for ifindex in [lan_ifindex, wan_ifindex] {
+    for ifindex in [r.lan_ifindex, r.wan_ifindex] {
         devices.insert(ifindex, ifindex, None, 0).context("filling the fast path's device map")?;
     }
     // Until pinned (or, for netlink filters, let go of), each link lives only as long as this
     // process: an error below detaches it.
     let (mut links, mut filters) = (Vec::new(), Vec::new());
-    let (mut tc_mode, mut tc_why) = (a.tc_attach, None);
+    let (mut tc_mode, mut tc_why) = (d.tc_attach, None);
     for (side, hook) in [(0, Hook::LanIngress), (1, Hook::WanIngress)] {
         let s = &mut sides[side];
-        let strict = a.xdp_mode == XdpAttachMode::Native;
+        let strict = d.xdp_mode == XdpAttachMode::Native;
         match attach_ingress(&mut ebpf, hook, s, strict, &mut tc_mode, &mut tc_why)
             .with_context(|| format!("attaching ingress to {}", s.iface))?
         {
@@ -142,27 +340,30 @@ pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
         std::mem::forget(f);
     }
 
-    warn_sysctls(&a.lan, !a.no_hairpin);
-    println!(
-        "hairpin up: lan {} ({lan_ip}, prefix {lan_prefix}), wan {} ({public_ip}), hairpin {}, fast path {}, udp filtering {}, pinned at {}",
-        a.lan,
-        a.wan,
-        if a.no_hairpin { "off" } else { "on" },
-        match (a.no_fast_path, a.no_flow_cache) {
-            (true, _) => "off",
-            (false, false) => "on",
-            (false, true) => "on (no flow cache)",
+    warn_sysctls(lan, spec.nat.hairpin);
+    let a = &r.addrs;
+    say!(
+        "hairpin up: lan {lan} ({}, prefix {}), wan {wan} ({}), hairpin {}, fast path {}, udp filtering {}, {} forwards, pinned at {}",
+        a.lan_ip,
+        a.lan_prefix,
+        a.public_ip,
+        if spec.nat.hairpin { "on" } else { "off" },
+        match (d.fast_path, d.flow_cache) {
+            (false, _) => "off",
+            (true, true) => "on",
+            (true, false) => "on (no flow cache)",
         },
-        a.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
+        spec.nat.udp_filtering.to_possible_value().expect("no skipped variants").get_name(),
+        spec.forwards.len(),
         pins.root.display()
     );
     match (tc_mode, &tc_why) {
-        (TcAttachMode::Netlink, Some(why)) => println!("  tc programs: netlink filters (TCX unavailable: {why})"),
-        (TcAttachMode::Netlink, None) => println!("  tc programs: netlink filters (--tc-attach netlink)"),
-        _ => println!("  tc programs: tcx links"),
+        (TcAttachMode::Netlink, Some(why)) => say!("  tc programs: netlink filters (TCX unavailable: {why})"),
+        (TcAttachMode::Netlink, None) => say!("  tc programs: netlink filters (--tc-attach netlink)"),
+        _ => say!("  tc programs: tcx links"),
     }
     for s in &sides {
-        println!("  {}", placement::describe(s.iface, s.placement, !a.no_fast_path));
+        say!("  {}", placement::describe(s.iface, s.placement, d.fast_path));
         if s.placement.ingress == Ingress::XdpGeneric {
             eprintln!(
                 "warning: {}: generic XDP cannot see checksums a local sender left to offload; \

@@ -234,29 +234,37 @@ pub struct Plan {
     flush: bool,
 }
 
+/// The settings fixed while up that differ between the live spec and `want`, one line each:
+/// checked before `want` is resolved, so that it is these an operator hears of.
+pub fn fixed_differences(have: &Spec, want: &Spec) -> Vec<String> {
+    let mut out = Vec::new();
+    let (hd, wd) = (have.dataplane, want.dataplane);
+    for (key, from, to) in [
+        ("lan.interface", have.lan.interface.clone(), want.lan.interface.clone()),
+        ("wan.interface", have.wan.interface.clone(), want.wan.interface.clone()),
+        ("dataplane.max_flows", hd.max_flows.to_string(), wd.max_flows.to_string()),
+        ("dataplane.flow_cache", hd.flow_cache.to_string(), wd.flow_cache.to_string()),
+    ] {
+        if from != to {
+            out.push(refusal(key, &from, &to));
+        }
+    }
+    if wd.tc_attach != TcAttachMode::Auto && wd.tc_attach != hd.tc_attach {
+        out.push(refusal("dataplane.tc_attach", &enum_name(&hd.tc_attach), &enum_name(&wd.tc_attach)));
+    }
+    out
+}
+
+fn refusal(key: &str, from: &str, to: &str) -> String {
+    format!("{key}: {from} -> {to} (fixed while up: `hairpin-ctl down` first; the flows are lost)")
+}
+
 /// Compares `want` (resolved as `r`) with the live dataplane (`have`, read by [`live`]).
 pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Result<Plan> {
     let cfg = maps.config()?;
-    let mut p = Plan::default();
-    let mut refuse = |key: &str, from: String, to: String| {
-        p.refused.push(format!("{key}: {from} -> {to} (fixed while up: `hairpin-ctl down` first; the flows are lost)"))
-    };
-    if r.lan_ifindex != cfg.lan_ifindex {
-        refuse("lan.interface", have.lan.interface.clone(), want.lan.interface.clone());
-    }
-    if r.wan_ifindex != cfg.wan_ifindex {
-        refuse("wan.interface", have.wan.interface.clone(), want.wan.interface.clone());
-    }
+    let mut p = Plan { refused: fixed_differences(have, want), ..Plan::default() };
     let (hd, wd) = (have.dataplane, want.dataplane);
-    if hd.max_flows != wd.max_flows {
-        refuse("dataplane.max_flows", hd.max_flows.to_string(), wd.max_flows.to_string());
-    }
-    if hd.flow_cache != wd.flow_cache {
-        refuse("dataplane.flow_cache", hd.flow_cache.to_string(), wd.flow_cache.to_string());
-    }
-    if wd.tc_attach != TcAttachMode::Auto && wd.tc_attach != hd.tc_attach {
-        refuse("dataplane.tc_attach", enum_name(&hd.tc_attach), enum_name(&wd.tc_attach));
-    }
+    let mut refuse = |key: &str, from: String, to: String| p.refused.push(refusal(key, &from, &to));
     // Where ingress would run now under the wanted modes, against where it runs.
     for (key, name, ifindex, code) in [
         ("lan", &want.lan.interface, r.lan_ifindex, cfg.lan_placement),

@@ -274,9 +274,14 @@ impl Spec {
     /// Reads a file's text: syntax and types first, then every rule of [`Spec::check`]. Errors start with `:LINE: ` (the caller puts the file first).
     pub fn parse(text: &str) -> Result<Self, String> {
         let spec: Spec = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
             let what = e.message().trim().replace('\n', " ");
-            format!("{}: {what}", line.map_or(String::new(), |l| format!(":{l}")))
+            match e.span() {
+                Some(span) => match key_at(text, span.start) {
+                    Some(key) => format!(":{}: {key}: {what}", line_of(text, span.start)),
+                    None => format!(":{}: {what}", line_of(text, span.start)),
+                },
+                None => format!(": {what}"),
+            }
         })?;
         if let Some(p) = spec.check().into_iter().next() {
             return Err(format!(
@@ -435,6 +440,37 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The dotted path of the key written at byte `offset` (its name or its value), if any.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    // A table's own span may cover only its header: look inside every table.
+    fn in_value(v: &DeValue, offset: usize) -> Option<String> {
+        match v {
+            DeValue::Table(t) => in_table(t, offset),
+            DeValue::Array(items) => items.iter().enumerate().find_map(|(i, x)| {
+                let inner = in_value(x.get_ref(), offset);
+                match inner {
+                    Some(rest) => Some(format!("[{i}].{rest}")),
+                    None => x.span().contains(&offset).then(|| format!("[{i}]")),
+                }
+            }),
+            _ => None,
+        }
+    }
+    fn in_table(t: &DeTable, offset: usize) -> Option<String> {
+        t.iter().find_map(|(k, v)| {
+            let name = k.get_ref();
+            match in_value(v.get_ref(), offset) {
+                Some(rest) if rest.starts_with('[') => Some(format!("{name}{rest}")),
+                Some(rest) => Some(format!("{name}.{rest}")),
+                None => (k.span().contains(&offset) || v.span().contains(&offset)).then(|| name.to_string()),
+            }
+        })
+    }
+    let (root, _) = DeTable::parse_recoverable(text);
+    in_table(root.get_ref(), offset)
+}
+
 /// The line where the key at a dotted path (`forward[2].to`) is written, if it is.
 pub fn key_line(text: &str, key: &str) -> Option<usize> {
     use toml::de::{DeTable, DeValue};
@@ -489,12 +525,15 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_the_key() {
         for (text, needle) in [
-            ("[lan]\ninterface = \"a\"\n[wan]\ninterface = \"b\"\n[nat]\nport_range = \"100-70000\"\n", ":6: "),
+            (
+                "[lan]\ninterface = \"a\"\n[wan]\ninterface = \"b\"\n[nat]\nport_range = \"100-70000\"\n",
+                ":6: nat.port_range: ",
+            ),
             (
                 "[lan]\ninterface = \"a\"\n[wan]\ninterface = \"b\"\n[nat]\nport_range = \"100-70000\"\n",
                 "port 70000 is above 65535",
             ),
-            ("[lan]\ninterface = \"a\"\n[wan]\ninterface = \"b\"\nbogus = 1\n", ":5: unknown field `bogus`"),
+            ("[lan]\ninterface = \"a\"\n[wan]\ninterface = \"b\"\nbogus = 1\n", ":5: wan.bogus: unknown field `bogus`"),
             ("[lan]\ninterface = \"a\"\n", "missing field `wan`"),
             (
                 "[lan]\ninterface = \"a\"\n[wan]\ninterface = \"a\"\n",

@@ -37,7 +37,7 @@ fn commands_need_the_dataplane_up() {
         &["map", "list"],
         &["stats"],
         &["flows"],
-        &["down"],
+        &["show"],
     ] {
         let e = fails(&lab, args);
         assert!(e.contains("hairpin is not up"), "{args:?}: {e}");
@@ -47,7 +47,7 @@ fn commands_need_the_dataplane_up() {
     assert!(e.contains("nosuch0"), "{e}");
     assert!(!lab.pin_dir.exists(), "a failed up left pins");
     let e = fails(&lab, &["up", "--lan", "lan0", "--wan", "lan0"]);
-    assert!(e.contains("different interfaces"), "{e}");
+    assert!(e.contains("also the LAN interface: they must be different"), "{e}");
     assert!(!lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdp"), "a failed up left XDP attached");
     // A pin directory outside bpffs is refused before anything is loaded or attached.
     let not_bpffs = std::env::temp_dir().join(format!("hairpin-not-bpffs-{}", std::process::id()));

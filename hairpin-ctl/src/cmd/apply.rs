@@ -50,9 +50,13 @@ pub fn run(pins: &PinDir, a: &ApplyArgs) -> anyhow::Result<()> {
 /// Moves the live dataplane to `spec` (or, with `dry_run`, only prints how): the difference,
 /// then what was done. Settings fixed while up are refused, naming each, and nothing changes.
 pub fn reconcile(pins: &PinDir, spec: &Spec, origin: &Origin, dry_run: bool) -> anyhow::Result<()> {
-    let r = gateway::resolve(spec, origin)?;
     let mut maps = pins.open()?;
     let live = gateway::live(pins, &maps)?;
+    let fixed = gateway::fixed_differences(&live, spec);
+    if !fixed.is_empty() {
+        bail!("{}", fixed.join("; "));
+    }
+    let r = gateway::resolve(spec, origin)?;
     let plan = gateway::plan(&maps, &live, spec, &r)?;
     if !plan.refused.is_empty() {
         bail!("{}", plan.refused.join("; "));

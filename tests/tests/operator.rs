@@ -1,0 +1,363 @@
+//! The controller as an operator meets it on a gateway: a configuration file applied
+//! atomically and read back, `run` as a service (reload, lock, adoption, orphaned pins),
+//! interfaces already in use, address sanity, idempotent `down`, and output that behaves in a
+//! pipe. Each test builds its own lab (namespaces and pin directory) and real traffic where a
+//! flow's fate is the point.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
+    sync::mpsc,
+    time::Duration,
+};
+
+use hairpin_lab::{
+    Lab,
+    topology::{DNS_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
+    traffic,
+};
+use hairpin_tests::{
+    controller::{Controller, wait_for},
+    hairpin_ctl, require_root,
+};
+
+fn lab() -> Lab {
+    require_root();
+    let mut lab = Lab::new(hairpin_ctl()).expect("build the lab");
+    lab.start_servers().expect("start the servers");
+    lab
+}
+
+/// A minimal configuration on the lab's interfaces with these extra lines.
+fn config(extra: &str) -> String {
+    format!("[lan]\ninterface = \"lan0\"\n\n[wan]\ninterface = \"wan0\"\n{extra}")
+}
+
+fn forward(proto: &str, port: u16, to: &str) -> String {
+    format!("\n[[forward]]\nproto = \"{proto}\"\nport = {port}\nto = \"{to}\"\n")
+}
+
+fn show(lab: &Lab) -> String {
+    lab.ctl(&["show"]).unwrap()
+}
+
+/// Runs hairpin-ctl expecting failure: its one `error:` line, with nothing on stdout.
+fn fails(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.ctl_output(args).unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{args:?} succeeded: {stdout}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert!(lines.len() == 1 && lines[0].starts_with("error: "), "{args:?}: expected one error line:\n{stderr}");
+    lines[0].to_string()
+}
+
+/// A file of the lab's, removed when dropped.
+struct File(std::path::PathBuf);
+
+impl File {
+    fn new(lab: &Lab, name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}-{name}.toml", lab.prefix));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn apply_prints_the_difference_dry_runs_and_round_trips_through_show() {
+    let lab = lab();
+    // Nothing up: apply brings the gateway up from the file, forwards included.
+    let out = lab.apply(&lab.example_config(), &[]).unwrap();
+    assert!(out.contains("hairpin up: lan lan0") && out.contains("3 forwards"), "{out}");
+    let live = show(&lab);
+    for line in ["interface = \"lan0\"", "public_address = \"203.0.113.1\"", "port = 8080", "to = \"192.168.0.2:53\""] {
+        assert!(live.contains(line), "show lacks {line}:\n{live}");
+    }
+    // What show prints, applied, changes nothing; so does the file itself, again.
+    assert_eq!(lab.apply(&live, &[]).unwrap().trim(), "no changes");
+    assert_eq!(lab.apply(&lab.example_config(), &[]).unwrap().trim(), "no changes");
+    let json: serde_json::Value = serde_json::from_str(&lab.ctl(&["show", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["lan"]["interface"], "lan0");
+    assert_eq!(json["forward"].as_array().unwrap().len(), 3);
+
+    // A change: dry run prints the difference and changes nothing.
+    let changed = lab
+        .example_config()
+        .replace("udp = 300", "udp = 30")
+        .replace("port = 5353\nto = \"192.168.0.2:53\"", "port = 5354\nto = \"192.168.0.2:53\"");
+    let dry = lab.apply(&changed, &["--dry-run"]).unwrap();
+    let lines: Vec<_> = dry.lines().collect();
+    for line in [
+        "~ timeouts.udp: 300 -> 30",
+        "+ forward udp 5354 -> 192.168.0.2:53",
+        "- forward udp 5353 -> 192.168.0.2:53",
+        "(dry run: nothing changed)",
+    ] {
+        assert!(lines.contains(&line), "dry run lacks {line:?}:\n{dry}");
+    }
+    assert_eq!(show(&lab), live, "a dry run changed the gateway");
+    let applied = lab.apply(&changed, &[]).unwrap();
+    assert!(applied.contains("+ forward udp 5354") && applied.contains("applied"), "{applied}");
+    let after = show(&lab);
+    assert!(after.contains("udp = 30") && after.contains("port = 5354") && !after.contains("port = 5353"), "{after}");
+    // The new forward carries traffic; the removed one does not.
+    let to = |port| SocketAddrV4::new(PUBLIC, port);
+    let e = traffic::udp_echo(&lab.inet, to(5354), b"new", Duration::from_secs(3)).unwrap();
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+    traffic::udp_echo(&lab.inet, to(PUBLIC_DNS_PORT), b"old", Duration::from_secs(1)).expect_err("removed forward");
+    lab.down().unwrap();
+}
+
+/// An established TCP connection through a kept forward carries on across an apply that
+/// removes another forward (whose flow goes with it) and changes timeouts.
+#[test]
+fn apply_keeps_the_flows_of_kept_forwards_and_removes_the_rest() {
+    let lab = lab();
+    let both = config(&(forward("tcp", 80, "192.168.0.2:80") + &forward("udp", PUBLIC_DNS_PORT, "192.168.0.2:53")));
+    lab.apply(&both, &[]).unwrap();
+    // A UDP flow through the forward about to go.
+    traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"x", Duration::from_secs(3)).unwrap();
+    // A TCP connection through the kept forward, half done: the echo server serves one
+    // request, reading as it goes.
+    let (half_done, go) = (mpsc::channel::<()>(), mpsc::channel::<()>());
+    let (half_tx, go_rx) = (half_done.0, go.1);
+    let conn = lab
+        .inet
+        .spawn(move || -> anyhow::Result<()> {
+            let s = TcpStream::connect_timeout(&SocketAddrV4::new(PUBLIC, 80).into(), Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(8)))?;
+            let mut w = s.try_clone()?;
+            let mut r = BufReader::new(s);
+            w.write_all(b"ECHO 8\nfirst")?;
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            let mut got = [0u8; 5];
+            r.read_exact(&mut got)?;
+            anyhow::ensure!(&got == b"first", "first half echoed wrong");
+            half_tx.send(())?;
+            go_rx.recv()?;
+            w.write_all(b"two")?;
+            let mut got = [0u8; 3];
+            r.read_exact(&mut got)?;
+            anyhow::ensure!(&got == b"two", "second half echoed wrong");
+            Ok(())
+        })
+        .unwrap();
+    half_done.1.recv_timeout(Duration::from_secs(10)).expect("the first half");
+    let flows = lab.flows().unwrap();
+    let dport = |f: &serde_json::Value| f["dst"].as_str().unwrap().to_string();
+    assert!(flows.iter().any(|f| dport(f) == format!("{PUBLIC}:80")), "{flows:?}");
+    assert!(flows.iter().any(|f| dport(f) == format!("{PUBLIC}:{PUBLIC_DNS_PORT}")), "{flows:?}");
+
+    let out =
+        lab.apply(&config(&format!("[timeouts]\nudp = 30\n{}", forward("tcp", 80, "192.168.0.2:80"))), &[]).unwrap();
+    assert!(out.contains("- forward udp 5353") && out.contains("applied (1 flows removed)"), "{out}");
+    let flows = lab.flows().unwrap();
+    assert!(flows.iter().any(|f| dport(f) == format!("{PUBLIC}:80")), "the kept forward's flow went: {flows:?}");
+    assert!(!flows.iter().any(|f| dport(f) == format!("{PUBLIC}:{PUBLIC_DNS_PORT}")), "{flows:?}");
+    go.0.send(()).unwrap();
+    conn.join().unwrap().expect("the connection through the kept forward carried on");
+    lab.down().unwrap();
+}
+
+#[test]
+fn a_file_that_fails_a_check_changes_nothing() {
+    let lab = lab();
+    lab.apply(&config(&forward("tcp", 80, "192.168.0.2:80")), &[]).unwrap();
+    let before = show(&lab);
+    for (text, needle) in [
+        (config("[nat]\nport_range = \"100-70000\"\n"), ":7: nat.port_range: '100-70000': port 70000 is above 65535"),
+        (config("[nat]\nhairpin = \"yes\"\n"), ":7: nat.hairpin: invalid type"),
+        (config("colour = \"blue\"\n"), ":6: wan.colour: unknown field `colour`"),
+        (
+            config(&forward("tcp", 81, "10.9.9.9:80")),
+            "forward[0].to: 10.9.9.9 is outside the LAN prefix 192.168.0.0/24",
+        ),
+        (config(&forward("tcp", 81, "192.168.0.1:80")), "own LAN address"),
+        (config("public_address = \"192.168.0.7\"\n"), "wan.public_address: 192.168.0.7 is inside the LAN prefix"),
+        (config("[dataplane]\nmax_flows = 4096\n"), "dataplane.max_flows: 131072 -> 4096 (fixed while up"),
+        (
+            "[lan]\ninterface = \"lan0\"\n\n[wan]\ninterface = \"nosuch0\"\n".into(),
+            "wan.interface: wan0 -> nosuch0 (fixed while up",
+        ),
+    ] {
+        let file = File::new(&lab, "bad", &text);
+        let e = fails(&lab, &["apply", "-f", file.path()]);
+        assert!(e.contains(file.path()) || e.contains("fixed while up"), "{e}");
+        assert!(e.contains(needle), "{text}\n=> {e}");
+        assert_eq!(show(&lab), before, "{text} changed the gateway");
+    }
+    lab.down().unwrap();
+}
+
+#[test]
+fn run_applies_its_file_again_on_sighup() {
+    let lab = lab();
+    let file = File::new(&lab, "run", &config(&forward("tcp", 80, "192.168.0.2:80")));
+    let ctl = Controller::spawn(&lab, &["run", "--config", file.path(), "--sweep-interval", "1"]);
+    assert!(show(&lab).contains("port = 80"));
+    file.write(&config(&format!("[timeouts]\nudp = 45\n{}", forward("udp", 5353, "192.168.0.2:53"))));
+    ctl.signal("HUP");
+    wait_for(10, "run to apply the file again", || {
+        let s = show(&lab);
+        s.contains("udp = 45") && s.contains("port = 5353") && !s.contains("port = 80")
+    });
+    let e = traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 5353), b"hup", Duration::from_secs(3)).unwrap();
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+    // A broken file on reload is reported and changes nothing; run carries on.
+    file.write("[lan]\ninterface = ");
+    let before = show(&lab);
+    ctl.signal("HUP");
+    let (status, out, err) = ctl.stop_with_stderr();
+    assert!(status.success(), "{status}: {out} {err}");
+    assert!(out.contains("SIGHUP: applying"), "{out}");
+    assert!(err.contains("reload of") && err.contains("nothing changed"), "{err}");
+    assert_eq!(show(&lab), before);
+    lab.down().unwrap();
+}
+
+#[test]
+fn run_adopting_applies_what_is_given_keeps_the_rest_and_refuses_what_is_fixed() {
+    let lab = lab();
+    lab.up(&["--udp-filtering", "endpoint-independent", "--max-flows", "4096"]).unwrap();
+    let e = fails(&lab, &["run", "--max-flows", "8192"]);
+    assert!(e.contains("dataplane.max_flows: 4096 -> 8192"), "{e}");
+    let e = fails(&lab, &["run", "--lan", "wan0", "--wan", "lan0"]);
+    assert!(e.contains("lan.interface: lan0 -> wan0"), "{e}");
+    // Flags not given keep the pinned values (endpoint-independent filtering stays on).
+    let ctl = Controller::spawn(&lab, &["run", "--udp-timeout", "42", "--sweep-interval", "1"]);
+    let live = show(&lab);
+    assert!(live.contains("udp_filtering = \"endpoint-independent\"") && live.contains("udp = 42"), "{live}");
+    assert!(live.contains("max_flows = 4096"), "{live}");
+    // One run per pin directory.
+    let e = fails(&lab, &["run"]);
+    assert!(e.contains("another `hairpin-ctl run` already serves"), "{e}");
+    // Pins removed under it (down from another shell): it says so and stops, successfully.
+    let mut ctl = ctl;
+    lab.down().unwrap();
+    let status = ctl.wait_exit(10);
+    assert!(status.success(), "{status}");
+    assert!(ctl.output().contains("were removed (hairpin-ctl down?): stopping"), "{}", ctl.output());
+}
+
+#[test]
+fn up_refuses_interfaces_that_already_run_programs() {
+    let lab = lab();
+    lab.up(&[]).unwrap();
+    // A second gateway on the same interfaces, from another pin directory.
+    let other = format!("{}-other", lab.pin_dir.display());
+    let out = lab
+        .gw
+        .command(hairpin_ctl().to_str().unwrap())
+        .args(["--pin-dir", &other, "up", "--lan", "lan0", "--wan", "wan0"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.lines().count() == 1, "{e}");
+    assert!(e.contains("lan0 already runs TCX program id") && e.contains("hairpin's"), "{e}");
+    assert!(!std::path::Path::new(&other).exists());
+    lab.down().unwrap();
+    // Somebody else's XDP program.
+    let pass = lab.gw.run(|| hairpin_lab::xdp_pass::XdpPass::attach("wan0")).unwrap().unwrap();
+    let e = fails(&lab, &["up", "--lan", "lan0", "--wan", "wan0"]);
+    assert!(e.contains("wan0 already runs XDP program id") && e.contains("xdp_pass"), "{e}");
+    assert!(!lab.pin_dir.exists());
+    drop(pass);
+    lab.up(&[]).unwrap();
+    lab.down().unwrap();
+}
+
+#[test]
+fn down_is_idempotent_and_leaves_what_is_not_hairpins() {
+    let lab = lab();
+    let out = lab.ctl(&["down"]).unwrap();
+    assert!(out.contains("nothing to do"), "{out}");
+    std::fs::create_dir_all(lab.pin_dir.join("someone-elses")).unwrap();
+    let e = fails(&lab, &["down"]);
+    assert!(e.contains("not a hairpin pin directory") && e.contains("left alone"), "{e}");
+    assert!(lab.pin_dir.join("someone-elses").exists());
+    std::fs::remove_dir_all(&lab.pin_dir).unwrap();
+    lab.up(&[]).unwrap();
+    lab.down().unwrap();
+    assert!(lab.ctl(&["down"]).unwrap().contains("nothing to do"));
+}
+
+#[test]
+fn addresses_are_checked_before_anything_is_attached() {
+    let lab = lab();
+    for (flags, needle) in [
+        (&["--public-ip", "192.168.0.9"][..], "--public-ip: 192.168.0.9 is inside the LAN prefix 192.168.0.0/24"),
+        (&["--public-ip", "0.0.0.0"], "--public-ip: 0.0.0.0 is not a unicast host address"),
+        (&["--lan-ip", "10.0.0.1"], "--lan-ip: 10.0.0.1 is outside the LAN prefix"),
+        (&["--lan-ip", "192.168.0.255"], "network or broadcast"),
+        (
+            &["--lan-prefix", "203.0.113.0/24", "--lan-ip", "203.0.113.9"],
+            "--public-ip: 203.0.113.1 is inside the LAN prefix",
+        ),
+        (&["--mode", "tc", "--xdp-mode", "native"], "--xdp-mode: mode \"tc\" attaches no XDP"),
+    ] {
+        let args: Vec<&str> =
+            ["up", "--lan", "lan0", "--wan", "wan0"].into_iter().chain(flags.iter().copied()).collect();
+        let e = fails(&lab, &args);
+        assert!(e.contains(needle), "{flags:?}: {e}");
+        assert!(!lab.pin_dir.exists(), "{flags:?} left pins");
+    }
+    let e = fails(&lab, &["up", "--lan", "lo", "--wan", "wan0"]);
+    assert!(e.contains("--lan: the loopback interface cannot be a gateway side"), "{e}");
+    lab.up(&[]).unwrap();
+    for (target, needle) in [
+        ("10.9.9.9:80", "outside the LAN prefix"),
+        ("203.0.113.1:80", "public address"),
+        ("192.168.0.0:80", "network or broadcast"),
+    ] {
+        let e = fails(&lab, &["map", "add", "tcp", "203.0.113.1:81", target]);
+        assert!(e.contains(needle), "{target}: {e}");
+    }
+    // A public port a LAN host's binding holds cannot be forwarded.
+    let u = traffic::udp_echo(&lab.cli, SocketAddrV4::new(INET, DNS_PORT), b"b", Duration::from_secs(3)).unwrap();
+    let port = match u.seen_by_server {
+        std::net::SocketAddr::V4(a) => a.port(),
+        a => panic!("{a}"),
+    };
+    let e = fails(&lab, &["map", "add", "udp", &format!("{PUBLIC}:{port}"), &format!("{SERVER}:53")]);
+    assert!(e.contains("is held by 192.168.0.3:") && e.contains("masquerade binding"), "{e}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_and_argument_errors_are_one_line() {
+    let lab = lab();
+    lab.up(&[]).unwrap();
+    for args in [&["stats"][..], &["flows"], &["map", "list"], &["show"], &["stats", "--json"]] {
+        // The reader is gone before the first write.
+        let mut child = lab
+            .ctl_command(args)
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success() && err.is_empty(), "{args:?}: {status}: {err}");
+    }
+    let out = lab.ctl_output(&["up", "--lan", "a", "--wan", "b", "--port-range", "100-70000"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("port 70000 is above 65535"), "{err}");
+    lab.down().unwrap();
+}

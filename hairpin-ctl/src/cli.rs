@@ -87,6 +87,10 @@ pub enum Command {
     /// of the interfaces (whether they take XDP frames) and the XDP frames the kernel refused,
     /// and stops or resumes the XDP fast path into each, saying so.
     Run(crate::cmd::run::RunArgs),
+    /// Write the man pages (section 8), generated from this command line, into a directory.
+    Man(crate::cmd::man::ManArgs),
+    /// Print a shell completion script, generated from this command line.
+    Completions(crate::cmd::completions::CompletionsArgs),
 }
 
 #[derive(Debug, Args)]

@@ -104,6 +104,39 @@ impl PinDir {
         self.root.exists()
     }
 
+    /// Fails when the pins cannot be seen from here: `ip netns exec` remounts /sys in a mount
+    /// namespace of its own, where /sys/fs/bpf is an empty directory of sysfs, so a dataplane
+    /// that is up would look absent (and `down` would do nothing).
+    pub fn check_visible(&self) -> anyhow::Result<()> {
+        use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        let hidden = self.root.starts_with(bpffs) && statfs(bpffs).is_ok_and(|fs| fs.filesystem_type() != BPF_FS_MAGIC);
+        if hidden {
+            bail!(
+                "/sys/fs/bpf is not a bpf filesystem here, so the pins under {} cannot be seen: `ip netns exec` \
+                 remounts /sys and hides them; enter the namespace with `nsenter --net=/run/netns/NAME` instead",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Pins only work on a bpf filesystem; say so plainly, before anything is loaded or
+    /// attached.
+    pub fn check_bpffs(&self) -> anyhow::Result<()> {
+        use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+        self.check_visible()?;
+        let parent = self.root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        match statfs(parent) {
+            Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => Ok(()),
+            Ok(_) => bail!(
+                "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or choose --pin-dir under one",
+                parent.display()
+            ),
+            Err(e) => bail!("--pin-dir {}: {}: {e}", self.root.display(), parent.display()),
+        }
+    }
+
     /// Whether the dataplane's configuration is pinned here (`run` stops once it is not).
     pub fn is_up(&self) -> bool {
         self.map(map_names::CONFIG).exists()
@@ -148,6 +181,7 @@ impl PinDir {
 
     /// The pinned maps, or an error saying hairpin is not up here.
     pub fn open(&self) -> anyhow::Result<Maps> {
+        self.check_visible()?;
         if !self.map(map_names::CONFIG).exists() {
             bail!("hairpin is not up (nothing pinned at {}): run `hairpin-ctl up` first", self.root.display());
         }
@@ -194,6 +228,16 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
         .checked_mul(sets * flow_cache::WAYS)
         .with_context(|| format!("a flow cache for {cpus} CPUs is too large"))?
         .max(1);
+    let need = table_bytes(max_flows, slots);
+    if let Some(available) = mem_available()
+        && need > available
+    {
+        bail!(
+            "--max-flows {max_flows} needs about {} MiB of tables, more than the {} MiB this machine has available",
+            need >> 20,
+            available >> 20
+        );
+    }
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, entries)
         .map_max_entries(map_names::SNAT, entries)
@@ -214,6 +258,24 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
         <&mut TracePoint>::try_from(p)?.load().with_context(|| format!("verifying program {prog}"))?;
     }
     Ok(ebpf)
+}
+
+/// About what the tables for `max_flows` flows and `cache_slots` flow-cache slots take in
+/// kernel memory: conntrack and the egress rewrites hold two entries per flow (key, value and
+/// the hash table's own element header, about 48 bytes), the flow cache a 64-byte slot each.
+fn table_bytes(max_flows: u32, cache_slots: u32) -> u64 {
+    const ELEM: u64 = 48;
+    let ct = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<CtEntry>()) as u64 + ELEM;
+    let snat = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<Endpoint>()) as u64 + ELEM;
+    2 * u64::from(max_flows) * (ct + snat) + 64 * u64::from(cache_slots)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Typed handles on the pinned maps.

@@ -112,6 +112,29 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     Ok(s)
 }
 
+/// Removes one flow (both directions and their rewrites), then releases the bindings it held
+/// that no other flow holds. Returns how many bindings were released.
+pub fn delete(maps: &mut Maps, flow: &Flow) -> anyhow::Result<usize> {
+    let public = maps.config()?.public_addr;
+    let held: HashSet<_> = flow.entries().flat_map(|(k, e)| public_ports(&k, &e, public).collect::<Vec<_>>()).collect();
+    maps.remove_entries(flow.entries())?;
+    let (flows, lone) = snapshot(maps)?;
+    let in_use: HashSet<_> = flows
+        .iter()
+        .flat_map(|f| f.entries().collect::<Vec<_>>())
+        .chain(lone)
+        .flat_map(|(k, e)| public_ports(&k, &e, public).collect::<Vec<_>>())
+        .collect();
+    let bindings: Vec<(MappingKey, hairpin_common::Binding)> = maps.bindings.iter().collect::<Result<_, _>>()?;
+    let free: Vec<_> = bindings
+        .into_iter()
+        .filter(|(k, b)| held.contains(&(k.proto, b.port)) && !in_use.contains(&(k.proto, b.port)))
+        .collect();
+    let n = free.len();
+    maps.unbind(free, public)?;
+    Ok(n)
+}
+
 /// Sets or clears `CFG_F_CT_PRESSURE` as conntrack's fill says (`flow_cache::under_pressure`).
 /// The configuration is written only when the flag changes.
 fn mark_pressure(maps: &mut Maps, cfg: &hairpin_common::Config, entries: u64) -> anyhow::Result<()> {

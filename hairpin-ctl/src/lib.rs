@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cmd;
 pub mod dataplane;
 pub mod expire;
+pub mod follow;
 pub mod gateway;
 pub mod ifcaps;
 pub mod netif;

@@ -132,6 +132,87 @@ fn program_name(id: u32) -> String {
     }
 }
 
+/// What the kernel announced about interfaces and addresses (rtnetlink multicast).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An IPv4 address was added or removed somewhere.
+    Address,
+    /// An interface appeared or changed: its index and name.
+    Link(u32, String),
+    /// An interface went away.
+    LinkGone(u32),
+}
+
+/// A subscription to the kernel's announcements of link and IPv4 address changes, for `run`
+/// to follow a WAN address that DHCP or PPPoE changes, and interfaces that go and come back.
+pub struct Changes {
+    socket: Socket,
+}
+
+impl Changes {
+    pub fn subscribe() -> anyhow::Result<Self> {
+        // RTNLGRP_LINK and RTNLGRP_IPV4_IFADDR (group numbers, not the legacy bit masks).
+        const RTNLGRP_LINK: u32 = 1;
+        const RTNLGRP_IPV4_IFADDR: u32 = 5;
+        let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
+        socket.bind_auto().context("binding the rtnetlink socket")?;
+        for group in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR] {
+            socket.add_membership(group).context("subscribing to rtnetlink's link and address changes")?;
+        }
+        socket.set_non_blocking(true)?;
+        Ok(Self { socket })
+    }
+
+    /// What arrived since the last call (none if nothing did).
+    pub fn drain(&mut self) -> anyhow::Result<Vec<Change>> {
+        let mut out = Vec::new();
+        let mut rx = vec![0; 64 * 1024];
+        loop {
+            let n = match self.socket.recv(&mut &mut rx[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                // Announcements were lost (a burst): say something changed, so all is re-read.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    out.push(Change::Address);
+                    continue;
+                }
+                Err(e) => return Err(e).context("reading rtnetlink announcements"),
+            };
+            let mut off = 0;
+            while off < n {
+                let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]) else { break };
+                let len = m.header.length as usize;
+                if let NetlinkPayload::InnerMessage(msg) = m.payload {
+                    match msg {
+                        RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
+                            out.push(Change::Address)
+                        }
+                        RouteNetlinkMessage::NewLink(l) => {
+                            let name = l.attributes.iter().find_map(|a| match a {
+                                LinkAttribute::IfName(n) => Some(n.clone()),
+                                _ => None,
+                            });
+                            out.push(Change::Link(l.header.index, name.unwrap_or_default()));
+                        }
+                        RouteNetlinkMessage::DelLink(l) => out.push(Change::LinkGone(l.header.index)),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Changes {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 /// The link message of `ifindex`.
 fn link(ifindex: u32) -> anyhow::Result<LinkMessage> {
     let mut msg = LinkMessage::default();

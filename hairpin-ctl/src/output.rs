@@ -62,3 +62,22 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     line(format_args!("{}", serde_json::to_string_pretty(value)?));
     Ok(())
 }
+
+/// A table for human output: a header line, then aligned columns, no borders (like `ip`, `ss`).
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header);
+    for col in t.column_iter_mut() {
+        col.set_padding((0, 2));
+    }
+    t
+}
+
+/// Prints a table from [`table`], one line at a time through [`line`].
+pub fn print_table(t: &comfy_table::Table) {
+    for l in t.lines() {
+        line(format_args!("{}", l.trim_end()));
+    }
+}

@@ -71,7 +71,7 @@ fn bad_mappings_are_refused_and_change_nothing() {
     let before = mappings(&lab);
     assert_eq!(
         before,
-        [serde_json::json!({ "proto": "tcp", "public": "203.0.113.1:80", "private": "192.168.0.2:80" })]
+        [serde_json::json!({ "proto": "tcp", "public": "203.0.113.1:80", "private": "192.168.0.2:80", "flows": 0 })]
     );
 
     for (args, needle) in [
@@ -117,4 +117,16 @@ fn help_describes_every_command() {
         assert!(up.contains(flag), "up --help lacks {flag}");
     }
     assert!(lab.ctl(&["map", "add", "--help"]).unwrap().contains("PUBLIC_IP:PORT"));
+    // Man pages and completions come from the same definition.
+    let dir = std::env::temp_dir().join(format!("{}-man", lab.prefix));
+    let out = lab.ctl(&["man", dir.to_str().unwrap()]).unwrap();
+    assert!(out.contains("man pages (section 8)"), "{out}");
+    for page in ["hairpin-ctl.8", "hairpin-ctl-apply.8", "hairpin-ctl-run.8", "hairpin-ctl-map-add.8"] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+    }
+    assert!(std::fs::read_to_string(dir.join("hairpin-ctl-apply.8")).unwrap().contains("dry"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let bash = lab.ctl(&["completions", "bash"]).unwrap();
+    assert!(bash.contains("hairpin-ctl") && bash.contains("--dry-run"), "{bash}");
 }

@@ -433,15 +433,15 @@ fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
     assert!(lab.pin_dir.exists());
     scenario::udp_forward(&lab.inet, INET).expect("udp port-forward after run exited");
 
-    // A second run adopts the pinned state: mappings and flows survive. Its timeouts (the
-    // defaults) differ, so the flow cache's copies, which serve until a deadline set under
-    // the old ones, are retired: the controller's generation moves.
+    // A second run adopts the pinned state: mappings and flows survive. The timeout it is
+    // given differs, so the flow cache's copies, which serve until a deadline set under the
+    // old ones, are retired: the controller's generation moves.
     let generation = || {
         let maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().expect("open the pinned maps");
         maps.ct_gen.get(&GEN_CONTROLLER, 0).expect("read the generation")
     };
     let (flows_before, generation_before) = (udp_flows(&lab).len(), generation());
-    let ctl = Controller::start(&lab, &[]);
+    let ctl = Controller::start(&lab, &["--udp-timeout", "300"]);
     assert_eq!(udp_flows(&lab).len(), flows_before);
     assert_eq!(lab.ctl_json(&["map", "list"]).unwrap().len(), 3);
     let (status, out) = ctl.stop();

@@ -13,7 +13,7 @@ use std::{
 
 use hairpin_lab::{
     Lab,
-    topology::{DNS_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
+    topology::{CLIENT, DNS_PORT, INET, PUBLIC, PUBLIC_DNS_PORT, SERVER},
     traffic,
 };
 use hairpin_tests::{
@@ -289,6 +289,19 @@ fn down_is_idempotent_and_leaves_what_is_not_hairpins() {
     assert!(lab.pin_dir.join("someone-elses").exists());
     std::fs::remove_dir_all(&lab.pin_dir).unwrap();
     lab.up(&[]).unwrap();
+    // Under `ip netns exec` (which remounts /sys) the pins are hidden: down must not say
+    // "nothing to do" while the dataplane runs, nor any command pretend hairpin is not up.
+    let ns = lab.gw.path().file_name().unwrap().to_str().unwrap().to_string();
+    for args in [&["down"][..], &["map", "list"], &["show"]] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, hairpin_ctl().to_str().unwrap(), "--pin-dir", lab.pin_dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("nsenter --net=/run/netns/NAME"), "{args:?}: {e}");
+    }
+    assert!(lab.pin_dir.join("maps/HP_CONFIG").exists());
     lab.down().unwrap();
     assert!(lab.ctl(&["down"]).unwrap().contains("nothing to do"));
 }
@@ -359,5 +372,101 @@ fn output_into_a_closed_pipe_ends_quietly_and_argument_errors_are_one_line() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("port 70000 is above 65535"), "{err}");
+    lab.down().unwrap();
+}
+
+/// A `run` with no public address given follows the WAN interface's: DHCP renewing with
+/// another address moves the forwards and masquerade to it, as netfilter's masquerade does.
+#[test]
+fn run_follows_the_wan_address() {
+    let lab = lab();
+    let mut ctl = Controller::start(&lab, &[]);
+    lab.add_mappings().unwrap();
+    let moved = std::net::Ipv4Addr::new(203, 0, 113, 9);
+    // A DHCP client's renewal: the new address first, then the old one goes (and the new one
+    // is promoted to primary).
+    lab.gw.sysctl("net.ipv4.conf.wan0.promote_secondaries", "1").unwrap();
+    lab.gw.ip(&["addr", "add", "203.0.113.9/24", "dev", "wan0"]).unwrap();
+    lab.gw.ip(&["addr", "del", "203.0.113.1/24", "dev", "wan0"]).unwrap();
+    wait_for(10, "the forwards to move to the new address", || {
+        lab.ctl_json(&["map", "list"])
+            .unwrap()
+            .iter()
+            .all(|m| m["public"].as_str().unwrap().starts_with("203.0.113.9:"))
+    });
+    let e = traffic::udp_echo(&lab.inet, SocketAddrV4::new(moved, PUBLIC_DNS_PORT), b"moved", Duration::from_secs(3))
+        .expect("the forward on the new address");
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+    let m = traffic::udp_echo(&lab.cli, SocketAddrV4::new(INET, DNS_PORT), b"out", Duration::from_secs(3)).unwrap();
+    assert_eq!(m.seen_by_server.ip(), std::net::IpAddr::V4(moved), "masquerade to the new address");
+    assert!(!show(&lab).contains("public_address"), "the public address still follows the WAN");
+    assert!(ctl.output().contains("wan0's address is now 203.0.113.9 (was 203.0.113.1)"), "{}", ctl.output());
+    let status = ctl.terminate();
+    assert!(status.success());
+    lab.down().unwrap();
+}
+
+/// An interface that goes away and comes back (a driver reloaded, a VLAN re-created): `run`
+/// says so and attaches the dataplane again, forwards and settings as they were.
+#[test]
+fn run_attaches_again_when_an_interface_returns() {
+    let lab = lab();
+    let ctl = Controller::start(&lab, &["--udp-timeout", "77"]);
+    lab.add_mappings().unwrap();
+    lab.gw.ip(&["link", "del", "lan0"]).unwrap();
+    wait_for(10, "run to see lan0 go", || ctl.output().contains("lan0 (ifindex"));
+    let sw = lab.sw.path().file_name().unwrap().to_str().unwrap().to_string();
+    lab.gw.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", "p-gw", "netns", &sw]).unwrap();
+    lab.sw.ip(&["link", "set", "p-gw", "master", "br0", "up"]).unwrap();
+    lab.gw.ip(&["addr", "add", "192.168.0.1/24", "dev", "lan0"]).unwrap();
+    lab.gw.ip(&["link", "set", "lan0", "up"]).unwrap();
+    wait_for(15, "run to attach the dataplane again", || ctl.output().contains("lan0 is back"));
+    let live = show(&lab);
+    assert!(live.contains("udp = 77") && live.contains("port = 8080"), "{live}");
+    let mut ok = false;
+    wait_for(15, "the forward to carry traffic again", || {
+        ok = traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"back", Duration::from_secs(1))
+            .is_ok();
+        ok
+    });
+    let (status, out, err) = ctl.stop_with_stderr();
+    assert!(status.success(), "{status}: {out}\n{err}");
+    lab.down().unwrap();
+}
+
+#[test]
+fn flows_filter_delete_one_and_print_a_header() {
+    let lab = lab();
+    lab.up(&[]).unwrap();
+    let fwd =
+        traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"f", Duration::from_secs(3)).unwrap();
+    let masq = traffic::udp_echo(&lab.cli, SocketAddrV4::new(INET, DNS_PORT), b"m", Duration::from_secs(3)).unwrap();
+    let rows = |args: &[&str]| lab.ctl_json(&[&["flows"][..], args].concat()).unwrap();
+    assert_eq!(rows(&[]).len(), 4);
+    let m = rows(&["--kind", "masquerade"]);
+    assert!(m.len() == 2 && m.iter().all(|r| r["kind"] == "masquerade"), "{m:?}");
+    let d = rows(&["--proto", "udp", "--dst", "198.51.100.7:53"]);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d.iter().all(|r| r["kind"] == "masquerade"));
+    let p = rows(&["--port", "5353"]);
+    assert!(p.len() == 2 && p.iter().all(|r| r["kind"] == "forward"), "{p:?}");
+    assert!(rows(&["--proto", "tcp"]).is_empty());
+    assert_eq!(rows(&["--src", &format!("{INET}:{}", fwd.local.port()), "--kind", "forward"]).len(), 2);
+    let masq_src = format!("{CLIENT}:{}", masq.local.port());
+    let text = lab.ctl(&["flows"]).unwrap();
+    let header: Vec<_> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&header[..4], ["proto", "direction", "src", "dst"], "{text}");
+    // One flow goes, both directions, and the public port its LAN host held is free again.
+    let public_port = match masq.seen_by_server {
+        std::net::SocketAddr::V4(a) => a.port(),
+        a => panic!("{a}"),
+    };
+    let out = lab.ctl(&["flows", "del", "udp", &masq_src, &format!("{INET}:{DNS_PORT}")]).unwrap();
+    assert!(out.contains("deleted udp flow") && out.contains("1 binding released"), "{out}");
+    assert!(rows(&["--kind", "masquerade"]).is_empty());
+    assert_eq!(rows(&[]).len(), 2, "the other flow stays");
+    lab.ctl(&["map", "add", "udp", &format!("{PUBLIC}:{public_port}"), &format!("{SERVER}:53")]).unwrap();
+    let e = fails(&lab, &["flows", "del", "udp", &masq_src, &format!("{INET}:{DNS_PORT}")]);
+    assert!(e.contains("no udp flow"), "{e}");
     lab.down().unwrap();
 }

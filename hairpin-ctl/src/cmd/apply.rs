@@ -25,6 +25,7 @@ pub struct ApplyArgs {
 
 pub fn run(pins: &PinDir, a: &ApplyArgs) -> anyhow::Result<()> {
     let (spec, origin) = Origin::load(a.file.clone())?;
+    pins.check_visible()?;
     if !pins.exists() {
         let r = gateway::resolve(&spec, &origin)?;
         if a.dry_run {

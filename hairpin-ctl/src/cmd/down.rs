@@ -6,6 +6,7 @@ use anyhow::bail;
 use crate::dataplane::{self, PinDir};
 
 pub fn run(pins: &PinDir) -> anyhow::Result<()> {
+    pins.check_visible()?;
     if !pins.exists() {
         say!("hairpin is not up (nothing pinned at {}): nothing to do", pins.root.display());
         return Ok(());

@@ -107,15 +107,22 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             say!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
         }
         MapCommand::List(a) => {
+            // Flows per forward: those whose original direction was addressed to it.
+            let (flows, _) = expire::snapshot(&maps)?;
             let mut rows: Vec<Row> = maps
                 .mappings
                 .iter()
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
+                    let public = Endpoint::new(k.addr, k.port);
                     Some(Row {
                         proto: Proto::from_number(k.proto)?,
-                        public: output::endpoint(Endpoint::new(k.addr, k.port)).to_string(),
+                        public: output::endpoint(public).to_string(),
                         private: output::endpoint(v).to_string(),
+                        flows: flows
+                            .iter()
+                            .filter(|f| f.orig_key.proto == k.proto && f.orig_key.dst_ep() == public)
+                            .count(),
                     })
                 })
                 .collect();
@@ -125,10 +132,13 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             }
             if rows.is_empty() {
                 say!("no mappings");
+                return Ok(());
             }
+            let mut table = output::table(["proto", "public", "", "private", "flows"]);
             for r in rows {
-                say!("{:<4} {:<21} -> {}", r.proto.name(), r.public, r.private);
+                table.add_row([r.proto.name().to_string(), r.public, "->".into(), r.private, r.flows.to_string()]);
             }
+            output::print_table(&table);
         }
     }
     Ok(())
@@ -139,4 +149,6 @@ struct Row {
     proto: Proto,
     public: String,
     private: String,
+    /// Live flows it created.
+    flows: usize,
 }

@@ -1,8 +1,10 @@
 //! One module per subcommand, each holding its arguments (clap) and exposing `run`.
 
 pub mod apply;
+pub mod completions;
 pub mod down;
 pub mod flows;
+pub mod man;
 pub mod map;
 pub mod run;
 pub mod show;
@@ -25,5 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => stats::run(&pins, a.json),
         Command::Flows(a) => flows::run(&pins, a),
         Command::Run(a) => run::run(&pins, &a).await,
+        Command::Man(a) => man::run(&a),
+        Command::Completions(a) => completions::run(&a),
     }
 }

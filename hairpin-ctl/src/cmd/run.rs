@@ -22,7 +22,9 @@ use crate::{
     },
     dataplane::PinDir,
     expire,
+    follow::{Follow, Outcome},
     gateway::{self, Origin},
+    netif::{self, Change},
     watch::Watch,
 };
 
@@ -67,13 +69,46 @@ fn print_events(ring: &mut RingBuf<MapData>) {
     }
 }
 
+/// The pinned dataplane as `run` serves it: its maps, its event ring, what the kernel says of
+/// its interfaces. Opened again when the dataplane is attached again.
+struct Serving {
+    maps: crate::dataplane::Maps,
+    events: AsyncFd<RingBuf<MapData>>,
+    watch: Watch,
+}
+
+impl Serving {
+    fn open(pins: &PinDir) -> anyhow::Result<Self> {
+        let maps = pins.open()?;
+        let watch = Watch::new(&maps)?;
+        Ok(Self { maps, events: dataplane_events(pins)?, watch })
+    }
+}
+
+/// What woke the loop up.
+enum Wake {
+    Tick,
+    Events,
+    Kernel(Vec<Change>),
+    Reload,
+    Stop,
+}
+
 pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     // First: a stop asked for while attaching or adopting is then a clean stop after it, not
     // the default action's kill.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let _lock = if pins.exists() {
+    pins.check_visible()?;
+    // Subscribed before attaching: no change between the two is missed.
+    let changes = netif::Changes::subscribe()?;
+    // SAFETY: the subscription owns its socket's fd, which stays open and the same for as long
+    // as it lives, i.e. as long as the AsyncFd that owns it.
+    let mut kernel = unsafe { AsyncFd::register_with_interest(changes, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("watching rtnetlink")?;
+    let mut lock = if pins.exists() {
         // A dataplane is already pinned here (an earlier `up` or `run`): keep its flows,
         // bindings and forwards; apply what was given (a file, or flags), keep the rest.
         let lock = pins.lock()?;
@@ -95,41 +130,66 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
         up::run(pins, &a.up)?;
         pins.lock()?
     };
-    let mut maps = pins.open()?;
-    let mut events = dataplane_events(pins)?;
-    let mut watch = Watch::new(&maps)?;
+    let mut serving = Serving::open(pins)?;
+    let mut follow = Follow::new(pins)?;
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
     // Not under systemd, this does nothing.
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
     let orphaned = loop {
-        tokio::select! {
-            _ = tick.tick() => {
+        let wake = tokio::select! {
+            _ = tick.tick() => Wake::Tick,
+            ready = serving.events.readable_mut() => {
+                let mut ready = ready.context("waiting on the dataplane's event ring")?;
+                print_events(ready.get_inner_mut());
+                ready.clear_ready();
+                Wake::Events
+            }
+            ready = kernel.readable_mut() => {
+                let mut ready = ready.context("waiting on rtnetlink")?;
+                let changes = ready.get_inner_mut().drain()?;
+                ready.clear_ready();
+                Wake::Kernel(changes)
+            }
+            _ = hup.recv() => Wake::Reload,
+            _ = term.recv() => Wake::Stop,
+            _ = int.recv() => Wake::Stop,
+        };
+        match wake {
+            Wake::Tick => {
                 if !pins.is_up() {
                     break true;
                 }
-                watch.check(&mut maps)?;
-                let s = expire::sweep(&mut maps, expire::boot_ns())
+                serving.watch.check(&mut serving.maps)?;
+                let s = expire::sweep(&mut serving.maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
                 if s.expired + s.orphans + s.unbound > 0 {
                     say!(
                         "swept {} flows in {:?}: {} expired, {} orphaned entries removed, {} unused bindings released",
-                        s.flows, s.elapsed, s.expired, s.orphans, s.unbound
+                        s.flows,
+                        s.elapsed,
+                        s.expired,
+                        s.orphans,
+                        s.unbound
                     );
                 }
             }
-            ready = events.readable_mut() => {
-                let mut ready = ready.context("waiting on the dataplane's event ring")?;
-                print_events(ready.get_inner_mut());
-                ready.clear_ready();
+            Wake::Events => {}
+            Wake::Kernel(changes) if changes.is_empty() || !pins.is_up() => {}
+            Wake::Kernel(changes) => {
+                if follow.changes(pins, &changes)? == Outcome::Reattached {
+                    drop(lock);
+                    lock = pins.lock()?;
+                    serving = Serving::open(pins)?;
+                }
             }
-            _ = hup.recv() => reload(pins, a),
-            _ = term.recv() => break false,
-            _ = int.recv() => break false,
+            Wake::Reload => reload(pins, a),
+            Wake::Stop => break false,
         }
     };
+    drop(lock);
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // Whatever the dataplane reported before the signal is still printed.
-    print_events(events.get_mut());
+    print_events(serving.events.get_mut());
     match orphaned {
         true => say!("hairpin run: the pins at {} were removed (hairpin-ctl down?): stopping", pins.root.display()),
         false => say!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display()),

@@ -256,7 +256,7 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<(
             pins.root.display()
         );
     }
-    check_bpffs(pins)?;
+    pins.check_bpffs()?;
     let r = gateway::resolve(spec, origin)?;
     let d = spec.dataplane;
     let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
@@ -514,19 +514,5 @@ fn warn_sysctls(lan: &str, hairpin: bool) {
             "warning: ICMP redirects are on for {lan}: LAN clients may be told to bypass the gateway; \
              set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.{lan}.send_redirects=0"
         );
-    }
-}
-
-/// Pins only work on a bpf filesystem; say so plainly, before anything is loaded or attached.
-fn check_bpffs(pins: &PinDir) -> anyhow::Result<()> {
-    use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
-    let parent = pins.root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    match statfs(parent) {
-        Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => Ok(()),
-        Ok(_) => bail!(
-            "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or choose --pin-dir under one",
-            parent.display()
-        ),
-        Err(e) => bail!("--pin-dir {}: {}: {e}", pins.root.display(), parent.display()),
     }
 }

@@ -1,0 +1,106 @@
+//! What `run` follows as the kernel announces it (rtnetlink): a WAN address that DHCP or PPPoE
+//! changes, when no public address was given (as netfilter's masquerade does), and an
+//! interface that goes away and comes back (the dataplane is attached again, as it was).
+
+use anyhow::Context as _;
+use hairpin_common::CFG_F_PUBLIC_FROM_WAN;
+
+use crate::{
+    cmd::{apply::reconcile, up},
+    dataplane::{self, PinDir},
+    gateway::{self, Origin},
+    netif::{self, Change},
+    output,
+    spec::Spec,
+};
+
+pub struct Follow {
+    /// The gateway as it was last seen whole: what is attached again when a missing interface
+    /// returns.
+    spec: Spec,
+    /// Interfaces gone, by name.
+    missing: Vec<String>,
+    /// The WAN interface was last seen without an address (said once).
+    wan_bare: bool,
+}
+
+/// What following a change did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Nothing,
+    /// The dataplane was attached again: its pins are new.
+    Reattached,
+}
+
+impl Follow {
+    pub fn new(pins: &PinDir) -> anyhow::Result<Self> {
+        Ok(Self { spec: gateway::live(pins, &pins.open()?)?, missing: Vec::new(), wan_bare: false })
+    }
+
+    /// Takes in what the kernel announced.
+    pub fn changes(&mut self, pins: &PinDir, changes: &[Change]) -> anyhow::Result<Outcome> {
+        let maps = pins.open()?;
+        let cfg = maps.config()?;
+        for c in changes {
+            if let Change::LinkGone(i) = c
+                && (*i == cfg.lan_ifindex || *i == cfg.wan_ifindex)
+            {
+                // Keep what is live (forwards, settings), under the names the interfaces had.
+                let mut spec = gateway::live(pins, &maps)?;
+                (spec.lan.interface, spec.wan.interface) =
+                    (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
+                self.spec = spec;
+                let name = if *i == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
+                say!(
+                    "hairpin run: {name} (ifindex {i}) is gone, with the dataplane's programs on it; it is attached again \
+                     when {name} returns"
+                );
+                self.missing.push(name.clone());
+            }
+        }
+        if !self.missing.is_empty() {
+            let back = [&self.spec.lan.interface, &self.spec.wan.interface].iter().all(|n| netif::ifindex(n).is_ok());
+            if !back {
+                return Ok(Outcome::Nothing);
+            }
+            drop(maps);
+            self.reattach(pins)?;
+            return Ok(Outcome::Reattached);
+        }
+        if changes.contains(&Change::Address) && cfg.flags & CFG_F_PUBLIC_FROM_WAN != 0 {
+            let wan = &self.spec.wan.interface;
+            let old = output::ip(cfg.public_addr);
+            match netif::primary_ipv4(wan) {
+                Ok(ip) if ip != old => {
+                    self.wan_bare = false;
+                    say!("hairpin run: {wan}'s address is now {ip} (was {old}): the public address follows");
+                    let mut spec = gateway::live(pins, &maps)?;
+                    spec.wan.public_address = None;
+                    drop(maps);
+                    reconcile(pins, &spec, &Origin::Live, false).context("following the WAN address")?;
+                }
+                Ok(_) => self.wan_bare = false,
+                Err(_) if !self.wan_bare => {
+                    self.wan_bare = true;
+                    say!("hairpin run: {wan} has no IPv4 address: the public address stays {old} until it has one");
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(Outcome::Nothing)
+    }
+
+    /// Takes down what is left of the dataplane and attaches it again from the spec.
+    fn reattach(&mut self, pins: &PinDir) -> anyhow::Result<()> {
+        let missing = std::mem::take(&mut self.missing).join(" and ");
+        if let Ok(cfg) = pins.open().and_then(|m| m.config()) {
+            for ifindex in [cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| netif::name(i).is_some()) {
+                dataplane::detach_netlink_filters(ifindex)?;
+            }
+        }
+        pins.remove_all()?;
+        up::bring_up(pins, &self.spec, &Origin::Live).context("attaching the dataplane again")?;
+        say!("hairpin run: {missing} is back: the dataplane is attached again, as it was (its flows were lost)");
+        Ok(())
+    }
+}

@@ -1,6 +1,7 @@
 //! Machine output (`--json`) and human output, kept apart from the commands' logic. Every
 //! command writes its output through here: a closed pipe (`hairpin-ctl stats | head -1`) ends
-//! the program quietly, as it does any Unix filter, instead of a panic.
+//! the program quietly, as it does any Unix filter, instead of a panic. Under `run`, the same
+//! lines become log events (tracing: timestamps, levels, text or JSON lines).
 
 use std::{
     io::Write as _,
@@ -37,9 +38,50 @@ pub fn proto_name(proto: u8) -> &'static str {
     }
 }
 
+/// Set once `run` has made its output a log.
+static LOG: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Makes every line from here on a log event on stdout: `info` for what [`say!`](crate::say)
+/// says, `warn` for [`warn!`](crate::warn); as JSON lines if `json`.
+pub fn log(json: bool) {
+    let fmt = tracing_subscriber::fmt().with_target(false).with_writer(std::io::stdout).with_ansi(false);
+    match json {
+        true => fmt.json().flatten_event(true).init(),
+        false => fmt.init(),
+    }
+    let _ = LOG.set(());
+}
+
+/// A warning: on stderr as `warning: ...`, or a log event under `run`.
+pub fn warning(args: std::fmt::Arguments) {
+    match LOG.get() {
+        Some(()) => tracing::warn!("{args}"),
+        None => eprintln!("warning: {args}"),
+    }
+}
+
+/// An error that does not stop the command (`run` goes on): on stderr as `error: ...`, or a
+/// log event under `run`.
+pub fn error(args: std::fmt::Arguments) {
+    match LOG.get() {
+        Some(()) => tracing::error!("{args}"),
+        None => eprintln!("error: {args}"),
+    }
+}
+
+/// `eprintln!("warning: ...")` through [`warning`].
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::output::warning(format_args!($($arg)*)) };
+}
+
 /// Writes one line to stdout (see [`say!`](crate::say)). A reader that has gone is the end of
 /// the output: exit at once, successfully. Any other failure to write is an error exit.
 pub fn line(args: std::fmt::Arguments) {
+    if LOG.get().is_some() {
+        tracing::info!("{args}");
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(format_args!("{args}\n")).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -12,10 +12,9 @@ use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
 
 pub struct Watch {
     /// Per side (LAN, WAN): refused frames last seen, whether refusals turned the
-    /// XDP fast path off, whether the interface was found gone.
+    /// XDP fast path off.
     refused: [u64; 2],
     refusing: [bool; 2],
-    gone: [bool; 2],
 }
 
 const SIDES: [Side; 2] = [Side::Lan, Side::Wan];
@@ -26,7 +25,6 @@ impl Watch {
         Ok(Self {
             refused: [maps.counter(Counter::LanXdpRefused)?, maps.counter(Counter::WanXdpRefused)?],
             refusing: [false; 2],
-            gone: [false; 2],
         })
     }
 
@@ -35,16 +33,8 @@ impl Watch {
             let mut cfg = maps.config()?;
             let (ifindex, code) = side_of(&mut cfg, side);
             let Some(mut p) = Placement::decode(*code) else { continue };
-            let Some(name) = netif::name(ifindex) else {
-                if !std::mem::replace(&mut self.gone[i], true) {
-                    eprintln!(
-                        "warning: the {} interface (ifindex {ifindex}) is gone, and the dataplane's programs on it; \
-                         run `hairpin-ctl down` and `up` once it is back",
-                        side_name(side)
-                    );
-                }
-                continue;
-            };
+            // An interface gone is `follow`'s to say and attach again.
+            let Some(name) = netif::name(ifindex) else { continue };
             let refused = maps.counter(Counter::xdp_refused(side))?;
             let new = refused.saturating_sub(std::mem::replace(&mut self.refused[i], refused));
             let (want, why) = if new > 0 || self.refusing[i] {
@@ -69,7 +59,7 @@ impl Watch {
             maps.set_config(&cfg).with_context(|| format!("updating {name}'s placement"))?;
             match want {
                 true => say!("{name}: {why}: the fast path sends XDP frames into it"),
-                false => eprintln!("warning: {name}: {why}: the fast path sends it none (the slow path takes over)"),
+                false => warn!("{name}: {why}: the fast path sends it none (the slow path takes over)"),
             }
         }
         Ok(())
@@ -80,12 +70,5 @@ fn side_of(cfg: &mut Config, side: Side) -> (u32, &mut u16) {
     match side {
         Side::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
         Side::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
-    }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Lan => "LAN",
-        Side::Wan => "WAN",
     }
 }

@@ -222,7 +222,10 @@ fn run_applies_its_file_again_on_sighup() {
     let (status, out, err) = ctl.stop_with_stderr();
     assert!(status.success(), "{status}: {out} {err}");
     assert!(out.contains("SIGHUP: applying"), "{out}");
-    assert!(err.contains("reload of") && err.contains("nothing changed"), "{err}");
+    assert!(
+        out.lines().any(|l| l.contains("ERROR") && l.contains("reload of") && l.contains("nothing changed")),
+        "{out}\n{err}"
+    );
     assert_eq!(show(&lab), before);
     lab.down().unwrap();
 }
@@ -411,7 +414,7 @@ fn run_follows_the_wan_address() {
 #[test]
 fn run_attaches_again_when_an_interface_returns() {
     let lab = lab();
-    let ctl = Controller::start(&lab, &["--udp-timeout", "77"]);
+    let ctl = Controller::start(&lab, &["--udp-timeout", "77", "--log-format", "json"]);
     lab.add_mappings().unwrap();
     lab.gw.ip(&["link", "del", "lan0"]).unwrap();
     wait_for(10, "run to see lan0 go", || ctl.output().contains("lan0 (ifindex"));
@@ -431,6 +434,11 @@ fn run_attaches_again_when_an_interface_returns() {
     });
     let (status, out, err) = ctl.stop_with_stderr();
     assert!(status.success(), "{status}: {out}\n{err}");
+    // The log is JSON lines, one event each, with a time stamp and a level.
+    for line in out.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(event["timestamp"].is_string() && event["level"].is_string() && event["message"].is_string(), "{line}");
+    }
     lab.down().unwrap();
 }
 

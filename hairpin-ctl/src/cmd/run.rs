@@ -32,9 +32,19 @@ use crate::{
 pub struct RunArgs {
     #[command(flatten)]
     pub up: UpArgs,
+    /// How `run` logs (stdout; journald adds its own time stamps): text lines with a time
+    /// stamp and a level, or JSON lines (`timestamp`, `level`, `message`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     /// Seconds between two sweeps of the flow table.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600), value_name = "SECS")]
     pub sweep_interval: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The dataplane's event ring (`HP_EVENTS`), pinned, read as it fills.
@@ -60,8 +70,8 @@ fn print_events(ring: &mut RingBuf<MapData>) {
         };
         let k = &e.key;
         let (src, dst) = (Ipv4Addr::from(k.src.octets()), Ipv4Addr::from(k.dst.octets()));
-        say!(
-            "dataplane warn: no {want} for a new flow (proto {}) {src}:{} -> {dst}:{}: dropped",
+        warn!(
+            "dataplane: no {want} for a new flow (proto {}) {src}:{} -> {dst}:{}: dropped",
             k.proto,
             k.sport.host(),
             k.dport.host()
@@ -100,6 +110,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    crate::output::log(a.log_format == LogFormat::Json);
     pins.check_visible()?;
     // Subscribed before attaching: no change between the two is missed.
     let changes = netif::Changes::subscribe()?;
@@ -201,14 +212,14 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
 /// reported and changes nothing; `run` goes on with what is live.
 fn reload(pins: &PinDir, a: &RunArgs) {
     let Some(path) = &a.up.config else {
-        eprintln!("warning: SIGHUP: no --config file to re-read; nothing changed");
+        warn!("SIGHUP: no --config file to re-read; nothing changed");
         return;
     };
     let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
     say!("hairpin run: SIGHUP: applying {}", path.display());
     let done = Origin::load(path.clone()).and_then(|(spec, origin)| reconcile(pins, &spec, &origin, false));
     if let Err(e) = done {
-        eprintln!("error: reload of {} failed, nothing changed: {e:#}", path.display());
+        crate::output::error(format_args!("reload of {} failed, nothing changed: {e:#}", path.display()));
     }
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
 }

@@ -325,8 +325,8 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<(
     if sides.iter().any(|s| s.placement.ingress != Ingress::Tc) {
         match attach_refused(&mut ebpf) {
             Ok(watch) => links.extend(watch),
-            Err(e) => eprintln!(
-                "warning: XDP frames the kernel refuses will not be counted ({e:#}); is tracefs mounted at \
+            Err(e) => warn!(
+                "XDP frames the kernel refuses will not be counted ({e:#}); is tracefs mounted at \
                  /sys/kernel/tracing?"
             ),
         }
@@ -365,8 +365,8 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<(
     for s in &sides {
         say!("  {}", placement::describe(s.iface, s.placement, d.fast_path));
         if s.placement.ingress == Ingress::XdpGeneric {
-            eprintln!(
-                "warning: {}: generic XDP cannot see checksums a local sender left to offload; \
+            warn!(
+                "{}: generic XDP cannot see checksums a local sender left to offload; \
                  translated packets from such senders may leave with bad checksums (use --mode auto or tc)",
                 s.iface
             );
@@ -419,7 +419,7 @@ fn attach_ingress(
             Err(e) if strict => Err(e),
             Err(e) => {
                 let fallback = placement::fallback(&side.caps, side.placement);
-                eprintln!("warning: {}: native XDP unavailable ({e:#}); using {}", side.iface, fallback.ingress.name());
+                warn!("{}: native XDP unavailable ({e:#}); using {}", side.iface, fallback.ingress.name());
                 side.placement = fallback;
                 attach_ingress(ebpf, hook, side, false, tc_mode, tc_why)
             }
@@ -506,12 +506,12 @@ fn pin_all(pins: &PinDir, ebpf: &mut Ebpf, links: Vec<(&str, FdLink)>) -> anyhow
 fn warn_sysctls(lan: &str, hairpin: bool) {
     let read = |p: String| fs::read_to_string(p).map(|s| s.trim() == "1").ok();
     if read("/proc/sys/net/ipv4/ip_forward".into()) == Some(false) {
-        eprintln!("warning: net.ipv4.ip_forward is 0: the gateway will not forward translated packets");
+        warn!("net.ipv4.ip_forward is 0: the gateway will not forward translated packets");
     }
     let redirects = |i: &str| read(format!("/proc/sys/net/ipv4/conf/{i}/send_redirects"));
     if hairpin && (redirects("all") == Some(true) || redirects(lan) == Some(true)) {
-        eprintln!(
-            "warning: ICMP redirects are on for {lan}: LAN clients may be told to bypass the gateway; \
+        warn!(
+            "ICMP redirects are on for {lan}: LAN clients may be told to bypass the gateway; \
              set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.{lan}.send_redirects=0"
         );
     }

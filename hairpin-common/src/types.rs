@@ -225,19 +225,27 @@ pub struct NextHop {
     pub _pad: u8,
 }
 
-/// Something the dataplane reports to `run` through its ring buffer (`HP_EVENTS`): so far, a new
-/// flow it refused for want of a public port or table space (`reason`: `DropNoPort` or
-/// `DropFlowInsert`). Rare by nature; when the ring is full, events are lost, the counters
-/// stay exact.
+/// Something the dataplane reports to `run` through its ring buffer (`HP_EVENTS`): a flow it
+/// created, or a new flow it refused for want of a public port or table space (`reason`:
+/// `DropNoPort` or `DropFlowInsert`). When the ring is full, events are lost; the counters and
+/// conntrack stay exact.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Event {
-    /// The refused flow's tuple, as it arrived.
+    /// The flow's tuple, as it arrived.
     pub key: FlowKey,
-    /// A [`crate::Reason`] index.
+    /// [`EVENT_NEW_FLOW`] or [`EVENT_REFUSED`].
+    pub kind: u32,
+    /// A refused flow's [`crate::Reason`] index; a new flow's `CT_F_*` kind flags.
     pub reason: u32,
-    pub _pad: u32,
+    /// A new flow's translated tuple (zero for a refused one).
+    pub xlate: FlowKey,
 }
+
+/// [`Event::kind`]: a flow was created (both directions are in conntrack).
+pub const EVENT_NEW_FLOW: u32 = 1;
+/// [`Event::kind`]: a new flow was refused (no public port, or no table space).
+pub const EVENT_REFUSED: u32 = 2;
 
 /// [`Config::flags`]: hairpin (source rewrite of LAN-to-public-address traffic) is on.
 pub const CFG_F_HAIRPIN: u32 = 1 << 0;
@@ -350,7 +358,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
-const _: () = assert!(size_of::<Event>() == 24 && align_of::<Event>() == 4);
+const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
 const _: () = assert!(size_of::<Config>() == 52 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);

@@ -73,6 +73,11 @@ pub struct Sweep {
     /// Bindings released because no flow uses them any more.
     pub unbound: usize,
     pub elapsed: Duration,
+    /// The flows it removed (original key and entry) and why: `expired`, or `evicted` (the
+    /// LRU took one direction and the sweep the other).
+    pub ended: Vec<(FlowKey, CtEntry, &'static str)>,
+    /// The flows left (original key and entry).
+    pub alive: HashMap<FlowKey, CtEntry>,
 }
 
 /// Removes expired flows and orphans at time `now` (boot ns).
@@ -90,17 +95,22 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
         if f.remaining_ns(&timeouts, now) == 0 {
             if f.reply.is_none() {
                 s.orphans += 1;
+                s.ended.push((f.orig_key, f.orig, "evicted"));
             } else {
                 s.expired += 1;
+                s.ended.push((f.orig_key, f.orig, "expired"));
             }
             dead.extend(f.entries());
         } else {
             in_use.extend(public_ports(&f.orig_key, &f.orig, public));
+            s.alive.insert(f.orig_key, f.orig);
         }
     }
     for (k, e) in &lone_replies {
         if now.saturating_sub(e.created_ns) >= ORPHAN_GRACE_NS {
             s.orphans += 1;
+            // The reply entry's translation, reversed, is the original direction.
+            s.ended.push((e.xlate.reversed(), CtEntry { xlate: k.reversed(), ..*e }, "evicted"));
             dead.push((*k, *e));
         } else {
             in_use.extend(public_ports(k, e, public));

@@ -382,6 +382,8 @@ fn show_opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 #[derive(Debug, Default)]
 pub struct Applied {
     pub flows_removed: usize,
+    /// The original entries of the flows removed.
+    pub removed: Vec<(hairpin_common::FlowKey, hairpin_common::CtEntry)>,
 }
 
 impl Plan {
@@ -449,6 +451,7 @@ impl Plan {
                 .collect()
         };
         applied.flows_removed = gone.len();
+        applied.removed = gone.iter().map(|f| (f.orig_key, f.orig)).collect();
         let lone = if self.flush { lone } else { Vec::new() };
         maps.remove_entries(gone.iter().flat_map(|f| f.entries()).chain(lone))?;
         if self.flush {

@@ -7,6 +7,7 @@ pub mod output;
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;
+pub mod events;
 pub mod expire;
 pub mod follow;
 pub mod gateway;

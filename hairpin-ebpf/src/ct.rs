@@ -6,7 +6,8 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_REPLY, Config, Counter, CtEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_REPLY, Config, Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, Endpoint, Event, FlowKey, MappingKey,
+    PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
 };
@@ -154,14 +155,20 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         // CPUs must not serve (see `CFG_F_CT_PRESSURE`).
         crate::cache::invalidate_all();
     }
-    if let Err(reason) = created {
-        if let Some(counter) = Counter::exhausted(key.proto, reason) {
-            stats::bump(counter, 1);
+    // Bounded: when the ring is full the event is lost (counters and conntrack stay exact).
+    // Written in place in the ring, not built on this frame's stack.
+    let event = match created {
+        Ok(xlate) => Event { key: *key, kind: EVENT_NEW_FLOW, reason: new.flags, xlate },
+        Err(reason) => {
+            if let Some(counter) = Counter::exhausted(key.proto, reason) {
+                stats::bump(counter, 1);
+            }
+            Event { key: *key, kind: EVENT_REFUSED, reason: reason as u32, xlate: FlowKey::default() }
         }
-        // Rare by nature, and bounded: when the ring is full the event is lost (the counters
-        // above stay exact). A helper's copy from this frame: no function of its own, whose
-        // frame the verifier would add to the call chain's stack.
-        let _ = EVENTS.output(&Event { key: *key, reason: reason as u32, _pad: 0 }, 0);
+    };
+    if let Some(mut slot) = EVENTS.reserve::<Event>(0) {
+        slot.write(event);
+        slot.submit(0);
     }
     created
 }

@@ -30,13 +30,24 @@ impl Controller {
 
     /// Starts `hairpin-ctl args...` (a `run`) and waits as [`start`](Self::start) does.
     pub fn spawn(lab: &Lab, args: &[&str]) -> Self {
+        let ctl = Self::spawn_any(lab, args);
+        wait_for(30, "run to say it is running", || {
+            let o = ctl.out.lock().unwrap();
+            o.contains("hairpin up:") || o.contains("hairpin run: adopted")
+        });
+        ctl
+    }
+
+    /// Starts `hairpin-ctl args...` (any long-running command: `flows --watch`) without
+    /// waiting for anything.
+    pub fn spawn_any(lab: &Lab, args: &[&str]) -> Self {
         let mut child = lab
             .ctl_command(args)
             .unwrap()
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("start hairpin-ctl run");
+            .expect("start hairpin-ctl");
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (pipe, sink) = (child.stdout.take().unwrap(), out.clone());
         let reader = std::thread::spawn(move || {
@@ -46,12 +57,7 @@ impl Controller {
                 o.push('\n');
             }
         });
-        let ctl = Self { child, out, reader: Some(reader) };
-        wait_for(30, "run to say it is running", || {
-            let o = ctl.out.lock().unwrap();
-            o.contains("hairpin up:") || o.contains("hairpin run: adopted")
-        });
-        ctl
+        Self { child, out, reader: Some(reader) }
     }
 
     /// SIGTERM, then the exit status and stdout.

@@ -105,6 +105,16 @@ impl Pkt {
     pub fn reply_to(&self) -> Self {
         Self { src: self.dst, dst: self.src, ..self.clone() }
     }
+    /// Its conntrack tuple (TCP and UDP), as the dataplane keys it.
+    pub fn key(&self) -> hairpin_common::FlowKey {
+        let ep = |sa: std::net::SocketAddrV4| {
+            hairpin_common::Endpoint::new(
+                hairpin_common::Ipv4Be::from_octets(sa.ip().octets()),
+                hairpin_common::PortBe::from_host(sa.port()),
+            )
+        };
+        hairpin_common::FlowKey::new(crate::dp::proto(self.l4), ep(self.src), ep(self.dst))
+    }
     /// The same packet with other addresses (what a translation should produce).
     pub fn with(&self, src: &str, dst: &str) -> Self {
         Self { src: src.parse().expect("src"), dst: dst.parse().expect("dst"), ..self.clone() }

@@ -478,3 +478,56 @@ fn flows_filter_delete_one_and_print_a_header() {
     assert!(e.contains("no udp flow"), "{e}");
     lab.down().unwrap();
 }
+
+/// `flows --watch` shows flows as they start (from the dataplane's ring buffer, through `run`)
+/// and end, with why: expired (the sweep), flushed (a command), evicted (gone from the table
+/// without either: here, removed behind everyone's back as the LRU would).
+#[test]
+fn flows_watch_shows_flows_start_and_end_with_why() {
+    let lab = lab();
+    let run = Controller::start(&lab, &["--udp-timeout", "2", "--log-flows"]);
+    lab.add_mappings().unwrap();
+    let watcher = Controller::spawn_any(&lab, &["flows", "--watch", "--json"]);
+    let events = || -> Vec<serde_json::Value> {
+        watcher.output().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    };
+    let saw = |event: &str, reason: Option<&str>, src: &str| {
+        events().iter().any(|e| e["event"] == event && e["src"] == src && reason.is_none_or(|r| e["reason"] == r))
+    };
+    // New: a masquerade flow (new ones until the watcher, which connects on its own time,
+    // sees one).
+    let mut src = String::new();
+    wait_for(10, "a new flow on the watch", || {
+        let m = traffic::udp_echo(&lab.cli, SocketAddrV4::new(INET, DNS_PORT), b"w", Duration::from_secs(2)).unwrap();
+        src = format!("{CLIENT}:{}", m.local.port());
+        saw("new", None, &src)
+    });
+    let new = events().into_iter().find(|e| e["event"] == "new" && e["src"] == src.as_str()).unwrap();
+    assert_eq!((new["proto"].as_str(), new["kind"].as_str()), (Some("udp"), Some("masquerade")), "{new}");
+    assert_eq!(new["translated_src"].as_str().unwrap().split(':').next(), Some("203.0.113.1"));
+    // Expired: idle past the 2 s UDP timeout.
+    wait_for(15, "the flow to expire on the watch", || saw("end", Some("expired"), &src));
+    // Flushed: `flows del` of a forward's flow.
+    let f =
+        traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"f", Duration::from_secs(3)).unwrap();
+    let fsrc = format!("{INET}:{}", f.local.port());
+    wait_for(10, "the forward's flow on the watch", || saw("new", None, &fsrc));
+    lab.ctl(&["flows", "del", "udp", &fsrc, &format!("{PUBLIC}:{PUBLIC_DNS_PORT}")]).unwrap();
+    wait_for(10, "the deleted flow on the watch", || saw("end", Some("flushed"), &fsrc));
+    // Evicted: both directions gone from conntrack without a command saying so.
+    let e =
+        traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"e", Duration::from_secs(3)).unwrap();
+    let esrc = format!("{INET}:{}", e.local.port());
+    // Seen new by run (the watcher heard it from run), then gone behind its back.
+    wait_for(10, "the third flow on the watch", || saw("new", None, &esrc));
+    let mut maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().unwrap();
+    let (flows, _) = ::hairpin_ctl::expire::snapshot(&maps).unwrap();
+    let flow = flows.iter().find(|fl| format!("{}", ::hairpin_ctl::output::src(&fl.orig_key)) == esrc).unwrap();
+    maps.remove_entries(flow.entries()).unwrap();
+    wait_for(10, "the evicted flow on the watch", || saw("end", Some("evicted"), &esrc));
+    let (status, out) = run.stop();
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&format!("flow new   udp   masquerade {src}")), "--log-flows: {out}");
+    drop(watcher);
+    lab.down().unwrap();
+}

@@ -74,6 +74,7 @@ pub fn reconcile(pins: &PinDir, spec: &Spec, origin: &Origin, dry_run: bool) -> 
         return Ok(());
     }
     let done = plan.apply(&mut maps)?;
+    crate::events::flushed(pins, done.removed.iter().map(|(k, e)| (k, e)));
     say!("applied ({} flows removed)", done.flows_removed);
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::PinDir,
+    events,
     expire::{self, Flow},
     output,
 };
@@ -21,6 +22,11 @@ pub struct FlowsArgs {
     pub action: Option<FlowsAction>,
     #[command(flatten)]
     pub filter: Filter,
+    /// Print flows as they start and end (`new`, `end` with why: expired, evicted, flushed),
+    /// as `run` sees them, until interrupted; with --json, one JSON object a line. Needs a
+    /// `run` serving the pin directory.
+    #[arg(long)]
+    pub watch: bool,
     /// Print a JSON array, one object per entry.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +169,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         Some(FlowsAction::Flush) => {
             let (flows, lone) = expire::snapshot(&maps)?;
             maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone))?;
+            events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
             // With no flow left, no binding is in use: every public port returns to the pool.
             let public = maps.config()?.public_addr;
             let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
@@ -179,6 +186,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
                 bail!("no {} flow {src} -> {dst} (see `hairpin-ctl flows`)", output::proto_name(proto.number()));
             };
             let released = expire::delete(&mut maps, flow)?;
+            events::flushed(pins, [(&flow.orig_key, &flow.orig)]);
             say!(
                 "deleted {} flow {src} -> {dst}{}",
                 output::proto_name(proto.number()),
@@ -189,6 +197,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        None if a.watch => return events::watch(pins, a.json),
         None => {}
     }
     let timeouts = maps.config()?.timeouts;

@@ -104,6 +104,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 .collect();
             let removed = its.len();
             maps.remove_entries(its.iter().flat_map(|f| f.entries()))?;
+            crate::events::flushed(pins, its.iter().map(|f| (&f.orig_key, &f.orig)));
             say!("deleted {} {} ({removed} flows removed)", proto.name(), public.0);
         }
         MapCommand::List(a) => {

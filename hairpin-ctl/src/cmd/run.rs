@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use clap::Args;
-use hairpin_common::{Event, Reason, consts::map_names};
+use hairpin_common::{EVENT_NEW_FLOW, Event, Reason, consts::map_names};
 use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -21,6 +21,7 @@ use crate::{
         up::{self, UpArgs},
     },
     dataplane::PinDir,
+    events::{FlowEvent, Hub, Seen},
     expire,
     follow::{Follow, Outcome},
     gateway::{self, Origin},
@@ -36,6 +37,10 @@ pub struct RunArgs {
     /// stamp and a level, or JSON lines (`timestamp`, `level`, `message`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
+    /// Log every flow that starts or ends (as `flows --watch` shows them), not only what
+    /// needs an operator's eye.
+    #[arg(long)]
+    pub log_flows: bool,
     /// Seconds between two sweeps of the flow table.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600), value_name = "SECS")]
     pub sweep_interval: u32,
@@ -57,13 +62,23 @@ fn dataplane_events(pins: &PinDir) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> 
     Ok(unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?)
 }
 
-/// Prints what the dataplane reported, one line each, beside the controller's own lines.
-fn print_events(ring: &mut RingBuf<MapData>) {
+/// Takes what the dataplane reported: new flows go to the watchers (and the log, with
+/// `--log-flows`), refused ones to the log as warnings.
+fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_flows: bool) {
     while let Some(item) = ring.next() {
         let Some(e) = bytemuck::try_from_bytes::<Event>(&item[..std::mem::size_of::<Event>().min(item.len())]).ok()
         else {
             continue;
         };
+        if e.kind == EVENT_NEW_FLOW {
+            let ev = FlowEvent::new("new", None, &e.key, &e.xlate, e.reason);
+            if log_flows {
+                say!("flow {ev}");
+            }
+            hub.send(&ev);
+            seen.add(e.key, &ev);
+            continue;
+        }
         let want = match Reason::from_index(e.reason) {
             Some(Reason::DropNoPort) => "free public port",
             _ => "table space",
@@ -143,6 +158,8 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     };
     let mut serving = Serving::open(pins)?;
     let mut follow = Follow::new(pins)?;
+    let hub = Hub::start(pins)?;
+    let mut seen = Seen::default();
     let mut tick = tokio::time::interval(Duration::from_secs(a.sweep_interval.into()));
     // Not under systemd, this does nothing.
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
@@ -151,7 +168,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
             _ = tick.tick() => Wake::Tick,
             ready = serving.events.readable_mut() => {
                 let mut ready = ready.context("waiting on the dataplane's event ring")?;
-                print_events(ready.get_inner_mut());
+                take_events(ready.get_inner_mut(), &hub, &mut seen, a.log_flows);
                 ready.clear_ready();
                 Wake::Events
             }
@@ -167,12 +184,22 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
         };
         match wake {
             Wake::Tick => {
+                hub.send_own();
                 if !pins.is_up() {
                     break true;
                 }
                 serving.watch.check(&mut serving.maps)?;
-                let s = expire::sweep(&mut serving.maps, expire::boot_ns())
+                let mut s = expire::sweep(&mut serving.maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
+                let swept: std::collections::HashSet<_> = s.ended.iter().map(|(k, _, _)| *k).collect();
+                let mut ended: Vec<FlowEvent> = s.ended.iter().map(|(k, e, why)| FlowEvent::ended(why, k, e)).collect();
+                ended.extend(seen.update(std::mem::take(&mut s.alive), &swept, &hub.take_flushed()));
+                for ev in &ended {
+                    if a.log_flows {
+                        say!("flow {ev}");
+                    }
+                    hub.send(ev);
+                }
                 if s.expired + s.orphans + s.unbound > 0 {
                     say!(
                         "swept {} flows in {:?}: {} expired, {} orphaned entries removed, {} unused bindings released",
@@ -187,20 +214,25 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
             Wake::Events => {}
             Wake::Kernel(changes) if changes.is_empty() || !pins.is_up() => {}
             Wake::Kernel(changes) => {
-                if follow.changes(pins, &changes)? == Outcome::Reattached {
+                let outcome = follow.changes(pins, &changes)?;
+                hub.send_own();
+                if outcome == Outcome::Reattached {
                     drop(lock);
                     lock = pins.lock()?;
                     serving = Serving::open(pins)?;
                 }
             }
-            Wake::Reload => reload(pins, a),
+            Wake::Reload => {
+                reload(pins, a);
+                hub.send_own();
+            }
             Wake::Stop => break false,
         }
     };
     drop(lock);
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // Whatever the dataplane reported before the signal is still printed.
-    print_events(serving.events.get_mut());
+    take_events(serving.events.get_mut(), &hub, &mut seen, a.log_flows);
     match orphaned {
         true => say!("hairpin run: the pins at {} were removed (hairpin-ctl down?): stopping", pins.root.display()),
         false => say!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display()),

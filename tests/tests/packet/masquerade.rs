@@ -130,6 +130,14 @@ fn masquerade_ports_avoid_forwards_and_live_flows(mode: Mode) {
             ],
         );
         assert_eq!(dp.ct().len(), 4);
+        // Each flow made, and the one refused, was reported through the ring buffer.
+        let events = dp.events();
+        let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.key)).collect();
+        use hairpin_common::{EVENT_NEW_FLOW, EVENT_REFUSED};
+        let b2 = a.with("192.168.0.3:7000", "198.51.100.8:53");
+        assert_eq!(kinds, [(EVENT_NEW_FLOW, a.key()), (EVENT_REFUSED, b.key()), (EVENT_NEW_FLOW, b2.key())]);
+        assert_eq!(events[1].reason, Reason::DropNoPort as u32);
+        assert_eq!(events[0].xlate.src_ep(), dp::ep("203.0.113.1:7000"), "the translated tuple");
         assert_eq!(dp.exhausted(17, Reason::DropNoPort), 1, "counted as UDP port exhaustion");
         assert_eq!(dp.exhausted(6, Reason::DropNoPort) + dp.exhausted(17, Reason::DropFlowInsert), 0);
     });

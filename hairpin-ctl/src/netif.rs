@@ -113,7 +113,37 @@ pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
             bail!("{name} already runs TCX program id {id}{} at {hook}: detach it first", program_name(id));
         }
     }
+    if let Some((hook, id)) = bpf_filters(ifindex)?.into_iter().next() {
+        bail!("{name} already runs a cls_bpf filter, program id {id}{} at {hook}: remove it first", program_name(id));
+    }
     Ok(())
+}
+
+/// The programs of the cls_bpf filters under the interface's clsact qdisc (TC programs
+/// attached the netlink way, any kernel), by hook.
+fn bpf_filters(ifindex: u32) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    use netlink_packet_route::tc::TcFilterBpfOption;
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
+    let mut out = Vec::new();
+    for (hook, minor) in [("ingress", TcHandle::MIN_INGRESS), ("egress", TcHandle::MIN_EGRESS)] {
+        let mut msg = TcMessage::default();
+        msg.header.index = ifindex as i32;
+        msg.header.parent = TcHandle { major: 0xffff, minor };
+        // No clsact qdisc: nothing attached this way (the kernel says so with an error).
+        let Ok(replies) = request(RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP) else { continue };
+        for reply in replies {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = reply else { continue };
+            for a in &f.attributes {
+                let TcAttribute::Options(opts) = a else { continue };
+                for o in opts {
+                    if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = o {
+                        out.push((hook, *id));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// ` (name, hairpin's from another pin directory?)` for a program id, as far as it is known.

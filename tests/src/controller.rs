@@ -41,9 +41,15 @@ impl Controller {
     /// Starts `hairpin-ctl args...` (any long-running command: `flows --watch`) without
     /// waiting for anything.
     pub fn spawn_any(lab: &Lab, args: &[&str]) -> Self {
+        Self::spawn_env(lab, args, &[])
+    }
+
+    /// As [`spawn_any`](Self::spawn_any), with these environment variables set.
+    pub fn spawn_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = lab
             .ctl_command(args)
             .unwrap()
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

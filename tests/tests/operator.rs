@@ -260,15 +260,28 @@ fn up_refuses_interfaces_that_already_run_programs() {
     lab.up(&[]).unwrap();
     // A second gateway on the same interfaces, from another pin directory.
     let other = format!("{}-other", lab.pin_dir.display());
-    let out = lab
-        .gw
-        .command(hairpin_ctl().to_str().unwrap())
-        .args(["--pin-dir", &other, "up", "--lan", "lan0", "--wan", "wan0"])
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && e.lines().count() == 1, "{e}");
-    assert!(e.contains("lan0 already runs TCX program id") && e.contains("hairpin's"), "{e}");
+    let up_other = || {
+        let out = lab
+            .gw
+            .command(hairpin_ctl().to_str().unwrap())
+            .args(["--pin-dir", &other, "up", "--lan", "lan0", "--wan", "wan0"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && e.lines().count() == 1, "{e}");
+        e
+    };
+    let e = up_other();
+    // TCX links where the kernel has TCX (6.6 on), else netlink filters.
+    let tcx_or_filter =
+        e.contains("lan0 already runs TCX program id") || e.contains("lan0 already runs a cls_bpf filter");
+    assert!(tcx_or_filter && e.contains("hairpin's"), "{e}");
+    assert!(!std::path::Path::new(&other).exists());
+    lab.down().unwrap();
+    // The same with the first gateway's TC programs as netlink (cls_bpf) filters.
+    lab.up(&["--tc-attach", "netlink"]).unwrap();
+    let e = up_other();
+    assert!(e.contains("lan0 already runs a cls_bpf filter, program id") && e.contains("hairpin's"), "{e}");
     assert!(!std::path::Path::new(&other).exists());
     lab.down().unwrap();
     // Somebody else's XDP program.
@@ -529,5 +542,28 @@ fn flows_watch_shows_flows_start_and_end_with_why() {
     assert!(status.success(), "{out}");
     assert!(out.contains(&format!("flow new   udp   masquerade {src}")), "--log-flows: {out}");
     drop(watcher);
+    lab.down().unwrap();
+}
+
+/// Under systemd (`Type=notify`), `run` says READY once the dataplane is attached and STOPPING
+/// on its way out, on the socket systemd names.
+#[test]
+fn run_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let lab = lab();
+    let path = std::env::temp_dir().join(format!("{}-notify", lab.prefix));
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let args = ["run", "--lan", "lan0", "--wan", "wan0"];
+    let ctl = Controller::spawn_env(&lab, &args, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY from run");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(lab.pin_dir.join("maps/HP_CONFIG").exists(), "READY before the dataplane was up");
+    let (status, out) = ctl.stop();
+    assert!(status.success(), "{out}");
+    let n = sock.recv(&mut buf).expect("STOPPING from run");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    std::fs::remove_file(&path).unwrap();
     lab.down().unwrap();
 }

@@ -36,6 +36,14 @@ const LAB_TESTS: &[&str] = &[
     "run_prints_the_dataplane_log",
 ];
 
+/// Operator tests run in the guests: a file applied and read back, interfaces already in use
+/// (TCX or netlink filters, as the kernel has), the WAN address followed through rtnetlink.
+const OPERATOR_TESTS: &[&str] = &[
+    "apply_prints_the_difference_dry_runs_and_round_trips_through_show",
+    "up_refuses_interfaces_that_already_run_programs",
+    "run_follows_the_wan_address",
+];
+
 /// How long a guest may take, boot to power-off.
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -48,14 +56,25 @@ pub fn run(kernels: &[String]) -> anyhow::Result<()> {
         let pkg = package(k)?;
         let kernel = Kernel::fetch(&pkg).with_context(|| format!("fetching {pkg}"))?;
         let initrd = kernel.initramfs().with_context(|| format!("building the initramfs for {pkg}"))?;
-        let lab = format!("{} --test-threads 1 {}", tests.lab.display(), LAB_TESTS.join(" "));
+        let lab = format!(
+            "{} --test-threads 1 {} && {} --test-threads 1 {}",
+            tests.lab.display(),
+            LAB_TESTS.join(" "),
+            tests.operator.display(),
+            OPERATOR_TESTS.join(" ")
+        );
         let cmd = format!(
             "cd {} && export HAIRPIN_CTL={} TMPDIR=/run/tmp && {} --test-threads 2 && {lab}",
             root().display(),
             ctl.display(),
             tests.packet.display(),
         );
-        eprintln!("vmtest: {pkg} ({}): packet tests, then lab tests {}", kernel.release, LAB_TESTS.join(", "));
+        eprintln!(
+            "vmtest: {pkg} ({}): packet tests, then lab tests {}, then operator tests {}",
+            kernel.release,
+            LAB_TESTS.join(", "),
+            OPERATOR_TESTS.join(", ")
+        );
         match boot(&kernel, &initrd, &cmd) {
             Ok(0) => eprintln!("vmtest: {pkg} ({}): passed", kernel.release),
             Ok(code) => failed.push(format!("{pkg} ({}): tests exited {code}", kernel.release)),
@@ -89,6 +108,7 @@ fn package(k: &str) -> anyhow::Result<String> {
 struct Tests {
     packet: PathBuf,
     lab: PathBuf,
+    operator: PathBuf,
 }
 
 fn test_binaries() -> anyhow::Result<Tests> {
@@ -110,7 +130,7 @@ fn test_binaries() -> anyhow::Result<Tests> {
             })
             .with_context(|| format!("no {name} test binary"))
     };
-    Ok(Tests { packet: find("packet")?, lab: find("lab")? })
+    Ok(Tests { packet: find("packet")?, lab: find("lab")?, operator: find("operator")? })
 }
 
 /// A kernel image and its modules, extracted from its package under target/vm.

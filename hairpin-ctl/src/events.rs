@@ -78,8 +78,7 @@ impl FlowEvent {
 
 impl std::fmt::Display for FlowEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
+        let line = format!(
             "{:<5} {:<5} {:<10} {:<21} -> {:<21} as {:<21} -> {:<21}{}",
             self.event,
             self.proto,
@@ -89,7 +88,8 @@ impl std::fmt::Display for FlowEvent {
             self.translated_src,
             self.translated_dst,
             self.reason.as_ref().map_or(String::new(), |r| format!(" {r}"))
-        )
+        );
+        f.write_str(line.trim_end())
     }
 }
 

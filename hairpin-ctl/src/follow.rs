@@ -22,6 +22,8 @@ pub struct Follow {
     missing: Vec<String>,
     /// The WAN interface was last seen without an address (said once).
     wan_bare: bool,
+    /// An attempt to attach again removed the pins, then failed.
+    took_down: bool,
 }
 
 /// What following a change did.
@@ -34,11 +36,14 @@ pub enum Outcome {
 
 impl Follow {
     pub fn new(pins: &PinDir) -> anyhow::Result<Self> {
-        Ok(Self { spec: gateway::live(pins, &pins.open()?)?, missing: Vec::new(), wan_bare: false })
+        Ok(Self { spec: gateway::live(pins, &pins.open()?)?, missing: Vec::new(), wan_bare: false, took_down: false })
     }
 
     /// Takes in what the kernel announced.
     pub fn changes(&mut self, pins: &PinDir, changes: &[Change]) -> anyhow::Result<Outcome> {
+        if self.waiting() {
+            return Ok(self.retry(pins));
+        }
         let maps = pins.open()?;
         let cfg = maps.config()?;
         for c in changes {
@@ -59,13 +64,8 @@ impl Follow {
             }
         }
         if !self.missing.is_empty() {
-            let back = [&self.spec.lan.interface, &self.spec.wan.interface].iter().all(|n| netif::ifindex(n).is_ok());
-            if !back {
-                return Ok(Outcome::Nothing);
-            }
             drop(maps);
-            self.reattach(pins)?;
-            return Ok(Outcome::Reattached);
+            return Ok(self.retry(pins));
         }
         if changes.contains(&Change::Address) && cfg.flags & CFG_F_PUBLIC_FROM_WAN != 0 {
             let wan = &self.spec.wan.interface;
@@ -90,16 +90,48 @@ impl Follow {
         Ok(Outcome::Nothing)
     }
 
+    /// Whether an interface is missing (its dataplane is to be attached again).
+    pub fn waiting(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
+    /// Whether the pins are gone because an attempt to attach again took them down and
+    /// failed (not because `down` removed them).
+    pub fn took_down(&self) -> bool {
+        self.took_down
+    }
+
+    /// Attaches the dataplane again if every missing interface is back. A failure is logged
+    /// and tried again at the next change or sweep: `run` carries on.
+    pub fn retry(&mut self, pins: &PinDir) -> Outcome {
+        let back = [&self.spec.lan.interface, &self.spec.wan.interface].iter().all(|n| netif::ifindex(n).is_ok());
+        if !back {
+            return Outcome::Nothing;
+        }
+        match self.reattach(pins) {
+            Ok(()) => Outcome::Reattached,
+            Err(e) => {
+                crate::output::error(format_args!("{e:#}; trying again at the next sweep"));
+                Outcome::Nothing
+            }
+        }
+    }
+
     /// Takes down what is left of the dataplane and attaches it again from the spec.
     fn reattach(&mut self, pins: &PinDir) -> anyhow::Result<()> {
-        let missing = std::mem::take(&mut self.missing).join(" and ");
+        let missing = self.missing.join(" and ");
+        let mut left = Vec::new();
         if let Ok(cfg) = pins.open().and_then(|m| m.config()) {
-            for ifindex in [cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| netif::name(i).is_some()) {
+            left.extend([cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| netif::name(i).is_some()));
+            for &ifindex in &left {
                 dataplane::detach_netlink_filters(ifindex)?;
             }
         }
         pins.remove_all()?;
+        netif::wait_detached(&left);
+        self.took_down = true;
         up::bring_up(pins, &self.spec, &Origin::Live).context("attaching the dataplane again")?;
+        (self.took_down, self.missing) = (false, Vec::new());
         say!("hairpin run: {missing} is back: the dataplane is attached again, as it was (its flows were lost)");
         Ok(())
     }

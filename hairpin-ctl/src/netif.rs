@@ -90,33 +90,72 @@ pub fn is_loopback(name: &str) -> bool {
     ifindex(name).and_then(link).is_ok_and(|l| l.header.flags.contains(LinkFlags::Loopback))
 }
 
-/// Refuses an interface that already runs an XDP program, or TCX programs (hairpin's own from
-/// another pin directory, or anyone's): a second NAT, or a program hairpin would run beside
-/// without knowing, is never what an operator wants. Names the program.
-pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
-    let xdp = link(ifindex)?.attributes.into_iter().find_map(|a| match a {
-        LinkAttribute::Xdp(x) => x.into_iter().find_map(|x| match x {
-            LinkXdp::ProgId(id) if id != 0 => Some(id),
-            _ => None,
-        }),
-        _ => None,
-    });
-    if let Some(id) = xdp {
-        bail!("{name} already runs XDP program id {id}{}: detach it first", program_name(id));
+/// A program attached to an interface: how (`XDP`, `TCX`, `a cls_bpf filter`), where, and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub how: &'static str,
+    pub hook: &'static str,
+    pub id: u32,
+}
+
+/// Every XDP, TCX and cls_bpf program attached to the interface.
+pub fn attached(ifindex: u32) -> anyhow::Result<Vec<Attached>> {
+    let mut out = Vec::new();
+    for a in link(ifindex)?.attributes {
+        let LinkAttribute::Xdp(x) = a else { continue };
+        for x in x {
+            if let LinkXdp::ProgId(id) = x
+                && id != 0
+            {
+                out.push(Attached { how: "XDP", hook: "ingress", id });
+            }
+        }
     }
     use aya::programs::{SchedClassifier, tc::TcAttachType};
     for (at, hook) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
         // Kernels before 6.6 have no TCX (nothing can be attached that way there).
         let Ok((_, progs)) = SchedClassifier::query_tcx(ifindex, at) else { continue };
-        if let Some(p) = progs.first() {
-            let id = p.id();
-            bail!("{name} already runs TCX program id {id}{} at {hook}: detach it first", program_name(id));
+        out.extend(progs.iter().map(|p| Attached { how: "TCX", hook, id: p.id() }));
+    }
+    out.extend(bpf_filters(ifindex)?.into_iter().map(|(hook, id)| Attached { how: "a cls_bpf filter", hook, id }));
+    Ok(out)
+}
+
+/// Refuses an interface that already runs an XDP, TCX or cls_bpf program (hairpin's own from
+/// another pin directory, or anyone's): a second NAT, or a program hairpin would run beside
+/// without knowing, is never what an operator wants. Names the program.
+pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
+    match attached(ifindex)?.first() {
+        Some(Attached { how: "XDP", id, .. }) => {
+            bail!("{name} already runs XDP program id {id}{}: detach it first", program_name(*id))
         }
+        Some(Attached { how, hook, id }) => {
+            let what = if *how == "TCX" { "TCX program" } else { "a cls_bpf filter, program" };
+            bail!("{name} already runs {what} id {id}{} at {hook}: detach it first", program_name(*id))
+        }
+        None => Ok(()),
     }
-    if let Some((hook, id)) = bpf_filters(ifindex)?.into_iter().next() {
-        bail!("{name} already runs a cls_bpf filter, program id {id}{} at {hook}: remove it first", program_name(id));
+}
+
+/// Waits (up to two seconds) until none of hairpin's programs runs on these interfaces any
+/// more: a link unpinned is detached by the kernel a moment later (deferred work), and an `up`
+/// right after `down` must not find them.
+pub fn wait_detached(ifindexes: &[u32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let ours = |id: u32| {
+        let name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(String::from));
+        name.is_some_and(|n| !n.is_empty() && crate::dataplane::PROGRAM_NAMES.iter().any(|p| p.starts_with(&n)))
+    };
+    while std::time::Instant::now() < deadline {
+        let busy = ifindexes.iter().any(|&i| attached(i).is_ok_and(|a| a.iter().any(|a| ours(a.id))));
+        if !busy {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// The programs of the cls_bpf filters under the interface's clsact qdisc (TC programs

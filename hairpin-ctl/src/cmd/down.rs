@@ -20,14 +20,17 @@ pub fn run(pins: &PinDir) -> anyhow::Result<()> {
     // Netlink TC filters (kernels without TCX, or `--tc-attach netlink`) hold their programs
     // without pins: they go first, found by program name on the two interfaces.
     let mut filters = 0;
+    let mut ifindexes = Vec::new();
     if let Ok(cfg) = pins.open().and_then(|m| m.config()) {
-        for ifindex in [cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| i != 0) {
+        ifindexes.extend([cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| i != 0));
+        for &ifindex in &ifindexes {
             filters += dataplane::detach_netlink_filters(ifindex)?;
         }
     }
     // Unpinning a link drops its last reference, which detaches the program; links go first so
     // no program runs against maps that are going away. Tolerates a half-removed directory.
     let removed = pins.remove_all()?;
+    crate::netif::wait_detached(&ifindexes);
     let filters = if filters > 0 { format!(", {filters} TC filters") } else { String::new() };
     say!("hairpin down: programs detached{filters}, {} pins under {} removed", removed.len(), pins.root.display());
     Ok(())

@@ -185,6 +185,16 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
         match wake {
             Wake::Tick => {
                 hub.send_own();
+                // An interface gone: attached again once it is back (if an announcement was
+                // missed, or the last try failed, here).
+                if follow.waiting() && (pins.is_up() || follow.took_down()) {
+                    if follow.retry(pins) == Outcome::Reattached {
+                        drop(lock);
+                        lock = pins.lock()?;
+                        serving = Serving::open(pins)?;
+                    }
+                    continue;
+                }
                 if !pins.is_up() {
                     break true;
                 }
@@ -212,7 +222,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                 }
             }
             Wake::Events => {}
-            Wake::Kernel(changes) if changes.is_empty() || !pins.is_up() => {}
+            Wake::Kernel(changes) if changes.is_empty() || (!pins.is_up() && !follow.took_down()) => {}
             Wake::Kernel(changes) => {
                 let outcome = follow.changes(pins, &changes)?;
                 hub.send_own();

@@ -60,8 +60,9 @@ pub enum Command {
     /// and changed forwards go in, the settings are written, and only then do removed forwards
     /// go, with their flows: at no moment is a kept forward missing, and flows of kept forwards
     /// survive. With nothing up, it brings the gateway up as `up --config FILE` does. Settings
-    /// fixed while up (interfaces, mode, xdp_mode, tc_attach, flow_cache, max_flows) are
-    /// refused, naming each: `down` first. A file that fails any check changes nothing.
+    /// fixed while up (interfaces, tc_attach, flow_cache, max_flows, and mode or xdp_mode where
+    /// they would move an interface's ingress) are refused, naming each: `down` first. A file
+    /// that fails any check changes nothing.
     Apply(crate::cmd::apply::ApplyArgs),
     /// Print the live configuration in the format `apply` reads (TOML), or as JSON: `show >
     /// FILE; apply -f FILE` changes nothing.

@@ -95,9 +95,15 @@ impl std::fmt::Display for FlowEvent {
 
 /// Where `run` serving `pins` listens.
 pub fn socket_path(pins: &PinDir) -> PathBuf {
-    let name: String = pins.root.to_string_lossy().trim_matches('/').replace('/', "-");
+    // One name per directory: absolute, '-' doubled before '/' becomes '-'.
+    let root = std::path::absolute(&pins.root).unwrap_or_else(|_| pins.root.clone());
+    let name: String = root.to_string_lossy().trim_matches('/').replace('-', "--").replace('/', "-");
     PathBuf::from("/run/hairpin").join(format!("{name}.events"))
 }
+
+/// What a watcher says first, so that `run` tells it from a command reporting removals (which
+/// it never writes to).
+const WATCH_HELLO: &str = "watch";
 
 /// Flows removed by `run` itself (a reload, a new WAN address): handed to its hub directly,
 /// since writing to its own socket from its one thread could wait on itself.
@@ -181,51 +187,52 @@ impl Drop for Hub {
     }
 }
 
-/// One connection: a watcher gets every event; a command's lines are passed on to all.
+/// One connection: a watcher (its first line says so) gets every event; a command's lines are
+/// passed on to all, and nothing is written back to it.
 async fn serve(stream: UnixStream, tx: broadcast::Sender<String>, flushed: Arc<Mutex<HashSet<String>>>) {
     let (r, mut w) = stream.into_split();
-    let mut rx = tx.subscribe();
     let mut lines = BufReader::new(r).lines();
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            got = rx.recv() => {
-                let line = match got {
-                    Ok(line) => line,
-                    // A watcher too slow for the rate of flows: say how many it missed.
-                    Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"event\":\"lost\",\"count\":{n}}}"),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                    return;
-                }
+    let first = match lines.next_line().await {
+        Ok(Some(line)) => line,
+        _ => return,
+    };
+    if first != WATCH_HELLO {
+        let mut line = Some(first);
+        while let Some(l) = line {
+            if let Ok(e) = serde_json::from_str::<FlowEvent>(&l) {
+                flushed.lock().unwrap_or_else(|e| e.into_inner()).insert(e.tuple());
+                let _ = tx.send(l);
             }
-            line = lines.next_line(), if reading => match line {
-                Ok(Some(line)) => {
-                    if let Ok(e) = serde_json::from_str::<FlowEvent>(&line) {
-                        flushed.lock().unwrap_or_else(|e| e.into_inner()).insert(e.tuple());
-                        let _ = tx.send(line);
-                    }
-                }
-                // A command that said what it removed is done; a watcher sends nothing.
-                _ => reading = false,
-            },
+            line = lines.next_line().await.ok().flatten();
+        }
+        return;
+    }
+    let mut rx = tx.subscribe();
+    loop {
+        let line = match rx.recv().await {
+            Ok(line) => line,
+            // A watcher too slow for the rate of flows: say how many it missed.
+            Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"event\":\"lost\",\"count\":{n}}}"),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            return;
         }
     }
 }
 
 /// The flows `run` knows of (from the sweep's snapshots and the dataplane's new-flow events),
 /// to tell flows pushed out of the table behind its back (evicted) from those a command removed
-/// (flushed).
+/// (flushed). Per flow: its translated tuple and kind flags (36 bytes and the table's own).
 #[derive(Default)]
 pub struct Seen {
-    flows: std::collections::HashMap<FlowKey, FlowEvent>,
+    flows: std::collections::HashMap<FlowKey, (FlowKey, u32)>,
 }
 
 impl Seen {
     /// A flow the dataplane reported new.
-    pub fn add(&mut self, key: FlowKey, ev: &FlowEvent) {
-        self.flows.insert(key, ev.clone());
+    pub fn add(&mut self, key: FlowKey, xlate: FlowKey, flags: u32) {
+        self.flows.insert(key, (xlate, flags));
     }
 
     /// Takes in a sweep's snapshot (original entries left after its removals), the flows it
@@ -238,23 +245,16 @@ impl Seen {
         flushed: &HashSet<String>,
     ) -> Vec<FlowEvent> {
         let mut gone = Vec::new();
-        for (k, ev) in &self.flows {
-            if now.contains_key(k) || swept.contains(k) || flushed.contains(&ev.tuple()) {
+        for (k, (xlate, flags)) in &self.flows {
+            if now.contains_key(k) || swept.contains(k) {
                 continue;
             }
-            let mut end = FlowEvent::ended("evicted", k, &CtEntry::default());
-            (end.kind, end.translated_src, end.translated_dst) =
-                (ev.kind.clone(), ev.translated_src.clone(), ev.translated_dst.clone());
-            gone.push(end);
+            let end = FlowEvent::new("end", Some("evicted"), k, xlate, *flags);
+            if !flushed.contains(&end.tuple()) {
+                gone.push(end);
+            }
         }
-        let mut known = std::mem::take(&mut self.flows);
-        self.flows = now
-            .into_iter()
-            .map(|(k, e)| {
-                let ev = known.remove(&k).unwrap_or_else(|| FlowEvent::new("new", None, &k, &e.xlate, e.flags));
-                (k, ev)
-            })
-            .collect();
+        self.flows = now.into_iter().map(|(k, e)| (k, (e.xlate, e.flags))).collect();
         gone
     }
 }
@@ -263,13 +263,14 @@ impl Seen {
 pub fn watch(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     use std::io::BufRead as _;
     let path = socket_path(pins);
-    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         anyhow::anyhow!(
             "no `hairpin-ctl run` serves the pins at {} ({}: {e}): flow events come from it",
             pins.root.display(),
             path.display()
         )
     })?;
+    stream.write_all(format!("{WATCH_HELLO}\n").as_bytes())?;
     if !json {
         say!(
             "{:<5} {:<5} {:<10} {:<21}    {:<21}    {:<21}    {:<21} reason",

@@ -90,6 +90,42 @@ impl Follow {
         Ok(Outcome::Nothing)
     }
 
+    /// Notices a gateway interface gone whose announcement was lost.
+    pub fn check_links(&mut self, pins: &PinDir) -> anyhow::Result<()> {
+        let maps = pins.open()?;
+        let cfg = maps.config()?;
+        for i in [cfg.lan_ifindex, cfg.wan_ifindex] {
+            if i != 0 && netif::name(i).is_none() && !self.waiting() {
+                self.gone(pins, &maps, &cfg, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The interface `ifindex` went away: said, and remembered to attach the dataplane again.
+    fn gone(
+        &mut self,
+        pins: &PinDir,
+        maps: &crate::dataplane::Maps,
+        cfg: &hairpin_common::Config,
+        ifindex: u32,
+    ) -> anyhow::Result<()> {
+        // Keep what is live (forwards, settings), under the names the interfaces had.
+        let mut spec = gateway::live(pins, maps)?;
+        (spec.lan.interface, spec.wan.interface) = (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
+        self.spec = spec;
+        let name = if ifindex == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
+        if self.missing.contains(name) {
+            return Ok(());
+        }
+        say!(
+            "hairpin run: {name} (ifindex {ifindex}) is gone, with the dataplane's programs on it; it is attached again \
+             when {name} returns"
+        );
+        self.missing.push(name.clone());
+        Ok(())
+    }
+
     /// Whether an interface is missing (its dataplane is to be attached again).
     pub fn waiting(&self) -> bool {
         !self.missing.is_empty()

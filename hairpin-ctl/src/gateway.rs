@@ -197,13 +197,18 @@ pub fn live(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
     d.max_flows = info(map_names::CONNTRACK)?.max_entries() / 2;
     d.tc_attach = if pins.link(prog_names::TC_LAN).exists() { TcAttachMode::Tcx } else { TcAttachMode::Netlink };
     let placements = [Placement::decode(cfg.lan_placement), Placement::decode(cfg.wan_placement)];
-    (d.mode, d.xdp_mode) = match placements {
-        [Some(p), _] | [_, Some(p)] if p.why == Why::ModeTc => (Mode::Tc, XdpAttachMode::Auto),
-        [Some(p), _] | [_, Some(p)] if p.why == Why::Forced && p.ingress == Ingress::XdpGeneric => {
-            (Mode::Auto, XdpAttachMode::Generic)
-        }
-        [Some(p), _] | [_, Some(p)] if p.why == Why::Forced => (Mode::Xdp, XdpAttachMode::Auto),
-        _ => (Mode::Auto, XdpAttachMode::Auto),
+    let placed: Vec<Placement> = placements.into_iter().flatten().collect();
+    let all = |f: &dyn Fn(&Placement) -> bool| !placed.is_empty() && placed.iter().all(f);
+    let any = |f: &dyn Fn(&Placement) -> bool| placed.iter().any(f);
+    (d.mode, d.xdp_mode) = if any(&|p| p.why == Why::ModeTc) {
+        (Mode::Tc, XdpAttachMode::Auto)
+    } else if all(&|p| p.why == Why::Forced && p.ingress == Ingress::XdpGeneric) {
+        (Mode::Auto, XdpAttachMode::Generic)
+    } else if any(&|p| p.why == Why::Forced) {
+        // `--mode xdp` (native where it attached, generic where it fell back).
+        (Mode::Xdp, XdpAttachMode::Auto)
+    } else {
+        (Mode::Auto, XdpAttachMode::Auto)
     };
     let mut forwards = Vec::new();
     for entry in maps.mappings.iter() {
@@ -230,8 +235,10 @@ pub struct Plan {
     add: Vec<(MappingKey, Endpoint)>,
     retarget: Vec<(MappingKey, Endpoint, Endpoint)>,
     remove: Vec<MappingKey>,
-    /// The addresses changed: every flow and binding was made for the old ones.
+    /// The addresses changed: the flows and bindings made for the old ones go.
     flush: bool,
+    /// The configuration before the change.
+    old: Config,
 }
 
 /// The settings fixed while up that differ between the live spec and `want`, one line each:
@@ -262,7 +269,7 @@ fn refusal(key: &str, from: &str, to: &str) -> String {
 /// Compares `want` (resolved as `r`) with the live dataplane (`have`, read by [`live`]).
 pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Result<Plan> {
     let cfg = maps.config()?;
-    let mut p = Plan { refused: fixed_differences(have, want), ..Plan::default() };
+    let mut p = Plan { refused: fixed_differences(have, want), old: cfg, ..Plan::default() };
     let (hd, wd) = (have.dataplane, want.dataplane);
     let mut refuse = |key: &str, from: String, to: String| p.refused.push(refusal(key, &from, &to));
     // Where ingress would run now under the wanted modes, against where it runs.
@@ -271,8 +278,14 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
         ("wan", &want.wan.interface, r.wan_ifindex, cfg.wan_placement),
     ] {
         let Some(live) = Placement::decode(code) else { continue };
-        let chosen = placement::choose(&Caps::probe(name, ifindex)?, wd.mode, wd.xdp_mode);
-        let same = chosen.ingress == live.ingress || (chosen.why == Why::NativeXdp && live.why == Why::AttachFailed);
+        let caps = Caps::probe(name, ifindex)?;
+        let chosen = placement::choose(&caps, wd.mode, wd.xdp_mode);
+        // Native XDP that would not attach fell back (to TC, or to generic XDP with --mode
+        // xdp): that is where the same settings put it.
+        let fell_back = chosen.ingress == Ingress::Xdp
+            && wd.xdp_mode != XdpAttachMode::Native
+            && placement::fallback(&caps, chosen).ingress == live.ingress;
+        let same = chosen.ingress == live.ingress || fell_back;
         if !same {
             refuse(
                 &format!("dataplane.mode ({key} ingress)"),
@@ -317,7 +330,7 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
         || next.lan_addr != cfg.lan_addr
         || (next.lan_net, next.lan_mask) != (cfg.lan_net, cfg.lan_mask);
     if p.flush {
-        p.lines.push("  (the addresses changed: every flow and binding is removed)".into());
+        p.lines.push("  (the addresses changed: the flows and bindings made for the old ones are removed)".into());
     }
     if next != cfg {
         p.config = Some(next);
@@ -432,37 +445,49 @@ impl Plan {
         for key in &self.remove {
             let _ = maps.mappings.remove(key);
         }
-        // Flows made by removed forwards, or by retargeted ones towards their old targets.
-        let (flows, lone) = expire::snapshot(maps)?;
-        let gone: Vec<_> = if self.flush {
-            flows.iter().collect()
-        } else {
-            flows
-                .iter()
-                .filter(|f| {
-                    let dst = f.orig_key.dst_ep();
-                    self.remove.iter().any(|k| k.proto == f.orig_key.proto && Endpoint::new(k.addr, k.port) == dst)
-                        || self.retarget.iter().any(|(k, _, old)| {
-                            k.proto == f.orig_key.proto
-                                && Endpoint::new(k.addr, k.port) == dst
-                                && f.orig.xlate.dst_ep() == *old
-                        })
-                })
-                .collect()
+        // From here the new settings are live: a failure leaves them so, and says it.
+        let after = "the new settings are live, but removing what they replace failed";
+        // Flows made by removed forwards, or by retargeted ones towards their old targets, or
+        // (addresses changed) made for the old addresses.
+        let (flows, lone) = expire::snapshot(maps).context(after)?;
+        let old = &self.old;
+        let new = self.config.unwrap_or(*old);
+        let stale_addr = |a: Ipv4Be| {
+            (a == old.public_addr && a != new.public_addr)
+                || (a == old.lan_addr && a != new.lan_addr)
+                || (old.in_lan(a) && !new.in_lan(a))
         };
+        let stale = |k: &hairpin_common::FlowKey| stale_addr(k.src) || stale_addr(k.dst);
+        let gone: Vec<_> = flows
+            .iter()
+            .filter(|f| {
+                let dst = f.orig_key.dst_ep();
+                (self.flush && (stale(&f.orig_key) || stale(&f.orig.xlate)))
+                    || self.remove.iter().any(|k| k.proto == f.orig_key.proto && Endpoint::new(k.addr, k.port) == dst)
+                    || self.retarget.iter().any(|(k, _, old)| {
+                        k.proto == f.orig_key.proto
+                            && Endpoint::new(k.addr, k.port) == dst
+                            && f.orig.xlate.dst_ep() == *old
+                    })
+            })
+            .collect();
         applied.flows_removed = gone.len();
         applied.removed = gone.iter().map(|f| (f.orig_key, f.orig)).collect();
-        let lone = if self.flush { lone } else { Vec::new() };
-        maps.remove_entries(gone.iter().flat_map(|f| f.entries()).chain(lone))?;
-        if self.flush {
-            let public = self.config.map_or(maps.config()?.public_addr, |c| c.public_addr);
-            let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
-            // Bindings name their public port only: release each against the old address too.
-            maps.unbind(bindings.iter().copied(), public)?;
-            let stale: Vec<_> = maps.bound_ports.keys().collect::<Result<_, _>>()?;
-            for k in stale {
-                let _ = maps.bound_ports.remove(&k);
+        let lone: Vec<_> = lone.into_iter().filter(|(k, e)| self.flush && (stale(k) || stale(&e.xlate))).collect();
+        maps.remove_entries(gone.iter().flat_map(|f| f.entries()).chain(lone)).context(after)?;
+        if self.flush && new.public_addr != old.public_addr {
+            // Ports bound on the old public address, and the bindings that hold them; those
+            // the dataplane makes on the new one meanwhile stay.
+            let bound: Vec<(MappingKey, Endpoint)> =
+                maps.bound_ports.iter().collect::<Result<_, _>>().context(after)?;
+            for (claim, internal) in bound.into_iter().filter(|(k, _)| k.addr == old.public_addr) {
+                let internal = MappingKey::new(claim.proto, internal);
+                if maps.bindings.get(&internal, 0).is_ok_and(|b| b.port == claim.port) {
+                    let _ = maps.bindings.remove(&internal);
+                }
+                let _ = maps.bound_ports.remove(&claim);
             }
+            crate::dataplane::flows_removed(&mut maps.ct_gen).context(after)?;
         }
         Ok(applied)
     }

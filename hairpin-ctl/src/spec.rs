@@ -275,7 +275,9 @@ impl Spec {
     pub fn parse(text: &str) -> Result<Self, String> {
         let spec: Spec = toml::from_str(text).map_err(|e| {
             let what = e.message().trim().replace('\n', " ");
-            match e.span() {
+            // A missing key's span is its table (for a missing section, the whole file).
+            let span = e.span().filter(|_| !what.starts_with("missing field"));
+            match span {
                 Some(span) => match key_at(text, span.start) {
                     Some(key) => format!(":{}: {key}: {what}", line_of(text, span.start)),
                     None => format!(":{}: {what}", line_of(text, span.start)),

@@ -18,7 +18,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Port-forwards: public (proto, address, port) -> private endpoint.
 #[map(name = "HP_MAPPINGS")]
-pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// Room for twice the forwards a gateway may have: moving them to a new public address puts
+/// the new entries in before the old ones go.
+pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(2 * MAX_MAPPINGS, 0);
 
 /// Conntrack, keyed by the tuple as seen at ingress; two entries per flow.
 #[map(name = "HP_CT")]

@@ -62,10 +62,16 @@ fn dataplane_events(pins: &PinDir) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> 
     Ok(unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?)
 }
 
+/// At most this many of the dataplane's events are taken per wake: under a flood of new flows
+/// the ring refills as fast as it is read, and sweeps and signals must still get their turn.
+const EVENTS_PER_WAKE: usize = 1024;
+
 /// Takes what the dataplane reported: new flows go to the watchers (and the log, with
-/// `--log-flows`), refused ones to the log as warnings.
-fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_flows: bool) {
-    while let Some(item) = ring.next() {
+/// `--log-flows`), refused ones to the log as warnings. Returns whether it stopped short (more
+/// are waiting).
+fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_flows: bool) -> bool {
+    for _ in 0..EVENTS_PER_WAKE {
+        let Some(item) = ring.next() else { return false };
         let Some(e) = bytemuck::try_from_bytes::<Event>(&item[..std::mem::size_of::<Event>().min(item.len())]).ok()
         else {
             continue;
@@ -76,7 +82,7 @@ fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_flow
                 say!("flow {ev}");
             }
             hub.send(&ev);
-            seen.add(e.key, &ev);
+            seen.add(e.key, e.xlate, e.reason);
             continue;
         }
         let want = match Reason::from_index(e.reason) {
@@ -92,6 +98,7 @@ fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_flow
             k.dport.host()
         );
     }
+    true
 }
 
 /// The pinned dataplane as `run` serves it: its maps, its event ring, what the kernel says of
@@ -168,8 +175,11 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
             _ = tick.tick() => Wake::Tick,
             ready = serving.events.readable_mut() => {
                 let mut ready = ready.context("waiting on the dataplane's event ring")?;
-                take_events(ready.get_inner_mut(), &hub, &mut seen, a.log_flows);
-                ready.clear_ready();
+                // Cleared only once drained: if more wait, this branch is ready again at once,
+                // beside the others.
+                if !take_events(ready.get_inner_mut(), &hub, &mut seen, a.log_flows) {
+                    ready.clear_ready();
+                }
                 Wake::Events
             }
             ready = kernel.readable_mut() => {
@@ -198,6 +208,13 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                 if !pins.is_up() {
                     break true;
                 }
+                // An interface gone without the announcement reaching us (a burst of them).
+                if let Err(e) = follow.check_links(pins) {
+                    crate::output::error(format_args!("{e:#}"));
+                }
+                if follow.waiting() {
+                    continue;
+                }
                 serving.watch.check(&mut serving.maps)?;
                 let mut s = expire::sweep(&mut serving.maps, expire::boot_ns())
                     .with_context(|| format!("sweeping the flows pinned at {}", pins.root.display()))?;
@@ -224,7 +241,12 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
             Wake::Events => {}
             Wake::Kernel(changes) if changes.is_empty() || (!pins.is_up() && !follow.took_down()) => {}
             Wake::Kernel(changes) => {
-                let outcome = follow.changes(pins, &changes)?;
+                // What the kernel changed is followed as far as it can be; a failure is said,
+                // and run goes on with what is live.
+                let outcome = follow.changes(pins, &changes).unwrap_or_else(|e| {
+                    crate::output::error(format_args!("{e:#}"));
+                    Outcome::Nothing
+                });
                 hub.send_own();
                 if outcome == Outcome::Reattached {
                     drop(lock);
@@ -242,7 +264,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
     drop(lock);
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // Whatever the dataplane reported before the signal is still printed.
-    take_events(serving.events.get_mut(), &hub, &mut seen, a.log_flows);
+    let _ = take_events(serving.events.get_mut(), &hub, &mut seen, a.log_flows);
     match orphaned {
         true => say!("hairpin run: the pins at {} were removed (hairpin-ctl down?): stopping", pins.root.display()),
         false => say!("hairpin run: stopping; the dataplane keeps running (pins at {})", pins.root.display()),

@@ -49,9 +49,10 @@ pub enum Command {
     /// Interfaces already running XDP or TC programs are refused. Settings come from the flags
     /// or, whole, from a file (--config).
     Up(crate::cmd::up::UpArgs),
-    /// Detach the dataplane and remove what `up` pinned under the pin directory. Nothing up is
-    /// not an error (a stop step must be idempotent); a directory hairpin did not make is left
-    /// alone.
+    /// Detach the dataplane and remove what `up` pinned under the pin directory.
+    ///
+    /// Returns once the kernel has detached the programs. Nothing up is not an error (a stop
+    /// step must be idempotent); a directory hairpin did not make is left alone.
     Down,
     /// Make the live gateway what a configuration file says, atomically.
     ///
@@ -70,12 +71,18 @@ pub enum Command {
     /// Add, delete or list port-forward mappings.
     #[command(subcommand)]
     Map(crate::cmd::map::MapCommand),
-    /// Show the per-reason packet counters of every hook (summed over CPUs), new flows dropped
-    /// for want of a public port or table space (per protocol), and how full the tables and
-    /// public port pools are. --json prints one object with a key per section.
+    /// Show the packet counters, the flow cache, refused flows, and how full the tables are.
+    ///
+    /// The per-reason packet counters of every hook (summed over CPUs), why known flows took
+    /// the slow path, new flows dropped for want of a public port or table space (per
+    /// protocol), and how full the tables and public port pools are. --json prints one object
+    /// with a key per section.
     Stats(JsonArg),
-    /// Show the conntrack entries (one per direction of each flow; an ICMP echo flow shows its
-    /// identifier as the port), or flush them.
+    /// Show the flows (conntrack), filtered like `conntrack -L`; delete one, flush them all, or
+    /// watch them start and end.
+    ///
+    /// One line per direction of each flow, as it arrives and as it leaves (an ICMP echo flow
+    /// shows its identifier as the port), with its kind, state and lifetime.
     Flows(crate::cmd::flows::FlowsArgs),
     /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
     /// until SIGTERM or SIGINT, leaving the dataplane running on exit.

@@ -292,9 +292,11 @@ pub struct Config {
     pub wan_placement: u16,
 }
 
-/// How long a flow may stay idle, by protocol and TCP state, in seconds.
+/// How long a flow may stay idle, by protocol and TCP state, in seconds. (The `[timeouts]`
+/// section of the controller's configuration file, keys as the fields.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(deny_unknown_fields, default))]
 pub struct Timeouts {
     /// TCP with the handshake done and no FIN/RST (RFC 5382 REQ-5: at least 2 h 4 min).
     pub tcp_established: u32,

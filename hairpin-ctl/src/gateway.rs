@@ -127,9 +127,10 @@ pub fn resolve(spec: &Spec, origin: &Origin) -> anyhow::Result<Resolved> {
     Ok(Resolved { lan_ifindex, wan_ifindex, addrs })
 }
 
-/// The dataplane configuration for a spec resolved here with these placements: the one place
+/// The dataplane configuration for a spec resolved here with these placements (encoded, as
+/// `Placement::encode` gives them): the one place
 /// a [`Config`] is made.
-pub fn config(spec: &Spec, r: &Resolved, placements: [Placement; 2]) -> Config {
+pub fn config(spec: &Spec, r: &Resolved, placements: [u16; 2]) -> Config {
     let a = &r.addrs;
     let mut flags = 0;
     for (on, flag) in [
@@ -149,12 +150,12 @@ pub fn config(spec: &Spec, r: &Resolved, placements: [Placement; 2]) -> Config {
         port_max: spec.nat.port_range.max,
         flags,
         wan_ifindex: r.wan_ifindex,
-        timeouts: spec.timeouts.into(),
+        timeouts: spec.timeouts,
         lan_net: Ipv4Be::from_octets(a.lan_prefix.network().octets()),
         lan_mask: Ipv4Be::from_octets(a.lan_prefix.netmask().octets()),
         lan_ifindex: r.lan_ifindex,
-        lan_placement: placements[0].encode(),
-        wan_placement: placements[1].encode(),
+        lan_placement: placements[0],
+        wan_placement: placements[1],
     }
 }
 
@@ -164,6 +165,17 @@ pub fn mapping(f: &Forward, public: Ipv4Be) -> (MappingKey, Endpoint) {
     (key, Endpoint::new(Ipv4Be::from_octets(f.to.ip().octets()), PortBe::from_host(f.to.port())))
 }
 
+/// The addresses a live configuration uses.
+pub fn addresses(cfg: &Config) -> Addresses {
+    let len = u32::from(output::ip(cfg.lan_mask)).count_ones() as u8;
+    Addresses {
+        lan_ip: output::ip(cfg.lan_addr),
+        // A mask from a configuration `config` made: its length is 0 to 32.
+        lan_prefix: Ipv4Net::new(output::ip(cfg.lan_net), len).unwrap_or_default(),
+        public_ip: output::ip(cfg.public_addr),
+    }
+}
+
 /// The live dataplane as a spec: what `show` prints, and what `apply` and `run` compare with.
 /// Keys that only pick a default (`mode = "auto"`) read back as what they chose where the
 /// placements say so; addresses read back as in use.
@@ -171,10 +183,9 @@ pub fn live(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
     let cfg = maps.config()?;
     let name = |ifindex| netif::name(ifindex).unwrap_or_else(|| format!("ifindex-{ifindex}"));
     let mut spec = Spec::new(&name(cfg.lan_ifindex), &name(cfg.wan_ifindex));
-    let lan_net = output::ip(cfg.lan_net);
-    let len = u32::from(output::ip(cfg.lan_mask)).count_ones() as u8;
-    spec.lan.address = Some(output::ip(cfg.lan_addr));
-    spec.lan.prefix = Ipv4Net::new(lan_net, len).ok();
+    let addrs = addresses(&cfg);
+    spec.lan.address = Some(addrs.lan_ip);
+    spec.lan.prefix = Some(addrs.lan_prefix);
     if cfg.flags & CFG_F_PUBLIC_FROM_WAN == 0 {
         spec.wan.public_address = Some(output::ip(cfg.public_addr));
     }
@@ -184,7 +195,7 @@ pub fn live(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
         true => UdpFiltering::EndpointIndependent,
         false => UdpFiltering::AddressAndPortDependent,
     };
-    spec.timeouts = cfg.timeouts.into();
+    spec.timeouts = cfg.timeouts;
     let d = &mut spec.dataplane;
     d.fast_path = cfg.fast_path();
     let info = |name: &str| {
@@ -296,9 +307,8 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
     }
 
     // Live settings: one configuration write.
-    let live_placements = [cfg.lan_placement, cfg.wan_placement].map(Placement::decode);
-    let mut next = config(want, r, [live_placements[0], live_placements[1]].map(|p| p.unwrap_or(DEFAULT_PLACEMENT)));
-    (next.lan_placement, next.wan_placement) = (cfg.lan_placement, cfg.wan_placement);
+    // Placements stay as attached (a change that would move one was refused above).
+    let mut next = config(want, r, [cfg.lan_placement, cfg.wan_placement]);
     next.flags |= cfg.flags & CFG_F_CT_PRESSURE;
     let changes = [
         ("lan.address", show_opt(&have.lan.address), show_opt(&Some(r.addrs.lan_ip))),
@@ -380,11 +390,9 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
     Ok(p)
 }
 
-/// Placement recorded for a configuration that predates placements: none.
-const DEFAULT_PLACEMENT: Placement = Placement { ingress: Ingress::Tc, why: Why::ModeTc, xdp_target: false };
-
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+/// A setting's value as the file and the flags spell it.
+fn enum_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_string())
 }
 
 fn show_opt<T: std::fmt::Display>(v: &Option<T>) -> String {

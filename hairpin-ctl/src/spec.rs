@@ -25,7 +25,7 @@ pub struct Spec {
     #[serde(default)]
     pub nat: Nat,
     #[serde(default)]
-    pub timeouts: Timeouts,
+    pub timeouts: hairpin_common::Timeouts,
     #[serde(default)]
     pub dataplane: Dataplane,
     #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
@@ -74,34 +74,6 @@ impl Default for Nat {
             port_range: PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX },
             udp_filtering: UdpFiltering::AddressAndPortDependent,
         }
-    }
-}
-
-/// Idle timeouts, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    pub tcp_established: u32,
-    pub tcp_transitory: u32,
-    pub udp: u32,
-    pub icmp: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self::from(hairpin_common::Timeouts::default())
-    }
-}
-
-impl From<hairpin_common::Timeouts> for Timeouts {
-    fn from(t: hairpin_common::Timeouts) -> Self {
-        Self { tcp_established: t.tcp_established, tcp_transitory: t.tcp_transitory, udp: t.udp, icmp: t.icmp }
-    }
-}
-
-impl From<Timeouts> for hairpin_common::Timeouts {
-    fn from(t: Timeouts) -> Self {
-        Self { tcp_established: t.tcp_established, tcp_transitory: t.tcp_transitory, udp: t.udp, icmp: t.icmp }
     }
 }
 
@@ -265,7 +237,7 @@ impl Spec {
             lan: Lan { interface: lan.into(), address: None, prefix: None },
             wan: Wan { interface: wan.into(), public_address: None },
             nat: Nat::default(),
-            timeouts: Timeouts::default(),
+            timeouts: hairpin_common::Timeouts::default(),
             dataplane: Dataplane::default(),
             forwards: Vec::new(),
         }

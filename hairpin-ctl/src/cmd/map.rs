@@ -8,8 +8,7 @@ use serde::Serialize;
 use crate::{
     cli::{HostPort, JsonArg, Proto},
     dataplane::{AddError, PinDir},
-    expire, output,
-    spec::{self, Addresses},
+    expire, output, spec,
 };
 
 #[derive(Debug, Subcommand)]
@@ -57,13 +56,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                     output::ip(cfg.public_addr)
                 );
             }
-            let mask = u32::from(output::ip(cfg.lan_mask)).count_ones() as u8;
-            let addrs = Addresses {
-                lan_ip: output::ip(cfg.lan_addr),
-                lan_prefix: ipnet::Ipv4Net::new(output::ip(cfg.lan_net), mask).context("the pinned LAN prefix")?,
-                public_ip: output::ip(cfg.public_addr),
-            };
-            if let Some(why) = spec::target_problem(*private.0.ip(), &addrs) {
+            if let Some(why) = spec::target_problem(*private.0.ip(), &crate::gateway::addresses(&cfg)) {
                 bail!("{why}");
             }
             let key = MappingKey::new(proto.number(), to_endpoint(public));

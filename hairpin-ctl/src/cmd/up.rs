@@ -143,83 +143,33 @@ impl UpArgs {
     /// Sets in `spec` what the flags give; returns the flags given, in the order above.
     pub fn overlay(&self, spec: &mut Spec) -> Vec<&'static str> {
         let mut given = Vec::new();
-        let mut set = |flag: &'static str, on: bool| {
-            if on {
+        // A flag given sets its key; one not given leaves the key as it is.
+        fn put<T: Clone>(given: &mut Vec<&'static str>, flag: &'static str, value: &Option<T>, key: &mut T) {
+            if let Some(v) = value {
                 given.push(flag);
-            }
-            on
-        };
-        if let Some(v) = &self.lan
-            && set("--lan", true)
-        {
-            spec.lan.interface = v.clone();
-        }
-        if let Some(v) = &self.wan
-            && set("--wan", true)
-        {
-            spec.wan.interface = v.clone();
-        }
-        if set("--public-ip", self.public_ip.is_some()) {
-            spec.wan.public_address = self.public_ip;
-        }
-        if set("--lan-ip", self.lan_ip.is_some()) {
-            spec.lan.address = self.lan_ip;
-        }
-        if set("--lan-prefix", self.lan_prefix.is_some()) {
-            spec.lan.prefix = self.lan_prefix;
-        }
-        if set("--no-hairpin", self.no_hairpin) {
-            spec.nat.hairpin = false;
-        }
-        if set("--no-fast-path", self.no_fast_path) {
-            spec.dataplane.fast_path = false;
-        }
-        if set("--no-flow-cache", self.no_flow_cache) {
-            spec.dataplane.flow_cache = false;
-        }
-        if let Some(v) = self.port_range
-            && set("--port-range", true)
-        {
-            spec.nat.port_range = v;
-        }
-        if let Some(v) = self.udp_filtering
-            && set("--udp-filtering", true)
-        {
-            spec.nat.udp_filtering = v;
-        }
-        if let Some(v) = self.max_flows
-            && set("--max-flows", true)
-        {
-            spec.dataplane.max_flows = v;
-        }
-        let t = self.timeouts;
-        for (flag, v, field) in [
-            ("--tcp-established-timeout", t.tcp_established_timeout, &mut spec.timeouts.tcp_established),
-            ("--tcp-transitory-timeout", t.tcp_transitory_timeout, &mut spec.timeouts.tcp_transitory),
-            ("--udp-timeout", t.udp_timeout, &mut spec.timeouts.udp),
-            ("--icmp-timeout", t.icmp_timeout, &mut spec.timeouts.icmp),
-        ] {
-            if let Some(v) = v
-                && set(flag, true)
-            {
-                *field = v;
+                *key = v.clone();
             }
         }
-        if let Some(v) = self.mode
-            && set("--mode", true)
-        {
-            spec.dataplane.mode = v;
-        }
-        if let Some(v) = self.xdp_mode
-            && set("--xdp-mode", true)
-        {
-            spec.dataplane.xdp_mode = v;
-        }
-        if let Some(v) = self.tc_attach
-            && set("--tc-attach", true)
-        {
-            spec.dataplane.tc_attach = v;
-        }
+        let on = |b: bool| b.then_some(false);
+        let t = &self.timeouts;
+        put(&mut given, "--lan", &self.lan, &mut spec.lan.interface);
+        put(&mut given, "--wan", &self.wan, &mut spec.wan.interface);
+        put(&mut given, "--public-ip", &self.public_ip.map(Some), &mut spec.wan.public_address);
+        put(&mut given, "--lan-ip", &self.lan_ip.map(Some), &mut spec.lan.address);
+        put(&mut given, "--lan-prefix", &self.lan_prefix.map(Some), &mut spec.lan.prefix);
+        put(&mut given, "--no-hairpin", &on(self.no_hairpin), &mut spec.nat.hairpin);
+        put(&mut given, "--no-fast-path", &on(self.no_fast_path), &mut spec.dataplane.fast_path);
+        put(&mut given, "--no-flow-cache", &on(self.no_flow_cache), &mut spec.dataplane.flow_cache);
+        put(&mut given, "--port-range", &self.port_range, &mut spec.nat.port_range);
+        put(&mut given, "--udp-filtering", &self.udp_filtering, &mut spec.nat.udp_filtering);
+        put(&mut given, "--max-flows", &self.max_flows, &mut spec.dataplane.max_flows);
+        put(&mut given, "--tcp-established-timeout", &t.tcp_established_timeout, &mut spec.timeouts.tcp_established);
+        put(&mut given, "--tcp-transitory-timeout", &t.tcp_transitory_timeout, &mut spec.timeouts.tcp_transitory);
+        put(&mut given, "--udp-timeout", &t.udp_timeout, &mut spec.timeouts.udp);
+        put(&mut given, "--icmp-timeout", &t.icmp_timeout, &mut spec.timeouts.icmp);
+        put(&mut given, "--mode", &self.mode, &mut spec.dataplane.mode);
+        put(&mut given, "--xdp-mode", &self.xdp_mode, &mut spec.dataplane.xdp_mode);
+        put(&mut given, "--tc-attach", &self.tc_attach, &mut spec.dataplane.tc_attach);
         given
     }
 
@@ -263,23 +213,12 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<(
     for (name, ifindex) in [(lan, r.lan_ifindex), (wan, r.wan_ifindex)] {
         crate::netif::refuse_attached(name, ifindex)?;
     }
-    let lan_caps = Caps::probe(lan, r.lan_ifindex)?;
-    let wan_caps = Caps::probe(wan, r.wan_ifindex)?;
-    let mut sides = [
-        Side {
-            iface: lan,
-            ifindex: r.lan_ifindex,
-            placement: placement::choose(&lan_caps, d.mode, d.xdp_mode),
-            caps: lan_caps,
-        },
-        Side {
-            iface: wan,
-            ifindex: r.wan_ifindex,
-            placement: placement::choose(&wan_caps, d.mode, d.xdp_mode),
-            caps: wan_caps,
-        },
-    ];
-    let mut cfg = gateway::config(spec, &r, [sides[0].placement, sides[1].placement]);
+    let side = |iface, ifindex| -> anyhow::Result<Side> {
+        let caps = Caps::probe(iface, ifindex)?;
+        Ok(Side { iface, ifindex, placement: placement::choose(&caps, d.mode, d.xdp_mode), caps })
+    };
+    let mut sides = [side(lan, r.lan_ifindex)?, side(wan, r.wan_ifindex)?];
+    let mut cfg = gateway::config(spec, &r, [sides[0].placement.encode(), sides[1].placement.encode()]);
     let mut ebpf = dataplane::load(d.max_flows, d.flow_cache)?;
     write_config(&mut ebpf, &cfg)?;
     // The forwards go in before anything is attached: the first packet meets all of them.

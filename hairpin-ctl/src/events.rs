@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CtEntry, FlowKey};
+use hairpin_common::{CtEntry, FlowKey};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -47,16 +47,11 @@ pub struct FlowEvent {
 impl FlowEvent {
     /// The event for a flow's original direction (`key` arriving, translated to `xlate`).
     pub fn new(event: &str, reason: Option<&str>, key: &FlowKey, xlate: &FlowKey, flags: u32) -> Self {
-        let kind = match (flags & CT_F_HAIRPIN != 0, flags & CT_F_MASQ != 0) {
-            (true, _) => "hairpin",
-            (false, true) => "masquerade",
-            (false, false) => "forward",
-        };
         Self {
             event: event.into(),
             reason: reason.map(Into::into),
             proto: output::proto_name(key.proto).into(),
-            kind: kind.into(),
+            kind: output::Kind::of(flags).name().into(),
             src: output::src(key).to_string(),
             dst: output::dst(key).to_string(),
             translated_src: output::src(xlate).to_string(),

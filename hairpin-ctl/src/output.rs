@@ -99,6 +99,35 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
 }
 
+/// A flow's kind, from its conntrack flags: from the internet to a port-forward, a LAN host
+/// to the public address, or a LAN host to the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Forward,
+    Hairpin,
+    Masquerade,
+}
+
+impl Kind {
+    pub fn of(ct_flags: u32) -> Self {
+        use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ};
+        match (ct_flags & CT_F_HAIRPIN != 0, ct_flags & CT_F_MASQ != 0) {
+            (true, _) => Kind::Hairpin,
+            (false, true) => Kind::Masquerade,
+            (false, false) => Kind::Forward,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Forward => "forward",
+            Kind::Hairpin => "hairpin",
+            Kind::Masquerade => "masquerade",
+        }
+    }
+}
+
 /// Prints `value` as pretty JSON followed by a newline: an array of rows, or one object.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     line(format_args!("{}", serde_json::to_string_pretty(value)?));

@@ -13,7 +13,7 @@ use crate::{
     dataplane::PinDir,
     events,
     expire::{self, Flow},
-    output,
+    output::{self, Kind},
 };
 
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub struct FlowsArgs {
 
 /// Which flows to list: every condition given must hold (of the flow's original direction, as
 /// it arrived at the gateway, or of its translation).
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, PartialEq)]
 pub struct Filter {
     /// Only this protocol.
     #[arg(long, value_enum)]
@@ -91,24 +91,6 @@ impl FlowProto {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Forward,
-    Hairpin,
-    Masquerade,
-}
-
-impl Kind {
-    fn of(e: &CtEntry) -> Self {
-        match (e.flags & CT_F_HAIRPIN != 0, e.flags & CT_F_MASQ != 0) {
-            (true, _) => Kind::Hairpin,
-            (false, true) => Kind::Masquerade,
-            (false, false) => Kind::Forward,
-        }
-    }
-}
-
 /// An address, and maybe a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrPort {
@@ -135,7 +117,7 @@ impl Filter {
         let srcs = [output::src(k), output::src(x)];
         let dsts = [output::dst(k), output::dst(x)];
         self.proto.is_none_or(|p| p.number() == k.proto)
-            && self.kind.is_none_or(|kind| kind == Kind::of(&f.orig))
+            && self.kind.is_none_or(|kind| kind == Kind::of(f.orig.flags))
             && self.src.is_none_or(|a| srcs.iter().any(|&ep| a.matches(ep)))
             && self.dst.is_none_or(|a| dsts.iter().any(|&ep| a.matches(ep)))
             && self.port.is_none_or(|p| srcs.iter().chain(&dsts).any(|ep| ep.port() == p))
@@ -232,20 +214,16 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         let reply_flags = f.reply.as_ref().map_or(0, |(_, r)| r.flags);
         let state = expiry::state_name(f.orig_key.proto, f.orig.flags, reply_flags);
         let left = f.remaining_ns(&timeouts, now);
-        let kind = Kind::of(&f.orig);
+        let kind = Kind::of(f.orig.flags);
         push(&f.orig_key, &f.orig, kind, "original", state, left);
         if let Some((rk, r)) = &f.reply {
             push(rk, r, kind, "reply", state, left);
         }
     }
     // Entries whose original direction is gone: shown unless a filter asks for something.
-    let unfiltered = a.filter.proto.is_none()
-        && a.filter.src.is_none()
-        && a.filter.dst.is_none()
-        && a.filter.port.is_none()
-        && a.filter.kind.is_none();
+    let unfiltered = a.filter == Filter::default();
     for (k, e) in lone.iter().filter(|_| unfiltered) {
-        push(k, e, Kind::of(e), "reply", "orphan", 0);
+        push(k, e, Kind::of(e.flags), "reply", "orphan", 0);
     }
     if a.json {
         return output::json(&rows);
@@ -268,7 +246,6 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         "expires in",
     ]);
     for r in &rows {
-        let kind = serde_json::to_value(r.kind)?.as_str().unwrap_or_default().to_string();
         table.add_row([
             r.proto.to_string(),
             r.direction.to_string(),
@@ -276,7 +253,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             r.dst.clone(),
             r.translated_src.clone(),
             r.translated_dst.clone(),
-            kind,
+            r.kind.name().to_string(),
             r.state.to_string(),
             format!("{:.0}s", r.age_s),
             format!("{:.0}s", r.idle_s),

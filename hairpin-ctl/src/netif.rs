@@ -90,24 +90,35 @@ pub fn is_loopback(name: &str) -> bool {
     ifindex(name).and_then(link).is_ok_and(|l| l.header.flags.contains(LinkFlags::Loopback))
 }
 
-/// A program attached to an interface: how (`XDP`, `TCX`, `a cls_bpf filter`), where, and its id.
+/// A program attached to an interface: how (`XDP`, `TCX`, `a cls_bpf filter`), where, its id
+/// and (as the kernel keeps it, cut to 15 bytes) its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
     pub how: &'static str,
     pub hook: &'static str,
     pub id: u32,
+    pub name: Option<String>,
+}
+
+impl Attached {
+    /// Whether it is one of hairpin's programs (from any pin directory).
+    pub fn hairpins(&self) -> bool {
+        self.name
+            .as_deref()
+            .is_some_and(|n| !n.is_empty() && crate::dataplane::PROGRAM_NAMES.iter().any(|p| p.starts_with(n)))
+    }
 }
 
 /// Every XDP, TCX and cls_bpf program attached to the interface.
 pub fn attached(ifindex: u32) -> anyhow::Result<Vec<Attached>> {
-    let mut out = Vec::new();
+    let mut found: Vec<(&'static str, &'static str, u32)> = Vec::new();
     for a in link(ifindex)?.attributes {
         let LinkAttribute::Xdp(x) = a else { continue };
         for x in x {
             if let LinkXdp::ProgId(id) = x
                 && id != 0
             {
-                out.push(Attached { how: "XDP", hook: "ingress", id });
+                found.push(("XDP", "ingress", id));
             }
         }
     }
@@ -115,26 +126,35 @@ pub fn attached(ifindex: u32) -> anyhow::Result<Vec<Attached>> {
     for (at, hook) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
         // Kernels before 6.6 have no TCX (nothing can be attached that way there).
         let Ok((_, progs)) = SchedClassifier::query_tcx(ifindex, at) else { continue };
-        out.extend(progs.iter().map(|p| Attached { how: "TCX", hook, id: p.id() }));
+        found.extend(progs.iter().map(|p| ("TCX", hook, p.id())));
     }
-    out.extend(bpf_filters(ifindex)?.into_iter().map(|(hook, id)| Attached { how: "a cls_bpf filter", hook, id }));
-    Ok(out)
+    found.extend(bpf_filters(ifindex)?.into_iter().map(|(hook, id)| ("a cls_bpf filter", hook, id)));
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .collect();
+    Ok(found.into_iter().map(|(how, hook, id)| Attached { how, hook, id, name: names.get(&id).cloned() }).collect())
 }
 
 /// Refuses an interface that already runs an XDP, TCX or cls_bpf program (hairpin's own from
 /// another pin directory, or anyone's): a second NAT, or a program hairpin would run beside
 /// without knowing, is never what an operator wants. Names the program.
 pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
-    match attached(ifindex)?.first() {
-        Some(Attached { how: "XDP", id, .. }) => {
-            bail!("{name} already runs XDP program id {id}{}: detach it first", program_name(*id))
-        }
-        Some(Attached { how, hook, id }) => {
-            let what = if *how == "TCX" { "TCX program" } else { "a cls_bpf filter, program" };
-            bail!("{name} already runs {what} id {id}{} at {hook}: detach it first", program_name(*id))
-        }
-        None => Ok(()),
-    }
+    let Some(a) = attached(ifindex)?.into_iter().next() else { return Ok(()) };
+    let (what, at) = match a.how {
+        "XDP" => ("XDP program", String::new()),
+        "TCX" => ("TCX program", format!(" at {}", a.hook)),
+        _ => ("a cls_bpf filter, program", format!(" at {}", a.hook)),
+    };
+    let prog = match (&a.name, a.hairpins()) {
+        (Some(n), true) => format!(" ({n}: hairpin's, from another pin directory or a `down` that did not finish?)"),
+        (Some(n), false) => format!(" ({n})"),
+        (None, _) => String::new(),
+    };
+    bail!("{name} already runs {what} id {}{prog}{at}: detach it first", a.id)
 }
 
 /// Waits (up to two seconds) until none of hairpin's programs runs on these interfaces any
@@ -142,15 +162,8 @@ pub fn refuse_attached(name: &str, ifindex: u32) -> anyhow::Result<()> {
 /// right after `down` must not find them.
 pub fn wait_detached(ifindexes: &[u32]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let ours = |id: u32| {
-        let name = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|p| p.id() == id)
-            .and_then(|p| p.name_as_str().map(String::from));
-        name.is_some_and(|n| !n.is_empty() && crate::dataplane::PROGRAM_NAMES.iter().any(|p| p.starts_with(&n)))
-    };
     while std::time::Instant::now() < deadline {
-        let busy = ifindexes.iter().any(|&i| attached(i).is_ok_and(|a| a.iter().any(|a| ours(a.id))));
+        let busy = ifindexes.iter().any(|&i| attached(i).is_ok_and(|a| a.iter().any(Attached::hairpins)));
         if !busy {
             return;
         }
@@ -183,22 +196,6 @@ fn bpf_filters(ifindex: u32) -> anyhow::Result<Vec<(&'static str, u32)>> {
         }
     }
     Ok(out)
-}
-
-/// ` (name, hairpin's from another pin directory?)` for a program id, as far as it is known.
-fn program_name(id: u32) -> String {
-    let Some(name) = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .and_then(|p| p.name_as_str().map(String::from))
-    else {
-        return String::new();
-    };
-    let ours = crate::dataplane::PROGRAM_NAMES.iter().any(|n| n.starts_with(&name) && !name.is_empty());
-    match ours {
-        true => format!(" ({name}: hairpin's, from another pin directory or a `down` that did not finish?)"),
-        false => format!(" ({name})"),
-    }
 }
 
 /// What the kernel announced about interfaces and addresses (rtnetlink multicast).

@@ -117,6 +117,16 @@ impl Serving {
     }
 }
 
+/// After the dataplane was attached again (new pins): the lock on the new directory, and the
+/// new maps and ring.
+fn reopen(
+    pins: &PinDir,
+    old: nix::fcntl::Flock<std::fs::File>,
+) -> anyhow::Result<(nix::fcntl::Flock<std::fs::File>, Serving)> {
+    drop(old);
+    Ok((pins.lock()?, Serving::open(pins)?))
+}
+
 /// What woke the loop up.
 enum Wake {
     Tick,
@@ -199,9 +209,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                 // missed, or the last try failed, here).
                 if follow.waiting() && (pins.is_up() || follow.took_down()) {
                     if follow.retry(pins) == Outcome::Reattached {
-                        drop(lock);
-                        lock = pins.lock()?;
-                        serving = Serving::open(pins)?;
+                        (lock, serving) = reopen(pins, lock)?;
                     }
                     continue;
                 }
@@ -249,9 +257,7 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                 });
                 hub.send_own();
                 if outcome == Outcome::Reattached {
-                    drop(lock);
-                    lock = pins.lock()?;
-                    serving = Serving::open(pins)?;
+                    (lock, serving) = reopen(pins, lock)?;
                 }
             }
             Wake::Reload => {

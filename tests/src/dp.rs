@@ -83,7 +83,8 @@ impl Dataplane {
         let mut ring = aya::maps::RingBuf::try_from(self.ebpf.map_mut(map_names::EVENTS).unwrap()).unwrap();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
-            out.push(*bytemuck_read(&item));
+            let event = item.get(..std::mem::size_of::<hairpin_common::Event>()).expect("an event-sized item");
+            out.push(bytemuck::pod_read_unaligned(event));
         }
         out
     }
@@ -221,13 +222,4 @@ impl Dataplane {
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
-}
-
-/// An event out of a ring buffer item (aligned copy).
-fn bytemuck_read(item: &[u8]) -> Box<hairpin_common::Event> {
-    let mut e = hairpin_common::Event::default();
-    let n = std::mem::size_of::<hairpin_common::Event>().min(item.len());
-    // SAFETY: Event is plain old data; at most its size is copied into it.
-    unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), (&raw mut e).cast::<u8>(), n) };
-    Box::new(e)
 }

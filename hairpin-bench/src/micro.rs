@@ -109,6 +109,9 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         // Native XDP on both, sending into both: what the benchmark measures.
         lan_placement: XDP_BOTH,
         wan_placement: XDP_BOTH,
+        // The frames' destination (see below): the check runs as on a gateway.
+        lan_mac: [0x02, 0, 0, 0, 0x02, 0x01],
+        wan_mac: [0x02, 0, 0, 0, 0x02, 0x01],
     };
     let set_cfg = |ebpf: &mut aya::Ebpf, flags| -> anyhow::Result<()> {
         Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config")?)?.set(0, &cfg(flags), 0)?;

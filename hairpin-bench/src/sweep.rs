@@ -93,6 +93,8 @@ fn config(timeouts: Timeouts) -> Config {
         lan_ifindex: 0,
         lan_placement: 0,
         wan_placement: 0,
+        lan_mac: [0; 6],
+        wan_mac: [0; 6],
     }
 }
 

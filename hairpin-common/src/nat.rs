@@ -124,6 +124,8 @@ mod tests {
             lan_ifindex: 0,
             lan_placement: 0,
             wan_placement: 0,
+            lan_mac: [0; 6],
+            wan_mac: [0; 6],
         }
     }
 

@@ -116,6 +116,10 @@ reasons! {
     /// A packet that parsed, but whose rewrite a kernel helper refused (a checksum update of
     /// an skb): dropped rather than sent half-translated.
     DropRewrite = 25, "drop_rewrite", drop;
+    /// Frame sent to another host's MAC address (a switch flooding, a promiscuous interface):
+    /// the kernel forwards only frames sent to its own, so it is passed to the gateway's stack
+    /// untouched (which drops it, or hands it to a macvlan or packet socket that wants it).
+    PassOtherHost = 26, "pass_other_host", pass;
 }
 
 macro_rules! counters {

@@ -290,6 +290,11 @@ pub struct Config {
     /// dataplane reads only whether the XDP fast path may send into it.
     pub lan_placement: u16,
     pub wan_placement: u16,
+    /// The interfaces' Ethernet addresses: only frames sent to them are the gateway's to
+    /// translate and forward (the kernel forwards nothing else). All zero: not checked (a
+    /// device without one).
+    pub lan_mac: [u8; 6],
+    pub wan_mac: [u8; 6],
 }
 
 /// How long a flow may stay idle, by protocol and TCP state, in seconds. (The `[timeouts]`
@@ -344,6 +349,20 @@ impl Config {
         ifindex != 0 && (!xdp || placement & crate::placement::XDP_TARGET != 0)
     }
 
+    /// Whether a frame with destination MAC `dst` that arrived on `side` is addressed to the
+    /// gateway, as the kernel judges it before forwarding (`PACKET_HOST`). Broadcast and
+    /// multicast frames are not: the kernel delivers them to its own stack only.
+    #[inline(always)]
+    pub fn addressed_to_us(&self, side: crate::nat::Side, dst: &[u8; 6]) -> bool {
+        let own = match side {
+            crate::nat::Side::Lan => &self.lan_mac,
+            crate::nat::Side::Wan => &self.wan_mac,
+        };
+        // As two words: an array comparison may become a `bcmp` call, which BPF has not.
+        let words = |m: &[u8; 6]| (u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), u16::from_ne_bytes([m[4], m[5]]));
+        words(own) == (0, 0) || words(own) == words(dst)
+    }
+
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).
     #[inline(always)]
     pub const fn in_lan(&self, addr: Ipv4Be) -> bool {
@@ -362,7 +381,7 @@ const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
-const _: () = assert!(size_of::<Config>() == 52 && align_of::<Config>() == 4);
+const _: () = assert!(size_of::<Config>() == 64 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
 const _: () = {
@@ -390,4 +409,23 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for crate::flow_cache::Slot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::Side;
+
+    #[test]
+    fn only_frames_to_the_sides_own_mac_are_the_gateways() {
+        let (lan, wan) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let cfg = Config { lan_mac: lan, wan_mac: wan, ..Config::default() };
+        assert!(cfg.addressed_to_us(Side::Lan, &lan));
+        assert!(cfg.addressed_to_us(Side::Wan, &wan));
+        assert!(!cfg.addressed_to_us(Side::Lan, &wan), "the other side's address");
+        assert!(!cfg.addressed_to_us(Side::Wan, &[0xff; 6]), "broadcast");
+        assert!(!cfg.addressed_to_us(Side::Wan, &[2, 0, 0, 0, 1, 2]), "differs in the last two bytes only");
+        // A device without an Ethernet address: nothing to check against.
+        assert!(Config::default().addressed_to_us(Side::Lan, &[0x02, 0x42, 0, 0, 0, 0x99]));
+    }
 }

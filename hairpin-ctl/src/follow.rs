@@ -67,6 +67,24 @@ impl Follow {
             drop(maps);
             return Ok(self.retry(pins));
         }
+        // An interface's MAC address changed (`ip link set ... address`): until the dataplane
+        // has the new one, frames sent to it are left to the kernel (see `Config::addressed_to_us`).
+        for (ifindex, name, have) in [
+            (cfg.lan_ifindex, &self.spec.lan.interface, cfg.lan_mac),
+            (cfg.wan_ifindex, &self.spec.wan.interface, cfg.wan_mac),
+        ] {
+            let announced = changes.iter().any(|c| matches!(c, Change::Link(i, _) if *i == ifindex));
+            if let Ok(now) = netif::mac(ifindex)
+                && announced
+                && now != have
+            {
+                say!("hairpin run: {name}'s MAC address is now {} (was {})", output::mac(now), output::mac(have));
+                let spec = gateway::live(pins, &maps)?;
+                drop(maps);
+                reconcile(pins, &spec, &Origin::Live, false).context("following the MAC address")?;
+                return Ok(Outcome::Nothing);
+            }
+        }
         if changes.contains(&Change::Address) && cfg.flags & CFG_F_PUBLIC_FROM_WAN != 0 {
             let wan = &self.spec.wan.interface;
             let old = output::ip(cfg.public_addr);

@@ -89,6 +89,8 @@ fn flag_of(key: &str) -> String {
 pub struct Resolved {
     pub lan_ifindex: u32,
     pub wan_ifindex: u32,
+    /// The interfaces' Ethernet addresses (see `Config::addressed_to_us`).
+    pub macs: [[u8; 6]; 2],
     pub addrs: Addresses,
 }
 
@@ -124,7 +126,8 @@ pub fn resolve(spec: &Spec, origin: &Origin) -> anyhow::Result<Resolved> {
     };
     let addrs = Addresses { lan_ip, lan_prefix, public_ip };
     origin.check(spec.check_addresses(&addrs))?;
-    Ok(Resolved { lan_ifindex, wan_ifindex, addrs })
+    let macs = [netif::mac(lan_ifindex)?, netif::mac(wan_ifindex)?];
+    Ok(Resolved { lan_ifindex, wan_ifindex, macs, addrs })
 }
 
 /// The dataplane configuration for a spec resolved here with these placements (encoded, as
@@ -156,6 +159,8 @@ pub fn config(spec: &Spec, r: &Resolved, placements: [u16; 2]) -> Config {
         lan_ifindex: r.lan_ifindex,
         lan_placement: placements[0],
         wan_placement: placements[1],
+        lan_mac: r.macs[0],
+        wan_mac: r.macs[1],
     }
 }
 
@@ -339,6 +344,13 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
     p.flush = next.public_addr != cfg.public_addr
         || next.lan_addr != cfg.lan_addr
         || (next.lan_net, next.lan_mask) != (cfg.lan_net, cfg.lan_mask);
+    for (name, from, to) in
+        [(&want.lan.interface, cfg.lan_mac, next.lan_mac), (&want.wan.interface, cfg.wan_mac, next.wan_mac)]
+    {
+        if from != to {
+            p.lines.push(format!("~ {name} MAC address: {} -> {}", output::mac(from), output::mac(to)));
+        }
+    }
     if p.flush {
         p.lines.push("  (the addresses changed: the flows and bindings made for the old ones are removed)".into());
     }

@@ -30,6 +30,19 @@ pub fn name(ifindex: u32) -> Option<String> {
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
+/// The Ethernet address of the interface `ifindex`; all zero for a device without one (PPP,
+/// tun), which the dataplane then does not check frames against.
+pub fn mac(ifindex: u32) -> anyhow::Result<[u8; 6]> {
+    let l = link(ifindex)?;
+    Ok(l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
 /// The interface's primary (first, not secondary) IPv4 address.
 pub fn primary_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
     primary_ipv4_net(name).map(|(addr, _)| addr)

@@ -27,6 +27,11 @@ pub fn dst(k: &FlowKey) -> SocketAddrV4 {
     endpoint(k.dst_ep())
 }
 
+/// An Ethernet address as `ip link` prints it.
+pub fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// A flow's protocol by name; an ICMP echo flow's "port" is its identifier.
 pub fn proto_name(proto: u8) -> &'static str {
     use hairpin_common::consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};

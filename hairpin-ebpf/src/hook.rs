@@ -19,7 +19,7 @@ use crate::{
     fwd::{self, Route},
     icmp,
     maps::{CONFIG, MAPPINGS, SNAT},
-    parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, parse_ip, parse_l4},
+    parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, eth_dst, parse_ip, parse_l4},
     rewrite::rewrite,
     stats,
 };
@@ -42,6 +42,10 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let Some(cfg) = CONFIG.get(0) else {
         return Ok(Reason::PassNoConfig);
     };
+    // Not the gateway's to forward (see `Config::addressed_to_us`): no flow, no fast path.
+    if !cfg.addressed_to_us(side, &eth_dst(pkt)?) {
+        return Ok(Reason::PassOtherHost);
+    }
     check_boundary(pkt, cfg, &ip, side)?;
     let p = match parse_l4(pkt, &ip) {
         Ok(L4::Flow(p)) => p,

@@ -126,6 +126,14 @@ pub fn parse_ip(pkt: &impl Packet) -> Result<Ip, Reason> {
     Ok(ip)
 }
 
+/// The frame's destination MAC address.
+#[inline(always)]
+pub fn eth_dst(pkt: &impl Packet) -> Result<[u8; 6], Reason> {
+    let dst = ptr_at::<[u8; 6]>(pkt, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { dst.read_unaligned() })
+}
+
 /// The IPv4 header at `l3_off` (of a packet, or quoted in an ICMP error), and its length.
 #[inline(always)]
 fn ipv4_at(pkt: &impl Packet, l3_off: usize) -> Result<(Ip, usize), Reason> {

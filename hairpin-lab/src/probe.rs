@@ -150,3 +150,72 @@ pub fn send_frame(ns: &Netns, iface: &str, frame: &[u8]) -> anyhow::Result<()> {
         Ok(())
     })?
 }
+
+/// The frames `iface` in a namespace receives from its link (not those it sends), recorded by
+/// a packet socket from the moment it is opened: what a host on the far side of the gateway
+/// actually got.
+pub struct Capture {
+    fd: OwnedFd,
+}
+
+impl Capture {
+    pub fn open(ns: &Netns, iface: &str) -> anyhow::Result<Self> {
+        let iface = iface.to_owned();
+        let fd = ns.run(move || -> anyhow::Result<OwnedFd> {
+            let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| format!("no {iface}"))?;
+            let all = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain syscalls on a descriptor owned here; the address is a zeroed
+            // sockaddr_ll filled in below.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error()).context("creating a packet socket");
+                }
+                let fd = OwnedFd::from_raw_fd(fd);
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = all;
+                addr.sll_ifindex = ifindex as i32;
+                let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) < 0 {
+                    return Err(std::io::Error::last_os_error()).context("binding the packet socket");
+                }
+                Ok(fd)
+            }
+        })??;
+        Ok(Self { fd })
+    }
+
+    /// The frames received since the last call, Ethernet header first.
+    pub fn received(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut frames = Vec::new();
+        loop {
+            let mut buf = vec![0u8; 65536];
+            // SAFETY: as above; `from` is written by the kernel, up to `len`.
+            let (n, from) = unsafe {
+                let mut from: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let n = libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut len,
+                );
+                (n, from)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(frames);
+                }
+                return Err(e).context("reading the packet socket");
+            }
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                buf.truncate(n as usize);
+                frames.push(buf);
+            }
+        }
+    }
+}

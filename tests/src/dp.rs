@@ -54,6 +54,9 @@ pub fn lab_config() -> Config {
         lan_ifindex: 0,
         lan_placement: 0,
         wan_placement: 0,
+        // What the test frames are sent to (`frame::Pkt`'s default).
+        lan_mac: crate::frame::MAC_B,
+        wan_mac: crate::frame::MAC_B,
     }
 }
 

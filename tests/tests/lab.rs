@@ -290,6 +290,59 @@ fn vlan_tagged_frames(peers: Peers, up_args: &[&str]) {
     }
 }
 
+/// Frames on the gateway's wire that are addressed to another host's MAC (a switch flooding,
+/// a bridge, a promiscuous NIC) are none of its business: the kernel forwards only frames sent
+/// to its own MAC. The dataplane neither translates, forwards nor makes flows for them, in
+/// every ingress placement (TC by default, generic XDP, native XDP), and sends nothing back:
+/// all the internet host receives carries the gateway's own MAC.
+#[test]
+fn frames_for_another_mac_are_left_to_the_kernel() {
+    for (peers, up_args) in [
+        (Peers::Plain, &[][..]),
+        (Peers::Plain, &["--xdp-mode", "generic"][..]),
+        (Peers::Xdp, &["--xdp-mode", "native"][..]),
+    ] {
+        frames_for_another_mac(peers, up_args);
+    }
+}
+
+fn frames_for_another_mac(peers: Peers, up_args: &[&str]) {
+    use hairpin_tests::frame::{Pkt, TCP_ACK, TCP_SYN};
+    const OTHER: [u8; 6] = [0x02, 0x42, 0, 0, 0, 0x99];
+    let lab = lab_with(peers);
+    lab.up(up_args).expect("hairpin-ctl up");
+    let (gw_mac, inet_mac) = (mac(&lab.gw, "wan0"), mac(&lab.inet, "eth0"));
+    let capture = probe::Capture::open(&lab.inet, "eth0").unwrap();
+    let (segs, datagrams) = (lab.srv.snmp("Tcp", "InSegs").unwrap(), lab.srv.snmp("Udp", "InDatagrams").unwrap());
+    let before = lab.counter("pass_other_host").unwrap();
+    // A forward's handshake (the ACK would take a fast path, were there a flow), a forwarded
+    // UDP port, a LAN host's inside address, a ping.
+    let frames = [
+        Pkt::tcp("198.51.100.7:41000", "203.0.113.1:80").flags(TCP_SYN),
+        Pkt::tcp("198.51.100.7:41000", "203.0.113.1:80").flags(TCP_ACK),
+        Pkt::tcp("198.51.100.7:41000", "203.0.113.1:80").flags(TCP_ACK),
+        Pkt::udp("198.51.100.7:41001", "203.0.113.1:5353"),
+        Pkt::tcp("198.51.100.7:41002", "192.168.0.2:80").flags(TCP_SYN),
+        Pkt::ping("198.51.100.7:7", "203.0.113.1:0"),
+    ];
+    for mut f in frames.clone() {
+        f.macs = (OTHER, inet_mac);
+        probe::send_frame(&lab.inet, "eth0", &f.build()).unwrap();
+    }
+    let n = frames.len() as u64;
+    wait_for(5, "pass_other_host to count every frame", || lab.counter("pass_other_host").unwrap() >= before + n);
+    // A ping the gateway answers, sent after them on the same link: once its reply is back,
+    // anything they set off has happened.
+    let answer = probe::ping(&lab.inet, PUBLIC, 64, Duration::from_secs(2)).unwrap();
+    assert_eq!(answer, Answer::EchoReply { from: PUBLIC }, "{up_args:?}");
+    assert!(lab.flows().unwrap().is_empty(), "{up_args:?}: flows were made: {:?}", lab.flows().unwrap());
+    assert_eq!(lab.srv.snmp("Tcp", "InSegs").unwrap(), segs, "{up_args:?}: TCP reached the server");
+    assert_eq!(lab.srv.snmp("Udp", "InDatagrams").unwrap(), datagrams, "{up_args:?}: UDP reached the server");
+    for f in capture.received().unwrap() {
+        assert_eq!(f[6..12], gw_mac, "{up_args:?}: the internet host received a frame not from the gateway: {f:02x?}");
+    }
+}
+
 /// The MAC address of `iface` in `ns`.
 fn mac(ns: &hairpin_lab::Netns, iface: &str) -> [u8; 6] {
     let link = ns.ip(&["-o", "link", "show", iface]).unwrap();

@@ -428,6 +428,32 @@ fn run_follows_the_wan_address() {
     lab.down().unwrap();
 }
 
+/// A MAC address changed under a running gateway (`ip link set ... address`, a bond failing
+/// over): the dataplane translates only frames sent to the interface's own address, so `run`
+/// gives it the new one, and the forward carries traffic on the fast path again.
+#[test]
+fn run_follows_a_changed_mac_address() {
+    let lab = lab();
+    let mut ctl = Controller::start(&lab, &[]);
+    lab.add_mappings().unwrap();
+    lab.gw.ip(&["link", "set", "wan0", "address", "02:00:00:00:77:01"]).unwrap();
+    wait_for(10, "run to follow wan0's MAC address", || {
+        ctl.output().contains("wan0's MAC address is now 02:00:00:00:77:01 (was ")
+    });
+    assert!(ctl.output().contains("~ wan0 MAC address: "), "{}", ctl.output());
+    // The internet host learns the new address as a neighbour does, once its entry is gone.
+    lab.inet.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
+    let fast = |lab: &Lab| lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap();
+    let before = fast(&lab);
+    let e = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 80), 64 * 1024, Duration::from_secs(3))
+        .expect("the forward, to the new MAC address");
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+    assert!(fast(&lab) > before, "the forward's packets took the fast path");
+    let status = ctl.terminate();
+    assert!(status.success());
+    lab.down().unwrap();
+}
+
 /// An interface that goes away and comes back (a driver reloaded, a VLAN re-created): `run`
 /// says so and attaches the dataplane again, forwards and settings as they were.
 #[test]

@@ -4,7 +4,8 @@ use super::*;
 
 /// The gateway as a boundary: spoofed LAN sources from the WAN, WAN packets aimed straight at
 /// LAN hosts, foreign sources from the LAN and untranslated LAN sources leaving on the WAN are
-/// dropped and counted; the gateway's own traffic is not.
+/// dropped and counted; the gateway's own traffic is not. Frames sent to another host's MAC
+/// address are passed untouched to the kernel (which forwards none of them), making no flow.
 fn boundary_checks_drop_and_count(mode: Mode) {
     in_gateway_ns("boundary", dp::lab_config(), mode, |dp| {
         dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
@@ -79,9 +80,37 @@ fn boundary_checks_drop_and_count(mode: Mode) {
                     Reason::IngressNewFlow,
                     Some(&Pkt::tcp("198.51.100.7:40000", SERVER_80)),
                 ),
+                step(
+                    "the same flow, framed to another host's MAC",
+                    Hook::WanIngress,
+                    &other_host(Pkt::tcp("198.51.100.7:40000", PUBLIC_80), frame::MAC_A),
+                    Reason::PassOtherHost,
+                    None,
+                ),
+                step(
+                    "a new flow to the forward, framed to Ethernet broadcast",
+                    Hook::WanIngress,
+                    &other_host(Pkt::tcp("198.51.100.7:40001", PUBLIC_80), [0xff; 6]),
+                    Reason::PassOtherHost,
+                    None,
+                ),
+                step(
+                    "a LAN host's hairpin, framed to another host's MAC",
+                    Hook::LanIngress,
+                    &other_host(Pkt::tcp("192.168.0.3:40000", PUBLIC_80), frame::MAC_A),
+                    Reason::PassOtherHost,
+                    None,
+                ),
             ],
         );
+        assert_eq!(dp.ct().len(), 2, "frames for other hosts made flows: {:?}", dp.ct());
     });
+}
+
+/// `p` as sent to the Ethernet address `mac` rather than the gateway's.
+fn other_host(mut p: Pkt, mac: [u8; 6]) -> Pkt {
+    p.macs.0 = mac;
+    p
 }
 
 /// The gaps a malformed-frame barrage found, closed, from both sides: VLAN tags (a priority

@@ -3,16 +3,13 @@
 use super::*;
 
 fn wan_port_forward_tcp_with_port_change(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, "203.0.113.1:8080", SERVER_80);
     let syn = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:8080");
     let dnat = syn.with("198.51.100.7:40000", SERVER_80);
     let reply = Pkt::tcp(SERVER_80, "198.51.100.7:40000");
     let unsnat = reply.with("203.0.113.1:8080", "198.51.100.7:40000");
-    run_case(
-        "wan tcp",
-        &mut dp,
-        &[
+    Case::new("wan tcp", Env::Bare)
+        .forward(L4::Tcp, "203.0.113.1:8080", SERVER_80)
+        .steps(vec![
             step(
                 "first packet: flow created, destination rewritten",
                 Hook::WanIngress,
@@ -24,22 +21,19 @@ fn wan_port_forward_tcp_with_port_change(mode: Mode) {
             step("reply at ingress: destination already right", Hook::LanIngress, &reply, Reason::IngressFlow, None),
             step("reply at egress: public source restored", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&unsnat)),
             step("second packet uses the flow", Hook::WanIngress, &syn, Reason::IngressFlow, Some(&dnat)),
-        ],
-    );
-    assert_eq!(dp.ct().len(), 2, "one entry per direction");
-    assert_eq!(dp.snat().len(), 1, "only the reply needs a source rewrite");
+        ])
+        // One entry per direction; only the reply needs a source rewrite.
+        .leaves(2, 1)
+        .run(mode);
 }
 
 fn udp_without_checksum_stays_without(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53");
     let q = Pkt::udp("198.51.100.7:5000", "203.0.113.1:5353").without_udp_checksum();
     let r = Pkt::udp("192.168.0.2:53", "198.51.100.7:5000").without_udp_checksum();
     let h = Pkt::udp("192.168.0.3:40000", "203.0.113.1:5353").without_udp_checksum();
-    run_case(
-        "udp csum 0",
-        &mut dp,
-        &[
+    Case::new("udp csum 0", Env::Bare)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(vec![
             step(
                 "xdp rewrite keeps 0",
                 Hook::WanIngress,
@@ -68,24 +62,21 @@ fn udp_without_checksum_stays_without(mode: Mode) {
                 Reason::EgressFlow,
                 Some(&h.with("192.168.0.1:40000", "192.168.0.2:53")),
             ),
-        ],
-    );
+        ])
+        .run(mode);
 }
 
 fn ipv4_options_are_skipped_and_kept(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
-    dp.add_mapping(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53");
     // NOP NOP NOP EOL (IHL 6), and the longest header: 40 bytes of options (IHL 15).
     let short = Pkt::tcp("198.51.100.7:40001", PUBLIC_80).options(&[1, 1, 1, 0]);
     let mut rr = vec![7, 39, 4];
     rr.resize(39, 0);
     rr.push(0);
     let long = Pkt::udp("192.168.0.3:40002", "203.0.113.1:5353").options(&rr);
-    run_case(
-        "ip options",
-        &mut dp,
-        &[
+    Case::new("ip options", Env::Bare)
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(vec![
             step(
                 "IHL 6, tcp",
                 Hook::WanIngress,
@@ -107,14 +98,12 @@ fn ipv4_options_are_skipped_and_kept(mode: Mode) {
                 Reason::EgressFlow,
                 Some(&long.with("192.168.0.1:40002", "192.168.0.2:53")),
             ),
-        ],
-    );
+        ])
+        .run(mode);
 }
 
 /// Frames that are not IPv4 TCP/UDP, or not ours, pass untouched with their reason counted.
 fn pass_through_untouched(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let mut arp = frame::eth(0x0806);
     arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     arp.extend_from_slice(&[0u8; 20]);
@@ -137,10 +126,9 @@ fn pass_through_untouched(mode: Mode) {
         f[14 + 9] = 1; // protocol ICMP
         f
     };
-    run_case(
-        "pass",
-        &mut dp,
-        &[
+    Case::new("pass", Env::Bare)
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .steps(vec![
             raw("arp", Hook::WanIngress, arp.clone(), Reason::PassNotIpv4),
             raw("arp at egress", Hook::LanEgress, arp, Reason::PassNotIpv4),
             raw("ipv6", Hook::LanIngress, ipv6, Reason::PassNotIpv4),
@@ -168,15 +156,14 @@ fn pass_through_untouched(mode: Mode) {
                 Reason::PassEgressNoFlow,
                 None,
             ),
-        ],
-    );
-    assert!(dp.ct().is_empty(), "nothing passed through created a flow");
+        ])
+        // Nothing passed through created a flow.
+        .leaves(0, 0)
+        .run(mode);
 }
 
 /// Inconsistent headers are dropped and counted, never rewritten.
 fn malformed_headers_are_dropped(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let good = Pkt::tcp("198.51.100.7:40000", PUBLIC_80).build();
     let truncated = good[..good.len() - 5].to_vec(); // total length says more than arrived
     let mut ihl4 = good.clone();
@@ -199,23 +186,19 @@ fn malformed_headers_are_dropped(mode: Mode) {
         steps.push(raw("half an IPv4 header", Hook::LanIngress, ip_cut, Reason::DropMalformed));
         steps.push(raw("no IPv4 header at all", Hook::WanIngress, no_ip, Reason::DropMalformed));
     }
-    run_case("malformed", &mut dp, &steps);
-    assert!(dp.ct().is_empty());
+    Case::new("malformed", Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).leaves(0, 0).run(mode);
 }
 
 /// Two mappings to one server, dialled from one client port: the second flow's reply tuple
 /// (server -> client) is the first flow's, so replies could not be told apart. It is dropped
 /// and counted, and leaves nothing behind.
 fn reply_tuple_owned_by_another_flow_is_refused_whole(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
-    dp.add_mapping(L4::Tcp, "203.0.113.1:8080", SERVER_80);
     let first = Pkt::tcp("198.51.100.7:40000", PUBLIC_80);
     let second = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:8080");
-    run_case(
-        "reply tuple taken",
-        &mut dp,
-        &[
+    Case::new("reply tuple taken", Env::Bare)
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .forward(L4::Tcp, "203.0.113.1:8080", SERVER_80)
+        .steps(vec![
             step(
                 "first flow",
                 Hook::WanIngress,
@@ -231,10 +214,9 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole(mode: Mode) {
                 Reason::IngressFlow,
                 Some(&first.with("198.51.100.7:40000", SERVER_80)),
             ),
-        ],
-    );
-    assert_eq!(dp.ct().len(), 2);
-    assert_eq!(dp.snat().len(), 1);
+        ])
+        .leaves(2, 1)
+        .run(mode);
 }
 
 /// The dataplane records what each direction has seen, and the controller's state machine reads
@@ -242,8 +224,6 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole(mode: Mode) {
 fn tcp_state_is_tracked_per_direction(mode: Mode) {
     use hairpin_common::expiry::{TcpState, tcp_state};
     use hairpin_tests::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let out = |f| Pkt::tcp("198.51.100.7:40000", PUBLIC_80).flags(f);
     let back = |f| Pkt::tcp(SERVER_80, "198.51.100.7:40000").flags(f);
     let state = |dp: &Dataplane| {
@@ -251,29 +231,44 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
         let flags = |reply: bool| ct.iter().find(|(_, e)| (e.flags & CT_F_REPLY != 0) == reply).unwrap().1.flags;
         tcp_state(flags(false), flags(true))
     };
-    let expect = |dp: &mut Dataplane, hook, pkt: Pkt, want| {
+    let expect = move |dp: &mut Dataplane, hook, pkt: Pkt, want| {
         let (v, _) = dp.run(hook, &pkt.build());
         assert_eq!(v, dp.pass(hook));
         assert_eq!(state(dp), want, "after {:?} flags {:#04x}", hook, pkt.tcp_flags);
     };
-    expect(&mut dp, Hook::WanIngress, out(TCP_SYN), TcpState::Opening);
-    expect(&mut dp, Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening);
-    expect(&mut dp, Hook::WanIngress, out(TCP_ACK), TcpState::Established);
-    expect(&mut dp, Hook::LanIngress, back(TCP_ACK), TcpState::Established);
-    expect(&mut dp, Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing);
-    expect(&mut dp, Hook::LanIngress, back(TCP_FIN | TCP_ACK), TcpState::Closed);
-
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
-    expect(&mut dp, Hook::WanIngress, out(TCP_SYN), TcpState::Opening);
-    expect(&mut dp, Hook::LanIngress, back(TCP_RST | TCP_ACK), TcpState::Closed);
+    // Each sequence on a fresh dataplane: (hook, packet, the state after it).
+    let sequence = |name: &'static str, seq: Vec<(Hook, Pkt, TcpState)>| {
+        Case::new(name, Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).run_then(mode, move |dp| {
+            for (hook, pkt, want) in seq {
+                expect(dp, hook, pkt, want);
+            }
+        })
+    };
+    sequence(
+        "handshake and both FINs",
+        vec![
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
+            (Hook::WanIngress, out(TCP_ACK), TcpState::Established),
+            (Hook::LanIngress, back(TCP_ACK), TcpState::Established),
+            (Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing),
+            (Hook::LanIngress, back(TCP_FIN | TCP_ACK), TcpState::Closed),
+        ],
+    );
+    sequence(
+        "reset",
+        vec![
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::LanIngress, back(TCP_RST | TCP_ACK), TcpState::Closed),
+        ],
+    );
 }
 
 /// A flow whose reply entry has gone (LRU eviction) no longer holds its public tuple, so its
 /// original entry must not translate: the next packet that finds it stale (its last refresh a
 /// second old or more, when the dataplane checks the twin) removes it and starts afresh.
 fn an_original_entry_without_its_reply_is_never_used(mode: Mode) {
-    in_gateway_ns("orphan", dp::lab_config(), mode, |dp| {
+    Case::new("orphan", Env::Gateway).run_then(mode, |dp| {
         let out = Pkt::udp("192.168.0.3:33000", "198.51.100.7:53");
         let (verdict, _) = dp.run(Hook::LanIngress, &out.build());
         assert_eq!(verdict, dp.pass(Hook::LanIngress));

@@ -3,18 +3,15 @@
 use super::*;
 
 fn hairpin_tcp_rewrites_source_and_restores_both_ends(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let out = Pkt::tcp("192.168.0.3:1025", PUBLIC_80);
     let dnat = out.with("192.168.0.3:1025", SERVER_80);
     let snat = out.with("192.168.0.1:1025", SERVER_80);
     let reply = Pkt::tcp(SERVER_80, "192.168.0.1:1025");
     let restored = reply.with(SERVER_80, "192.168.0.3:1025");
     let unsnat = reply.with(PUBLIC_80, "192.168.0.3:1025");
-    run_case(
-        "hairpin tcp",
-        &mut dp,
-        &[
+    Case::new("hairpin tcp", Env::Bare)
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .steps(vec![
             step("client dials the public address", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
             step(
                 "leaving for the server: source = gateway, client port kept",
@@ -37,24 +34,19 @@ fn hairpin_tcp_rewrites_source_and_restores_both_ends(mode: Mode) {
                 Reason::EgressFlow,
                 Some(&unsnat),
             ),
-        ],
-    );
-    let ct = dp.ct();
-    assert_eq!(ct.len(), 2);
-    assert!(ct.iter().any(|(_, e)| e.flags & CT_F_REPLY != 0));
+        ])
+        .leaves_flows(2)
+        .run_then(mode, |dp| assert!(dp.ct().iter().any(|(_, e)| e.flags & CT_F_REPLY != 0)));
 }
 
 fn hairpin_and_wan_udp(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53");
     let q = Pkt::udp("192.168.0.3:33000", "203.0.113.1:5353");
     let r = Pkt::udp("192.168.0.2:53", "192.168.0.1:33000");
     let wq = Pkt::udp("198.51.100.7:5000", "203.0.113.1:5353");
     let wr = Pkt::udp("192.168.0.2:53", "198.51.100.7:5000");
-    run_case(
-        "udp",
-        &mut dp,
-        &[
+    Case::new("udp", Env::Bare)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(vec![
             step(
                 "hairpin query in",
                 Hook::LanIngress,
@@ -97,20 +89,18 @@ fn hairpin_and_wan_udp(mode: Mode) {
                 Reason::EgressFlow,
                 Some(&wr.with("203.0.113.1:5353", "198.51.100.7:5000")),
             ),
-        ],
-    );
+        ])
+        .run(mode);
 }
 
 /// With hairpin off, a LAN client dialling the public address gets destination NAT only.
 fn no_hairpin_rewrites_destination_only(mode: Mode) {
-    let mut dp = Dataplane::load(Config { flags: 0, ..dp::lab_config() }, mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let out = Pkt::tcp("192.168.0.3:1025", PUBLIC_80);
     let dnat = out.with("192.168.0.3:1025", SERVER_80);
-    run_case(
-        "no hairpin",
-        &mut dp,
-        &[
+    Case::new("no hairpin", Env::Bare)
+        .config(Config { flags: 0, ..dp::lab_config() })
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .steps(vec![
             step("destination rewritten", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
             step("source left alone", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
             step(
@@ -120,15 +110,18 @@ fn no_hairpin_rewrites_destination_only(mode: Mode) {
                 Reason::EgressFlow,
                 Some(&Pkt::tcp(PUBLIC_80, "192.168.0.3:1025")),
             ),
-        ],
-    );
+        ])
+        .run(mode);
 }
 
 /// A hairpin source port held by another flow is not reused: the new flow gets another port
 /// from the range, and its reply still finds the client.
 fn hairpin_port_taken_allocates_another(mode: Mode) {
-    let mut dp = Dataplane::load(dp::lab_config(), mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+    Case::new("port taken", Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).run_then(mode, port_taken);
+}
+
+/// The port the dataplane picks is its own choice: checked as code, not as a row.
+fn port_taken(dp: &mut Dataplane) {
     // Another flow's reply entry already owns SERVER:80 -> GW:1025.
     let squatter = FlowKey::new(6, ep(SERVER_80), ep("192.168.0.1:1025"));
     let other = CtEntry {
@@ -160,14 +153,12 @@ fn hairpin_port_taken_allocates_another(mode: Mode) {
 /// When every port of the range is taken, the new flow is dropped and counted, and nothing of
 /// it is left in the tables; existing flows keep working.
 fn hairpin_port_exhaustion_drops_new_flows_only(mode: Mode) {
-    let mut dp = Dataplane::load(Config { port_min: 5000, port_max: 5000, ..dp::lab_config() }, mode);
-    dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
     let first = Pkt::tcp("192.168.0.3:40000", PUBLIC_80);
     let second = Pkt::tcp("192.168.0.4:40000", PUBLIC_80);
-    run_case(
-        "exhaustion",
-        &mut dp,
-        &[
+    Case::new("exhaustion", Env::Bare)
+        .config(Config { port_min: 5000, port_max: 5000, ..dp::lab_config() })
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .steps(vec![
             step(
                 "first flow takes the only port",
                 Hook::LanIngress,
@@ -190,81 +181,77 @@ fn hairpin_port_exhaustion_drops_new_flows_only(mode: Mode) {
                 Reason::IngressFlow,
                 Some(&first.with("192.168.0.3:40000", SERVER_80)),
             ),
-        ],
-    );
-    assert_eq!(dp.ct().len(), 2, "the dropped flow left no entry");
-    assert_eq!(dp.snat().len(), 2);
+        ])
+        // The dropped flow left no entry.
+        .leaves(2, 2)
+        .run(mode);
 }
 
 /// RFC 4787 REQ-9 / RFC 5382 REQ-8: a LAN host sending to another LAN host's public binding
 /// reaches it, and the receiver sees the sender's own public binding as the source.
 fn hairpin_to_dynamic_bindings(mode: Mode) {
-    in_gateway_ns("dynhairpin", dp::lab_config(), mode, |dp| {
-        let a_out = Pkt::udp("192.168.0.3:7000", "198.51.100.7:3478");
-        let b_out = Pkt::udp("192.168.0.4:8000", "198.51.100.7:3478");
-        let b_tcp = Pkt::tcp("192.168.0.4:8000", "198.51.100.7:443");
-        let a_to_b = Pkt::udp("192.168.0.3:7000", "203.0.113.1:8000");
-        let b_to_a = Pkt::udp("192.168.0.4:8000", "203.0.113.1:7000");
-        let c_to_b = Pkt::tcp("192.168.0.5:6000", "203.0.113.1:8000").flags(frame::TCP_SYN);
-        run_case(
-            "hairpin to bindings",
-            dp,
-            &[
-                step("a binds udp 7000", Hook::LanIngress, &a_out, Reason::IngressMasquerade, None),
-                step("b binds udp 8000", Hook::LanIngress, &b_out, Reason::IngressMasquerade, None),
-                step("b binds tcp 8000", Hook::LanIngress, &b_tcp, Reason::IngressMasquerade, None),
-                step(
-                    "a -> b's binding: to b",
-                    Hook::LanIngress,
-                    &a_to_b,
-                    Reason::IngressBinding,
-                    Some(&a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000")),
-                ),
-                step(
-                    "b sees a's binding as the source",
-                    Hook::LanEgress,
-                    &a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000"),
-                    Reason::EgressFlow,
-                    Some(&a_to_b.with("203.0.113.1:7000", "192.168.0.4:8000")),
-                ),
-                step(
-                    "b answers a's binding: to a",
-                    Hook::LanIngress,
-                    &b_to_a,
-                    Reason::IngressFlow,
-                    Some(&b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000")),
-                ),
-                step(
-                    "a sees b's binding as the source",
-                    Hook::LanEgress,
-                    &b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000"),
-                    Reason::EgressFlow,
-                    Some(&b_to_a.with("203.0.113.1:8000", "192.168.0.3:7000")),
-                ),
-                step(
-                    "tcp from a host without a binding: it gets one",
-                    Hook::LanIngress,
-                    &c_to_b,
-                    Reason::IngressBinding,
-                    Some(&c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000")),
-                ),
-                step(
-                    "...and b sees it",
-                    Hook::LanEgress,
-                    &c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000"),
-                    Reason::EgressFlow,
-                    Some(&c_to_b.with("203.0.113.1:6000", "192.168.0.4:8000")),
-                ),
-                step(
-                    "a port nobody bound: the gateway's own",
-                    Hook::LanIngress,
-                    &Pkt::udp("192.168.0.3:7000", "203.0.113.1:9000"),
-                    Reason::PassNoMapping,
-                    None,
-                ),
-            ],
-        );
-    });
+    let a_out = Pkt::udp("192.168.0.3:7000", "198.51.100.7:3478");
+    let b_out = Pkt::udp("192.168.0.4:8000", "198.51.100.7:3478");
+    let b_tcp = Pkt::tcp("192.168.0.4:8000", "198.51.100.7:443");
+    let a_to_b = Pkt::udp("192.168.0.3:7000", "203.0.113.1:8000");
+    let b_to_a = Pkt::udp("192.168.0.4:8000", "203.0.113.1:7000");
+    let c_to_b = Pkt::tcp("192.168.0.5:6000", "203.0.113.1:8000").flags(frame::TCP_SYN);
+    Case::new("hairpin to bindings", Env::Gateway)
+        .steps(vec![
+            step("a binds udp 7000", Hook::LanIngress, &a_out, Reason::IngressMasquerade, None),
+            step("b binds udp 8000", Hook::LanIngress, &b_out, Reason::IngressMasquerade, None),
+            step("b binds tcp 8000", Hook::LanIngress, &b_tcp, Reason::IngressMasquerade, None),
+            step(
+                "a -> b's binding: to b",
+                Hook::LanIngress,
+                &a_to_b,
+                Reason::IngressBinding,
+                Some(&a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000")),
+            ),
+            step(
+                "b sees a's binding as the source",
+                Hook::LanEgress,
+                &a_to_b.with("192.168.0.3:7000", "192.168.0.4:8000"),
+                Reason::EgressFlow,
+                Some(&a_to_b.with("203.0.113.1:7000", "192.168.0.4:8000")),
+            ),
+            step(
+                "b answers a's binding: to a",
+                Hook::LanIngress,
+                &b_to_a,
+                Reason::IngressFlow,
+                Some(&b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000")),
+            ),
+            step(
+                "a sees b's binding as the source",
+                Hook::LanEgress,
+                &b_to_a.with("192.168.0.4:8000", "192.168.0.3:7000"),
+                Reason::EgressFlow,
+                Some(&b_to_a.with("203.0.113.1:8000", "192.168.0.3:7000")),
+            ),
+            step(
+                "tcp from a host without a binding: it gets one",
+                Hook::LanIngress,
+                &c_to_b,
+                Reason::IngressBinding,
+                Some(&c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000")),
+            ),
+            step(
+                "...and b sees it",
+                Hook::LanEgress,
+                &c_to_b.with("192.168.0.5:6000", "192.168.0.4:8000"),
+                Reason::EgressFlow,
+                Some(&c_to_b.with("203.0.113.1:6000", "192.168.0.4:8000")),
+            ),
+            step(
+                "a port nobody bound: the gateway's own",
+                Hook::LanIngress,
+                &Pkt::udp("192.168.0.3:7000", "203.0.113.1:9000"),
+                Reason::PassNoMapping,
+                None,
+            ),
+        ])
+        .run(mode);
 }
 
 in_both_modes! {

@@ -5,68 +5,65 @@ use super::*;
 /// ICMP echo is masqueraded by identifier, as TCP/UDP by port; echo to the gateway itself and
 /// other ICMP types are left to its stack, and never leave on the WAN with a LAN source.
 fn icmp_echo_is_masqueraded_by_identifier(mode: Mode) {
-    in_gateway_ns("echo", dp::lab_config(), mode, |dp| {
-        let ping = Pkt::ping("192.168.0.3:4000", "198.51.100.7:0");
-        let pong = Pkt::pong("198.51.100.7:0", "203.0.113.1:4000");
-        let mut timestamp = Pkt::ping("192.168.0.3:4000", "198.51.100.7:0").build();
-        timestamp[34] = 13;
-        timestamp[36..38].copy_from_slice(&[0, 0]);
-        let c = etherparse::Icmpv4Type::Unknown { type_u8: 13, code_u8: 0, bytes5to8: [0x0f, 0xa0, 0, 7] }
-            .calc_checksum(&timestamp[42..]);
-        timestamp[36..38].copy_from_slice(&c.to_be_bytes());
-        run_case(
-            "echo",
-            dp,
-            &[
-                step("request from the LAN", Hook::LanIngress, &ping, Reason::IngressMasquerade, None),
-                step(
-                    "leaves with the public address, id kept",
-                    Hook::WanEgress,
-                    &ping,
-                    Reason::EgressFlow,
-                    Some(&ping.with("203.0.113.1:4000", "198.51.100.7:0")),
-                ),
-                step(
-                    "reply restored to the client",
-                    Hook::WanIngress,
-                    &pong,
-                    Reason::IngressFlow,
-                    Some(&pong.with("198.51.100.7:0", "192.168.0.3:4000")),
-                ),
-                step(
-                    "ping of the public address: the gateway answers",
-                    Hook::WanIngress,
-                    &Pkt::ping("198.51.100.7:9", "203.0.113.1:0"),
-                    Reason::PassNoMapping,
-                    None,
-                ),
-                step(
-                    "ping of the gateway from the LAN",
-                    Hook::LanIngress,
-                    &Pkt::ping("192.168.0.3:9", "192.168.0.1:0"),
-                    Reason::PassNoMapping,
-                    None,
-                ),
-                step(
-                    "an echo reply from the LAN with no flow never starts one",
-                    Hook::LanIngress,
-                    &Pkt::pong("192.168.0.3:0", "198.51.100.7:4001"),
-                    Reason::PassNoMapping,
-                    None,
-                ),
-                raw("timestamp request: not translated", Hook::LanIngress, timestamp.clone(), Reason::PassOtherProto),
-                raw("...nor let out with a LAN source", Hook::WanEgress, timestamp, Reason::DropLanSourceToWan),
-            ],
-        );
-        // Another client with the same id to the same host needs another public id.
-        let other = Pkt::ping("192.168.0.4:4000", "198.51.100.7:0");
-        dp.run(Hook::LanIngress, &other.build());
-        let (_, out) = dp.run(Hook::WanEgress, &other.build());
-        verify_checksums(&out).unwrap();
-        let id = u16::from_be_bytes([out[38], out[39]]);
-        assert!(id != 4000 && id >= 1024, "second client's id {id}");
-        assert_eq!(out, other.with(&format!("203.0.113.1:{id}"), "198.51.100.7:0").build());
-    });
+    let ping = Pkt::ping("192.168.0.3:4000", "198.51.100.7:0");
+    let pong = Pkt::pong("198.51.100.7:0", "203.0.113.1:4000");
+    let mut timestamp = Pkt::ping("192.168.0.3:4000", "198.51.100.7:0").build();
+    timestamp[34] = 13;
+    timestamp[36..38].copy_from_slice(&[0, 0]);
+    let c = etherparse::Icmpv4Type::Unknown { type_u8: 13, code_u8: 0, bytes5to8: [0x0f, 0xa0, 0, 7] }
+        .calc_checksum(&timestamp[42..]);
+    timestamp[36..38].copy_from_slice(&c.to_be_bytes());
+    Case::new("echo", Env::Gateway)
+        .steps(vec![
+            step("request from the LAN", Hook::LanIngress, &ping, Reason::IngressMasquerade, None),
+            step(
+                "leaves with the public address, id kept",
+                Hook::WanEgress,
+                &ping,
+                Reason::EgressFlow,
+                Some(&ping.with("203.0.113.1:4000", "198.51.100.7:0")),
+            ),
+            step(
+                "reply restored to the client",
+                Hook::WanIngress,
+                &pong,
+                Reason::IngressFlow,
+                Some(&pong.with("198.51.100.7:0", "192.168.0.3:4000")),
+            ),
+            step(
+                "ping of the public address: the gateway answers",
+                Hook::WanIngress,
+                &Pkt::ping("198.51.100.7:9", "203.0.113.1:0"),
+                Reason::PassNoMapping,
+                None,
+            ),
+            step(
+                "ping of the gateway from the LAN",
+                Hook::LanIngress,
+                &Pkt::ping("192.168.0.3:9", "192.168.0.1:0"),
+                Reason::PassNoMapping,
+                None,
+            ),
+            step(
+                "an echo reply from the LAN with no flow never starts one",
+                Hook::LanIngress,
+                &Pkt::pong("192.168.0.3:0", "198.51.100.7:4001"),
+                Reason::PassNoMapping,
+                None,
+            ),
+            raw("timestamp request: not translated", Hook::LanIngress, timestamp.clone(), Reason::PassOtherProto),
+            raw("...nor let out with a LAN source", Hook::WanEgress, timestamp, Reason::DropLanSourceToWan),
+        ])
+        .run_then(mode, |dp| {
+            // Another client with the same id to the same host needs another public id.
+            let other = Pkt::ping("192.168.0.4:4000", "198.51.100.7:0");
+            dp.run(Hook::LanIngress, &other.build());
+            let (_, out) = dp.run(Hook::WanEgress, &other.build());
+            verify_checksums(&out).unwrap();
+            let id = u16::from_be_bytes([out[38], out[39]]);
+            assert!(id != 4000 && id >= 1024, "second client's id {id}");
+            assert_eq!(out, other.with(&format!("203.0.113.1:{id}"), "198.51.100.7:0").build());
+        });
 }
 
 /// ICMP errors about translated flows reach the host that sent the quoted packet, with the
@@ -74,8 +71,7 @@ fn icmp_echo_is_masqueraded_by_identifier(mode: Mode) {
 /// and the outer IPv4, ICMP, quoted IPv4 and quoted L4 checksums, all checked from scratch.
 fn icmp_errors_are_translated_with_their_flow(mode: Mode) {
     use frame::{ICMP_DEST_UNREACH as UNREACH, ICMP_TIME_EXCEEDED as TTL};
-    in_gateway_ns("icmperr", dp::lab_config(), mode, |dp| {
-        dp.add_mapping(L4::Tcp, PUBLIC_80, SERVER_80);
+    Case::new("icmperr", Env::Gateway).forward(L4::Tcp, PUBLIC_80, SERVER_80).run_then(mode, |dp| {
         let udp = Pkt::udp("192.168.0.3:33000", "198.51.100.7:53");
         let udp_out = udp.with("203.0.113.1:33000", "198.51.100.7:53");
         let tcp = Pkt::tcp("192.168.0.3:40000", "198.51.100.7:443");

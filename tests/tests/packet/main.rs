@@ -1,7 +1,8 @@
 //! Packet tests: crafted frames through the real compiled XDP and TC programs with
-//! BPF_PROG_TEST_RUN. Each case is a table of steps run in order against one dataplane, so a
-//! flow created by one step is used by the next (Katran-style fixtures), one module per feature.
-//! Every case runs twice, ingress as XDP and as TC programs.
+//! BPF_PROG_TEST_RUN. Each test is a [`Case`]: a dataplane set up from data, and a table of
+//! steps run in order against it, so a flow created by one step is used by the next
+//! (Katran-style fixtures), one module per feature. Every case runs twice, ingress as XDP and
+//! as TC programs.
 //!
 //! Every step asserts the verdict, the exact output bytes (built independently, checksums from
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
@@ -68,12 +69,105 @@ fn run_case(case: &str, dp: &mut Dataplane, steps: &[Step]) {
 const PUBLIC_80: &str = "203.0.113.1:80";
 const SERVER_80: &str = "192.168.0.2:80";
 
-/// Masquerade and the fast path decide by the kernel's routes, so these steps run in a
-/// namespace of their own that routes like the gateway (`hairpin_lab::routed`), with both
-/// interfaces in the fast path's device map.
-fn in_gateway_ns(name: &str, cfg: Config, mode: Mode, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+/// Where a case's dataplane runs.
+#[derive(Clone, Copy)]
+enum Env {
+    /// Loaded in the test's own namespace: translation decided by maps alone.
+    Bare,
+    /// In a namespace that routes like the gateway (`hairpin_lab::routed`), both interfaces in
+    /// the fast path's device map: masquerade and the fast path decide by its routes.
+    Gateway,
+    /// As `Gateway`, with the fast path on and these flags added, on CPU 0 only: the flow
+    /// cache is per CPU, so each step must see the last one's.
+    Fast(u32),
+}
+
+/// A packet test as data (as Katran's fixtures): where its dataplane runs, its configuration
+/// and forwards, the steps fed to it in order, and what they leave in the tables. What cannot
+/// be a row (a port the dataplane picks, a state machine read back) goes in the closure given
+/// to [`Case::run_then`], which runs after the steps on the same dataplane.
+struct Case {
+    name: &'static str,
+    env: Env,
+    config: Config,
+    forwards: Vec<(L4, &'static str, &'static str)>,
+    steps: Vec<Step>,
+    /// Conntrack entries (two per flow) after the last step, if checked.
+    flows: Option<usize>,
+    /// Source rewrites (egress) after the last step, if checked.
+    snat: Option<usize>,
+}
+
+impl Case {
+    /// The lab's configuration (`dp::lab_config`), no forwards, no steps.
+    fn new(name: &'static str, env: Env) -> Self {
+        Self { name, env, config: dp::lab_config(), forwards: Vec::new(), steps: Vec::new(), flows: None, snat: None }
+    }
+
+    fn config(self, config: Config) -> Self {
+        Self { config, ..self }
+    }
+
+    fn forward(mut self, l4: L4, public: &'static str, private: &'static str) -> Self {
+        self.forwards.push((l4, public, private));
+        self
+    }
+
+    fn steps(self, steps: Vec<Step>) -> Self {
+        Self { steps, ..self }
+    }
+
+    /// Checks that the steps leave `flows` conntrack entries and `snat` source rewrites.
+    fn leaves(self, flows: usize, snat: usize) -> Self {
+        Self { flows: Some(flows), snat: Some(snat), ..self }
+    }
+
+    /// Checks only the conntrack entries the steps leave.
+    fn leaves_flows(self, flows: usize) -> Self {
+        Self { flows: Some(flows), ..self }
+    }
+
+    fn run(self, mode: Mode) {
+        self.run_then(mode, |_| {})
+    }
+
+    /// Runs the case, then `then` on the same dataplane.
+    fn run_then(self, mode: Mode, then: impl FnOnce(&mut Dataplane) + Send + 'static) {
+        let Case { name, env, config, forwards, steps, flows, snat } = self;
+        let body = move |dp: &mut Dataplane| {
+            for (l4, public, private) in &forwards {
+                dp.add_mapping(*l4, public, private);
+            }
+            run_case(name, dp, &steps);
+            if let Some(n) = flows {
+                assert_eq!(dp.ct().len(), n, "{name}: conntrack entries after the steps: {:#?}", dp.ct());
+            }
+            if let Some(n) = snat {
+                assert_eq!(dp.snat().len(), n, "{name}: source rewrites after the steps: {:#?}", dp.snat());
+            }
+            then(dp)
+        };
+        match env {
+            Env::Bare => body(&mut Dataplane::load(config, mode)),
+            Env::Gateway => in_gateway_ns(config, mode, body),
+            Env::Fast(flags) => {
+                let config = Config { flags: config.flags | hairpin_common::CFG_F_FAST_PATH | flags, ..config };
+                in_gateway_ns(config, mode, |dp| {
+                    hairpin_lab::pin_thread_to_cpu(0).unwrap();
+                    body(dp)
+                })
+            }
+        }
+    }
+}
+
+/// Runs `test` on a dataplane with `cfg` in a namespace of its own that routes like the
+/// gateway (see [`Env::Gateway`]).
+fn in_gateway_ns(cfg: Config, mode: Mode, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     hairpin_tests::require_root();
-    let gw = RoutedGateway::new(&format!("hpt{}-{name}-{mode:?}", std::process::id())).unwrap();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let gw = RoutedGateway::new(&format!("hpt{}-{seq}-{mode:?}", std::process::id())).unwrap();
     let (lan, wan) = (gw.lan, gw.wan);
     gw.ns
         .run(move || {
@@ -87,16 +181,6 @@ fn in_gateway_ns(name: &str, cfg: Config, mode: Mode, test: impl FnOnce(&mut Dat
             test(&mut dp);
         })
         .expect("test body (see the panic above)");
-}
-
-/// `in_gateway_ns` with the lab's configuration, the fast path on and `flags` added, on CPU 0
-/// only: the flow cache is per CPU, so each test run must see the last one's.
-fn in_fast_gateway(name: &str, mode: Mode, flags: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
-    let cfg = Config { flags: dp::lab_config().flags | hairpin_common::CFG_F_FAST_PATH | flags, ..dp::lab_config() };
-    in_gateway_ns(name, cfg, mode, |dp| {
-        hairpin_lab::pin_thread_to_cpu(0).unwrap();
-        test(dp)
-    });
 }
 
 // Every case runs with ingress as XDP programs and as TC programs: one shared code path, the

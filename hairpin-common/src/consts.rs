@@ -43,12 +43,14 @@ pub mod map_names {
     pub const DEVICES: &str = "HP_DEVICES";
     /// The fast path's per-CPU flow cache (`flow_cache`).
     pub const FLOW_CACHE: &str = "HP_FLOW_CACHE";
+    /// What each flow cache slot has served since it was filled (`flow_cache::Counts`).
+    pub const FLOW_COUNTS: &str = "HP_FLOW_COUNTS";
     /// One `u32`: the flow table's generation, bumped whenever flows are removed, so that the
     /// flow cache stops using copies of them.
     pub const CT_GEN: &str = "HP_CT_GEN";
     /// The ring buffer of `Event`s `run` prints.
     pub const EVENTS: &str = "HP_EVENTS";
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         MAPPINGS,
         CONNTRACK,
@@ -59,6 +61,7 @@ pub mod map_names {
         COUNTERS,
         DEVICES,
         FLOW_CACHE,
+        FLOW_COUNTS,
         CT_GEN,
         EVENTS,
     ];

@@ -76,6 +76,17 @@ pub struct Slot {
     pub _pad16: u16,
 }
 
+/// What a slot has served since it was filled: added into its flow direction's conntrack entry
+/// ([`crate::CtEntry::packets`]) when the slot is filled again or taken by another flow. In
+/// a map of their own beside the slots (`HP_FLOW_COUNTS`, same index), so that a slot stays
+/// one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// A time (`bpf_ktime_get_boot_ns`) as a slot keeps it, in units of 1,024 ns: 32 bits wrap
 /// after 73 minutes, far beyond the seconds a slot serves, which [`serves_at`] allows for.
 #[inline(always)]
@@ -129,6 +140,7 @@ const _: () = assert!(
     crate::CT_S_ALL >> STATE_SHIFT <= 0xff && (crate::CT_S_ALL >> STATE_SHIFT) << STATE_SHIFT == crate::CT_S_ALL
 );
 const _: () = assert!(size_of::<Slot>() == 64 && align_of::<Slot>() == 4);
+const _: () = assert!(size_of::<Counts>() == 16 && align_of::<Counts>() == 8);
 
 /// The set of `key` among `sets` (a power of two): a multiplicative (Fibonacci) hash of the
 /// tuple, its high half folded onto the low one so that the mask keeps well-mixed bits.

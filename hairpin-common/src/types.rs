@@ -206,6 +206,13 @@ pub struct CtEntry {
     /// The fast path's cached next hop for this direction (interface 0: none yet). Resolved
     /// again whenever `last_seen_ns` is refreshed, i.e. at most a second old.
     pub hop: NextHop,
+    /// Packets (a GSO super-packet counting its segments) and bytes (IPv4 total lengths) this
+    /// direction brought through conntrack's path. Those the flow cache served are counted in
+    /// its slot's [`crate::flow_cache::Counts`] and added here when the slot is filled again
+    /// or taken, so a reader adds what the slots still hold. Plain adds, as the flags: a flow
+    /// direction's packets arrive on one CPU (RSS), and the BPF target has no atomic add.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Where the fast path sends a flow direction's packets, as the FIB answered: cached in its
@@ -377,7 +384,7 @@ const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
 const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
-const _: () = assert!(size_of::<CtEntry>() == 56 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<CtEntry>() == 72 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
@@ -409,6 +416,7 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for crate::flow_cache::Slot {}
+    unsafe impl aya::Pod for crate::flow_cache::Counts {}
 }
 
 #[cfg(test)]

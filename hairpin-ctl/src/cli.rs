@@ -82,7 +82,8 @@ pub enum Command {
     /// watch them start and end.
     ///
     /// One line per direction of each flow, as it arrives and as it leaves (an ICMP echo flow
-    /// shows its identifier as the port), with its kind, state and lifetime.
+    /// shows its identifier as the port), with its kind, state, the packets and bytes it has
+    /// carried (IPv4 total lengths; a GSO super-packet counts its segments) and lifetime.
     Flows(crate::cmd::flows::FlowsArgs),
     /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
     /// until SIGTERM or SIGINT, leaving the dataplane running on exit.

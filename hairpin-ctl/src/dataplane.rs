@@ -242,6 +242,7 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::CONNTRACK, entries)
         .map_max_entries(map_names::SNAT, entries)
         .map_max_entries(map_names::FLOW_CACHE, slots)
+        .map_max_entries(map_names::FLOW_COUNTS, slots)
         .override_global(global_names::FLOW_CACHE_SETS, &sets, true)
         .load(crate::EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object with tables for {max_flows} flows"))?;
@@ -267,7 +268,8 @@ fn table_bytes(max_flows: u32, cache_slots: u32) -> u64 {
     const ELEM: u64 = 48;
     let ct = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<CtEntry>()) as u64 + ELEM;
     let snat = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<Endpoint>()) as u64 + ELEM;
-    2 * u64::from(max_flows) * (ct + snat) + 64 * u64::from(cache_slots)
+    let slot = (std::mem::size_of::<flow_cache::Slot>() + std::mem::size_of::<flow_cache::Counts>()) as u64;
+    2 * u64::from(max_flows) * (ct + snat) + slot * u64::from(cache_slots)
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
@@ -292,6 +294,9 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     /// The flow table's generation (see [`flows_removed`]).
     pub ct_gen: Array<MapData, u32>,
+    /// The fast path's flow cache, and what each slot has served since it was filled.
+    pub flow_cache: Array<MapData, flow_cache::Slot>,
+    pub flow_counts: Array<MapData, flow_cache::Counts>,
 }
 
 impl Maps {
@@ -319,7 +324,49 @@ impl Maps {
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
             counters: map(map_names::COUNTERS)?.try_into()?,
             ct_gen: map(map_names::CT_GEN)?.try_into()?,
+            flow_cache: map(map_names::FLOW_CACHE)?.try_into()?,
+            flow_counts: map(map_names::FLOW_COUNTS)?.try_into()?,
         })
+    }
+
+    /// What the flow cache's slots have served and not yet added into conntrack, by flow
+    /// direction (see `CtEntry::packets`): a reader of conntrack adds these.
+    pub fn cached_counts(&self) -> anyhow::Result<std::collections::HashMap<FlowKey, flow_cache::Counts>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        use aya::maps::IterableMap as _;
+        let data = self.flow_counts.map();
+        let slots = data.info().context("reading the flow cache's counts")?.max_entries() as usize;
+        let len = slots * std::mem::size_of::<flow_cache::Counts>();
+        let fd = data.fd().as_fd().as_raw_fd();
+        // Mapped rather than read slot by slot: a cache has up to millions of slots, one
+        // syscall each, and only the few that served since their fill hold counts.
+        // SAFETY: a read-only shared mapping of the array's `slots` values (an mmapable
+        // array's values start at offset 0), unmapped below and read through raw pointers
+        // only; the dataplane writes it meanwhile, so a count may be a packet behind.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the flow cache's counts");
+        }
+        let base = base as *const flow_cache::Counts;
+        // SAFETY: as above, `i < slots`.
+        let busy: Vec<(u32, flow_cache::Counts)> = (0..slots)
+            .map(|i| (i as u32, unsafe { base.add(i).read_volatile() }))
+            .filter(|(_, c)| c.packets != 0)
+            .collect();
+        // SAFETY: the mapping made above, of `len` bytes.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        let mut out = std::collections::HashMap::<FlowKey, flow_cache::Counts>::new();
+        for (index, counts) in busy {
+            let slot = self.flow_cache.get(&index, 0).context("reading the flow cache")?;
+            // Protocol 0: the flow was made anew; what the slot served went with the old one.
+            if slot.key.proto != 0 {
+                let c = out.entry(slot.key).or_default();
+                c.packets += counts.packets;
+                c.bytes += counts.bytes;
+            }
+        }
+        Ok(out)
     }
 
     /// A side counter, summed over CPUs.

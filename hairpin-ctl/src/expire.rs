@@ -34,7 +34,15 @@ pub type Entry = (FlowKey, CtEntry);
 /// Reads the whole table once. Returns the flows found through their original entries, and
 /// reply entries whose original is missing.
 pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
-    let all: HashMap<FlowKey, CtEntry> = maps.ct.iter().collect::<Result<_, _>>()?;
+    let mut all: HashMap<FlowKey, CtEntry> = maps.ct.iter().collect::<Result<_, _>>()?;
+    // Packets the flow cache served, not in conntrack yet. (A snapshot is read, never written
+    // back: the sum is only ever shown.)
+    for (k, c) in maps.cached_counts()? {
+        if let Some(e) = all.get_mut(&k) {
+            e.packets += c.packets;
+            e.bytes += c.bytes;
+        }
+    }
     let mut flows = Vec::new();
     let mut lone_replies = Vec::new();
     for (k, e) in &all {

@@ -27,6 +27,20 @@ pub fn dst(k: &FlowKey) -> SocketAddrV4 {
     endpoint(k.dst_ep())
 }
 
+/// A byte count as an operator reads it: exact below 10 kB, then in binary units (`12.3M`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 10_000 {
+        return n.to_string();
+    }
+    let (mut v, mut unit) = (n as f64 / 1024.0, 0);
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
 /// An Ethernet address as `ip link` prints it.
 pub fn mac(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")

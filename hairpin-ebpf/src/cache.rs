@@ -8,13 +8,13 @@
 
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
-    FlowKey, NextHop, Timeouts,
+    CtEntry, FlowKey, NextHop, Timeouts,
     flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, serves_at, set_of, slot_index, stamp},
 };
 
 use crate::{
     ctx::Packet,
-    maps::{CT_GEN, FLOW_CACHE},
+    maps::{CT, CT_GEN, FLOW_CACHE, FLOW_COUNTS},
 };
 
 /// Sets per CPU, set by the loader to match the map's size; 0 (the default) turns the cache
@@ -64,50 +64,94 @@ impl Epoch<'_> {
     }
 }
 
+/// A slot that may serve a packet, and its index (where its [`count`]s are kept).
+pub struct Hit {
+    pub slot: *const Slot,
+    pub index: u32,
+}
+
 /// The slot for `key` if it may serve this packet: current in `epoch`, with every state bit
 /// in `seen` recorded, and a next hop the packet fits (see `Packet::fits`).
 #[inline(always)]
-pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<*const Slot> {
+pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<Hit> {
     let base = set_base(key)?;
     let seen = Slot::state_of(seen);
     for way in 0..WAYS {
-        let Some(slot) = FLOW_CACHE.get_ptr(base + way) else { continue };
+        let index = base + way;
+        let Some(slot) = FLOW_CACHE.get_ptr(index) else { continue };
         // SAFETY: read through a pointer from a successful lookup; only this CPU writes it.
         unsafe {
             if (*slot).key == *key {
                 let ok = epoch.current(&*slot)
                     && (*slot).state & seen == seen
                     && pkt.fits((*slot).hop.ifindex, tot_len, (*slot).hop.len_ok);
-                return ok.then_some(slot);
+                return ok.then_some(Hit { slot, index });
             }
         }
     }
     None
 }
 
+/// Counts a packet (`packets` segments, `bytes` long) the slot at `index` served.
+#[inline(always)]
+pub fn count(index: u32, packets: u32, bytes: u16) {
+    if let Some(c) = FLOW_COUNTS.get_ptr_mut(index) {
+        // SAFETY: pointer from a successful lookup; only this CPU writes this slot's counts.
+        unsafe {
+            (*c).packets += u64::from(packets);
+            (*c).bytes += u64::from(bytes);
+        }
+    }
+}
+
 /// Copies what conntrack just forwarded a packet of flow direction `key` with (`xlate`,
 /// `hop`; `flags`: the entry's `CT_S_*` bits once this packet's were recorded) into the
 /// flow's set: over its own slot, else an empty one or one no longer current. Current slots
 /// of other flows stay: with more flows than ways the newcomer is served by conntrack,
-/// instead of flows evicting each other on every packet.
+/// instead of flows evicting each other on every packet. What the slot served goes into its
+/// flow direction's conntrack entry first: `entry` (`key`'s), or the entry of the flow it
+/// held (none if that flow was made anew, see [`forget`]).
 #[inline(always)]
-pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &NextHop, flags: u32, epoch: &Epoch) {
+pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &NextHop, flags: u32, epoch: &Epoch, entry: *mut CtEntry) {
     let Some(base) = set_base(key) else { return };
     let mut target = None;
     for way in 0..WAYS {
-        let Some(slot) = FLOW_CACHE.get_ptr_mut(base + way) else { continue };
+        let index = base + way;
+        let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else { continue };
         // SAFETY: as in `lookup`.
         unsafe {
             if (*slot).key == *key {
-                target = Some(slot);
+                target = Some((slot, index));
                 break;
             }
             if target.is_none() && ((*slot).key.proto == 0 || !epoch.current(&*slot)) {
-                target = Some(slot);
+                target = Some((slot, index));
             }
         }
     }
-    let Some(slot) = target else { return };
+    let Some((slot, index)) = target else { return };
+    // SAFETY: `slot` as above, its counts likewise; `entry` comes from a successful conntrack
+    // lookup, as does the other flow's (a racing delete can only make the add land in a
+    // recycled element).
+    unsafe {
+        if let Some(c) = FLOW_COUNTS.get_ptr_mut(index)
+            && (*c).packets != 0
+        {
+            let owner = if (*slot).key == *key {
+                Some(entry)
+            } else if (*slot).key.proto != 0 {
+                CT.get_ptr_mut(&(*slot).key)
+            } else {
+                None
+            };
+            if let Some(e) = owner {
+                (*e).packets += (*c).packets;
+                (*e).bytes += (*c).bytes;
+            }
+            (*c).packets = 0;
+            (*c).bytes = 0;
+        }
+    }
     // SAFETY: `slot` as above. Field by field: a whole `Slot` value would be built on the
     // stack first, and the program's stack is near the verifier's 512-byte limit.
     unsafe {

@@ -71,7 +71,7 @@ pub struct Found {
 /// CPUs both find the orphan, the later removal may take the flow the earlier one re-created;
 /// its own creation right after restores it.
 #[inline(always)]
-pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<Found> {
+pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u16) -> Option<Found> {
     let entry = CT.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
@@ -93,6 +93,9 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32) -> Option<Found> {
         if (*entry).flags & seen != seen {
             (*entry).flags |= seen;
         }
+        // Every packet: the line is this direction's, written by the CPU its packets arrive on.
+        (*entry).packets += u64::from(packets);
+        (*entry).bytes += u64::from(bytes);
         Some(Found { xlate: (*entry).xlate, entry, stale })
     }
 }
@@ -139,6 +142,9 @@ pub struct NewFlow {
     /// State bits of its first packet.
     pub seen: u32,
     pub now: u64,
+    /// Its first packet, counted in the original entry: segments and IPv4 total length.
+    pub packets: u32,
+    pub bytes: u16,
 }
 
 /// Creates the flow for `key` as `new` describes, and returns the translated tuple of its
@@ -175,7 +181,7 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
 
 #[inline(always)]
 fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
-    let &NewFlow { dst, snat, flags, seen, now } = new;
+    let &NewFlow { dst, snat, flags, seen, now, packets, bytes } = new;
     // Planned in this CPU's scratch slot, not on the stack: two entries and their keys are
     // more than the fast path's share of the 512 bytes leaves.
     let slot = PLAN.get_ptr_mut(0).ok_or(Reason::DropFlowInsert)?;
@@ -184,6 +190,7 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         let plan = unsafe { &mut *slot };
         *plan = plan_flow(key, dst, src, flags, now);
         plan.orig.flags |= seen;
+        (plan.orig.packets, plan.orig.bytes) = (u64::from(packets), u64::from(bytes));
         &*plan
     };
     let addr = match snat {

@@ -46,6 +46,12 @@ pub trait Packet {
         false
     }
 
+    /// How many packets it stands for: a GSO super-packet (TC only) its segments, else 1.
+    #[inline(always)]
+    fn segs(&self) -> u32 {
+        1
+    }
+
     /// Whether this packet, of IPv4 total length `tot_len`, fits the MTU of `ifindex`, through
     /// which the FIB has passed packets up to `len_ok` long: a GSO super-packet is asked of the
     /// kernel segment by segment, any other packet compared.
@@ -171,6 +177,13 @@ impl Packet for Tc<'_> {
     fn gso(&self) -> bool {
         // SAFETY: as above.
         unsafe { (*(self.0.as_ptr() as *const __sk_buff)).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn segs(&self) -> u32 {
+        // SAFETY: as above.
+        let segs = unsafe { (*(self.0.as_ptr() as *const __sk_buff)).gso_segs };
+        if segs > 1 { segs } else { 1 }
     }
 
     #[inline(always)]

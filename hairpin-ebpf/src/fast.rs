@@ -5,7 +5,7 @@
 //! with `bpf_redirect` (see `ctx::Packet::redirect`); the code is one. Whatever it cannot do
 //! exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{Config, Counter, FlowKey, NextHop, Reason, Slow, csum::CsumDelta, flow_cache::Slot};
+use hairpin_common::{Config, Counter, FlowKey, NextHop, Reason, Slow, csum::CsumDelta};
 
 use crate::{
     cache,
@@ -66,20 +66,23 @@ pub fn forward(
     // conntrack's path decides again.
     // SAFETY: the entry pointer comes from a successful lookup.
     let flags = unsafe { (*found.entry).flags };
-    cache::fill(&p.key, &found.xlate, &hop, flags, epoch);
+    cache::fill(&p.key, &found.xlate, &hop, flags, epoch, found.entry);
     let verdict = send(pkt, cfg, p, ttl, &found.xlate, &hop)?;
     stats::bump(Counter::CacheMiss, 1);
     Ok(verdict)
 }
 
-/// Forwards `p` as the flow cache's `slot` says (see `cache::lookup` for when it may).
+/// Forwards `p` as the flow cache's slot says (see `cache::lookup` for when it may), and
+/// counts it there.
 #[inline(always)]
-pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, slot: *const Slot) -> Result<Reason, Slow> {
+pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::Hit) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
     // SAFETY: the slot pointer comes from a successful lookup; read in place (the program's
     // stack is near its limit), only this CPU writes it.
-    let s = unsafe { &*slot };
-    send(pkt, cfg, p, ttl, &s.xlate, &s.hop)
+    let s = unsafe { &*hit.slot };
+    let verdict = send(pkt, cfg, p, ttl, &s.xlate, &s.hop)?;
+    cache::count(hit.index, pkt.segs(), p.tot_len);
+    Ok(verdict)
 }
 
 /// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).

@@ -66,13 +66,13 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let fast = cfg.fast_path();
     let epoch = cache::Epoch { now, generation: if fast { cache::generation() } else { 0 }, timeouts: &cfg.timeouts };
     if fast
-        && let Some(slot) = cache::lookup(pkt, &p.key, &epoch, seen, p.tot_len)
+        && let Some(hit) = cache::lookup(pkt, &p.key, &epoch, seen, p.tot_len)
         // On failure (TTL) nothing was changed: conntrack's path below decides and counts.
-        && let Ok(verdict) = fast::forward_cached(pkt, cfg, &p, slot)
+        && let Ok(verdict) = fast::forward_cached(pkt, cfg, &p, &hit)
     {
         return Ok(verdict);
     }
-    if let Some(found) = ct::lookup_refresh(&p.key, now, seen) {
+    if let Some(found) = ct::lookup_refresh(&p.key, now, seen, pkt.segs(), p.tot_len) {
         let xlate = found.xlate;
         if fast {
             match fast::forward(pkt, cfg, &p, &found, &epoch) {
@@ -86,7 +86,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
-        open(pkt, cfg, &p, &NewFlow { dst: private, snat, flags, seen, now })?;
+        open(pkt, cfg, &p, &NewFlow { dst: private, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len })?;
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
@@ -104,7 +104,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             }
             Side::Wan => return Ok(Reason::PassFiltered),
         };
-        open(pkt, cfg, &p, &NewFlow { dst: host, snat, flags, seen, now })?;
+        open(pkt, cfg, &p, &NewFlow { dst: host, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len })?;
         return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
@@ -119,7 +119,20 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        open(pkt, cfg, &p, &NewFlow { dst: p.key.dst_ep(), snat: SourceNat::Public, flags: CT_F_MASQ, seen, now })?;
+        open(
+            pkt,
+            cfg,
+            &p,
+            &NewFlow {
+                dst: p.key.dst_ep(),
+                snat: SourceNat::Public,
+                flags: CT_F_MASQ,
+                seen,
+                now,
+                packets: pkt.segs(),
+                bytes: p.tot_len,
+            },
+        )?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

@@ -69,6 +69,11 @@ pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "HP_FLOW_CACHE")]
 pub static FLOW_CACHE: Array<flow_cache::Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// What each flow cache slot has served since it was filled, by the slot's index (sized with
+/// it by the loader). Mmapable: the controller scans it for the few slots that hold counts.
+#[map(name = "HP_FLOW_COUNTS")]
+pub static FLOW_COUNTS: Array<flow_cache::Counts> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// The flow table's generation, as two counters (`flow_cache::GEN_*`): the controller bumps
 /// its own after removing flows, the dataplane its own after removing an orphaned entry;
 /// cache slots of an older generation are not used.

@@ -125,6 +125,13 @@ impl Dataplane {
         m.iter().map(Result::unwrap).collect()
     }
 
+    /// The packets and bytes conntrack has counted for the flow direction `key`.
+    pub fn counted(&self, key: &FlowKey) -> (u64, u64) {
+        let ct = self.ct();
+        let e = ct.iter().find(|(k, _)| k == key).map(|(_, e)| e).unwrap_or_else(|| panic!("no entry {key:?}"));
+        (e.packets, e.bytes)
+    }
+
     pub fn insert_ct(&mut self, key: FlowKey, entry: CtEntry) {
         let mut m: HashMap<_, FlowKey, CtEntry> =
             HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();

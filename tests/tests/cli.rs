@@ -71,7 +71,14 @@ fn bad_mappings_are_refused_and_change_nothing() {
     let before = mappings(&lab);
     assert_eq!(
         before,
-        [serde_json::json!({ "proto": "tcp", "public": "203.0.113.1:80", "private": "192.168.0.2:80", "flows": 0 })]
+        [serde_json::json!({
+            "proto": "tcp",
+            "public": "203.0.113.1:80",
+            "private": "192.168.0.2:80",
+            "flows": 0,
+            "packets": 0,
+            "bytes": 0
+        })]
     );
 
     for (args, needle) in [

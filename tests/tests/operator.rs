@@ -531,6 +531,39 @@ fn flows_filter_delete_one_and_print_a_header() {
     lab.down().unwrap();
 }
 
+/// Per flow direction and per forward, what was carried: a 256 KiB TCP echo through the
+/// forward, most of it served by the fast path's flow cache (whose counts are kept per slot
+/// and added into conntrack later), shows at least its bytes each way in `flows`, and in
+/// `map list` for the forward; TSO super-packets count as their segments.
+#[test]
+fn flows_and_forwards_count_packets_and_bytes() {
+    const BYTES: u64 = 256 * 1024;
+    let lab = lab();
+    lab.up(&[]).unwrap();
+    let fast = |lab: &Lab| lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap();
+    let before = fast(&lab);
+    let echo = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 80), BYTES as usize, Duration::from_secs(3))
+        .expect("the forward");
+    assert!(fast(&lab) > before, "the echo took the fast path");
+    let src = echo.local.to_string();
+    let rows = lab.ctl_json(&["flows", "--src", &src]).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let mss_segments = BYTES / 1460;
+    for r in &rows {
+        let (packets, bytes) = (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap());
+        assert!((BYTES..2 * BYTES).contains(&bytes), "{r}");
+        assert!(packets >= mss_segments && packets * 1500 >= bytes, "{r}");
+    }
+    let text = lab.ctl(&["flows", "--src", &src]).unwrap();
+    assert!(text.lines().next().unwrap().contains("packets"), "{text}");
+    let forwards = lab.ctl_json(&["map", "list"]).unwrap();
+    let http = forwards.iter().find(|m| m["public"] == format!("{PUBLIC}:80")).expect("the forward");
+    assert_eq!(http["flows"], 1, "{http}");
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert!(http["bytes"].as_u64().unwrap() >= total, "{http} (flows: {total} bytes)");
+    lab.down().unwrap();
+}
+
 /// `flows --watch` shows flows as they start (from the dataplane's ring buffer, through `run`)
 /// and end, with why: expired (the sweep), flushed (a command), evicted (gone from the table
 /// without either: here, removed behind everyone's back as the LRU would).

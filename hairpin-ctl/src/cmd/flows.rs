@@ -140,6 +140,10 @@ struct Row {
     /// The tuple as it leaves the gateway.
     translated_src: String,
     translated_dst: String,
+    /// What this direction has carried (IPv4 total lengths; a GSO super-packet counts its
+    /// segments).
+    packets: u64,
+    bytes: u64,
     age_s: f64,
     idle_s: f64,
     expires_in_s: f64,
@@ -205,6 +209,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             dst: output::dst(k).to_string(),
             translated_src: output::src(&e.xlate).to_string(),
             translated_dst: output::dst(&e.xlate).to_string(),
+            packets: e.packets,
+            bytes: e.bytes,
             age_s: secs(now.saturating_sub(e.created_ns)),
             idle_s: secs(now.saturating_sub(e.last_seen_ns)),
             expires_in_s: secs(left),
@@ -241,6 +247,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         "translated dst",
         "kind",
         "state",
+        "packets",
+        "bytes",
         "age",
         "idle",
         "expires in",
@@ -255,6 +263,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             r.translated_dst.clone(),
             r.kind.name().to_string(),
             r.state.to_string(),
+            r.packets.to_string(),
+            output::bytes(r.bytes),
             format!("{:.0}s", r.age_s),
             format!("{:.0}s", r.idle_s),
             format!("{:.0}s", r.expires_in_s),

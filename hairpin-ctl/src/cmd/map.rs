@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use hairpin_common::{Endpoint, Ipv4Be, MappingKey, PortBe};
+use hairpin_common::{CtEntry, Endpoint, Ipv4Be, MappingKey, PortBe};
 use serde::Serialize;
 
 use crate::{
@@ -36,7 +36,8 @@ pub enum MapCommand {
         #[arg(value_name = "PUBLIC_IP:PORT")]
         public: HostPort,
     },
-    /// List the mappings.
+    /// List the mappings, each with its live flows and the packets and bytes they have carried
+    /// (both directions; flows that ended are no longer counted).
     List(JsonArg),
 }
 
@@ -109,14 +110,18 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
                     let public = Endpoint::new(k.addr, k.port);
+                    let its: Vec<_> =
+                        flows.iter().filter(|f| f.orig_key.proto == k.proto && f.orig_key.dst_ep() == public).collect();
+                    let both = |f: &&expire::Flow, of: fn(&CtEntry) -> u64| {
+                        of(&f.orig) + f.reply.as_ref().map_or(0, |(_, r)| of(r))
+                    };
                     Some(Row {
                         proto: Proto::from_number(k.proto)?,
                         public: output::endpoint(public).to_string(),
                         private: output::endpoint(v).to_string(),
-                        flows: flows
-                            .iter()
-                            .filter(|f| f.orig_key.proto == k.proto && f.orig_key.dst_ep() == public)
-                            .count(),
+                        flows: its.len(),
+                        packets: its.iter().map(|f| both(f, |e| e.packets)).sum(),
+                        bytes: its.iter().map(|f| both(f, |e| e.bytes)).sum(),
                     })
                 })
                 .collect();
@@ -128,9 +133,17 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 say!("no mappings");
                 return Ok(());
             }
-            let mut table = output::table(["proto", "public", "", "private", "flows"]);
+            let mut table = output::table(["proto", "public", "", "private", "flows", "packets", "bytes"]);
             for r in rows {
-                table.add_row([r.proto.name().to_string(), r.public, "->".into(), r.private, r.flows.to_string()]);
+                table.add_row([
+                    r.proto.name().to_string(),
+                    r.public,
+                    "->".into(),
+                    r.private,
+                    r.flows.to_string(),
+                    r.packets.to_string(),
+                    output::bytes(r.bytes),
+                ]);
             }
             output::print_table(&table);
         }
@@ -143,6 +156,9 @@ struct Row {
     proto: Proto,
     public: String,
     private: String,
-    /// Live flows it created.
+    /// Live flows it created,
     flows: usize,
+    /// and what they have carried, both directions (IPv4 total lengths).
+    packets: u64,
+    bytes: u64,
 }

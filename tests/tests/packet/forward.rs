@@ -24,7 +24,12 @@ fn wan_port_forward_tcp_with_port_change(mode: Mode) {
         ])
         // One entry per direction; only the reply needs a source rewrite.
         .leaves(2, 1)
-        .run(mode);
+        // Each direction counts what it carried: packets and IPv4 total lengths.
+        .run_then(mode, move |dp| {
+            let len = syn.build().len() as u64 - 14;
+            assert_eq!(dp.counted(&syn.key()), (2, 2 * len), "the original direction");
+            assert_eq!(dp.counted(&reply.key()), (1, len), "the reply");
+        });
 }
 
 fn udp_without_checksum_stays_without(mode: Mode) {

@@ -30,7 +30,9 @@ pub const IPPROTO_UDP: u8 = 17;
 /// Names of the maps as pinned under the pin directory; the eBPF statics carry the same names
 /// (at most 15 characters, the kernel's object name limit).
 pub mod map_names {
+    /// Two slots of `Config`; [`CONFIG_SEL`] names the live one.
     pub const CONFIG: &str = "HP_CONFIG";
+    pub const CONFIG_SEL: &str = "HP_CONFIG_SEL";
     pub const MAPPINGS: &str = "HP_MAPPINGS";
     pub const CONNTRACK: &str = "HP_CT";
     pub const SNAT: &str = "HP_SNAT";
@@ -50,8 +52,9 @@ pub mod map_names {
     pub const CT_GEN: &str = "HP_CT_GEN";
     /// The ring buffer of `Event`s `run` prints.
     pub const EVENTS: &str = "HP_EVENTS";
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
+        CONFIG_SEL,
         MAPPINGS,
         CONNTRACK,
         SNAT,

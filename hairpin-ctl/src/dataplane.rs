@@ -228,16 +228,7 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
         .checked_mul(sets * flow_cache::WAYS)
         .with_context(|| format!("a flow cache for {cpus} CPUs is too large"))?
         .max(1);
-    let need = table_bytes(max_flows, slots);
-    if let Some(available) = mem_available()
-        && need > available
-    {
-        bail!(
-            "--max-flows {max_flows} needs about {} MiB of tables, more than the {} MiB this machine has available",
-            need >> 20,
-            available >> 20
-        );
-    }
+    check_fits(max_flows, slots, mem_available())?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, entries)
         .map_max_entries(map_names::SNAT, entries)
@@ -272,6 +263,22 @@ fn table_bytes(max_flows: u32, cache_slots: u32) -> u64 {
     2 * u64::from(max_flows) * (ct + snat) + slot * u64::from(cache_slots)
 }
 
+/// Refuses tables for `max_flows` flows and `cache_slots` flow cache slots when they would
+/// take more than the `available` bytes, saying how much they would take.
+fn check_fits(max_flows: u32, cache_slots: u32, available: Option<u64>) -> anyhow::Result<()> {
+    let need = table_bytes(max_flows, cache_slots);
+    if let Some(available) = available
+        && need > available
+    {
+        bail!(
+            "--max-flows {max_flows} needs about {} MiB of tables, more than the {} MiB this machine has available",
+            need >> 20,
+            available >> 20
+        );
+    }
+    Ok(())
+}
+
 /// `MemAvailable` from /proc/meminfo, in bytes.
 fn mem_available() -> Option<u64> {
     let info = fs::read_to_string("/proc/meminfo").ok()?;
@@ -282,7 +289,9 @@ fn mem_available() -> Option<u64> {
 
 /// Typed handles on the pinned maps.
 pub struct Maps {
-    pub config: Array<MapData, Config>,
+    /// Two slots of settings, and which is live (see [`Maps::set_config`]).
+    config: Array<MapData, Config>,
+    config_sel: Array<MapData, u32>,
     pub mappings: HashMap<MapData, MappingKey, Endpoint>,
     pub ct: HashMap<MapData, FlowKey, CtEntry>,
     pub snat: HashMap<MapData, FlowKey, Endpoint>,
@@ -316,6 +325,7 @@ impl Maps {
     fn from_fn(mut map: impl FnMut(&str) -> anyhow::Result<aya::maps::Map>) -> anyhow::Result<Self> {
         Ok(Self {
             config: map(map_names::CONFIG)?.try_into()?,
+            config_sel: map(map_names::CONFIG_SEL)?.try_into()?,
             mappings: map(map_names::MAPPINGS)?.try_into()?,
             ct: map(map_names::CONNTRACK)?.try_into()?,
             snat: map(map_names::SNAT)?.try_into()?,
@@ -386,16 +396,27 @@ impl Maps {
         }
     }
 
+    /// The live settings.
     pub fn config(&self) -> anyhow::Result<Config> {
-        self.config.get(&0, 0).context("reading the dataplane configuration")
+        self.config.get(&self.live_slot()?, 0).context("reading the dataplane configuration")
+    }
+
+    fn live_slot(&self) -> anyhow::Result<u32> {
+        Ok(self.config_sel.get(&0, 0).context("reading which configuration is live")? & 1)
     }
 
     /// Writes the dataplane configuration. Then, if the idle timeouts changed, moves the
     /// generation: flow cache copies serve until a deadline worked out from the timeouts they
     /// were made under, and shorter ones must not wait for it (see `flow_cache::fresh_ns`).
+    ///
+    /// The settings go into the slot not in use, and then the selector moves to it (one aligned
+    /// word): programs read one slot or the other, never one being written. (Two writes within
+    /// a program's run, microseconds, could still meet one; the controller writes seldom.)
     pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
         let before = self.config()?;
-        self.config.set(0, cfg, 0).context("writing the dataplane configuration")?;
+        let next = self.live_slot()? ^ 1;
+        self.config.set(next, cfg, 0).context("writing the dataplane configuration")?;
+        self.config_sel.set(0, &next, 0).context("making the new configuration live")?;
         if cfg.timeouts != before.timeouts {
             flows_removed(&mut self.ct_gen)?;
         }
@@ -469,4 +490,28 @@ pub fn flows_removed<T: std::borrow::BorrowMut<MapData>>(ct_gen: &mut Array<T, u
     let i = flow_cache::GEN_CONTROLLER;
     let g = ct_gen.get(&i, 0).context("reading the flow table generation")?;
     ct_gen.set(i, &g.wrapping_add(1), 0).context("bumping the flow table generation")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_larger_than_available_memory_are_refused_with_their_size() {
+        // The largest --max-flows, with a cache of 2^20 slots on each of two CPUs.
+        let (flows, slots) = (16_777_216, 2 << 20);
+        let need = table_bytes(flows, slots);
+        assert!(need > 6 << 30, "{need}");
+        let e = check_fits(flows, slots, Some(1 << 30)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "--max-flows 16777216 needs about {} MiB of tables, more than the 1024 MiB this machine has available",
+                need >> 20
+            )
+        );
+        assert!(check_fits(flows, slots, Some(need)).is_ok());
+        // Where the kernel does not say, nothing is refused.
+        assert!(check_fits(flows, slots, None).is_ok());
+    }
 }

@@ -18,7 +18,7 @@ use crate::{
     fast,
     fwd::{self, Route},
     icmp,
-    maps::{CONFIG, MAPPINGS, SNAT},
+    maps::{self, MAPPINGS, SNAT},
     parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, eth_dst, parse_ip, parse_l4},
     rewrite::rewrite,
     stats,
@@ -39,7 +39,7 @@ pub fn ingress<P: Packet>(pkt: &P, side: Side) -> Reason {
 fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     let ip = parse_ip(pkt)?;
     // Read in place: the map value lives as long as the program runs.
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = maps::config() else {
         return Ok(Reason::PassNoConfig);
     };
     // Not the gateway's to forward (see `Config::addressed_to_us`): no flow, no fast path.
@@ -196,7 +196,7 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
         pkt.pull_headers(MAX_ICMP_ERROR_HDR_LEN);
         ip = parse_ip(pkt)?;
     }
-    let cfg = CONFIG.get(0);
+    let cfg = maps::config();
     let leaks = |addr| side == Side::Wan && cfg.is_some_and(|cfg| cfg.in_lan(addr));
     let p = match parse_l4(pkt, &ip) {
         Ok(L4::Flow(p)) => p,

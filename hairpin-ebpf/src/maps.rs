@@ -12,9 +12,23 @@ use hairpin_common::{
     flow_cache, nat,
 };
 
-/// One element: the settings `hairpin-ctl up` wrote.
+/// Two slots for the settings the controller wrote; `CONFIG_SEL` names the live one (see
+/// [`config`]).
 #[map(name = "HP_CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+
+/// One word: which `CONFIG` slot is live.
+#[map(name = "HP_CONFIG_SEL")]
+pub static CONFIG_SEL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The live settings, read in place. A map update copies a value while programs may read it,
+/// so the controller writes the slot not in use and then flips the selector, one aligned word:
+/// a program sees the old settings or the new, never half of each.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let live = CONFIG_SEL.get(0).copied().unwrap_or(0);
+    CONFIG.get(live & 1)
+}
 
 /// Port-forwards: public (proto, address, port) -> private endpoint.
 #[map(name = "HP_MAPPINGS")]

@@ -12,7 +12,7 @@
 use aya_ebpf::programs::TracePointContext;
 use hairpin_common::{Counter, nat::Side};
 
-use crate::{maps::CONFIG, stats};
+use crate::{maps, stats};
 
 /// Offsets in the tracepoints' records (`/sys/kernel/tracing/events/xdp/*/format`), stable
 /// since they were added (4.13-5.8).
@@ -59,7 +59,7 @@ fn count(ifindex: i32, frames: i32) {
     if frames <= 0 {
         return;
     }
-    let Some(cfg) = CONFIG.get(0) else { return };
+    let Some(cfg) = maps::config() else { return };
     let side = match ifindex as u32 {
         i if i == 0 => return,
         i if i == cfg.lan_ifindex => Side::Lan,

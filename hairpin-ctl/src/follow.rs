@@ -67,6 +67,27 @@ impl Follow {
             drop(maps);
             return Ok(self.retry(pins));
         }
+        // Renamed (`ip link set ... name`): the programs stay with the device; the name is
+        // what the configuration file must now say.
+        for c in changes {
+            if let Change::Link(i, name) = c
+                && !name.is_empty()
+                && (*i == cfg.lan_ifindex || *i == cfg.wan_ifindex)
+            {
+                let (key, old) = if *i == cfg.lan_ifindex {
+                    ("lan.interface", &mut self.spec.lan.interface)
+                } else {
+                    ("wan.interface", &mut self.spec.wan.interface)
+                };
+                if old != name {
+                    say!(
+                        "hairpin run: {old} (ifindex {i}) is now named {name}: the dataplane stays on it; {key} in a \
+                         configuration file must say {name:?}"
+                    );
+                    *old = name.clone();
+                }
+            }
+        }
         // An interface's MAC address changed (`ip link set ... address`): until the dataplane
         // has the new one, frames sent to it are left to the kernel (see `Config::addressed_to_us`).
         for (ifindex, name, have) in [

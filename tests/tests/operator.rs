@@ -454,6 +454,33 @@ fn run_follows_a_changed_mac_address() {
     lab.down().unwrap();
 }
 
+/// An interface renamed under a running gateway (`ip link set ... name`, udev): the programs
+/// stay with the device, `run` says what a configuration file must now call it, and `show`
+/// prints the new name.
+#[test]
+fn run_says_when_an_interface_is_renamed() {
+    let lab = lab();
+    let mut ctl = Controller::start(&lab, &[]);
+    lab.add_mappings().unwrap();
+    lab.gw.ip(&["link", "set", "wan0", "down"]).unwrap();
+    lab.gw.ip(&["link", "set", "wan0", "name", "uplink"]).unwrap();
+    lab.gw.ip(&["link", "set", "uplink", "up"]).unwrap();
+    // Taking it down took its routes with it.
+    lab.gw.ip(&["route", "add", "198.51.100.0/24", "dev", "uplink"]).unwrap();
+    wait_for(10, "run to say wan0 was renamed", || {
+        ctl.output().contains("wan0 (ifindex ") && ctl.output().contains("is now named uplink")
+    });
+    assert!(show(&lab).contains("interface = \"uplink\""), "{}", show(&lab));
+    let e =
+        traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"renamed", Duration::from_secs(3))
+            .expect("the forward, on the renamed interface");
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+    let status = ctl.terminate();
+    assert!(status.success());
+    lab.gw.ip(&["link", "set", "uplink", "name", "wan0"]).ok();
+    lab.down().unwrap();
+}
+
 /// An interface that goes away and comes back (a driver reloaded, a VLAN re-created): `run`
 /// says so and attaches the dataplane again, forwards and settings as they were.
 #[test]

@@ -437,10 +437,13 @@ fn run_follows_a_changed_mac_address() {
     let mut ctl = Controller::start(&lab, &[]);
     lab.add_mappings().unwrap();
     lab.gw.ip(&["link", "set", "wan0", "address", "02:00:00:00:77:01"]).unwrap();
+    // It says so, then applies the change as a plan line.
     wait_for(10, "run to follow wan0's MAC address", || {
-        ctl.output().contains("wan0's MAC address is now 02:00:00:00:77:01 (was ")
+        let out = ctl.output();
+        out.contains("wan0's MAC address is now 02:00:00:00:77:01 (was ")
+            && out.contains("~ wan0 MAC address: ")
+            && out.contains("applied (")
     });
-    assert!(ctl.output().contains("~ wan0 MAC address: "), "{}", ctl.output());
     // The internet host learns the new address as a neighbour does, once its entry is gone.
     lab.inet.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
     let fast = |lab: &Lab| lab.counter("fast_redirect").unwrap() + lab.counter("fast_tx").unwrap();

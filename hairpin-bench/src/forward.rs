@@ -20,7 +20,9 @@ use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, MapData, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, tc::TcAttach,
+    },
 };
 use hairpin_common::{Endpoint, Ipv4Be, PortBe, flow_cache};
 use hairpin_lab::{Netns, netns::mac};
@@ -202,6 +204,8 @@ impl Harness {
         for p in ["bench_gen", "bench_sink", "bench_redirect", "bench_redirect_lookup", "bench_redirect_write"] {
             <&mut Xdp>::try_from(ebpf.program_mut(p).context("bench program missing")?)?.load()?;
         }
+        <&mut SchedClassifier>::try_from(ebpf.program_mut("bench_sink_tc").context("bench program missing")?)?
+            .load()?;
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
         let mut h = Self { path, ctl, pin_dir, ebpf, gen_ifindex: 0, pinned: String::new(), generator, gw, sink };
         h.wire(max_flows).with_context(|| format!("building the harness for {}", path.name()))?;
@@ -278,6 +282,17 @@ impl Harness {
             None => (&self.generator, gen_if),
         };
         attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
+        // And at TC ingress, for frames sent into the device's ingress past its XDP program
+        // (the TC fast path's `bpf_redirect_peer`).
+        let tc: &mut SchedClassifier =
+            self.ebpf.program_mut("bench_sink_tc").context("bench program missing")?.try_into()?;
+        let index = sink_ns.ifindex(sink_if)?;
+        // TCX resolves the index in the calling thread's namespace.
+        sink_ns.scoped(|| {
+            let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
+            tc.attach(index, tcx).with_context(|| format!("attaching bench_sink_tc to {sink_if}"))?;
+            Ok(())
+        })?;
         let (dst, dport, src) = self.path.expected();
         let want = [
             Endpoint::new(Ipv4Be::from_octets(dst.octets()), PortBe::from_host(dport)),

@@ -89,6 +89,7 @@ const XDP_BOTH: u16 = hairpin_common::placement::Placement {
     ingress: hairpin_common::placement::Ingress::Xdp,
     why: hairpin_common::placement::Why::Forced,
     xdp_target: true,
+    peer_target: false,
 }
 .encode();
 

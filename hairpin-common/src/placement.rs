@@ -90,15 +90,25 @@ pub struct Placement {
     /// XDP redirect into this interface, and XDP_TX out of it, deliver (the kernel says the
     /// device takes XDP frames, `NETDEV_XDP_ACT_NDO_XMIT`).
     pub xdp_target: bool,
+    /// The TC fast path sends packets for this interface straight into its peer's ingress
+    /// (`bpf_redirect_peer`): a veth whose peer is in another namespace, with no queueing
+    /// discipline of its own to keep, so that its transmit path (which would only queue the
+    /// packet for the peer's next softirq) is skipped.
+    pub peer_target: bool,
 }
 
 /// The bit of an encoded placement that says the XDP fast path may send into the interface.
 pub const XDP_TARGET: u16 = 1 << 15;
+/// The bit that says the TC fast path sends into the interface's peer ([`Placement::peer_target`]).
+pub const PEER_TARGET: u16 = 1 << 14;
 
 impl Placement {
     /// The `u16` kept in [`crate::Config`]: ingress, why, target flag.
     pub const fn encode(self) -> u16 {
-        self.ingress as u16 | (self.why as u16) << 4 | if self.xdp_target { XDP_TARGET } else { 0 }
+        self.ingress as u16
+            | (self.why as u16) << 4
+            | if self.xdp_target { XDP_TARGET } else { 0 }
+            | if self.peer_target { PEER_TARGET } else { 0 }
     }
     /// `None` for 0 (a configuration written before placements were recorded) or garbage.
     pub const fn decode(v: u16) -> Option<Self> {
@@ -106,7 +116,7 @@ impl Placement {
         else {
             return None;
         };
-        Some(Self { ingress, why, xdp_target: v & XDP_TARGET != 0 })
+        Some(Self { ingress, why, xdp_target: v & XDP_TARGET != 0, peer_target: v & PEER_TARGET != 0 })
     }
 }
 
@@ -120,8 +130,8 @@ mod tests {
             for why in
                 [Why::ModeTc, Why::Forced, Why::NativeXdp, Why::SoftwarePeer, Why::NoNativeXdp, Why::AttachFailed]
             {
-                for xdp_target in [false, true] {
-                    let p = Placement { ingress, why, xdp_target };
+                for (xdp_target, peer_target) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let p = Placement { ingress, why, xdp_target, peer_target };
                     assert_eq!(Placement::decode(p.encode()), Some(p));
                 }
             }

@@ -370,6 +370,20 @@ impl Config {
         words(own) == (0, 0) || words(own) == words(dst)
     }
 
+    /// Whether the TC fast path sends packets for `ifindex` into its peer's ingress (see
+    /// [`crate::placement::Placement::peer_target`]).
+    #[inline(always)]
+    pub const fn peer_target(&self, ifindex: u32) -> bool {
+        let placement = if ifindex == self.lan_ifindex {
+            self.lan_placement
+        } else if ifindex == self.wan_ifindex {
+            self.wan_placement
+        } else {
+            return false;
+        };
+        placement & crate::placement::PEER_TARGET != 0
+    }
+
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).
     #[inline(always)]
     pub const fn in_lan(&self, addr: Ipv4Be) -> bool {

@@ -22,6 +22,8 @@ pub struct Caps {
     pub driver: String,
     /// `NETDEV_XDP_ACT_*` bits; `None` on kernels without the `netdev` family (before 6.3).
     pub xdp_features: Option<u64>,
+    /// Its peer's namespace and its queueing discipline.
+    pub link: crate::netif::LinkFacts,
 }
 
 impl Caps {
@@ -29,7 +31,18 @@ impl Caps {
         Ok(Self {
             driver: driver(name).with_context(|| format!("asking ethtool for {name}'s driver"))?,
             xdp_features: xdp_features(ifindex).with_context(|| format!("asking netlink for {name}'s XDP features"))?,
+            link: crate::netif::link_facts(ifindex)?,
         })
+    }
+
+    /// The TC fast path may send packets for this device straight into its peer's ingress
+    /// (`bpf_redirect_peer`): a veth or netkit whose peer is in another namespace (the kernel
+    /// refuses a peer in the same one), with no queueing discipline that sending through the
+    /// device would honour (`noqueue`, a veth's default).
+    pub fn peer_target(&self) -> bool {
+        matches!(self.driver.as_str(), "veth" | "netkit")
+            && self.link.peer_elsewhere
+            && self.link.qdisc.as_deref().is_none_or(|q| q == "noqueue")
     }
 
     /// A device whose frames come from a local stack (a veth's peer, a tun's reader): they

@@ -30,6 +30,28 @@ pub fn name(ifindex: u32) -> Option<String> {
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
+/// What the kernel says of an interface's far end and queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Its peer (a veth's, netkit's) is in another network namespace (`IFLA_LINK_NETNSID`).
+    pub peer_elsewhere: bool,
+    /// Its root queueing discipline (`noqueue`, a veth's default; `fq_codel`...).
+    pub qdisc: Option<String>,
+}
+
+pub fn link_facts(ifindex: u32) -> anyhow::Result<LinkFacts> {
+    let l = link(ifindex)?;
+    let mut facts = LinkFacts::default();
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::LinkNetNsId(_) => facts.peer_elsewhere = true,
+            LinkAttribute::Qdisc(q) => facts.qdisc = Some(q.clone()),
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
 /// The Ethernet address of the interface `ifindex`; all zero for a device without one (PPP,
 /// tun), which the dataplane then does not check frames against.
 pub fn mac(ifindex: u32) -> anyhow::Result<[u8; 6]> {

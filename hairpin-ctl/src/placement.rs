@@ -21,7 +21,7 @@ pub fn choose(caps: &Caps, mode: Mode, xdp_mode: XdpAttachMode) -> Placement {
         }
         (Mode::Auto, XdpAttachMode::Auto) => (Ingress::Xdp, Why::NativeXdp),
     };
-    Placement { ingress, why, xdp_target: xdp_target(caps, ingress, why) }
+    Placement { ingress, why, xdp_target: xdp_target(caps, ingress, why), peer_target: caps.peer_target() }
 }
 
 /// What an interface gets when native XDP was chosen but would not attach: with `--mode xdp`,
@@ -31,7 +31,7 @@ pub fn fallback(caps: &Caps, chosen: Placement) -> Placement {
         Why::Forced => (Ingress::XdpGeneric, Why::Forced),
         _ => (Ingress::Tc, Why::AttachFailed),
     };
-    Placement { ingress, why, xdp_target: xdp_target(caps, ingress, why) }
+    Placement { ingress, why, xdp_target: xdp_target(caps, ingress, why), peer_target: caps.peer_target() }
 }
 
 /// Whether the XDP fast path (of either interface) may send frames into this one. A veth
@@ -61,7 +61,8 @@ pub fn describe(iface: &str, p: Placement, fast_path: bool) -> String {
         (Ingress::Xdp, false) => "; XDP frames are not sent into it",
         _ => "",
     };
-    format!("{iface}: {what} {} ({}{target}{untrusted})", p.ingress.name(), p.why.text())
+    let peer = if p.peer_target && fast_path { "; TC sends into its peer directly" } else { "" };
+    format!("{iface}: {what} {} ({}{target}{untrusted}{peer})", p.ingress.name(), p.why.text())
 }
 
 #[cfg(test)]
@@ -69,7 +70,7 @@ mod tests {
     use super::*;
 
     fn caps(driver: &str, features: Option<u64>) -> Caps {
-        Caps { driver: driver.into(), xdp_features: features }
+        Caps { driver: driver.into(), xdp_features: features, link: Default::default() }
     }
 
     const NIC: u64 = XDP_ACT_BASIC | 2 | XDP_ACT_NDO_XMIT;
@@ -106,6 +107,22 @@ mod tests {
         let xdp = choose(&caps("bridge", Some(0)), Mode::Xdp, XdpAttachMode::Auto);
         assert_eq!((xdp.ingress, xdp.why), (Ingress::Xdp, Why::Forced));
         assert_eq!(fallback(&caps("bridge", Some(0)), xdp).ingress, Ingress::XdpGeneric);
+    }
+
+    #[test]
+    fn tc_sends_into_a_veths_peer_only_across_namespaces_and_past_no_qdisc() {
+        let peer = |c: &Caps| choose(c, Mode::Auto, XdpAttachMode::Auto).peer_target;
+        let mut veth = caps("veth", Some(0));
+        assert!(!peer(&veth), "a peer in the same namespace: the kernel refuses the redirect");
+        veth.link.peer_elsewhere = true;
+        assert!(peer(&veth));
+        veth.link.qdisc = Some("noqueue".into());
+        assert!(peer(&veth));
+        veth.link.qdisc = Some("cake".into());
+        assert!(!peer(&veth), "a shaper on the device must see its packets");
+        let mut bridge = caps("bridge", Some(0));
+        bridge.link.peer_elsewhere = true;
+        assert!(!peer(&bridge));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_ebpf::{
         __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
         bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
     },
-    helpers::{bpf_check_mtu, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use hairpin_common::{Config, Reason, csum::CsumDelta};
@@ -199,10 +199,20 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn redirect(&self, cfg: &Config, ifindex: u32, _tx: bool) -> bool {
+        if !cfg.fast_target(ifindex, false) {
+            return false;
+        }
         // To the egress of any device, veth included, without help from its peer; the skb keeps
-        // its checksum (offload) and GSO state.
-        // SAFETY: a helper without preconditions.
-        cfg.fast_target(ifindex, false) && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
+        // its checksum (offload) and GSO state. Into a veth whose peer is in another namespace,
+        // straight into that peer's ingress (only ingress programs may), past a transmit path
+        // that would only queue it for the peer's next softirq.
+        // SAFETY: helpers without preconditions.
+        let rc = if cfg.peer_target(ifindex) {
+            unsafe { bpf_redirect_peer(ifindex, 0) }
+        } else {
+            unsafe { bpf_redirect(ifindex, 0) }
+        };
+        rc == TC_ACT_REDIRECT as i64
     }
 
     #[inline(always)]

@@ -290,6 +290,43 @@ fn vlan_tagged_frames(peers: Peers, up_args: &[&str]) {
     }
 }
 
+/// On veths whose peers are in other namespaces (every plain topology), the TC fast path sends
+/// straight into the peer's ingress; a queueing discipline on the device (a shaper) keeps the
+/// packets for it going through it, and `run` notices one removed or added later.
+#[test]
+fn tc_fast_path_enters_veth_peers_unless_a_qdisc_is_in_the_way() {
+    let lab = lab();
+    lab.gw.exec("tc", &["qdisc", "add", "dev", "wan0", "root", "pfifo"]).unwrap();
+    let mut ctl = Controller::start(&lab, &[]);
+    lab.add_mappings().unwrap();
+    let out = ctl.output();
+    assert!(out.contains("lan0: fast path tc (") && out.contains("; TC sends into its peer directly)"), "{out}");
+    let wan_line = out.lines().find(|l| l.contains("wan0: fast path tc (")).unwrap_or_else(|| panic!("{out}"));
+    assert!(!wan_line.contains("its peer directly"), "{wan_line}");
+    let sent = |lab: &Lab| -> u64 {
+        let s = lab.gw.exec("tc", &["-s", "qdisc", "show", "dev", "wan0"]).unwrap();
+        let after = s.split("Sent ").nth(1).unwrap_or_else(|| panic!("{s}"));
+        after.split_whitespace().nth(2).unwrap().parse().unwrap_or_else(|_| panic!("{s}"))
+    };
+    let (queued, fast) = (sent(&lab), fast_packets(&lab));
+    let echo = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, HTTP_PORT), 256 * 1024, Duration::from_secs(3))
+        .expect("through the forward");
+    assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(INET));
+    // The server's replies went out of wan0 on the fast path, through its qdisc.
+    let (queued, fast) = (sent(&lab) - queued, fast_packets(&lab) - fast);
+    assert!(fast > 0 && queued >= 20, "fast path packets {fast}, through wan0's qdisc {queued}");
+    lab.gw.exec("tc", &["qdisc", "del", "dev", "wan0", "root"]).unwrap();
+    wait_for(10, "run to see wan0's qdisc gone", || {
+        ctl.output().contains("wan0: no queueing discipline of its own now")
+    });
+    let echo = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, HTTP_PORT), 256 * 1024, Duration::from_secs(3))
+        .expect("through the forward, into wan0's peer directly");
+    assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(INET));
+    lab.gw.exec("tc", &["qdisc", "add", "dev", "wan0", "root", "pfifo"]).unwrap();
+    wait_for(10, "run to see wan0's qdisc back", || ctl.output().contains("wan0: it has a queueing discipline now"));
+    assert!(ctl.terminate().success());
+}
+
 /// Frames on the gateway's wire that are addressed to another host's MAC (a switch flooding,
 /// a bridge, a promiscuous NIC) are none of its business: the kernel forwards only frames sent
 /// to its own MAC. The dataplane neither translates, forwards nor makes flows for them, in

@@ -12,10 +12,10 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_MMAPABLE, xdp_action},
-    macros::{map, xdp},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, map, xdp},
     maps::{Array, DevMap, PerCpuArray, ProgramArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use hairpin_common::{
     Endpoint, FlowKey, Ipv4Be, PortBe,
@@ -96,12 +96,28 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 /// packets, and the rest.
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
+    sink_count(ctx.data(), ctx.data_end());
+    xdp_action::XDP_DROP
+}
+
+/// The same sink at TC ingress, for frames that reach the sink's device without passing its
+/// XDP program: those a gateway's TC fast path sends with `bpf_redirect_peer`, straight into
+/// the device's ingress. Attached beside `bench_sink`, which sees the rest.
+#[classifier]
+pub fn bench_sink_tc(ctx: TcContext) -> i32 {
+    sink_count(ctx.data(), ctx.data_end());
+    TC_ACT_SHOT as i32
+}
+
+/// Counts the frame at `data..end` in the sink's counters.
+#[inline(always)]
+fn sink_count(data: usize, end: usize) {
     const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
-    let pkt = &ctx;
-    let slot = match (SINK.get(0), ptr_at::<[u8; 14 + 20 + 4]>(pkt, 0)) {
-        // SAFETY: bounds checked by ptr_at.
-        (Some([want, from]), Ok(h)) => unsafe {
-            let h = &*h;
+    const LEN: usize = 14 + 20 + 4;
+    let slot = match SINK.get(0) {
+        // SAFETY: bounds checked just before.
+        Some([want, from]) if data + LEN <= end => unsafe {
+            let h = &*(data as *const [u8; LEN]);
             let udp = u16::from_ne_bytes([h[12], h[13]]) == ETH_P_IP_BE && h[14] == 0x45 && h[14 + 9] == IPPROTO_UDP;
             let src = u32::from_ne_bytes([h[26], h[27], h[28], h[29]]);
             let dst = u32::from_ne_bytes([h[30], h[31], h[32], h[33]]);
@@ -119,7 +135,6 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }
-    xdp_action::XDP_DROP
 }
 
 /// The ceiling: every frame redirected to the output interface, nothing else done.

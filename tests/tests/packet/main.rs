@@ -172,7 +172,8 @@ fn in_gateway_ns(cfg: Config, mode: Mode, test: impl FnOnce(&mut Dataplane) + Se
     gw.ns
         .run(move || {
             // Both interfaces native XDP, taking XDP frames: the fast path may send into either.
-            let xdp = Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true }.encode();
+            let xdp =
+                Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
             let cfg = Config { wan_ifindex: wan, lan_ifindex: lan, lan_placement: xdp, wan_placement: xdp, ..cfg };
             let mut dp = Dataplane::load(cfg, mode);
             dp.ifindex = Some((lan, wan));

@@ -1,6 +1,7 @@
 //! The forwarding benchmark: generator -> gateway -> sink in namespaces, 64-byte UDP frames
 //! sent by an XDP program in live-frames mode (BPF_PROG_TEST_RUN), counted at the sink by an
-//! XDP program that counts only packets with the expected (translated) destination.
+//! XDP program (and a TC one beside it, for packets sent into the sink's ingress past XDP)
+//! that count only packets with the expected (translated) destination.
 //!
 //! ```text
 //!  generator g0 ── wan0 [gw] lan0 ── s0 sink          (WAN -> LAN: port-forward cases)

@@ -346,14 +346,22 @@ impl Config {
     /// and with XDP only into those whose placement says they take XDP frames.
     #[inline(always)]
     pub const fn fast_target(&self, ifindex: u32, xdp: bool) -> bool {
-        let placement = if ifindex == self.lan_ifindex {
-            self.lan_placement
+        match self.placement_of(ifindex) {
+            Some(placement) => ifindex != 0 && (!xdp || placement & crate::placement::XDP_TARGET != 0),
+            None => false,
+        }
+    }
+
+    /// The encoded placement of `ifindex`, if it is the LAN or WAN interface.
+    #[inline(always)]
+    const fn placement_of(&self, ifindex: u32) -> Option<u16> {
+        if ifindex == self.lan_ifindex {
+            Some(self.lan_placement)
         } else if ifindex == self.wan_ifindex {
-            self.wan_placement
+            Some(self.wan_placement)
         } else {
-            return false;
-        };
-        ifindex != 0 && (!xdp || placement & crate::placement::XDP_TARGET != 0)
+            None
+        }
     }
 
     /// Whether a frame with destination MAC `dst` that arrived on `side` is addressed to the
@@ -374,14 +382,10 @@ impl Config {
     /// [`crate::placement::Placement::peer_target`]).
     #[inline(always)]
     pub const fn peer_target(&self, ifindex: u32) -> bool {
-        let placement = if ifindex == self.lan_ifindex {
-            self.lan_placement
-        } else if ifindex == self.wan_ifindex {
-            self.wan_placement
-        } else {
-            return false;
-        };
-        placement & crate::placement::PEER_TARGET != 0
+        match self.placement_of(ifindex) {
+            Some(placement) => placement & crate::placement::PEER_TARGET != 0,
+            None => false,
+        }
     }
 
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).

@@ -3,13 +3,12 @@
 //! interface that goes away and comes back (the dataplane is attached again, as it was).
 
 use anyhow::Context as _;
-use hairpin_common::{CFG_F_PUBLIC_FROM_WAN, placement::Placement};
+use hairpin_common::CFG_F_PUBLIC_FROM_WAN;
 
 use crate::{
     cmd::{apply::reconcile, up},
     dataplane::{self, PinDir},
     gateway::{self, Origin},
-    ifcaps::Caps,
     netif::{self, Change},
     output,
     spec::Spec,
@@ -96,7 +95,7 @@ impl Follow {
             (cfg.wan_ifindex, &self.spec.wan.interface, cfg.wan_mac),
         ] {
             let announced = changes.iter().any(|c| matches!(c, Change::Link(i, _) if *i == ifindex));
-            if let Ok(now) = netif::mac(ifindex)
+            if let Ok(now) = netif::link_facts(ifindex).map(|l| l.mac)
                 && announced
                 && now != have
             {
@@ -130,42 +129,14 @@ impl Follow {
         Ok(Outcome::Nothing)
     }
 
-    /// Notices a gateway interface gone whose announcement was lost, and a queueing discipline
-    /// added to (or removed from) one whose peer the TC fast path sends into directly: the
-    /// kernel announces no link change for it, so each sweep asks.
+    /// Notices a gateway interface gone whose announcement was lost.
     pub fn check_links(&mut self, pins: &PinDir) -> anyhow::Result<()> {
-        let mut maps = pins.open()?;
-        let mut cfg = maps.config()?;
+        let maps = pins.open()?;
+        let cfg = maps.config()?;
         for i in [cfg.lan_ifindex, cfg.wan_ifindex] {
             if i != 0 && netif::name(i).is_none() && !self.waiting() {
                 self.gone(pins, &maps, &cfg, i)?;
             }
-        }
-        if self.waiting() {
-            return Ok(());
-        }
-        let mut changed = false;
-        for (ifindex, placement) in
-            [(cfg.lan_ifindex, &mut cfg.lan_placement), (cfg.wan_ifindex, &mut cfg.wan_placement)]
-        {
-            let (Some(mut p), Some(name)) = (Placement::decode(*placement), netif::name(ifindex)) else { continue };
-            let peer = Caps::probe(&name, ifindex)?.peer_target();
-            if p.peer_target != peer {
-                say!(
-                    "hairpin run: {name}: {}",
-                    if peer {
-                        "no queueing discipline of its own now: the TC fast path sends into its peer directly"
-                    } else {
-                        "it has a queueing discipline now: the TC fast path sends through it"
-                    }
-                );
-                p.peer_target = peer;
-                *placement = p.encode();
-                changed = true;
-            }
-        }
-        if changed {
-            maps.set_config(&cfg)?;
         }
         Ok(())
     }

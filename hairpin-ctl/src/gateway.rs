@@ -126,7 +126,7 @@ pub fn resolve(spec: &Spec, origin: &Origin) -> anyhow::Result<Resolved> {
     };
     let addrs = Addresses { lan_ip, lan_prefix, public_ip };
     origin.check(spec.check_addresses(&addrs))?;
-    let macs = [netif::mac(lan_ifindex)?, netif::mac(wan_ifindex)?];
+    let macs = [netif::link_facts(lan_ifindex)?.mac, netif::link_facts(wan_ifindex)?.mac];
     Ok(Resolved { lan_ifindex, wan_ifindex, macs, addrs })
 }
 

@@ -37,32 +37,23 @@ pub struct LinkFacts {
     pub peer_elsewhere: bool,
     /// Its root queueing discipline (`noqueue`, a veth's default; `fq_codel`...).
     pub qdisc: Option<String>,
+    /// Its Ethernet address; all zero for a device without one (PPP, tun), which the
+    /// dataplane then does not check frames against.
+    pub mac: [u8; 6],
 }
 
+/// What one link request says of the interface `ifindex`.
 pub fn link_facts(ifindex: u32) -> anyhow::Result<LinkFacts> {
-    let l = link(ifindex)?;
     let mut facts = LinkFacts::default();
-    for a in &l.attributes {
+    for a in link(ifindex)?.attributes {
         match a {
             LinkAttribute::LinkNetNsId(_) => facts.peer_elsewhere = true,
-            LinkAttribute::Qdisc(q) => facts.qdisc = Some(q.clone()),
+            LinkAttribute::Qdisc(q) => facts.qdisc = Some(q),
+            LinkAttribute::Address(a) => facts.mac = <[u8; 6]>::try_from(a.as_slice()).unwrap_or_default(),
             _ => {}
         }
     }
     Ok(facts)
-}
-
-/// The Ethernet address of the interface `ifindex`; all zero for a device without one (PPP,
-/// tun), which the dataplane then does not check frames against.
-pub fn mac(ifindex: u32) -> anyhow::Result<[u8; 6]> {
-    let l = link(ifindex)?;
-    Ok(l.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Address(a) => <[u8; 6]>::try_from(a.as_slice()).ok(),
-            _ => None,
-        })
-        .unwrap_or_default())
 }
 
 /// The interface's primary (first, not secondary) IPv4 address.

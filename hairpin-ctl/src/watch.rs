@@ -1,9 +1,11 @@
 //! What `run` watches at every sweep besides the flows: whether each interface takes XDP
 //! frames, as the kernel says (its XDP features, read again: a veth's change as its peer
 //! attaches or detaches XDP, a driver reloaded) and as it shows (frames it refused to
-//! transmit, counted by the dataplane's tracepoint programs). The fast path's placement
-//! follows, and each change is said in one line. Frames refused turn the XDP fast path off for
-//! that interface until the next `up`.
+//! transmit, counted by the dataplane's tracepoint programs); and whether the TC fast path may
+//! send into a veth's peer directly (a queueing discipline added or removed, which the kernel
+//! announces no link change for). The fast path's placement follows, and each change is said
+//! in one line. Frames refused turn the XDP fast path off for that interface until the next
+//! `up`.
 
 use anyhow::Context as _;
 use hairpin_common::{Config, Counter, nat::Side, placement::Placement};
@@ -33,33 +35,39 @@ impl Watch {
             let mut cfg = maps.config()?;
             let (ifindex, code) = side_of(&mut cfg, side);
             let Some(mut p) = Placement::decode(*code) else { continue };
-            // An interface gone is `follow`'s to say and attach again.
+            // An interface gone is `follow`'s to say and attach again; one that went between
+            // the two lookups, the next sweep's.
             let Some(name) = netif::name(ifindex) else { continue };
+            let Ok(caps) = Caps::probe(&name, ifindex) else { continue };
             let refused = maps.counter(Counter::xdp_refused(side))?;
             let new = refused.saturating_sub(std::mem::replace(&mut self.refused[i], refused));
             let (want, why) = if new > 0 || self.refusing[i] {
                 self.refusing[i] = true;
                 (false, format!("the kernel refused {new} XDP frames sent into it"))
             } else {
-                match Caps::probe(&name, ifindex) {
-                    Ok(caps) => {
-                        let want = placement::xdp_target(&caps, p.ingress, p.why);
-                        let says = if want { "now says it takes" } else { "no longer says it takes" };
-                        (want, format!("the kernel {says} XDP frames"))
-                    }
-                    // The interface went between the two lookups: the next sweep says so.
-                    Err(_) => continue,
-                }
+                let want = placement::xdp_target(&caps, p.ingress, p.why);
+                let says = if want { "now says it takes" } else { "no longer says it takes" };
+                (want, format!("the kernel {says} XDP frames"))
             };
-            if want == p.xdp_target {
+            let peer = caps.peer_target();
+            if (want, peer) == (p.xdp_target, p.peer_target) {
                 continue;
             }
-            p.xdp_target = want;
+            let (xdp_changed, peer_changed) = (want != p.xdp_target, peer != p.peer_target);
+            (p.xdp_target, p.peer_target) = (want, peer);
             *code = p.encode();
             maps.set_config(&cfg).with_context(|| format!("updating {name}'s placement"))?;
-            match want {
-                true => say!("{name}: {why}: the fast path sends XDP frames into it"),
-                false => warn!("{name}: {why}: the fast path sends it none (the slow path takes over)"),
+            match (xdp_changed, want) {
+                (false, _) => {}
+                (true, true) => say!("{name}: {why}: the fast path sends XDP frames into it"),
+                (true, false) => warn!("{name}: {why}: the fast path sends it none (the slow path takes over)"),
+            }
+            match (peer_changed, peer) {
+                (false, _) => {}
+                (true, true) => {
+                    say!("{name}: no queueing discipline of its own now: the TC fast path sends into its peer directly")
+                }
+                (true, false) => say!("{name}: it has a queueing discipline now: the TC fast path sends through it"),
             }
         }
         Ok(())

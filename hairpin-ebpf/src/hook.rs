@@ -83,10 +83,12 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
         return Ok(Reason::IngressFlow);
     }
+    // A flow this packet opens: its state bits, time and size are the packet's.
+    let new_flow = |dst, snat, flags| NewFlow { dst, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len };
     if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
-        open(pkt, cfg, &p, &NewFlow { dst: private, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len })?;
+        open(pkt, cfg, &p, &new_flow(private, snat, flags))?;
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
@@ -104,7 +106,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
             }
             Side::Wan => return Ok(Reason::PassFiltered),
         };
-        open(pkt, cfg, &p, &NewFlow { dst: host, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len })?;
+        open(pkt, cfg, &p, &new_flow(host, snat, flags))?;
         return Ok(Reason::IngressBinding);
     }
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
@@ -119,20 +121,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst != cfg.public_addr
         && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
     {
-        open(
-            pkt,
-            cfg,
-            &p,
-            &NewFlow {
-                dst: p.key.dst_ep(),
-                snat: SourceNat::Public,
-                flags: CT_F_MASQ,
-                seen,
-                now,
-                packets: pkt.segs(),
-                bytes: p.tot_len,
-            },
-        )?;
+        open(pkt, cfg, &p, &new_flow(p.key.dst_ep(), SourceNat::Public, CT_F_MASQ))?;
         return Ok(Reason::IngressMasquerade);
     }
     Ok(Reason::PassNoMapping)

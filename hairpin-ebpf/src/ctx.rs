@@ -84,6 +84,15 @@ pub fn ptr_at<T>(pkt: &impl Packet, off: usize) -> Result<*mut T, Reason> {
     Ok((start + off) as *mut T)
 }
 
+/// Applies `delta` to the complete checksum at `off` in packet memory.
+#[inline(always)]
+fn update_in_place(pkt: &impl Packet, off: usize, delta: CsumDelta) -> Result<(), Reason> {
+    let p = ptr_at::<u16>(pkt, off)?;
+    // SAFETY: bounds checked by ptr_at; both hooks may write packet memory directly.
+    unsafe { p.write_unaligned(delta.apply(p.read_unaligned())) };
+    Ok(())
+}
+
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Packet for Xdp<'_> {
@@ -116,10 +125,7 @@ impl Packet for Xdp<'_> {
 
     #[inline(always)]
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason> {
-        let p = ptr_at::<u16>(self, off)?;
-        // SAFETY: bounds checked by ptr_at; packet memory is writable in XDP.
-        unsafe { p.write_unaligned(delta.apply(p.read_unaligned())) };
-        Ok(())
+        update_in_place(self, off, delta)
     }
 
     #[inline(always)]
@@ -217,8 +223,12 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn update_l3_csum(&self, off: usize, delta: CsumDelta) -> Result<(), Reason> {
-        // size 0: `to` is a diff (what CsumDelta holds).
-        self.0.l3_csum_replace(off, 0, delta.wsum() as u64, 0).map_err(|_| Reason::DropRewrite)
+        // Written in place, as in XDP, where `bpf_l3_csum_replace` would cost a helper call:
+        // the IPv4 header checksum is never left to offload, the header's sum (what a
+        // CHECKSUM_COMPLETE skb's `csum` holds of it) stays the same, and a TC program that
+        // writes packet memory starts by making the skb's head its own (the verifier's unclone
+        // prologue).
+        update_in_place(self, off, delta)
     }
 
     #[inline(always)]
@@ -226,11 +236,17 @@ impl Packet for Tc<'_> {
         // An skb may carry CHECKSUM_PARTIAL (GRO, local TX), where the field holds only the
         // pseudo-header sum: the kernel helper then applies the address part and must skip the
         // port part, so the two parts go in separately with their own flags.
+        // A part that did not change is not sent: a zero diff leaves the field and `csum`
+        // as they are, and each call costs a helper's (retpolined) call and writable check.
         let mangled0 = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        self.0
-            .l4_csum_replace(off, 0, pseudo.wsum() as u64, BPF_F_PSEUDO_HDR as u64 | mangled0)
-            .and_then(|_| self.0.l4_csum_replace(off, 0, ports.wsum() as u64, mangled0))
-            .map_err(|_| Reason::DropRewrite)
+        let replace = |delta: CsumDelta, flags: u64| {
+            if delta == CsumDelta::ZERO {
+                return Ok(());
+            }
+            self.0.l4_csum_replace(off, 0, delta.wsum() as u64, flags | mangled0).map_err(|_| Reason::DropRewrite)
+        };
+        replace(pseudo, BPF_F_PSEUDO_HDR as u64)?;
+        replace(ports, 0)
     }
 }
 

@@ -62,6 +62,12 @@ impl Flow {
         std::iter::once((self.orig_key, self.orig)).chain(self.reply)
     }
 
+    /// Whether the forward `key` made it: its original direction was addressed to the forward's
+    /// public end (what a forward's flows are, for `map del`, `map list` and `apply`).
+    pub fn made_by(&self, key: &hairpin_common::MappingKey) -> bool {
+        self.orig_key.proto == key.proto && self.orig_key.dst_ep() == hairpin_common::Endpoint::new(key.addr, key.port)
+    }
+
     /// Nanoseconds left before the flow expires (0: expired). A flow without its reply entry
     /// has no lifetime left once past the grace period.
     pub fn remaining_ns(&self, t: &hairpin_common::Timeouts, now: u64) -> u64 {

@@ -481,14 +481,9 @@ impl Plan {
         let gone: Vec<_> = flows
             .iter()
             .filter(|f| {
-                let dst = f.orig_key.dst_ep();
                 (self.flush && (stale(&f.orig_key) || stale(&f.orig.xlate)))
-                    || self.remove.iter().any(|k| k.proto == f.orig_key.proto && Endpoint::new(k.addr, k.port) == dst)
-                    || self.retarget.iter().any(|(k, _, old)| {
-                        k.proto == f.orig_key.proto
-                            && Endpoint::new(k.addr, k.port) == dst
-                            && f.orig.xlate.dst_ep() == *old
-                    })
+                    || self.remove.iter().any(|k| f.made_by(k))
+                    || self.retarget.iter().any(|(k, _, old)| f.made_by(k) && f.orig.xlate.dst_ep() == *old)
             })
             .collect();
         applied.flows_removed = gone.len();

@@ -92,10 +92,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             maps.mappings.remove(&key).context("deleting the mapping")?;
             // Flows created by the mapping stop too: their original direction was addressed to it.
             let (flows, _) = expire::snapshot(&maps)?;
-            let its: Vec<_> = flows
-                .iter()
-                .filter(|f| f.orig_key.proto == key.proto && f.orig_key.dst_ep() == to_endpoint(public))
-                .collect();
+            let its: Vec<_> = flows.iter().filter(|f| f.made_by(&key)).collect();
             let removed = its.len();
             maps.remove_entries(its.iter().flat_map(|f| f.entries()))?;
             crate::events::flushed(pins, its.iter().map(|f| (&f.orig_key, &f.orig)));
@@ -110,8 +107,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
                     let public = Endpoint::new(k.addr, k.port);
-                    let its: Vec<_> =
-                        flows.iter().filter(|f| f.orig_key.proto == k.proto && f.orig_key.dst_ep() == public).collect();
+                    let its: Vec<_> = flows.iter().filter(|f| f.made_by(&k)).collect();
                     let both = |f: &&expire::Flow, of: fn(&CtEntry) -> u64| {
                         of(&f.orig) + f.reply.as_ref().map_or(0, |(_, r)| of(r))
                     };

@@ -282,7 +282,12 @@ impl Harness {
             Some(ns) => (ns, "s0"),
             None => (&self.generator, gen_if),
         };
-        attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
+        // HAIRPIN_BENCH_TC_SINK_ONLY leaves the XDP sink out (then only the skb paths deliver,
+        // counted at TC as on a user's plain veth): to check that the XDP sink's skb-to-XDP
+        // conversion does not flatter the TC fast path against nftables (bench/NOTES.md).
+        if std::env::var_os("HAIRPIN_BENCH_TC_SINK_ONLY").is_none() {
+            attach(&mut self.ebpf, "bench_sink", sink_ns, sink_if)?;
+        }
         // And at TC ingress, for frames sent into the device's ingress past its XDP program
         // (the TC fast path's `bpf_redirect_peer`).
         let tc: &mut SchedClassifier =

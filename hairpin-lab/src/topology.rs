@@ -49,6 +49,11 @@ pub enum Peers {
     /// complete checksums (TX checksum offload off), which XDP cannot tell from partial ones.
     /// A benchmark harness, not what users' namespaces look like.
     Xdp,
+    /// The LAN a macvlan network instead of a bridge of veths: the gateway's lan0 and the LAN
+    /// hosts' eth0 are macvlan children (bridge mode) of one parent, as on a container's
+    /// macvlan network. The driver switches frames between them itself, checksums left to
+    /// offload included; lan0 has no peer. The WAN is as in [`Peers::Plain`].
+    MacvlanLan,
 }
 
 pub struct Lab {
@@ -100,14 +105,14 @@ impl Lab {
         // of the dataplane's counters are keyed by index, host-wide (see hairpin-ebpf's
         // `refused.rs`).
         let gw_ifindex = 100_000 + (pid % 20_000) * 100 + (seq % 50) * 2;
-        lab.wire(gw_ifindex).context("building the lab topology")?;
+        lab.wire(gw_ifindex, peers == Peers::MacvlanLan).context("building the lab topology")?;
         if peers == Peers::Xdp {
             for host in [&lab.srv, &lab.cli, &lab.inet, &lab.far] {
                 host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
             }
         }
         match peers {
-            Peers::Plain => {}
+            Peers::Plain | Peers::MacvlanLan => {}
             Peers::Gro => {
                 for (ns, iface) in lab.peers() {
                     ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
@@ -118,17 +123,30 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Builds the topology; the gateway's lan0 and wan0 get indices `gw_ifindex` and the next.
-    fn wire(&self, gw_ifindex: u32) -> anyhow::Result<()> {
+    /// Builds the topology (the LAN a macvlan network if `macvlan`); the gateway's lan0 and
+    /// wan0 get indices `gw_ifindex` and the next.
+    fn wire(&self, gw_ifindex: u32, macvlan: bool) -> anyhow::Result<()> {
         let Self { gw, sw, srv, cli, inet, far, .. } = self;
-        // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-        sw.ip(&["link", "set", "br0", "up"])?;
-        for (host, port, ifname, index) in
-            [(gw, "p-gw", "lan0", Some(gw_ifindex)), (srv, "p-srv", "eth0", None), (cli, "p-cli", "eth0", None)]
-        {
-            veth(host, ifname, index, sw, port)?;
-            sw.ip(&["link", "set", port, "master", "br0", "up"])?;
+        let lan = [(gw, "p-gw", "lan0", Some(gw_ifindex)), (srv, "p-srv", "eth0", None), (cli, "p-cli", "eth0", None)];
+        if macvlan {
+            // The switch: one parent (a veth, its peer beside it) whose children are the LAN.
+            sw.ip(&["link", "add", "uplink", "type", "veth", "peer", "name", "uplink-p"])?;
+            for (host, _, ifname, index) in lan {
+                let mut c = std::process::Command::new("ip");
+                c.args(["-n", &sw.name, "link", "add", "link", "uplink", "name", ifname, "netns", &host.name]);
+                if let Some(i) = index {
+                    c.args(["index", &i.to_string()]);
+                }
+                run(c.args(["type", "macvlan", "mode", "bridge"]))?;
+            }
+        } else {
+            // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
+            sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+            sw.ip(&["link", "set", "br0", "up"])?;
+            for (host, port, ifname, index) in lan {
+                veth(host, ifname, index, sw, port)?;
+                sw.ip(&["link", "set", port, "master", "br0", "up"])?;
+            }
         }
         veth(gw, "wan0", Some(gw_ifindex + 1), inet, "eth0")?;
         veth(inet, "eth1", None, far, "eth0")?;

@@ -99,6 +99,14 @@ fn port_forward_and_hairpin_with_gro_on_the_peers() {
     forward_and_hairpin(Peers::Gro, &[]);
 }
 
+/// A LAN that is a macvlan network (as a container's): lan0 is a macvlan child, without
+/// native XDP, so TC; hairpinned packets go back out of it with `bpf_redirect`, and the LAN
+/// hosts' frames reach it with checksums left to offload, switched by the macvlan driver.
+#[test]
+fn port_forward_and_hairpin_on_a_macvlan_lan() {
+    forward_and_hairpin(Peers::MacvlanLan, &[]);
+}
+
 /// Peers that run XDP, and native XDP asked for on the gateway's veths: the XDP fast path
 /// redirects and sends back into them (hosts' checksums are left to offload, which only the
 /// receiving namespaces' own stacks check, so this is what a benchmark harness may do).

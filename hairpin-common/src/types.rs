@@ -341,21 +341,35 @@ impl Config {
         self.flags & CFG_F_UDP_EIF != 0
     }
 
-    /// Whether the fast path may send a packet out of `ifindex` from a hook of this kind (`xdp`:
-    /// by XDP redirect or XDP_TX, else by TC's redirect): only to the LAN and WAN interfaces,
-    /// and with XDP only into those whose placement says they take XDP frames.
+    /// Whether the XDP fast path may send a frame out of `ifindex` (XDP redirect or XDP_TX):
+    /// only to the LAN and WAN interfaces, and only into those whose placement says they take
+    /// XDP frames.
     #[inline(always)]
-    pub const fn fast_target(&self, ifindex: u32, xdp: bool) -> bool {
+    pub const fn xdp_target(&self, ifindex: u32) -> bool {
         match self.placement_of(ifindex) {
-            Some(placement) => ifindex != 0 && (!xdp || placement & crate::placement::XDP_TARGET != 0),
+            Some(placement) => placement & crate::placement::XDP_TARGET != 0,
             None => false,
         }
     }
 
-    /// The encoded placement of `ifindex`, if it is the LAN or WAN interface.
+    /// How the TC fast path may send a packet out of `ifindex`, from one reading of its
+    /// placement: `None` if it may not (only to the LAN and WAN interfaces), `Some(true)`
+    /// straight into its peer's ingress (see [`crate::placement::Placement::peer_target`]),
+    /// `Some(false)` through the device.
+    #[inline(always)]
+    pub const fn tc_target(&self, ifindex: u32) -> Option<bool> {
+        match self.placement_of(ifindex) {
+            Some(placement) => Some(placement & crate::placement::PEER_TARGET != 0),
+            None => None,
+        }
+    }
+
+    /// The encoded placement of `ifindex`, if it is the LAN or WAN interface (0: none).
     #[inline(always)]
     const fn placement_of(&self, ifindex: u32) -> Option<u16> {
-        if ifindex == self.lan_ifindex {
+        if ifindex == 0 {
+            None
+        } else if ifindex == self.lan_ifindex {
             Some(self.lan_placement)
         } else if ifindex == self.wan_ifindex {
             Some(self.wan_placement)
@@ -376,16 +390,6 @@ impl Config {
         // As two words: an array comparison may become a `bcmp` call, which BPF has not.
         let words = |m: &[u8; 6]| (u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), u16::from_ne_bytes([m[4], m[5]]));
         words(own) == (0, 0) || words(own) == words(dst)
-    }
-
-    /// Whether the TC fast path sends packets for `ifindex` into its peer's ingress (see
-    /// [`crate::placement::Placement::peer_target`]).
-    #[inline(always)]
-    pub const fn peer_target(&self, ifindex: u32) -> bool {
-        match self.placement_of(ifindex) {
-            Some(placement) => placement & crate::placement::PEER_TARGET != 0,
-            None => false,
-        }
     }
 
     /// Whether `addr` lies in the LAN prefix (never, if no prefix is set).

@@ -62,7 +62,7 @@ pub trait Packet {
 
     /// Makes the packet leave by `ifindex` (back out of the interface it came in on if `tx`)
     /// once the program returns, if the fast path may send there from this hook (see
-    /// [`Config::fast_target`]). On `false` nothing was set.
+    /// [`Config::xdp_target`], [`Config::tc_target`]). On `false` nothing was set.
     fn redirect(&self, cfg: &Config, ifindex: u32, tx: bool) -> bool;
 
     /// Applies `delta` to the IPv4 header checksum at offset `off`.
@@ -120,7 +120,7 @@ impl Packet for Xdp<'_> {
     fn redirect(&self, cfg: &Config, ifindex: u32, tx: bool) -> bool {
         // XDP_TX needs nothing set; a redirect goes through the device map, whose lookup fails
         // for any interface `up` did not put there.
-        cfg.fast_target(ifindex, true) && (tx || DEVICES.redirect(ifindex, 0).is_ok())
+        cfg.xdp_target(ifindex) && (tx || DEVICES.redirect(ifindex, 0).is_ok())
     }
 
     #[inline(always)]
@@ -205,19 +205,15 @@ impl Packet for Tc<'_> {
 
     #[inline(always)]
     fn redirect(&self, cfg: &Config, ifindex: u32, _tx: bool) -> bool {
-        if !cfg.fast_target(ifindex, false) {
+        let Some(peer) = cfg.tc_target(ifindex) else {
             return false;
-        }
+        };
         // To the egress of any device, veth included, without help from its peer; the skb keeps
         // its checksum (offload) and GSO state. Into a veth whose peer is in another namespace,
         // straight into that peer's ingress (only ingress programs may), past a transmit path
         // that would only queue it for the peer's next softirq.
         // SAFETY: helpers without preconditions.
-        let rc = if cfg.peer_target(ifindex) {
-            unsafe { bpf_redirect_peer(ifindex, 0) }
-        } else {
-            unsafe { bpf_redirect(ifindex, 0) }
-        };
+        let rc = if peer { unsafe { bpf_redirect_peer(ifindex, 0) } } else { unsafe { bpf_redirect(ifindex, 0) } };
         rc == TC_ACT_REDIRECT as i64
     }
 

@@ -40,9 +40,21 @@ impl Caps {
     /// refuses a peer in the same one), with no queueing discipline that sending through the
     /// device would honour (`noqueue`, a veth's default).
     pub fn peer_target(&self) -> bool {
-        matches!(self.driver.as_str(), "veth" | "netkit")
-            && self.link.peer_elsewhere
-            && self.link.qdisc.as_deref().is_none_or(|q| q == "noqueue")
+        self.not_peer_target().is_none()
+    }
+
+    /// Why the TC fast path may not send into this device's peer directly, if it may not.
+    pub fn not_peer_target(&self) -> Option<String> {
+        if !matches!(self.driver.as_str(), "veth" | "netkit") {
+            return Some(format!("a {} device has no peer to send into", self.driver));
+        }
+        if !self.link.peer_elsewhere {
+            return Some("its peer is in this namespace".into());
+        }
+        match self.link.qdisc.as_deref() {
+            Some(q) if q != "noqueue" => Some(format!("it has a queueing discipline now ({q})")),
+            _ => None,
+        }
     }
 
     /// A device whose frames come from a local stack (a veth's peer, a tun's reader): they

@@ -120,6 +120,9 @@ mod tests {
         assert!(peer(&veth));
         veth.link.qdisc = Some("cake".into());
         assert!(!peer(&veth), "a shaper on the device must see its packets");
+        assert_eq!(veth.not_peer_target().as_deref(), Some("it has a queueing discipline now (cake)"));
+        veth.link = Default::default();
+        assert_eq!(veth.not_peer_target().as_deref(), Some("its peer is in this namespace"));
         let mut bridge = caps("bridge", Some(0));
         bridge.link.peer_elsewhere = true;
         assert!(!peer(&bridge));

@@ -49,7 +49,8 @@ impl Watch {
                 let says = if want { "now says it takes" } else { "no longer says it takes" };
                 (want, format!("the kernel {says} XDP frames"))
             };
-            let peer = caps.peer_target();
+            let not_peer = caps.not_peer_target();
+            let peer = not_peer.is_none();
             if (want, peer) == (p.xdp_target, p.peer_target) {
                 continue;
             }
@@ -62,12 +63,13 @@ impl Watch {
                 (true, true) => say!("{name}: {why}: the fast path sends XDP frames into it"),
                 (true, false) => warn!("{name}: {why}: the fast path sends it none (the slow path takes over)"),
             }
-            match (peer_changed, peer) {
+            match (peer_changed, not_peer) {
                 (false, _) => {}
-                (true, true) => {
-                    say!("{name}: no queueing discipline of its own now: the TC fast path sends into its peer directly")
-                }
-                (true, false) => say!("{name}: it has a queueing discipline now: the TC fast path sends through it"),
+                (true, None) => say!(
+                    "{name}: no queueing discipline of its own now, its peer in another namespace: the TC fast path \
+                     sends into its peer directly"
+                ),
+                (true, Some(why)) => say!("{name}: {why}: the TC fast path sends through it"),
             }
         }
         Ok(())

@@ -95,8 +95,9 @@ impl Follow {
             (cfg.wan_ifindex, &self.spec.wan.interface, cfg.wan_mac),
         ] {
             let announced = changes.iter().any(|c| matches!(c, Change::Link(i, _) if *i == ifindex));
-            if let Ok(now) = netif::link_facts(ifindex).map(|l| l.mac)
-                && announced
+            // Asked of the kernel only for an interface a link event named.
+            if announced
+                && let Ok(now) = netif::link_facts(ifindex).map(|l| l.mac)
                 && now != have
             {
                 say!("hairpin run: {name}'s MAC address is now {} (was {})", output::mac(now), output::mac(have));

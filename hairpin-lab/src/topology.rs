@@ -123,21 +123,16 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Builds the topology (the LAN a macvlan network if `macvlan`); the gateway's lan0 and
+    /// Builds the topology (the LAN a macvlan network if `macvlan_lan`); the gateway's lan0 and
     /// wan0 get indices `gw_ifindex` and the next.
-    fn wire(&self, gw_ifindex: u32, macvlan: bool) -> anyhow::Result<()> {
+    fn wire(&self, gw_ifindex: u32, macvlan_lan: bool) -> anyhow::Result<()> {
         let Self { gw, sw, srv, cli, inet, far, .. } = self;
         let lan = [(gw, "p-gw", "lan0", Some(gw_ifindex)), (srv, "p-srv", "eth0", None), (cli, "p-cli", "eth0", None)];
-        if macvlan {
+        if macvlan_lan {
             // The switch: one parent (a veth, its peer beside it) whose children are the LAN.
             sw.ip(&["link", "add", "uplink", "type", "veth", "peer", "name", "uplink-p"])?;
             for (host, _, ifname, index) in lan {
-                let mut c = std::process::Command::new("ip");
-                c.args(["-n", &sw.name, "link", "add", "link", "uplink", "name", ifname, "netns", &host.name]);
-                if let Some(i) = index {
-                    c.args(["index", &i.to_string()]);
-                }
-                run(c.args(["type", "macvlan", "mode", "bridge"]))?;
+                macvlan(sw, "uplink", host, ifname, index)?;
             }
         } else {
             // The switch: a bridge joining the gateway's LAN port and the two LAN hosts.
@@ -355,12 +350,31 @@ impl Drop for Lab {
 
 /// A veth pair with one end in each namespace, the first with index `index` if given.
 fn veth(a: &Netns, a_name: &str, index: Option<u32>, b: &Netns, b_name: &str) -> anyhow::Result<()> {
+    let mut c = link_add(None, a, a_name, index);
+    run(c.args(["type", "veth", "peer", "name", b_name, "netns", &b.name])).map(|_| ())
+}
+
+/// A macvlan child (bridge mode) of `parent` in `parent_ns`, made in `ns` as `name`, with
+/// index `index` if given.
+fn macvlan(parent_ns: &Netns, parent: &str, ns: &Netns, name: &str, index: Option<u32>) -> anyhow::Result<()> {
+    let mut c = link_add(Some((parent_ns, parent)), ns, name, index);
+    run(c.args(["type", "macvlan", "mode", "bridge"])).map(|_| ())
+}
+
+/// `ip link add` of `name` in `ns` (on `parent`, in its namespace, if given), with index
+/// `index` if given; the type follows.
+fn link_add(parent: Option<(&Netns, &str)>, ns: &Netns, name: &str, index: Option<u32>) -> std::process::Command {
     let mut c = std::process::Command::new("ip");
-    c.args(["link", "add", a_name, "netns", &a.name]);
+    if let Some((pns, dev)) = parent {
+        c.args(["-n", &pns.name, "link", "add", "link", dev]);
+    } else {
+        c.args(["link", "add"]);
+    }
+    c.args(["name", name, "netns", &ns.name]);
     if let Some(i) = index {
         c.args(["index", &i.to_string()]);
     }
-    run(c.args(["type", "veth", "peer", "name", b_name, "netns", &b.name])).map(|_| ())
+    c
 }
 
 fn links(ns: &Netns) -> anyhow::Result<Vec<String>> {

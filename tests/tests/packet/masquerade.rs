@@ -107,39 +107,35 @@ fn masquerade_ports_avoid_forwards_and_live_flows(mode: Mode) {
         assert_eq!(masqueraded_port(dp, &a), 7000);
         assert_ne!(masqueraded_port(dp, &b), 7000, "two flows share one public tuple");
     });
-    Case::new("masqfull", Env::Gateway).config(Config { port_min: 7000, port_max: 7000, ..dp::lab_config() }).run_then(
-        mode,
-        |dp| {
-            let a = Pkt::udp("192.168.0.3:7000", "198.51.100.7:53");
-            let b = Pkt::udp("192.168.0.4:7000", "198.51.100.7:53");
-            run_case(
-                "masq exhaustion",
-                dp,
-                &[
-                    step("first flow takes the only port", Hook::LanIngress, &a, Reason::IngressMasquerade, None),
-                    step("second: no port left", Hook::LanIngress, &b, Reason::DropNoPort, None),
-                    step(
-                        "the first host's binding serves its other destinations",
-                        Hook::LanIngress,
-                        &a.with("192.168.0.3:7000", "198.51.100.8:53"),
-                        Reason::IngressMasquerade,
-                        None,
-                    ),
-                ],
-            );
-            assert_eq!(dp.ct().len(), 4);
+    let a = Pkt::udp("192.168.0.3:7000", "198.51.100.7:53");
+    let b = Pkt::udp("192.168.0.4:7000", "198.51.100.7:53");
+    let b2 = a.with("192.168.0.3:7000", "198.51.100.8:53");
+    let keys = [a.key(), b.key(), b2.key()];
+    Case::new("masq exhaustion", Env::Gateway)
+        .config(Config { port_min: 7000, port_max: 7000, ..dp::lab_config() })
+        .steps(vec![
+            step("first flow takes the only port", Hook::LanIngress, &a, Reason::IngressMasquerade, None),
+            step("second: no port left", Hook::LanIngress, &b, Reason::DropNoPort, None),
+            step(
+                "the first host's binding serves its other destinations",
+                Hook::LanIngress,
+                &b2,
+                Reason::IngressMasquerade,
+                None,
+            ),
+        ])
+        .leaves_flows(4)
+        .run_then(mode, move |dp| {
             // Each flow made, and the one refused, was reported through the ring buffer.
             let events = dp.events();
             let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.key)).collect();
             use hairpin_common::{EVENT_NEW_FLOW, EVENT_REFUSED};
-            let b2 = a.with("192.168.0.3:7000", "198.51.100.8:53");
-            assert_eq!(kinds, [(EVENT_NEW_FLOW, a.key()), (EVENT_REFUSED, b.key()), (EVENT_NEW_FLOW, b2.key())]);
+            assert_eq!(kinds, [(EVENT_NEW_FLOW, keys[0]), (EVENT_REFUSED, keys[1]), (EVENT_NEW_FLOW, keys[2])]);
             assert_eq!(events[1].reason, Reason::DropNoPort as u32);
             assert_eq!(events[0].xlate.src_ep(), dp::ep("203.0.113.1:7000"), "the translated tuple");
             assert_eq!(dp.exhausted(17, Reason::DropNoPort), 1, "counted as UDP port exhaustion");
             assert_eq!(dp.exhausted(6, Reason::DropNoPort) + dp.exhausted(17, Reason::DropFlowInsert), 0);
-        },
-    );
+        });
 }
 
 /// RFC 4787 REQ-1 / RFC 5382 REQ-1: one LAN endpoint keeps one public port for every

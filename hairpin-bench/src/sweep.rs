@@ -122,8 +122,9 @@ pub fn fill(maps: &mut dataplane::Maps, flows: u32, expired: u32, now: u64) -> a
         plan.reply.flags |= CT_S_SEEN | CT_F_REPLY;
         maps.ct.insert(&plan.orig_key, &plan.orig, 0)?;
         maps.ct.insert(&plan.reply_key, &plan.reply, 0)?;
-        if let Some((k, src)) = hairpin_common::nat::egress_rewrite(&plan.orig_key, &plan.orig) {
-            maps.snat.insert(&k, &src, 0)?;
+        for (k, e) in [(plan.orig_key, plan.orig), (plan.reply_key, plan.reply)] {
+            let (egress_key, value) = hairpin_common::nat::egress(&k, &e);
+            maps.egress.insert(&egress_key, &value, 0)?;
         }
     }
     Ok(())
@@ -134,9 +135,9 @@ fn clear(maps: &mut dataplane::Maps) -> anyhow::Result<()> {
     for k in keys {
         let _ = maps.ct.remove(&k);
     }
-    let keys: Vec<FlowKey> = maps.snat.keys().collect::<Result<_, _>>()?;
+    let keys: Vec<FlowKey> = maps.egress.keys().collect::<Result<_, _>>()?;
     for k in keys {
-        let _ = maps.snat.remove(&k);
+        let _ = maps.egress.remove(&k);
     }
     Ok(())
 }

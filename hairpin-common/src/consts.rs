@@ -10,8 +10,10 @@ pub const MAX_MAPPINGS: u32 = 4096;
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 /// Conntrack entries; a flow takes two (one per direction).
 pub const CT_CAPACITY: u32 = 2 * DEFAULT_MAX_FLOWS;
-/// Egress source-rewrite entries; a flow takes at most two.
-pub const SNAT_CAPACITY: u32 = CT_CAPACITY;
+/// Egress entries: a flow takes two, as in conntrack, and entries of flows the conntrack LRU
+/// evicted stay until the sweep removes them (a plain hash: an entry of a live flow is never
+/// evicted), so there is room for as many again.
+pub const EGRESS_CAPACITY: u32 = 2 * CT_CAPACITY;
 
 /// Endpoint-independent bindings of LAN endpoints (TCP and UDP), and as many bound ports: at
 /// most one per public port and protocol.
@@ -35,7 +37,8 @@ pub mod map_names {
     pub const CONFIG_SEL: &str = "HP_CONFIG_SEL";
     pub const MAPPINGS: &str = "HP_MAPPINGS";
     pub const CONNTRACK: &str = "HP_CT";
-    pub const SNAT: &str = "HP_SNAT";
+    /// Every flow direction, by the tuple it leaves ingress with (`EgressEntry`).
+    pub const EGRESS: &str = "HP_EGRESS";
     pub const STATS: &str = "HP_STATS";
     pub const BINDINGS: &str = "HP_BINDINGS";
     pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
@@ -57,7 +60,7 @@ pub mod map_names {
         CONFIG_SEL,
         MAPPINGS,
         CONNTRACK,
-        SNAT,
+        EGRESS,
         STATS,
         BINDINGS,
         BOUND_PORTS,

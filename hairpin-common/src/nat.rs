@@ -22,16 +22,26 @@ pub struct FlowPlan {
     pub reply: CtEntry,
 }
 
-/// The egress source rewrite one conntrack entry implies, if any: packets leave ingress with
-/// the original source and the translated destination, and egress finds them by that tuple.
+/// The egress entry of the flow direction `key`: packets leave ingress with their original
+/// source and the translated destination, and egress finds them by that tuple.
 #[inline(always)]
-pub fn egress_rewrite(key: &FlowKey, entry: &CtEntry) -> Option<(FlowKey, Endpoint)> {
-    let new_src = entry.xlate.src_ep();
-    if new_src == key.src_ep() {
-        return None;
-    }
+pub fn egress(key: &FlowKey, entry: &CtEntry) -> (FlowKey, EgressEntry) {
     let seen_at_egress = FlowKey::new(key.proto, key.src_ep(), entry.xlate.dst_ep());
-    Some((seen_at_egress, new_src))
+    (seen_at_egress, EgressEntry { src: entry.xlate.src_ep(), orig_dst: key.dst_ep() })
+}
+
+impl EgressEntry {
+    /// The conntrack key of the direction whose packets leave ingress as `egress_key`.
+    #[inline(always)]
+    pub const fn ct_key(&self, egress_key: &FlowKey) -> FlowKey {
+        FlowKey::new(egress_key.proto, egress_key.src_ep(), self.orig_dst)
+    }
+
+    /// The tuple that direction leaves the gateway with (its entry's `xlate`).
+    #[inline(always)]
+    pub const fn xlate(&self, egress_key: &FlowKey) -> FlowKey {
+        FlowKey::new(egress_key.proto, self.src, egress_key.dst_ep())
+    }
 }
 
 /// Plans a flow for a packet `key` whose destination becomes `dst` (a port-forward's private
@@ -134,11 +144,15 @@ mod tests {
         let key = FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(PUBLIC, 8080));
         let p = plan_flow(&key, ep(SERVER, 80), None, 0, 5);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(SERVER, 80)));
-        assert_eq!(egress_rewrite(&p.orig_key, &p.orig), None, "the server sees the real client");
+        let (k, e) = egress(&p.orig_key, &p.orig);
+        assert_eq!((k, e.src), (p.orig.xlate, ep(INET, 40000)), "the server sees the real client");
+        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.orig_key, p.orig.xlate));
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(INET, 40000)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 8080), ep(INET, 40000)));
         // The reply keeps its destination at ingress and gets the public source at egress.
-        assert_eq!(egress_rewrite(&p.reply_key, &p.reply), Some((p.reply_key, ep(PUBLIC, 8080))));
+        let (k, e) = egress(&p.reply_key, &p.reply);
+        assert_eq!((k, e.src), (p.reply_key, ep(PUBLIC, 8080)));
+        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.reply_key, p.reply.xlate));
         assert_eq!(p.reply.flags, CT_F_REPLY);
         assert_eq!((p.orig.created_ns, p.reply.last_seen_ns), (5, 5));
     }
@@ -149,17 +163,14 @@ mod tests {
         let p = plan_flow(&key, ep(SERVER, 80), Some(ep(GW_LAN, 5201)), CT_F_HAIRPIN, 0);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(GW_LAN, 5201), ep(SERVER, 80)));
         // After ingress the packet is CLIENT:1025 -> SERVER:80; egress swaps in the gateway.
-        assert_eq!(
-            egress_rewrite(&p.orig_key, &p.orig),
-            Some((FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(SERVER, 80)), ep(GW_LAN, 5201)))
-        );
+        let (k, e) = egress(&p.orig_key, &p.orig);
+        assert_eq!((k, e.src), (FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(SERVER, 80)), ep(GW_LAN, 5201)));
+        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.orig_key, p.orig.xlate));
         // The server answers the gateway; ingress restores the client, egress the public source.
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(GW_LAN, 5201)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 80), ep(CLIENT, 1025)));
-        assert_eq!(
-            egress_rewrite(&p.reply_key, &p.reply),
-            Some((FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(CLIENT, 1025)), ep(PUBLIC, 80)))
-        );
+        let (k, e) = egress(&p.reply_key, &p.reply);
+        assert_eq!((k, e.src), (FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(CLIENT, 1025)), ep(PUBLIC, 80)));
         assert_eq!(p.orig.flags, CT_F_HAIRPIN);
         assert_eq!(p.reply.flags, CT_F_HAIRPIN | CT_F_REPLY);
     }
@@ -169,10 +180,11 @@ mod tests {
         let key = FlowKey::new(IPPROTO_UDP, ep(CLIENT, 33000), ep(INET, 53));
         let p = plan_flow(&key, key.dst_ep(), Some(ep(PUBLIC, 33000)), CT_F_MASQ, 0);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_UDP, ep(PUBLIC, 33000), ep(INET, 53)));
-        assert_eq!(egress_rewrite(&p.orig_key, &p.orig), Some((key, ep(PUBLIC, 33000))));
+        assert_eq!(egress(&p.orig_key, &p.orig), (key, EgressEntry { src: ep(PUBLIC, 33000), orig_dst: ep(INET, 53) }));
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(PUBLIC, 33000)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(CLIENT, 33000)));
-        assert_eq!(egress_rewrite(&p.reply_key, &p.reply), None, "the reply keeps the internet host's source");
+        let (k, e) = egress(&p.reply_key, &p.reply);
+        assert_eq!((k.src_ep(), e.src), (ep(INET, 53), ep(INET, 53)), "the reply keeps the internet host's source");
         assert_eq!(p.reply.flags, CT_F_MASQ | CT_F_REPLY);
     }
 

@@ -58,9 +58,12 @@ reasons! {
     IngressNewFlow = 4, "ingress_new_flow", xlate;
     /// Ingress packet of a known flow: destination restored or rewritten as recorded.
     IngressFlow = 5, "ingress_flow", xlate;
-    /// Egress packet of a known flow: source rewritten as recorded.
+    /// Egress packet of a known flow: source rewritten as recorded (where the flow changes
+    /// it), and its direction marked forwarded by the kernel (the fast path serves a flow only
+    /// once both directions are).
     EgressFlow = 6, "egress_flow", xlate;
-    /// Egress packet with nothing to rewrite: passed untouched.
+    /// Egress packet of no flow (the gateway's own traffic, or a fast-path packet already
+    /// translated): passed untouched.
     PassEgressNoFlow = 7, "pass_egress_no_flow", pass;
     /// Truncated or inconsistent header (bad IHL, total length): dropped.
     DropMalformed = 8, "drop_malformed", drop;
@@ -120,6 +123,10 @@ reasons! {
     /// the kernel forwards only frames sent to its own, so it is passed to the gateway's stack
     /// untouched (which drops it, or hands it to a macvlan or packet socket that wants it).
     PassOtherHost = 26, "pass_other_host", pass;
+    /// Packet whose source is no host's unicast address (0.0.0.0 from a host without an
+    /// address yet, loopback, multicast, broadcast): never translated, never a flow; passed to
+    /// the gateway's stack untouched (its DHCP server hears it; the kernel drops the rest).
+    PassSourceNotHost = 27, "pass_source_not_host", pass;
 }
 
 macro_rules! counters {

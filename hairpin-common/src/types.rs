@@ -131,6 +131,14 @@ pub const CT_F_MASQ: u32 = 1 << 2;
 /// [`CtEntry::flags`]: the flow was opened from the WAN to a LAN host's binding (endpoint-
 /// independent filtering): its outbound direction is the reply.
 pub const CT_F_INBOUND: u32 = 1 << 3;
+/// [`CtEntry::flags`]: a packet of this direction has left the gateway through the kernel
+/// (seen at egress): its forward chain, rp_filter and martian checks let it pass.
+pub const CT_F_LEFT: u32 = 1 << 4;
+/// [`CtEntry::flags`]: this direction has left, and had its other direction left before
+/// (`CT_F_LEFT` in both): the kernel has forwarded the flow both ways, so the fast path may
+/// serve this direction, as a netfilter flowtable offloads only established, accepted flows.
+/// Set at egress, by this direction's own packets.
+pub const CT_F_CONFIRMED: u32 = 1 << 5;
 
 // What the dataplane has seen in an entry's direction, ORed into [`CtEntry::flags`] as packets
 // pass; the controller derives TCP state and timeouts from the two directions' bits.
@@ -213,6 +221,18 @@ pub struct CtEntry {
     /// direction's packets arrive on one CPU (RSS), and the BPF target has no atomic add.
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// What egress does with a flow direction's packets, keyed by the tuple they leave ingress
+/// with ([`crate::nat::egress`]): every direction of every flow has one, so that egress can
+/// both give them their source and find their conntrack entry to confirm it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EgressEntry {
+    /// The source they leave with (their own, where the flow keeps it).
+    pub src: Endpoint,
+    /// The destination they arrived with: with their source, their conntrack key.
+    pub orig_dst: Endpoint,
 }
 
 /// Where the fast path sends a flow direction's packets, as the FIB answered: cached in its
@@ -434,6 +454,7 @@ mod user {
     unsafe impl aya::Pod for MappingKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for EgressEntry {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}

@@ -10,7 +10,7 @@ use aya::{
     programs::{SchedClassifier, TracePoint, Xdp},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey,
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, MappingKey,
     consts::{Hook, global_names, map_names, prog_names},
     flow_cache,
     placement::Ingress,
@@ -231,7 +231,7 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
     check_fits(max_flows, slots, mem_available())?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, entries)
-        .map_max_entries(map_names::SNAT, entries)
+        .map_max_entries(map_names::EGRESS, entries.checked_mul(2).context("--max-flows is too large")?)
         .map_max_entries(map_names::FLOW_CACHE, slots)
         .map_max_entries(map_names::FLOW_COUNTS, slots)
         .override_global(global_names::FLOW_CACHE_SETS, &sets, true)
@@ -253,14 +253,15 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
 }
 
 /// About what the tables for `max_flows` flows and `cache_slots` flow-cache slots take in
-/// kernel memory: conntrack and the egress rewrites hold two entries per flow (key, value and
-/// the hash table's own element header, about 48 bytes), the flow cache a 64-byte slot each.
+/// kernel memory: conntrack holds two entries per flow and the egress table room for four (key,
+/// value and the hash table's own element header, about 48 bytes), the flow cache a 64-byte
+/// slot each.
 fn table_bytes(max_flows: u32, cache_slots: u32) -> u64 {
     const ELEM: u64 = 48;
     let ct = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<CtEntry>()) as u64 + ELEM;
-    let snat = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<Endpoint>()) as u64 + ELEM;
+    let egress = (std::mem::size_of::<FlowKey>() + std::mem::size_of::<EgressEntry>()) as u64 + ELEM;
     let slot = (std::mem::size_of::<flow_cache::Slot>() + std::mem::size_of::<flow_cache::Counts>()) as u64;
-    2 * u64::from(max_flows) * (ct + snat) + slot * u64::from(cache_slots)
+    2 * u64::from(max_flows) * (ct + 2 * egress) + slot * u64::from(cache_slots)
 }
 
 /// Refuses tables for `max_flows` flows and `cache_slots` flow cache slots when they would
@@ -294,7 +295,8 @@ pub struct Maps {
     config_sel: Array<MapData, u32>,
     pub mappings: HashMap<MapData, MappingKey, Endpoint>,
     pub ct: HashMap<MapData, FlowKey, CtEntry>,
-    pub snat: HashMap<MapData, FlowKey, Endpoint>,
+    /// Every flow direction's egress entry (`EgressEntry`), by the tuple it leaves ingress with.
+    pub egress: HashMap<MapData, FlowKey, EgressEntry>,
     pub stats: PerCpuArray<MapData, u64>,
     /// LAN endpoint -> its public port, and public port -> LAN endpoint.
     pub bindings: HashMap<MapData, MappingKey, Binding>,
@@ -328,7 +330,7 @@ impl Maps {
             config_sel: map(map_names::CONFIG_SEL)?.try_into()?,
             mappings: map(map_names::MAPPINGS)?.try_into()?,
             ct: map(map_names::CONNTRACK)?.try_into()?,
-            snat: map(map_names::SNAT)?.try_into()?,
+            egress: map(map_names::EGRESS)?.try_into()?,
             stats: map(map_names::STATS)?.try_into()?,
             bindings: map(map_names::BINDINGS)?.try_into()?,
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
@@ -444,13 +446,14 @@ impl Maps {
         Ok(())
     }
 
-    /// Removes conntrack entries (the directions of a flow, as a snapshot read them) and the
-    /// egress rewrites they imply.
+    /// Removes conntrack entries (the directions of a flow, as a snapshot read them) and their
+    /// egress entries, where those are still theirs.
     pub fn remove_entries(&mut self, entries: impl IntoIterator<Item = (FlowKey, CtEntry)>) -> anyhow::Result<()> {
         let mut removed = false;
         for (k, e) in entries {
-            if let Some((egress_key, _)) = hairpin_common::nat::egress_rewrite(&k, &e) {
-                let _ = self.snat.remove(&egress_key);
+            let (egress_key, value) = hairpin_common::nat::egress(&k, &e);
+            if self.egress.get(&egress_key, 0).is_ok_and(|cur| cur == value) {
+                let _ = self.egress.remove(&egress_key);
             }
             let _ = self.ct.remove(&k);
             removed = true;

@@ -1,5 +1,6 @@
 //! The flow sweep: removes flows whose idle timeout has passed, both directions and their
-//! egress rewrites together, and entries whose twin has gone (LRU eviction, a crash).
+//! egress entries together, entries whose twin has gone (LRU eviction, a crash), and egress
+//! entries whose conntrack entry has gone.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,7 +33,9 @@ pub struct Flow {
 pub type Entry = (FlowKey, CtEntry);
 
 /// Reads the whole table once. Returns the flows found through their original entries, and
-/// reply entries whose original is missing.
+/// reply entries whose original is missing. Two entries are a flow's only if each one's
+/// translation leads to the other: a reply entry found by an original's key alone may be
+/// another flow's (the original's own reply evicted, its tuple taken since).
 pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
     let mut all: HashMap<FlowKey, CtEntry> = maps.ct.iter().collect::<Result<_, _>>()?;
     // Packets the flow cache served, not in conntrack yet. (A snapshot is read, never written
@@ -47,9 +50,11 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
     let mut lone_replies = Vec::new();
     for (k, e) in &all {
         let twin_key = e.xlate.reversed();
+        let twin =
+            all.get(&twin_key).filter(|t| t.xlate == k.reversed() && t.flags & CT_F_REPLY != e.flags & CT_F_REPLY);
         if e.flags & CT_F_REPLY == 0 {
-            flows.push(Flow { orig_key: *k, orig: *e, reply: all.get(&twin_key).map(|r| (twin_key, *r)) });
-        } else if !all.contains_key(&twin_key) {
+            flows.push(Flow { orig_key: *k, orig: *e, reply: twin.map(|r| (twin_key, *r)) });
+        } else if twin.is_none() {
             lone_replies.push((*k, *e));
         }
     }
@@ -86,6 +91,8 @@ pub struct Sweep {
     pub orphans: usize,
     /// Bindings released because no flow uses them any more.
     pub unbound: usize,
+    /// Egress entries removed because their conntrack entry had gone (LRU eviction).
+    pub stray_egress: usize,
     pub elapsed: Duration,
     /// The flows it removed (original key and entry) and why: `expired`, or `evicted` (the
     /// LRU took one direction and the sweep the other).
@@ -130,7 +137,16 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
             in_use.extend(public_ports(k, e, public));
         }
     }
+    let gone: HashSet<FlowKey> = dead.iter().map(|(k, _)| *k).collect();
+    let live: HashMap<FlowKey, FlowKey> = flows
+        .iter()
+        .flat_map(|f| f.entries().collect::<Vec<_>>())
+        .chain(lone_replies.iter().copied())
+        .filter(|(k, _)| !gone.contains(k))
+        .map(|(k, e)| (k, e.xlate))
+        .collect();
     maps.remove_entries(dead)?;
+    s.stray_egress = remove_stray_egress(maps, &live)?;
     s.unbound = release_bindings(maps, &in_use, public, now)?;
     s.elapsed = start.elapsed();
     Ok(s)
@@ -156,6 +172,29 @@ pub fn delete(maps: &mut Maps, flow: &Flow) -> anyhow::Result<usize> {
         .collect();
     let n = free.len();
     maps.unbind(free, public)?;
+    Ok(n)
+}
+
+/// Removes the egress entries whose conntrack entry is gone or another flow's now (the
+/// conntrack LRU evicts entries without a word). `live` holds the snapshot's surviving entries
+/// and their translations; an entry not there is looked up again before it goes, as a flow
+/// may have been made since the snapshot (its conntrack entries go in before its egress ones).
+fn remove_stray_egress(maps: &mut Maps, live: &HashMap<FlowKey, FlowKey>) -> anyhow::Result<usize> {
+    let all: Vec<(FlowKey, hairpin_common::EgressEntry)> = maps.egress.iter().collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for (k, v) in all {
+        let (ct_key, xlate) = (v.ct_key(&k), v.xlate(&k));
+        if live.get(&ct_key) == Some(&xlate) {
+            continue;
+        }
+        if maps.ct.get(&ct_key, 0).is_ok_and(|e| e.xlate == xlate) {
+            continue;
+        }
+        if maps.egress.get(&k, 0).is_ok_and(|cur| cur == v) {
+            let _ = maps.egress.remove(&k);
+            n += 1;
+        }
+    }
     Ok(n)
 }
 

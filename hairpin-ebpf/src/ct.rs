@@ -6,14 +6,14 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_REPLY, Config, Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, Endpoint, Event, FlowKey, MappingKey,
-    PortBe, Reason,
+    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, Config, Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED,
+    EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
-    nat::{FlowPlan, candidate_port, egress_rewrite, plan_flow},
+    nat::{FlowPlan, candidate_port, egress, plan_flow},
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, EVENTS, MAPPINGS, PLAN, SNAT},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, EGRESS, EVENTS, MAPPINGS, PLAN},
     stats,
 };
 
@@ -54,6 +54,9 @@ pub struct Found {
     /// Its last-seen time was a second old or more (and is refreshed now): anything cached in
     /// it is to be checked again.
     pub stale: bool,
+    /// The kernel has forwarded the flow both ways (`CT_F_CONFIRMED`): the fast path may
+    /// serve it.
+    pub confirmed: bool,
 }
 
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
@@ -96,7 +99,8 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
         // Every packet: the line is this direction's, written by the CPU its packets arrive on.
         (*entry).packets += u64::from(packets);
         (*entry).bytes += u64::from(bytes);
-        Some(Found { xlate: (*entry).xlate, entry, stale })
+        let confirmed = (*entry).flags & CT_F_CONFIRMED != 0;
+        Some(Found { xlate: (*entry).xlate, entry, stale, confirmed })
     }
 }
 
@@ -340,17 +344,56 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
     Ok(plan.orig.xlate)
 }
 
+/// Inserts the egress entry of the flow direction `key`, over one a flow evicted from
+/// conntrack left (the sweep has not removed it yet).
 #[inline(always)]
 fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
-    match egress_rewrite(key, entry) {
-        Some((egress_key, new_src)) => SNAT.insert(&egress_key, &new_src, BPF_ANY as u64),
-        None => Ok(()),
-    }
+    let (egress_key, value) = egress(key, entry);
+    EGRESS.insert(&egress_key, &value, BPF_ANY as u64)
 }
 
 #[inline(always)]
 fn remove_egress(key: &FlowKey, entry: &CtEntry) {
-    if let Some((egress_key, _)) = egress_rewrite(key, entry) {
-        let _ = SNAT.remove(&egress_key);
+    let (egress_key, _) = egress(key, entry);
+    let _ = EGRESS.remove(&egress_key);
+}
+
+/// What egress knows of a packet leaving ingress as `egress_key`: its flow direction's
+/// entry, if it has one.
+#[inline(always)]
+pub fn egress_of(egress_key: &FlowKey) -> Option<EgressEntry> {
+    // SAFETY: a plain copy out of the map value.
+    unsafe { EGRESS.get(egress_key) }.copied()
+}
+
+/// Records that a packet of the flow direction `eg` describes has left through the kernel:
+/// `CT_F_LEFT`, and `CT_F_CONFIRMED` once its twin has left too (see `CT_F_CONFIRMED`). Each
+/// direction's bits are written by its own packets only. Nothing to do, one lookup, once the
+/// direction is confirmed.
+///
+/// The entry is written only if it still holds this translation, and checked again after the
+/// write: should the LRU have recycled it for another flow in between, that flow's bits are
+/// taken back, so no flow is confirmed by another's packet.
+#[inline(always)]
+pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry) {
+    let xlate = eg.xlate(egress_key);
+    let Some(entry) = CT.get_ptr_mut(&eg.ct_key(egress_key)) else { return };
+    // SAFETY: pointers from successful lookups; see above for a recycled entry.
+    unsafe {
+        let flags = (*entry).flags;
+        if flags & CT_F_CONFIRMED != 0 || (*entry).xlate != xlate {
+            return;
+        }
+        let twin_left = CT
+            .get_ptr(&xlate.reversed())
+            .is_some_and(|t| (*t).flags & CT_F_LEFT != 0 && (*t).xlate == eg.ct_key(egress_key).reversed());
+        let add = if twin_left { CT_F_LEFT | CT_F_CONFIRMED } else { CT_F_LEFT };
+        if flags & add == add {
+            return;
+        }
+        (*entry).flags |= add;
+        if (*entry).xlate != xlate {
+            (*entry).flags &= !(CT_F_LEFT | CT_F_CONFIRMED);
+        }
     }
 }

@@ -56,6 +56,12 @@ pub fn forward(
                 (false, false) => p.tot_len,
             };
             (*e).hop = next;
+            // The LRU may have recycled the entry for another flow since the lookup: that flow
+            // must not inherit this hop. Its translation says whose the entry is now; if not
+            // this flow's, the hop is taken back (resolved again by its own next packet).
+            if (*e).xlate != found.xlate {
+                (*e).hop.ifindex = 0;
+            }
             next
         }
     };

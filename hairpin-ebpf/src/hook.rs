@@ -18,7 +18,7 @@ use crate::{
     fast,
     fwd::{self, Route},
     icmp,
-    maps::{self, MAPPINGS, SNAT},
+    maps::{self, MAPPINGS},
     parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, eth_dst, parse_ip, parse_l4},
     rewrite::rewrite,
     stats,
@@ -47,6 +47,10 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::PassOtherHost);
     }
     check_boundary(pkt, cfg, &ip, side)?;
+    // No host's source (a DHCP client's 0.0.0.0): for the gateway's own stack, never a flow.
+    if !ip.src.is_unicast() {
+        return Ok(Reason::PassSourceNotHost);
+    }
     let p = match parse_l4(pkt, &ip) {
         Ok(L4::Flow(p)) => p,
         // ICMP the dataplane does not translate may reach the gateway's stack, never past it.
@@ -74,7 +78,9 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     }
     if let Some(found) = ct::lookup_refresh(&p.key, now, seen, pkt.segs(), p.tot_len) {
         let xlate = found.xlate;
-        if fast {
+        // Until the kernel has forwarded the flow both ways, its packets go through the kernel
+        // (its filter, rp_filter, MSS clamping): egress confirms it.
+        if fast && found.confirmed {
             match fast::forward(pkt, cfg, &p, &found, &epoch) {
                 Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::bump(why.counter(), 1),
@@ -112,9 +118,9 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     // A LAN host reaching the internet: the destination stays, egress rewrites the source.
     // Broadcast, multicast and address-less (DHCP) traffic never makes a flow, and traffic for
     // the LAN or the gateway itself (its DNS, its SSH) is settled without asking the FIB.
-    // An echo reply (source "port" 0) answers a request from outside; it never starts a flow.
+    // An echo reply answers a request from outside; it never starts a flow.
     if side == Side::Lan
-        && !(p.key.proto == IPPROTO_ICMP && p.key.sport.0 == 0)
+        && (p.key.proto != IPPROTO_ICMP || p.echo_request != 0)
         && p.key.src.is_unicast()
         && p.key.dst.is_unicast()
         && !cfg.in_lan(p.key.dst)
@@ -167,8 +173,9 @@ pub fn ingress_tc(pkt: &Tc, side: Side) -> Reason {
     ingress(pkt, side)
 }
 
-/// Egress (TC): give packets of known flows the source recorded for them; on the WAN, let
-/// nothing out with a LAN source.
+/// Egress (TC): give packets of known flows the source recorded for them, and confirm their
+/// flow direction (the kernel forwarded it: see `ct::confirm`); on the WAN, let nothing out
+/// with a LAN source.
 #[inline(always)]
 pub fn egress(pkt: &Tc, side: Side) -> Reason {
     pkt.pull_headers(MAX_HDR_LEN);
@@ -193,10 +200,14 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
         Err(_) if leaks(ip.src) => return Err(Reason::DropLanSourceToWan),
         Err(r) => return Err(r),
     };
-    let Some(new_src) = (unsafe { SNAT.get(&p.key) }).copied() else {
+    let Some(eg) = ct::egress_of(&p.key) else {
         return if leaks(ip.src) { Err(Reason::DropLanSourceToWan) } else { Ok(Reason::PassEgressNoFlow) };
     };
-    rewrite(pkt, &p, &FlowKey::new(p.key.proto, new_src, p.key.dst_ep()), CsumDelta::ZERO)?;
+    if leaks(eg.src.addr) {
+        return Err(Reason::DropLanSourceToWan);
+    }
+    rewrite(pkt, &p, &eg.xlate(&p.key), CsumDelta::ZERO)?;
+    ct::confirm(&p.key, &eg);
     Ok(Reason::EgressFlow)
 }
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, Endpoint, FlowKey, MappingKey,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EVENTS_BYTES, MAX_MAPPINGS, SNAT_CAPACITY, STATS_LEN},
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, MappingKey,
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, MAX_MAPPINGS, STATS_LEN},
     flow_cache, nat,
 };
 
@@ -40,9 +40,13 @@ pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(2
 #[map(name = "HP_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_CAPACITY, 0);
 
-/// Egress source rewrites, keyed by the tuple as it leaves ingress (destination translated).
-#[map(name = "HP_SNAT")]
-pub static SNAT: LruHashMap<FlowKey, Endpoint> = LruHashMap::with_max_entries(SNAT_CAPACITY, 0);
+/// Every flow direction's egress entry (its source, and the way back to its conntrack entry),
+/// keyed by the tuple as it leaves ingress (destination translated). Not LRU: the entry of a
+/// live flow must not vanish while its packets take the fast path and never touch it. Inserted
+/// and removed with the flow's conntrack entries; the sweep removes those the conntrack LRU
+/// left behind.
+#[map(name = "HP_EGRESS")]
+pub static EGRESS: HashMap<FlowKey, EgressEntry> = HashMap::with_max_entries(EGRESS_CAPACITY, 0);
 
 /// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
 #[map(name = "HP_STATS")]

@@ -55,7 +55,9 @@ pub struct Parsed {
     pub l4_off: usize,
     /// TCP flags (byte 13 of the header), 0 for other protocols.
     pub tcp_flags: u8,
-    pub _pad8: u8,
+    /// 1: an ICMP echo request, which may open a flow (its id stands in the source "port"; a
+    /// request with id 0 and a reply look alike by the tuple alone).
+    pub echo_request: u8,
     /// IPv4 total length.
     pub tot_len: u16,
     pub _pad32: u32,
@@ -191,6 +193,7 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
     let mut error = false;
     // What netfilter's conntrack would call an invalid header (see `Reason::DropInvalid`).
     let mut invalid = false;
+    let mut echo_request = 0;
     let (sport, dport, tcp_flags) = match ip.proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN {
@@ -231,6 +234,7 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
                 | ICMP_PARAMETER_PROBLEM => error = true,
                 _ => {}
             }
+            echo_request = u8::from(ty == ICMP_ECHO);
             match echo_ports(ty, id) {
                 Some((s, d)) => (s.to_ne_bytes(), d.to_ne_bytes(), 0),
                 None if error => ([0; 2], [0; 2], 0),
@@ -264,7 +268,7 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
         l4_off,
         tot_len: tot_len as u16,
         tcp_flags,
-        _pad8: 0,
+        echo_request,
         _pad32: 0,
     }))
 }
@@ -292,7 +296,7 @@ fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
         l4_off: ip.l4_off,
         tot_len: ip.tot_len as u16,
         tcp_flags: 0,
-        _pad8: 0,
+        echo_request: 0,
         _pad32: 0,
     })
 }

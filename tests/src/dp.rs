@@ -144,6 +144,19 @@ impl Dataplane {
         m.remove(key).unwrap();
     }
 
+    /// Marks every flow forwarded both ways by the kernel (`CT_F_LEFT | CT_F_CONFIRMED`), as
+    /// egress does when their packets leave (the confirmation packet test shows those steps):
+    /// for tests of what the fast path does with flows it may serve.
+    pub fn confirm_all(&mut self) {
+        use hairpin_common::{CT_F_CONFIRMED, CT_F_LEFT};
+        let mut m: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        let all: Vec<_> = m.iter().map(Result::unwrap).collect();
+        for (k, e) in all {
+            m.insert(&k, &CtEntry { flags: e.flags | CT_F_LEFT | CT_F_CONFIRMED, ..e }, 0).unwrap();
+        }
+    }
+
     /// Tells the dataplane flows were removed, as the controller does after removing them.
     pub fn flows_removed(&mut self) {
         let mut g = Array::try_from(self.ebpf.map_mut(map_names::CT_GEN).unwrap()).unwrap();
@@ -168,8 +181,10 @@ impl Dataplane {
         self.side_counter(hairpin_common::Counter::CacheMiss)
     }
 
-    pub fn snat(&self) -> Vec<(FlowKey, Endpoint)> {
-        let m: HashMap<_, FlowKey, Endpoint> = HashMap::try_from(self.ebpf.map(map_names::SNAT).unwrap()).unwrap();
+    /// The egress table: every flow direction, by the tuple it leaves ingress with.
+    pub fn egress(&self) -> Vec<(FlowKey, hairpin_common::EgressEntry)> {
+        let m: HashMap<_, FlowKey, hairpin_common::EgressEntry> =
+            HashMap::try_from(self.ebpf.map(map_names::EGRESS).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()
     }
 

@@ -134,6 +134,9 @@ struct Row {
     masquerade: bool,
     /// TCP state, or "active".
     state: &'static str,
+    /// The kernel has forwarded packets of both directions (its filter let the flow through):
+    /// only then does the fast path serve it.
+    confirmed: bool,
     /// The tuple as it arrives at the gateway.
     src: String,
     dst: String,
@@ -197,8 +200,9 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         (k.proto, k.src.octets(), k.sport.host(), k.dst.octets(), k.dport.host())
     });
     let mut rows = Vec::new();
-    let mut push = |k: &FlowKey, e: &CtEntry, kind, direction, state, left| {
+    let mut push = |k: &FlowKey, e: &CtEntry, kind, direction, state, confirmed, left| {
         rows.push(Row {
+            confirmed,
             proto: output::proto_name(k.proto),
             direction,
             kind,
@@ -219,17 +223,18 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
     for f in &flows {
         let reply_flags = f.reply.as_ref().map_or(0, |(_, r)| r.flags);
         let state = expiry::state_name(f.orig_key.proto, f.orig.flags, reply_flags);
+        let confirmed = expiry::confirmed(f.orig.flags, reply_flags);
         let left = f.remaining_ns(&timeouts, now);
         let kind = Kind::of(f.orig.flags);
-        push(&f.orig_key, &f.orig, kind, "original", state, left);
+        push(&f.orig_key, &f.orig, kind, "original", state, confirmed, left);
         if let Some((rk, r)) = &f.reply {
-            push(rk, r, kind, "reply", state, left);
+            push(rk, r, kind, "reply", state, confirmed, left);
         }
     }
     // Entries whose original direction is gone: shown unless a filter asks for something.
     let unfiltered = a.filter == Filter::default();
     for (k, e) in lone.iter().filter(|_| unfiltered) {
-        push(k, e, Kind::of(e.flags), "reply", "orphan", 0);
+        push(k, e, Kind::of(e.flags), "reply", "orphan", false, 0);
     }
     if a.json {
         return output::json(&rows);
@@ -262,7 +267,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
             r.translated_src.clone(),
             r.translated_dst.clone(),
             r.kind.name().to_string(),
-            r.state.to_string(),
+            if r.confirmed { r.state.to_string() } else { format!("{} (unconfirmed)", r.state) },
             r.packets.to_string(),
             output::bytes(r.bytes),
             format!("{:.0}s", r.age_s),

@@ -235,13 +235,13 @@ pub async fn run(pins: &PinDir, a: &RunArgs) -> anyhow::Result<()> {
                     }
                     hub.send(ev);
                 }
-                if s.expired + s.orphans + s.unbound > 0 {
+                if s.expired + s.orphans + s.stray_egress + s.unbound > 0 {
                     say!(
                         "swept {} flows in {:?}: {} expired, {} orphaned entries removed, {} unused bindings released",
                         s.flows,
                         s.elapsed,
                         s.expired,
-                        s.orphans,
+                        s.orphans + s.stray_egress,
                         s.unbound
                     );
                 }

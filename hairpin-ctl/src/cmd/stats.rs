@@ -278,7 +278,7 @@ fn table<K: aya::Pod, V: aya::Pod>(name: &str, m: &HashMap<MapData, K, V>) -> an
 fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
     Ok(vec![
         table("conntrack entries", &maps.ct)?,
-        table("egress rewrites", &maps.snat)?,
+        table("egress entries", &maps.egress)?,
         table("bindings", &maps.bindings)?,
     ])
 }

@@ -47,7 +47,21 @@ fn boundary_checks_drop_and_count(mode: Mode) {
                 "DHCP discover from 0.0.0.0",
                 Hook::LanIngress,
                 &Pkt::udp("0.0.0.0:68", "255.255.255.255:67"),
-                Reason::PassNoMapping,
+                Reason::PassSourceNotHost,
+                None,
+            ),
+            step(
+                "from 0.0.0.0 to a forwarded public port: the gateway's, never hairpinned",
+                Hook::LanIngress,
+                &Pkt::tcp("0.0.0.0:40000", PUBLIC_80),
+                Reason::PassSourceNotHost,
+                None,
+            ),
+            step(
+                "from loopback on the WAN to a forwarded port: never forwarded",
+                Hook::WanIngress,
+                &Pkt::tcp("127.0.0.1:40000", PUBLIC_80),
+                Reason::PassSourceNotHost,
                 None,
             ),
             step(
@@ -217,7 +231,7 @@ fn boundary_has_no_gaps(mode: Mode) {
             assert!(
                 dp.ct().iter().all(|(k, _)| k.src != ep("10.9.9.9:40000").addr && k.dst != ep("10.9.9.9:40000").addr)
             );
-            assert_eq!(dp.snat().len(), 1, "the forward's reply rewrite only");
+            assert_eq!(dp.egress().len(), 2, "the forward's two directions only");
         });
 }
 

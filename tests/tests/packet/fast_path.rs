@@ -1,6 +1,99 @@
-//! The fast path and its flow cache: known flows translated whole and sent on by the hook itself.
+//! The fast path and its flow cache: known flows translated whole and sent on by the hook itself,
+//! once the kernel has forwarded them both ways.
 
 use super::*;
+
+/// One direction of a flow on the slow path: the packet at `ingress`, as ingress leaves it
+/// (`routed`), and as it leaves the gateway at `egress` (`out`).
+struct Dir {
+    ingress: Hook,
+    pkt: Pkt,
+    routed: Pkt,
+    egress: Hook,
+    out: Pkt,
+}
+
+/// The steps that confirm a flow whose first packet (of `orig`) ingress has made it with: the
+/// kernel forwards that packet (egress sees it leave), then a reply both ways, then the next
+/// original packet. Each direction goes through the kernel until both have left.
+fn confirm(what: &'static str, orig: &Dir, reply: &Dir) -> Vec<Step> {
+    let leaves = |d: &Dir| step(what, d.egress, &d.routed, Reason::EgressFlow, Some(&d.out));
+    let slow = |d: &Dir| step(what, d.ingress, &d.pkt, Reason::IngressFlow, Some(&d.routed));
+    vec![leaves(orig), slow(reply), leaves(reply), slow(orig), leaves(orig)]
+}
+
+/// The kernel decides, the fast path follows: a flow's packets go through the kernel (its
+/// forward chain, rp_filter, MSS clamping) until a packet of each direction has been seen
+/// leaving at egress; only then does the fast path serve it. A flow whose packets the kernel
+/// drops (its filter) never leaves, so it is never served.
+fn fast_path_serves_only_flows_the_kernel_forwarded_both_ways(mode: Mode) {
+    use hairpin_common::{CT_F_CONFIRMED, CT_F_LEFT};
+    let syn = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(frame::TCP_SYN);
+    let syn_in = syn.with("198.51.100.9:41000", SERVER_80);
+    let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
+    let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
+    let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000").flags(frame::TCP_SYN | frame::TCP_ACK);
+    let reply_out = reply.with(PUBLIC_80, "198.51.100.9:41000");
+    // Another internet host, which the gateway's filter keeps out: its packets never leave.
+    let barred = Pkt::tcp("198.51.100.99:41000", PUBLIC_80).flags(frame::TCP_SYN);
+    let barred_in = barred.with("198.51.100.99:41000", SERVER_80);
+    Case::new("confirmation", Env::Fast(0))
+        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
+        .steps(vec![
+            step("SYN: a new flow", Hook::WanIngress, &syn, Reason::IngressNewFlow, Some(&syn_in)),
+            step(
+                "SYN again, not seen leaving: the kernel's",
+                Hook::WanIngress,
+                &syn,
+                Reason::IngressFlow,
+                Some(&syn_in),
+            ),
+            step("the kernel forwards it", Hook::LanEgress, &syn_in, Reason::EgressFlow, None),
+            step("only one way: still the kernel's", Hook::WanIngress, &syn, Reason::IngressFlow, Some(&syn_in)),
+            step("SYN-ACK: the kernel's", Hook::LanIngress, &reply, Reason::IngressFlow, None),
+            step("the kernel forwards it", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&reply_out)),
+            step(
+                "the reply direction, left after the original had: fast",
+                Hook::LanIngress,
+                &reply,
+                Reason::FastRedirect,
+                Some(&reply_out.forwarded(ROUTER_MAC, WAN_MAC)),
+            ),
+            step(
+                "ACK: the original left before the reply had",
+                Hook::WanIngress,
+                &fwd,
+                Reason::IngressFlow,
+                Some(&fwd_in),
+            ),
+            step("the kernel forwards it", Hook::LanEgress, &fwd_in, Reason::EgressFlow, None),
+            step(
+                "now fast both ways",
+                Hook::WanIngress,
+                &fwd,
+                Reason::FastRedirect,
+                Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
+            ),
+            step("barred host: a new flow", Hook::WanIngress, &barred, Reason::IngressNewFlow, Some(&barred_in)),
+            step("dropped by the filter, retried", Hook::WanIngress, &barred, Reason::IngressFlow, Some(&barred_in)),
+            step("and again", Hook::WanIngress, &barred, Reason::IngressFlow, Some(&barred_in)),
+        ])
+        .leaves_flows(4)
+        .run_then(mode, |dp| {
+            let flags = |src: &str| {
+                let mut f: Vec<u32> = dp
+                    .ct()
+                    .iter()
+                    .filter(|(k, e)| k.src == ep(src).addr || e.xlate.dst == ep(src).addr)
+                    .map(|(_, e)| e.flags & (CT_F_LEFT | CT_F_CONFIRMED))
+                    .collect();
+                f.sort();
+                f
+            };
+            assert_eq!(flags("198.51.100.9:1"), [CT_F_LEFT | CT_F_CONFIRMED; 2], "both directions confirmed");
+            assert_eq!(flags("198.51.100.99:1"), [0, 0], "the barred flow: nothing left, nothing confirmed");
+        });
+}
 
 /// The fast path: a known flow's packet is translated whole, its TTL decremented and its MAC
 /// addresses set from the FIB, and XDP sends it on: redirected to the other interface, or back
@@ -15,76 +108,110 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel(mode: Mode) 
     let hp = Pkt::tcp("192.168.0.3:40000", PUBLIC_80);
     let hp_reply = Pkt::tcp(SERVER_80, "192.168.0.1:40000");
     let masq = Pkt::udp("192.168.0.3:33000", "198.18.0.1:53");
+    let masq_out = masq.with("203.0.113.1:33000", "198.18.0.1:53");
+    let masq_reply = Pkt::udp("198.18.0.1:53", "203.0.113.1:33000");
+    let masq_reply_in = masq_reply.with("198.18.0.1:53", "192.168.0.3:33000");
     let big = reply.clone().payload_len(1400);
-    Case::new("fast path", Env::Fast(0))
-        .forward(L4::Tcp, PUBLIC_80, SERVER_80)
-        .steps(vec![
-            step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in)),
-            step(
-                "known flow: redirected to the LAN, whole",
-                Hook::WanIngress,
-                &fwd,
-                Reason::FastRedirect,
-                Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
-            ),
-            step(
-                "again, from the next hop cached in the flow",
-                Hook::WanIngress,
-                &fwd,
-                Reason::FastRedirect,
-                Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
-            ),
-            step(
-                "its reply: redirected to the WAN's router, from the public address",
-                Hook::LanIngress,
-                &reply,
-                Reason::FastRedirect,
-                Some(&reply.with(PUBLIC_80, "198.51.100.9:41000").forwarded(ROUTER_MAC, WAN_MAC)),
-            ),
-            step(
-                "hairpin, new flow: slow path",
-                Hook::LanIngress,
-                &hp,
-                Reason::IngressNewFlow,
-                Some(&hp.with("192.168.0.3:40000", SERVER_80)),
-            ),
-            step(
-                "hairpin, known flow: both ends rewritten, back out of the LAN",
-                Hook::LanIngress,
-                &hp,
-                Reason::FastTx,
-                Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
-            ),
-            step(
-                "again, back out of the LAN as the cached next hop says",
-                Hook::LanIngress,
-                &hp,
-                Reason::FastTx,
-                Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
-            ),
-            step(
-                "hairpin reply: to the client, from the public address",
-                Hook::LanIngress,
-                &hp_reply,
-                Reason::FastTx,
-                Some(&hp_reply.with(PUBLIC_80, "192.168.0.3:40000").forwarded(CLIENT_MAC, LAN_MAC)),
-            ),
-            step(
-                "TTL 1: the kernel must answer, slow path",
-                Hook::WanIngress,
-                &fwd.clone().ttl(1),
-                Reason::IngressFlow,
-                Some(&fwd_in.clone().ttl(1)),
-            ),
-            step("larger than the WAN's MTU: slow path", Hook::LanIngress, &big, Reason::IngressFlow, None),
-            step("masquerade, new flow", Hook::LanIngress, &masq, Reason::IngressMasquerade, None),
-            step("next hop not resolved: slow path", Hook::LanIngress, &masq, Reason::IngressFlow, None),
-        ])
-        .run_then(mode, |dp| {
-            for (why, n) in [(Slow::Ttl, 1), (Slow::FragNeeded, 1), (Slow::NoNeighbour, 1), (Slow::Route, 0)] {
-                assert_eq!(dp.slow(why), n, "slow path because {}", why.name());
-            }
-        });
+    let hp_in = hp.with("192.168.0.3:40000", SERVER_80);
+    let hp_out = hp.with("192.168.0.1:40000", SERVER_80);
+    let hp_reply_out = hp_reply.with(PUBLIC_80, "192.168.0.3:40000");
+    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
+        ingress,
+        pkt: pkt.clone(),
+        routed: routed.clone(),
+        egress,
+        out: out.clone(),
+    };
+    let mut steps = vec![step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
+    steps.extend(confirm(
+        "the kernel forwards it both ways",
+        &dir(Hook::WanIngress, &fwd, &fwd_in, Hook::LanEgress, &fwd_in),
+        &dir(Hook::LanIngress, &reply, &reply, Hook::WanEgress, &reply.with(PUBLIC_80, "198.51.100.9:41000")),
+    ));
+    steps.extend(vec![
+        step(
+            "known flow: redirected to the LAN, whole",
+            Hook::WanIngress,
+            &fwd,
+            Reason::FastRedirect,
+            Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
+        ),
+        step(
+            "again, from the next hop cached in the flow",
+            Hook::WanIngress,
+            &fwd,
+            Reason::FastRedirect,
+            Some(&fwd_in.forwarded(SERVER_MAC, LAN_MAC)),
+        ),
+        step(
+            "its reply: redirected to the WAN's router, from the public address",
+            Hook::LanIngress,
+            &reply,
+            Reason::FastRedirect,
+            Some(&reply.with(PUBLIC_80, "198.51.100.9:41000").forwarded(ROUTER_MAC, WAN_MAC)),
+        ),
+        step(
+            "hairpin, new flow: slow path",
+            Hook::LanIngress,
+            &hp,
+            Reason::IngressNewFlow,
+            Some(&hp.with("192.168.0.3:40000", SERVER_80)),
+        ),
+    ]);
+    steps.extend(confirm(
+        "the kernel forwards the hairpin both ways",
+        &dir(Hook::LanIngress, &hp, &hp_in, Hook::LanEgress, &hp_out),
+        &dir(
+            Hook::LanIngress,
+            &hp_reply,
+            &hp_reply.with(SERVER_80, "192.168.0.3:40000"),
+            Hook::LanEgress,
+            &hp_reply_out,
+        ),
+    ));
+    steps.extend(vec![
+        step(
+            "hairpin, known flow: both ends rewritten, back out of the LAN",
+            Hook::LanIngress,
+            &hp,
+            Reason::FastTx,
+            Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
+        ),
+        step(
+            "again, back out of the LAN as the cached next hop says",
+            Hook::LanIngress,
+            &hp,
+            Reason::FastTx,
+            Some(&hp.with("192.168.0.1:40000", SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
+        ),
+        step(
+            "hairpin reply: to the client, from the public address",
+            Hook::LanIngress,
+            &hp_reply,
+            Reason::FastTx,
+            Some(&hp_reply.with(PUBLIC_80, "192.168.0.3:40000").forwarded(CLIENT_MAC, LAN_MAC)),
+        ),
+        step(
+            "TTL 1: the kernel must answer, slow path",
+            Hook::WanIngress,
+            &fwd.clone().ttl(1),
+            Reason::IngressFlow,
+            Some(&fwd_in.clone().ttl(1)),
+        ),
+        step("larger than the WAN's MTU: slow path", Hook::LanIngress, &big, Reason::IngressFlow, None),
+        step("masquerade, new flow", Hook::LanIngress, &masq, Reason::IngressMasquerade, None),
+    ]);
+    steps.extend(confirm(
+        "the kernel forwards the masquerade both ways",
+        &dir(Hook::LanIngress, &masq, &masq, Hook::WanEgress, &masq_out),
+        &dir(Hook::WanIngress, &masq_reply, &masq_reply_in, Hook::LanEgress, &masq_reply_in),
+    ));
+    steps.push(step("next hop not resolved: slow path", Hook::LanIngress, &masq, Reason::IngressFlow, None));
+    Case::new("fast path", Env::Fast(0)).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).run_then(mode, |dp| {
+        for (why, n) in [(Slow::Ttl, 1), (Slow::FragNeeded, 1), (Slow::NoNeighbour, 1), (Slow::Route, 0)] {
+            assert_eq!(dp.slow(why), n, "slow path because {}", why.name());
+        }
+    });
 }
 
 /// The fast path's flow cache: after conntrack has forwarded a flow's packet once, the next
@@ -107,6 +234,7 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
             assert_eq!(dp.cache_misses(), misses, "after {what}: flow cache misses");
         };
         expect(dp, "new flow: slow path", &fwd, Reason::IngressNewFlow, 0);
+        dp.confirm_all();
         expect(dp, "known flow: forwarded by conntrack, copied", &fwd, Reason::FastRedirect, 1);
         for _ in 0..3 {
             expect(dp, "again: from the cache", &fwd, Reason::FastRedirect, 1);
@@ -122,6 +250,7 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
         }
         dp.flows_removed();
         expect(dp, "after the flow's removal: a new flow", &fwd, Reason::IngressNewFlow, 2);
+        dp.confirm_all();
         expect(dp, "then conntrack again", &fwd, Reason::FastRedirect, 3);
         expect(dp, "then the cache", &fwd, Reason::FastRedirect, 3);
 
@@ -137,22 +266,25 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
         run_case(
             "flow cache",
             dp,
-            &[
-                step(
-                    "evicted, FIN: a new flow to the new server",
-                    Hook::WanIngress,
-                    &fin,
-                    Reason::IngressNewFlow,
-                    Some(&to_other(&fin)),
-                ),
-                step(
-                    "next: the new flow, not the old copy",
-                    Hook::WanIngress,
-                    &fwd,
-                    Reason::FastRedirect,
-                    Some(&to_other(&fwd).forwarded(CLIENT_MAC, LAN_MAC)),
-                ),
-            ],
+            &[step(
+                "evicted, FIN: a new flow to the new server",
+                Hook::WanIngress,
+                &fin,
+                Reason::IngressNewFlow,
+                Some(&to_other(&fin)),
+            )],
+        );
+        dp.confirm_all();
+        run_case(
+            "flow cache",
+            dp,
+            &[step(
+                "next: the new flow, not the old copy",
+                Hook::WanIngress,
+                &fwd,
+                Reason::FastRedirect,
+                Some(&to_other(&fwd).forwarded(CLIENT_MAC, LAN_MAC)),
+            )],
         );
         assert_eq!(dp.cache_misses(), 4, "the new flow's first fast packet went through conntrack");
     });
@@ -174,8 +306,10 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
                     dp.verdict(Hook::WanIngress, Reason::IngressNewFlow),
                     dp.verdict(Hook::WanIngress, Reason::FastRedirect),
                 );
+                assert_eq!(dp.run(Hook::WanIngress, &a.build()).0, v_new);
+                dp.confirm_all();
                 let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
-                assert_eq!([send(&a), send(&a), send(&a)], [v_new, v_fast, v_fast]);
+                assert_eq!([send(&a), send(&a)], [v_fast, v_fast]);
                 assert_eq!(dp.cache_misses(), 1, "a's second packet was copied, its third served from the copy");
                 let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
                 assert_eq!(send(&b), v_new, "b: a new flow");
@@ -197,6 +331,7 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
 }
 
 in_both_modes! {
+    fast_path_serves_only_flows_the_kernel_forwarded_both_ways,
     fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel,
     flow_cache_serves_known_flows_and_yields_to_conntrack,
     under_conntrack_pressure_new_flows_retire_cached_copies,

@@ -17,13 +17,13 @@ fn wan_port_forward_tcp_with_port_change(mode: Mode) {
                 Reason::IngressNewFlow,
                 Some(&dnat),
             ),
-            step("towards the server: source kept", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
+            step("towards the server: source kept", Hook::LanEgress, &dnat, Reason::EgressFlow, None),
             step("reply at ingress: destination already right", Hook::LanIngress, &reply, Reason::IngressFlow, None),
             step("reply at egress: public source restored", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&unsnat)),
             step("second packet uses the flow", Hook::WanIngress, &syn, Reason::IngressFlow, Some(&dnat)),
         ])
         // One entry per direction; only the reply needs a source rewrite.
-        .leaves(2, 1)
+        .leaves_flows(2)
         // Each direction counts what it carried: packets and IPv4 total lengths.
         .run_then(mode, move |dp| {
             let len = syn.build().len() as u64 - 14;
@@ -163,7 +163,7 @@ fn pass_through_untouched(mode: Mode) {
             ),
         ])
         // Nothing passed through created a flow.
-        .leaves(0, 0)
+        .leaves_flows(0)
         .run(mode);
 }
 
@@ -191,7 +191,7 @@ fn malformed_headers_are_dropped(mode: Mode) {
         steps.push(raw("half an IPv4 header", Hook::LanIngress, ip_cut, Reason::DropMalformed));
         steps.push(raw("no IPv4 header at all", Hook::WanIngress, no_ip, Reason::DropMalformed));
     }
-    Case::new("malformed", Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).leaves(0, 0).run(mode);
+    Case::new("malformed", Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).leaves_flows(0).run(mode);
 }
 
 /// Two mappings to one server, dialled from one client port: the second flow's reply tuple
@@ -220,7 +220,7 @@ fn reply_tuple_owned_by_another_flow_is_refused_whole(mode: Mode) {
                 Some(&first.with("198.51.100.7:40000", SERVER_80)),
             ),
         ])
-        .leaves(2, 1)
+        .leaves_flows(2)
         .run(mode);
 }
 
@@ -230,6 +230,8 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
     use hairpin_common::expiry::{TcpState, tcp_state};
     use hairpin_tests::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     let out = |f| Pkt::tcp("198.51.100.7:40000", PUBLIC_80).flags(f);
+    // As the kernel forwards it to the server (egress sees it leave).
+    let routed = |f| Pkt::tcp("198.51.100.7:40000", SERVER_80).flags(f);
     let back = |f| Pkt::tcp(SERVER_80, "198.51.100.7:40000").flags(f);
     let state = |dp: &Dataplane| {
         let ct = dp.ct();
@@ -253,11 +255,21 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
         "handshake and both FINs",
         vec![
             (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::LanEgress, routed(TCP_SYN), TcpState::Opening),
             (Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
+            (Hook::WanEgress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
             (Hook::WanIngress, out(TCP_ACK), TcpState::Established),
             (Hook::LanIngress, back(TCP_ACK), TcpState::Established),
             (Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing),
             (Hook::LanIngress, back(TCP_FIN | TCP_ACK), TcpState::Closed),
+        ],
+    );
+    sequence(
+        "a handshake the kernel never forwarded (its filter dropped it)",
+        vec![
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
+            (Hook::WanIngress, out(TCP_ACK), TcpState::Opening),
         ],
     );
     sequence(

@@ -102,7 +102,7 @@ fn no_hairpin_rewrites_destination_only(mode: Mode) {
         .forward(L4::Tcp, PUBLIC_80, SERVER_80)
         .steps(vec![
             step("destination rewritten", Hook::LanIngress, &out, Reason::IngressNewFlow, Some(&dnat)),
-            step("source left alone", Hook::LanEgress, &dnat, Reason::PassEgressNoFlow, None),
+            step("source left alone", Hook::LanEgress, &dnat, Reason::EgressFlow, None),
             step(
                 "the server's direct reply never needed the gateway; if it came, the public source is restored",
                 Hook::LanEgress,
@@ -183,7 +183,7 @@ fn hairpin_port_exhaustion_drops_new_flows_only(mode: Mode) {
             ),
         ])
         // The dropped flow left no entry.
-        .leaves(2, 2)
+        .leaves_flows(2)
         .run(mode);
 }
 

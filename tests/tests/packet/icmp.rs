@@ -63,6 +63,15 @@ fn icmp_echo_is_masqueraded_by_identifier(mode: Mode) {
             let id = u16::from_be_bytes([out[38], out[39]]);
             assert!(id != 4000 && id >= 1024, "second client's id {id}");
             assert_eq!(out, other.with(&format!("203.0.113.1:{id}"), "198.51.100.7:0").build());
+            // A request with id 0 looks like a reply by its tuple; it is a request all the same.
+            let zero = Pkt::ping("192.168.0.5:0", "198.51.100.7:0");
+            let new = step("request with id 0", Hook::LanIngress, &zero, Reason::IngressMasquerade, None);
+            run_case("echo id 0", dp, &[new]);
+            let (_, out) = dp.run(Hook::WanEgress, &zero.build());
+            verify_checksums(&out).unwrap();
+            let id = u16::from_be_bytes([out[38], out[39]]);
+            assert!(id >= 1024, "id 0 is not in the range: another is taken ({id})");
+            assert_eq!(out, zero.with(&format!("203.0.113.1:{id}"), "198.51.100.7:0").build());
         });
 }
 

@@ -92,16 +92,15 @@ struct Case {
     config: Config,
     forwards: Vec<(L4, &'static str, &'static str)>,
     steps: Vec<Step>,
-    /// Conntrack entries (two per flow) after the last step, if checked.
+    /// Conntrack entries (two per flow) after the last step, if checked, and as many egress
+    /// entries.
     flows: Option<usize>,
-    /// Source rewrites (egress) after the last step, if checked.
-    snat: Option<usize>,
 }
 
 impl Case {
     /// The lab's configuration (`dp::lab_config`), no forwards, no steps.
     fn new(name: &'static str, env: Env) -> Self {
-        Self { name, env, config: dp::lab_config(), forwards: Vec::new(), steps: Vec::new(), flows: None, snat: None }
+        Self { name, env, config: dp::lab_config(), forwards: Vec::new(), steps: Vec::new(), flows: None }
     }
 
     fn config(self, config: Config) -> Self {
@@ -117,12 +116,7 @@ impl Case {
         Self { steps, ..self }
     }
 
-    /// Checks that the steps leave `flows` conntrack entries and `snat` source rewrites.
-    fn leaves(self, flows: usize, snat: usize) -> Self {
-        Self { flows: Some(flows), snat: Some(snat), ..self }
-    }
-
-    /// Checks only the conntrack entries the steps leave.
+    /// Checks that the steps leave `flows` conntrack entries, and an egress entry for each.
     fn leaves_flows(self, flows: usize) -> Self {
         Self { flows: Some(flows), ..self }
     }
@@ -133,7 +127,7 @@ impl Case {
 
     /// Runs the case, then `then` on the same dataplane.
     fn run_then(self, mode: Mode, then: impl FnOnce(&mut Dataplane) + Send + 'static) {
-        let Case { name, env, config, forwards, steps, flows, snat } = self;
+        let Case { name, env, config, forwards, steps, flows } = self;
         let body = move |dp: &mut Dataplane| {
             for (l4, public, private) in &forwards {
                 dp.add_mapping(*l4, public, private);
@@ -142,8 +136,8 @@ impl Case {
             if let Some(n) = flows {
                 assert_eq!(dp.ct().len(), n, "{name}: conntrack entries after the steps: {:#?}", dp.ct());
             }
-            if let Some(n) = snat {
-                assert_eq!(dp.snat().len(), n, "{name}: source rewrites after the steps: {:#?}", dp.snat());
+            if let Some(n) = flows {
+                assert_eq!(dp.egress().len(), n, "{name}: egress entries after the steps: {:#?}", dp.egress());
             }
             then(dp)
         };

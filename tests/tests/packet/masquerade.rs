@@ -35,7 +35,7 @@ fn masquerade_lan_to_internet_tcp_and_udp(mode: Mode) {
                 "reply leaves the LAN side untouched",
                 Hook::LanEgress,
                 &back.with("198.51.100.7:443", "192.168.0.3:40000"),
-                Reason::PassEgressNoFlow,
+                Reason::EgressFlow,
                 None,
             ),
             step("udp out", Hook::LanIngress, &q, Reason::IngressMasquerade, None),

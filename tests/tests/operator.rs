@@ -675,3 +675,63 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_stops() {
     std::fs::remove_file(&path).unwrap();
     lab.down().unwrap();
 }
+
+/// `contrib/hairpin.service` as shipped: it verifies, systemd rates its exposure 4.0 or below
+/// (`systemd-analyze security`: capability bounding set, address families, system-call filter,
+/// protected paths), and the capabilities it grants are enough: `up` and `map add` under that
+/// bounding set attach, pin and forward. It runs no `down` when the service stops, so a
+/// restart adopts the dataplane with its flows.
+#[test]
+fn the_service_unit_is_hardened_and_its_capabilities_suffice() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/hairpin.service");
+    let unit = std::fs::read_to_string(&shipped).unwrap();
+    assert!(!unit.lines().any(|l| l.starts_with("ExecStop")), "a stop must leave the dataplane forwarding");
+    let dir = std::env::temp_dir().join(format!("hairpin-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hairpin.service");
+    std::fs::write(&path, unit.replace("/usr/local/sbin/hairpin-ctl", hairpin_ctl().to_str().unwrap())).unwrap();
+    let analyze = |args: &[&str]| {
+        let out =
+            std::process::Command::new("systemd-analyze").args(args).arg(&path).output().expect("systemd-analyze");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = analyze(&["verify", "--man=no"]);
+    assert!(ok && !out.contains("hairpin.service"), "systemd-analyze verify: {out}");
+    let (ok, out) = analyze(&["security", "--offline=yes", "--no-pager"]);
+    let exposure: f64 = out
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for hairpin.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    assert!(ok && exposure <= 4.0, "exposure {exposure}:\n{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The bounding set the unit grants, for `up` and `map add` run as the service would be.
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("-all,{}", caps.join(","));
+    let lab = lab();
+    let with_caps = |bounding: &str, args: &[&str]| {
+        let mut c = lab.gw.command("setpriv");
+        c.args(["--bounding-set", bounding, "--"]).arg(hairpin_ctl()).arg("--pin-dir").arg(&lab.pin_dir).args(args);
+        hairpin_lab::netns::run(&mut c)
+    };
+    // The bounding set is what limits it: with less, `up` fails (and leaves nothing behind).
+    let up = ["up", "--lan", "lan0", "--wan", "wan0"];
+    assert!(with_caps("-all,+net_admin", &up).is_err(), "up loaded programs without CAP_BPF");
+    let as_service =
+        |args: &[&str]| with_caps(&bounding, args).unwrap_or_else(|e| panic!("{args:?} with only {bounding}: {e:#}"));
+    as_service(&up);
+    as_service(&["map", "add", "udp", &format!("{PUBLIC}:{PUBLIC_DNS_PORT}"), &format!("{SERVER}:{DNS_PORT}")]);
+    let to = SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT);
+    let echo = traffic::udp_echo(&lab.inet, to, b"as a service", Duration::from_secs(3)).expect("the forward");
+    assert_eq!(echo.seen_by_server.ip(), std::net::IpAddr::V4(INET));
+}

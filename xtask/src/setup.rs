@@ -23,6 +23,9 @@ const APT: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
+    // The service unit's check (`systemd-analyze verify` and `security`) and its capabilities.
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
     // The benchmark pins the gateway's NAPI kthread: found with ps, pinned with taskset.
     ("ps", "procps"),
     ("taskset", "util-linux"),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use hairpin_lab::{Lab, Netns};
 
-use crate::forward::nft_script;
+use hairpin_lab::nft::script as nft_script;
 
 /// What translates (or only routes) the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

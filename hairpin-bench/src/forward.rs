@@ -525,18 +525,7 @@ const NFT_MASQ_WAN: &str = "  chain post {\n    type nat hook postrouting priori
 
 /// Loads `chains` as table `ip hpbench` in the gateway.
 fn nft(gw: &Netns, chains: &str) -> anyhow::Result<()> {
-    nft_script(gw, &format!("table ip hpbench {{\n{chains}}}\n"))
-}
-
-/// Runs an nft script in `ns`.
-pub fn nft_script(gw: &Netns, rules: &str) -> anyhow::Result<()> {
-    let mut c = gw.command("nft");
-    c.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().context("running nft")?;
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "nft -f failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
+    hairpin_lab::nft::script(gw, &format!("table ip hpbench {{\n{chains}}}\n"))
 }
 
 /// Turns on threaded NAPI for `dev` in `ns` and pins its kthread (`napi/<dev>-<id>`) to

@@ -9,6 +9,7 @@
 //! Everything is created in namespaces named after a unique prefix and torn down on drop.
 
 pub mod netns;
+pub mod nft;
 pub mod probe;
 pub mod routed;
 pub mod scenario;

@@ -127,11 +127,12 @@ pub struct TimeoutArgs {
     /// Idle timeout of established TCP flows (RFC 5382 asks at least 7440) [default: 7440].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
     pub tcp_established_timeout: Option<u32>,
-    /// Idle timeout of TCP flows opening (SYN seen) or closing (FIN or RST seen) [default: 240].
+    /// Idle timeout of TCP flows opening (SYN seen) or closing (FIN or RST seen), and the most any
+    /// flow not yet forwarded both ways by the kernel lives [default: 240].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
     pub tcp_transitory_timeout: Option<u32>,
-    /// Idle timeout of UDP flows, refreshed by outbound packets only (RFC 4787 asks at least
-    /// 120) [default: 300].
+    /// Idle timeout of UDP flows, refreshed by outbound packets only when masqueraded, by either
+    /// direction when forwarded (RFC 4787 asks at least 120) [default: 300].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "SECS")]
     pub udp_timeout: Option<u32>,
     /// Idle timeout of ICMP flows [default: 60].

@@ -18,6 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+
+use crate::sender;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, MapData, PerCpuArray},
@@ -138,6 +140,9 @@ const PORT: u16 = 9;
 /// The generator's first source port: up to 60,000 flows stay clear of port 0 and of the
 /// forwarded port.
 const FIRST_PORT: u32 = 1024;
+const GW_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+/// Frames per live-frames test run of the generator.
+const CHUNK: u32 = 1 << 17;
 
 const MAC_GEN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x01];
 const MAC_WAN: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 0x02];
@@ -262,6 +267,20 @@ impl Harness {
         let server_mac = if hairpinned { MAC_GEN } else { MAC_SINK };
         gw.ip(&["neigh", "add", "192.168.0.2", "lladdr", &mac(server_mac), "dev", "lan0", "nud", "permanent"])?;
         gw.ip(&["neigh", "add", "192.168.0.3", "lladdr", &mac(MAC_GEN), "dev", "lan0", "nud", "permanent"])?;
+        // The forwards' replies go to the generator, the internet host (see `reply`).
+        if ingress == "wan0" {
+            gw.ip(&[
+                "neigh",
+                "add",
+                &WAN_CLIENT.to_string(),
+                "lladdr",
+                &mac(MAC_GEN),
+                "dev",
+                "wan0",
+                "nud",
+                "permanent",
+            ])?;
+        }
         // The masquerade cases' sink is the internet host behind the WAN: a known neighbour too.
         if egress == "wan0" && self.sink.is_some() {
             gw.ip(&[
@@ -395,21 +414,31 @@ impl Harness {
         Ok((m.get(&0, 0)?.iter().sum(), m.get(&1, 0)?.iter().sum()))
     }
 
-    /// Sends with `flows` source ports: first `warmup` frames (so every flow exists), then for
-    /// `secs` seconds, measured.
+    /// Sends with `flows` source ports: first `warmup` frames (so every flow exists; for
+    /// hairpin, then a reply to each and `warmup` frames again, so that every flow is
+    /// confirmed), then for `secs` seconds, measured.
     pub fn measure(&mut self, flows: u32, warmup: u64, secs: f64) -> anyhow::Result<Rate> {
-        // GenConfig: first port, flows, the 42 header bytes, padding.
-        let mut cfg: Vec<u8> = [FIRST_PORT, flows].iter().flat_map(|w| w.to_ne_bytes()).collect();
-        cfg.extend_from_slice(&self.frame()[..42]);
-        cfg.resize(56, 0);
-        let mut gen_cfg: Array<&mut MapData, [u8; 56]> =
-            Array::try_from(self.ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?)?;
-        gen_cfg.set(0, &<[u8; 56]>::try_from(cfg.as_slice()).expect("56 bytes"), 0)?;
-        self.generate(|sent, _| sent >= warmup)?;
+        let frame = self.frame();
+        let gen_if = self.gen_ifindex;
+        let frames = sender::Frames { frame: &frame, first_port: FIRST_PORT, flows, vary_dst: false };
+        set_frames(&mut self.ebpf, &frames)?;
+        generate(&mut self.ebpf, &self.generator, gen_if, &frames, CHUNK, |sent, _| sent >= warmup)?;
+        if self.path.hairpin()
+            && let Some((reply, ns, ifindex)) = reply(self.path, &self.generator, gen_if, &self.sink)?
+        {
+            // Each flow's reply once: after the first, confirmed, it takes the fast path.
+            let replies = sender::Frames { frame: &reply, first_port: FIRST_PORT, flows, vary_dst: true };
+            set_frames(&mut self.ebpf, &replies)?;
+            generate(&mut self.ebpf, ns, ifindex, &replies, flows.max(64), |sent, _| sent > 0)
+                .context("sending a reply to each flow")?;
+            set_frames(&mut self.ebpf, &frames)?;
+            generate(&mut self.ebpf, &self.generator, gen_if, &frames, CHUNK, |sent, _| sent >= warmup)
+                .context("sending after the replies")?;
+        }
         self.wait_sink_stable()?;
         let before = self.sink_counts()?;
         let limit = Duration::from_secs_f64(secs);
-        let (sent, elapsed) = self.generate(|_, t| t >= limit)?;
+        let (sent, elapsed) = generate(&mut self.ebpf, &self.generator, gen_if, &frames, CHUNK, |_, t| t >= limit)?;
         let after = self.wait_sink_stable()?;
         if std::env::var_os("HAIRPIN_BENCH_DEBUG").is_some() {
             let gen_if = self.path.interfaces().0;
@@ -449,32 +478,6 @@ impl Harness {
         })
     }
 
-    /// Runs the generator on CPU 0 in its namespace until `done(sent, elapsed)`.
-    fn generate(&mut self, done: impl Fn(u64, Duration) -> bool + Sync) -> anyhow::Result<(u64, Duration)> {
-        const CHUNK: u32 = 1 << 17;
-        let frame = self.frame();
-        let md: Vec<u8> =
-            [0u32, frame.len() as u32, 0, self.gen_ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let prog: &mut Xdp = self.ebpf.program_mut("bench_gen").context("bench_gen")?.try_into()?;
-        self.generator.scoped(|| {
-            hairpin_lab::pin_thread_to_cpu(0)?;
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while !done(sent, start.elapsed()) {
-                let opts = TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&md),
-                    repeat: CHUNK,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..Default::default()
-                };
-                prog.test_run(opts).context("live-frames test run of the generator")?;
-                sent += u64::from(CHUNK);
-            }
-            Ok((sent, start.elapsed()))
-        })
-    }
-
     /// The sink's counters once they stop moving (frames in flight have landed), or after 2 s.
     fn wait_sink_stable(&self) -> anyhow::Result<(u64, u64)> {
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -501,6 +504,84 @@ impl Drop for Harness {
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     hairpin_lab::netns::run(cmd)
+}
+
+/// Tells the generator program what to send.
+fn set_frames(ebpf: &mut Ebpf, frames: &sender::Frames) -> anyhow::Result<()> {
+    // GenConfig: first port, flows, the 42 header bytes, which port varies, padding.
+    let mut cfg: Vec<u8> = [frames.first_port, frames.flows].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    cfg.extend_from_slice(&frames.frame[..42]);
+    cfg.push(u8::from(frames.vary_dst));
+    cfg.resize(56, 0);
+    let mut gen_cfg: Array<&mut MapData, [u8; 56]> = Array::try_from(ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?)?;
+    gen_cfg.set(0, &<[u8; 56]>::try_from(cfg.as_slice()).expect("56 bytes"), 0)?;
+    Ok(())
+}
+
+/// A reply to each flow, from the far side of the gateway, and where it is sent from
+/// (namespace, interface): hairpin's fast path serves a flow only once the kernel has
+/// forwarded it both ways (confirmation), as a real flow's first replies do. `None` for
+/// the paths without NAT state.
+fn reply<'a>(
+    path: Path,
+    generator: &'a Netns,
+    gen_ifindex: u32,
+    sink: &'a Option<Netns>,
+) -> anyhow::Result<Option<(Vec<u8>, &'a Netns, u32)>> {
+    let udp = |src, dst, dmac, smac| crate::frame::udp(dmac, smac, src, PORT, dst, FIRST_PORT as u16);
+    Ok(match (path, sink) {
+        (Path::RawRedirect | Path::RawLookup | Path::RawWrite | Path::KernelForward, _) => None,
+        (Path::HairpinTx, _) => Some((udp(SINK, GW_LAN, MAC_LAN, MAC_GEN), generator, gen_ifindex)),
+        (Path::NftMasq | Path::HairpinMasq, Some(sink)) => {
+            Some((udp(WAN_CLIENT, PUBLIC, MAC_WAN, MAC_SINK), sink, sink.ifindex("s0")?))
+        }
+        (_, Some(sink)) => Some((udp(SINK, WAN_CLIENT, MAC_LAN, MAC_SINK), sink, sink.ifindex("s0")?)),
+        (_, None) => None,
+    })
+}
+
+/// Runs the generator on CPU 0 in `ns`, sending `frames` (as `set_frames` also told the
+/// generator program) out of interface `ifindex` in runs of `chunk` frames, until
+/// `done(sent, elapsed)`: live XDP frames, or a packet socket where the kernel refuses those.
+fn generate(
+    ebpf: &mut Ebpf,
+    ns: &Netns,
+    ifindex: u32,
+    frames: &sender::Frames,
+    chunk: u32,
+    done: impl Fn(u64, Duration) -> bool + Sync,
+) -> anyhow::Result<(u64, Duration)> {
+    let frame = frames.frame;
+    let md: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let prog: &mut Xdp = ebpf.program_mut("bench_gen").context("bench_gen")?.try_into()?;
+    ns.scoped(|| {
+        hairpin_lab::pin_thread_to_cpu(0)?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !sender::live_refused() && !done(sent, start.elapsed()) {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&md),
+                repeat: chunk,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            };
+            match prog.test_run(opts) {
+                Ok(_) => sent += u64::from(chunk),
+                Err(e) if refused(&e) && sent == 0 => sender::refuse_live(),
+                Err(e) => return Err(e).context("live-frames test run of the generator"),
+            }
+        }
+        if sender::live_refused() {
+            return sender::send(ifindex, frames, chunk, &done);
+        }
+        Ok((sent, start.elapsed()))
+    })
+}
+
+/// Whether the kernel refused the live-frames test run itself (EPERM).
+fn refused(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM))
 }
 
 /// Attaches bench program `prog` to `iface` in `ns` (native XDP); it stays attached while the

@@ -7,6 +7,7 @@ mod forward;
 mod frame;
 mod micro;
 mod report;
+mod sender;
 mod sweep;
 
 use clap::{Parser, Subcommand};

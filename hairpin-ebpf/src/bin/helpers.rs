@@ -37,15 +37,16 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
 /// Ethernet, IPv4 without options and UDP: the headers of the generator's frames.
 const HDR_LEN: usize = 14 + 20 + 8;
 
-/// The generator's settings: the headers to send, whose source port cycles through `flows`
-/// ports from `first_port`.
+/// The generator's settings: the headers to send, whose source port (destination port if
+/// `vary_dst`: replies) cycles through `flows` ports from `first_port`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GenConfig {
     pub first_port: u32,
     pub flows: u32,
     pub header: [u8; HDR_LEN],
-    pub _pad: [u8; 6],
+    pub vary_dst: u8,
+    pub _pad: [u8; 5],
 }
 
 #[map(name = "BENCH_GEN")]
@@ -77,7 +78,8 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     let (Some(cfg), Some(seq)) = (GEN.get(0), GEN_SEQ.get_ptr_mut(0)) else {
         return xdp_action::XDP_ABORTED;
     };
-    let (Ok(hdr), Ok(sport)) = (ptr_at::<[u8; HDR_LEN]>(pkt, 0), ptr_at::<u16>(pkt, UDP_OFF)) else {
+    let port_off = if cfg.vary_dst != 0 { UDP_OFF + 2 } else { UDP_OFF };
+    let (Ok(hdr), Ok(sport)) = (ptr_at::<[u8; HDR_LEN]>(pkt, 0), ptr_at::<u16>(pkt, port_off)) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: per-CPU slot; bounds checked by ptr_at. The UDP checksum is 0 (none), so the

@@ -15,6 +15,13 @@ pub const CT_CAPACITY: u32 = 2 * DEFAULT_MAX_FLOWS;
 /// evicted), so there is room for as many again.
 pub const EGRESS_CAPACITY: u32 = 2 * CT_CAPACITY;
 
+/// Fragmented datagrams in flight whose first fragment has been translated, per hook (an LRU:
+/// the oldest go first when it is full).
+pub const FRAGS_CAPACITY: u32 = 16_384;
+/// How long after its first fragment a datagram's later fragments are translated: the
+/// kernel's own reassembly timeout (`ipfrag_time`).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// Endpoint-independent bindings of LAN endpoints (TCP and UDP), and as many bound ports: at
 /// most one per public port and protocol.
 pub const BINDINGS_CAPACITY: u32 = 2 * 65_536;
@@ -39,6 +46,8 @@ pub mod map_names {
     pub const CONNTRACK: &str = "HP_CT";
     /// Every flow direction, by the tuple it leaves ingress with (`EgressEntry`).
     pub const EGRESS: &str = "HP_EGRESS";
+    /// Fragmented datagrams in flight: how their later fragments are translated (`FragEntry`).
+    pub const FRAGS: &str = "HP_FRAGS";
     pub const STATS: &str = "HP_STATS";
     pub const BINDINGS: &str = "HP_BINDINGS";
     pub const BOUND_PORTS: &str = "HP_BOUND_PORTS";
@@ -55,12 +64,13 @@ pub mod map_names {
     pub const CT_GEN: &str = "HP_CT_GEN";
     /// The ring buffer of `Event`s `run` prints.
     pub const EVENTS: &str = "HP_EVENTS";
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         CONFIG_SEL,
         MAPPINGS,
         CONNTRACK,
         EGRESS,
+        FRAGS,
         STATS,
         BINDINGS,
         BOUND_PORTS,

@@ -46,7 +46,9 @@ macro_rules! reasons {
 reasons! {
     /// Not IPv4 (ARP, IPv6...): passed to the kernel untouched.
     PassNotIpv4 = 0, "pass_not_ipv4", pass;
-    /// IPv4 fragment: passed untouched (ports are only in the first fragment).
+    /// IPv4 fragment after the first, of no datagram whose first fragment was translated here
+    /// (one for the gateway itself; or one that came before its first fragment): passed
+    /// untouched.
     PassFragment = 1, "pass_fragment", pass;
     /// IPv4 protocol other than TCP/UDP/ICMP, or an ICMP type other than echo and errors:
     /// passed untouched.
@@ -127,6 +129,13 @@ reasons! {
     /// address yet, loopback, multicast, broadcast): never translated, never a flow; passed to
     /// the gateway's stack untouched (its DHCP server hears it; the kernel drops the rest).
     PassSourceNotHost = 27, "pass_source_not_host", pass;
+    /// IPv4 fragment after the first, of a datagram whose first fragment was translated at
+    /// ingress: its destination rewritten as the first one's was.
+    IngressFragment = 28, "ingress_fragment", xlate;
+    /// IPv4 fragment after the first, of a datagram whose first fragment was translated at
+    /// egress (the sender's, or the kernel's own fragmentation to a smaller MTU): its source
+    /// rewritten as the first one's was.
+    EgressFragment = 29, "egress_fragment", xlate;
 }
 
 macro_rules! counters {

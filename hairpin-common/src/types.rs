@@ -235,6 +235,37 @@ pub struct EgressEntry {
     pub orig_dst: Endpoint,
 }
 
+/// A fragmented datagram as one hook sees it: its fragments share source, destination,
+/// protocol and IPv4 identification, and only the first carries the ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub src: Ipv4Be,
+    pub dst: Ipv4Be,
+    /// The IPv4 identification, as in the header.
+    pub id: u16,
+    pub proto: u8,
+    /// [`FRAG_INGRESS`] or [`FRAG_EGRESS`]: the two hooks translate different addresses.
+    pub hook: u8,
+}
+
+/// [`FragKey::hook`]: ingress, which translates the destination.
+pub const FRAG_INGRESS: u8 = 0;
+/// [`FragKey::hook`]: egress, which translates the source.
+pub const FRAG_EGRESS: u8 = 1;
+
+/// How the later fragments of a datagram are translated: the address its first fragment got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragEntry {
+    /// The destination (at ingress) or source (at egress) the first fragment got.
+    pub addr: Ipv4Be,
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns` when the first fragment passed: later ones are translated for
+    /// [`crate::consts::FRAG_TIMEOUT_NS`] after it.
+    pub first_ns: u64,
+}
+
 /// Where the fast path sends a flow direction's packets, as the FIB answered: cached in its
 /// conntrack entry ([`CtEntry::hop`]) and copied into the flow cache's slots.
 #[repr(C)]
@@ -455,6 +486,8 @@ mod user {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for EgressEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}

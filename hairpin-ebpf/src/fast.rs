@@ -47,6 +47,10 @@ pub fn forward(
             cached
         } else {
             let mut next = fwd::next_hop(pkt, &found.xlate, if gso { 0 } else { p.tot_len })?;
+            // The FIB judged a GSO super-packet by nothing: its segments must fit the hop.
+            if gso && !pkt.fits(next.ifindex, p.tot_len, 0) {
+                return Err(Slow::FragNeeded);
+            }
             // The largest length the FIB has passed for this hop; a new hop starts afresh.
             let same = !found.stale && cached.ifindex == next.ifindex;
             next.len_ok = match (same, gso) {

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use hairpin_common::{FlowKey, NextHop, Reason, Slow, consts::Hook};
 
-use crate::{ctx::Packet, stats};
+use crate::{ctx::Packet, maps::FIB, stats};
 
 const AF_INET: u8 = 2;
 
@@ -51,35 +51,42 @@ pub enum Route {
 
 /// Asks the kernel's FIB how a packet with tuple `key` and IPv4 total length `tot_len`
 /// (checked against the egress MTU) is forwarded from the packet's interface. Returns the
-/// helper's verdict and the filled parameters.
+/// helper's verdict and the filled parameters, which live in this CPU's scratch slot
+/// (`FIB`): 64 bytes the programs' stack cannot spare. `None` if the slot cannot be had.
 #[inline(always)]
-fn fib(pkt: &impl Packet, key: &FlowKey, tot_len: u16, flags: u32) -> (u32, bpf_fib_lookup) {
-    // SAFETY: bpf_fib_lookup is plain data; zeroed is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = key.proto;
-    // Volatile: the ports sit at offsets 2 and 4, and merged into one 4-byte store they
-    // would make a misaligned stack access, which the verifier rejects (the programs are
-    // built allowing misaligned access, for packet headers).
-    // SAFETY: pointers to fields of a local.
+fn fib(pkt: &impl Packet, key: &FlowKey, tot_len: u16, flags: u32) -> Option<(u32, *const bpf_fib_lookup)> {
+    let params = FIB.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, which nothing else uses while the program runs here; plain
+    // data, zeroed as its documented initial state.
     unsafe {
-        core::ptr::write_volatile(&mut params.sport, key.sport.0);
-        core::ptr::write_volatile(&mut params.dport, key.dport.0);
+        core::ptr::write_bytes(params, 0, 1);
+        (*params).family = AF_INET;
+        (*params).l4_protocol = key.proto;
+        (*params).sport = key.sport.0;
+        (*params).dport = key.dport.0;
+        (*params).__bindgen_anon_1.tot_len = tot_len;
+        (*params).ifindex = pkt.ifindex();
+        (*params).__bindgen_anon_3.ipv4_src = key.src.0;
+        (*params).__bindgen_anon_4.ipv4_dst = key.dst.0;
+        let rc = bpf_fib_lookup(pkt.ctx_ptr(), params, size_of::<bpf_fib_lookup>() as i32, flags);
+        Some((rc as u32, params))
     }
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = pkt.ifindex();
-    params.__bindgen_anon_3.ipv4_src = key.src.0;
-    params.__bindgen_anon_4.ipv4_dst = key.dst.0;
-    // SAFETY: the parameters live on this stack frame for the call.
-    let rc = unsafe { bpf_fib_lookup(pkt.ctx_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, flags) };
-    (rc as u32, params)
 }
 
-/// Where the kernel would send `key`: to choose NAT, so neighbour resolution is skipped.
+/// Where the kernel would send `key`: to choose NAT, so neighbour resolution is skipped, and
+/// the packet's size does not matter: one over the egress MTU is forwarded all the same
+/// (fragmented, or answered with fragmentation needed, by the kernel), so it makes its flow
+/// and meets the boundary checks like any other.
 #[inline(always)]
-pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
-    match fib(pkt, key, tot_len, BPF_FIB_LOOKUP_SKIP_NEIGH) {
-        (BPF_FIB_LKUP_RET_SUCCESS, params) => Route::Out(params.ifindex),
+pub fn route(pkt: &impl Packet, key: &FlowKey) -> Route {
+    match fib(pkt, key, 0, BPF_FIB_LOOKUP_SKIP_NEIGH) {
+        // In TC, a lookup without a length checks the skb against the route's device, found
+        // and filled in: too long is still forwarded there (fragmented, or refused with an
+        // ICMP error, by the kernel).
+        // SAFETY: the scratch slot, filled by the call.
+        Some((BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_FRAG_NEEDED, params)) => {
+            Route::Out(unsafe { (*params).ifindex })
+        }
         _ => Route::NotForwarded,
     }
 }
@@ -89,19 +96,20 @@ pub fn route(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Route {
 #[inline(always)]
 pub fn next_hop(pkt: &impl Packet, key: &FlowKey, tot_len: u16) -> Result<NextHop, Slow> {
     match fib(pkt, key, tot_len, 0) {
-        (BPF_FIB_LKUP_RET_SUCCESS, params) => {
-            // SAFETY: on success the kernel filled the MAC addresses of this union member.
-            let m = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+        Some((BPF_FIB_LKUP_RET_SUCCESS, params)) => {
+            // SAFETY: the scratch slot; on success the kernel filled the MAC addresses of this
+            // union member.
+            let (m, ifindex) = unsafe { ((*params).__bindgen_anon_6.__bindgen_anon_2, (*params).ifindex) };
             let (d, s) = (m.dmac, m.smac);
             let macs = [d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5]];
             // A flow direction's packets arrive on one interface (the FIB answer cached with it
             // assumes so too): reading the ingress interface (three dependent loads through
             // the context) once per resolution is enough.
-            let tx = u8::from(params.ifindex == pkt.ifindex());
-            Ok(NextHop { macs, ifindex: params.ifindex, len_ok: tot_len, tx, _pad: 0 })
+            let tx = u8::from(ifindex == pkt.ifindex());
+            Ok(NextHop { macs, ifindex, len_ok: tot_len, tx, _pad: 0 })
         }
-        (BPF_FIB_LKUP_RET_NO_NEIGH, _) => Err(Slow::NoNeighbour),
-        (BPF_FIB_LKUP_RET_FRAG_NEEDED, _) => Err(Slow::FragNeeded),
+        Some((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Err(Slow::NoNeighbour),
+        Some((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Err(Slow::FragNeeded),
         _ => Err(Slow::Route),
     }
 }

@@ -4,7 +4,8 @@
 //! `icmp`, `ct`, `rewrite`), which never call back up here.
 
 use hairpin_common::{
-    CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FlowKey, MappingKey, PortBe, Reason,
+    CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FRAG_EGRESS, FRAG_INGRESS, FlowKey, MappingKey, PortBe,
+    Reason,
     consts::{IPPROTO_ICMP, IPPROTO_UDP},
     csum::CsumDelta,
     ct_state_bits,
@@ -15,7 +16,7 @@ use crate::{
     cache,
     ct::{self, NewFlow, SourceNat},
     ctx::{Packet, Tc},
-    fast,
+    fast, frag,
     fwd::{self, Route},
     icmp,
     maps::{self, MAPPINGS},
@@ -51,6 +52,10 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     if !ip.src.is_unicast() {
         return Ok(Reason::PassSourceNotHost);
     }
+    if ip.later_fragment() {
+        let translated = frag::translate_later(pkt, &ip, FRAG_INGRESS, ct::now_ns())?;
+        return Ok(if translated { Reason::IngressFragment } else { Reason::PassFragment });
+    }
     let p = match parse_l4(pkt, &ip) {
         Ok(L4::Flow(p)) => p,
         // ICMP the dataplane does not translate may reach the gateway's stack, never past it.
@@ -67,7 +72,8 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     };
     let now = ct::now_ns();
     let seen = ct_state_bits(p.key.proto, p.tcp_flags);
-    let fast = cfg.fast_path();
+    // A first fragment goes through the kernel, which forwards its later fragments too.
+    let fast = cfg.fast_path() && p.first_fragment == 0;
     let epoch = cache::Epoch { now, generation: if fast { cache::generation() } else { 0 }, timeouts: &cfg.timeouts };
     if fast
         && let Some(hit) = cache::lookup(pkt, &p.key, &epoch, seen, p.tot_len)
@@ -85,6 +91,9 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
                 Ok(verdict) => return Ok(verdict),
                 Err(why) => stats::bump(why.counter(), 1),
             }
+        }
+        if p.first_fragment != 0 {
+            frag::remember(pkt, &p, FRAG_INGRESS, xlate.dst, now);
         }
         rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
         return Ok(Reason::IngressFlow);
@@ -125,7 +134,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst.is_unicast()
         && !cfg.in_lan(p.key.dst)
         && p.key.dst != cfg.public_addr
-        && fwd::route(pkt, &p.key, p.tot_len) == Route::Out(cfg.wan_ifindex)
+        && fwd::route(pkt, &p.key) == Route::Out(cfg.wan_ifindex)
     {
         open(pkt, cfg, &p, &new_flow(p.key.dst_ep(), SourceNat::Public, CT_F_MASQ))?;
         return Ok(Reason::IngressMasquerade);
@@ -134,9 +143,15 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
 }
 
 /// Creates the flow `new` describes for `p` and gives the packet its new destination (the
-/// source waits for egress).
+/// source waits for egress), its later fragments too if it is a first one.
 #[inline(always)]
 fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<(), Reason> {
+    // Before the flow is made (its destination is `new.dst` whatever else it becomes), while
+    // the stack is not yet taken by it. Should the flow fail, the packet is dropped, and the
+    // entry serves no fragment that could be reassembled.
+    if p.first_fragment != 0 {
+        frag::remember(pkt, p, FRAG_INGRESS, new.dst.addr, new.now);
+    }
     let xlate = ct::create(cfg, &p.key, new)?;
     rewrite(pkt, p, &with_dst(p, xlate.dst_ep()), CsumDelta::ZERO)
 }
@@ -156,7 +171,7 @@ fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Resul
                 return Err(Reason::DropLanForeignSource);
             }
             let key = FlowKey::new(ip.proto, Endpoint::new(ip.src, PortBe(0)), Endpoint::new(ip.dst, PortBe(0)));
-            match fwd::route(pkt, &key, ip.tot_len as u16) {
+            match fwd::route(pkt, &key) {
                 Route::Out(_) => Err(Reason::DropLanForeignSource),
                 Route::NotForwarded => Ok(()),
             }
@@ -194,6 +209,15 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
     }
     let cfg = maps::config();
     let leaks = |addr| side == Side::Wan && cfg.is_some_and(|cfg| cfg.in_lan(addr));
+    if ip.later_fragment() {
+        let translated = frag::translate_later(pkt, &ip, FRAG_EGRESS, ct::now_ns())?;
+        return match translated {
+            // Its source is now its first fragment's, checked there.
+            true => Ok(Reason::EgressFragment),
+            false if leaks(ip.src) => Err(Reason::DropLanSourceToWan),
+            false => Ok(Reason::PassFragment),
+        };
+    }
     let p = match parse_l4(pkt, &ip) {
         Ok(L4::Flow(p)) => p,
         Ok(L4::IcmpError(quoted)) => return egress_icmp_error(pkt, cfg, &ip, &quoted, leaks),
@@ -207,6 +231,9 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
         return Err(Reason::DropLanSourceToWan);
     }
     rewrite(pkt, &p, &eg.xlate(&p.key), CsumDelta::ZERO)?;
+    if p.first_fragment != 0 {
+        frag::remember(pkt, &p, FRAG_EGRESS, eg.src.addr, ct::now_ns());
+    }
     ct::confirm(&p.key, &eg);
     Ok(Reason::EgressFlow)
 }

@@ -9,7 +9,7 @@ use crate::{
     ct,
     ctx::{Packet, ptr_at},
     parse::{Ip, Parsed},
-    rewrite::{IP_DST_OFF, IP_SRC_OFF, write, write_tuple},
+    rewrite::{IP_DST_OFF, IP_SRC_OFF, set_addr, write_tuple},
 };
 
 /// Translates the ICMP error `ip` quoting `quoted`, if the quoted packet belongs to a flow.
@@ -48,7 +48,7 @@ pub fn translate_error(
     let to = reply.xlate.reversed();
     let delta = rewrite_quoted(pkt, ip, quoted, &to)?;
     csum::apply_icmp(pkt, ip.l4_off, delta)?;
-    set_outer_addr(pkt, ip, IP_DST_OFF, ip.dst.0, to.src.0)?;
+    set_addr(pkt, ip.l3_off, IP_DST_OFF, ip.dst.0, to.src.0)?;
     Ok(Some(to))
 }
 
@@ -66,18 +66,8 @@ pub fn fix_outer_source(pkt: &impl Packet, cfg: &Config, ip: &Ip, quoted: &FlowK
     if !ct::lookup(quoted).is_some_and(|e| e.xlate.dst == ip.src) {
         return Ok(false);
     }
-    set_outer_addr(pkt, ip, IP_SRC_OFF, ip.src.0, cfg.public_addr.0)?;
+    set_addr(pkt, ip.l3_off, IP_SRC_OFF, ip.src.0, cfg.public_addr.0)?;
     Ok(true)
-}
-
-/// Rewrites an outer IPv4 address; the ICMP checksum does not cover it (no pseudo-header).
-#[inline(always)]
-fn set_outer_addr(pkt: &impl Packet, ip: &Ip, off: usize, from: u32, to: u32) -> Result<(), Reason> {
-    if from == to {
-        return Ok(());
-    }
-    write(pkt, ip.l3_off + off, to)?;
-    pkt.update_l3_csum(ip.l3_off + IP_CSUM_OFF, CsumDelta::ZERO.replace32(from, to))
 }
 
 /// Rewrites the quoted packet to `to` and updates its own checksums (IPv4, and the L4 one where

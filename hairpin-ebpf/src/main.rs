@@ -9,7 +9,7 @@
 //! bridges, NICs without XDP; the controller decides per interface), ingress runs as TC
 //! programs instead: the same code, the fast path included.
 //!
-//! Calls go one way, down: `hook` (decisions) -> `fast`, `icmp` -> `ct` -> `cache` ->
+//! Calls go one way, down: `hook` (decisions) -> `fast`, `icmp`, `frag` -> `ct` -> `cache` ->
 //! `rewrite` -> `fwd`, `csum` -> `parse` -> `ctx`, `maps`.
 #![no_std]
 #![no_main]
@@ -19,6 +19,7 @@ mod csum;
 mod ct;
 mod ctx;
 mod fast;
+mod frag;
 mod fwd;
 mod hook;
 mod icmp;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, MappingKey,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, MAX_MAPPINGS, STATS_LEN},
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, FragEntry, FragKey, MappingKey,
+    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, MAX_MAPPINGS, STATS_LEN},
     flow_cache, nat,
 };
 
@@ -48,6 +48,15 @@ pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_CA
 #[map(name = "HP_EGRESS")]
 pub static EGRESS: HashMap<FlowKey, EgressEntry> = HashMap::with_max_entries(EGRESS_CAPACITY, 0);
 
+/// Fragmented datagrams in flight: the address each hook gave a datagram's first fragment, for
+/// its later ones (`frag.rs`). An LRU of fixed size: memory is bounded, the oldest go first.
+#[map(name = "HP_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGS_CAPACITY, 0);
+
+/// Per CPU: a fragment's key and entry being looked up or written (`frag.rs`), off the stack.
+#[map(name = "HP_FRAG_SCRATCH")]
+pub static FRAG_SCRATCH: PerCpuArray<crate::frag::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU packet counters, indexed by `Hook::stat_index(reason)`.
 #[map(name = "HP_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
@@ -77,6 +86,10 @@ pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
 /// Per CPU: the flow being created (`ct::create`), kept off the stack.
 #[map(name = "HP_PLAN")]
 pub static PLAN: PerCpuArray<nat::FlowPlan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the parameters of a `bpf_fib_lookup` call (`fwd.rs`), kept off the stack.
+#[map(name = "HP_FIB")]
+pub static FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the jiffy at which the boot-time clock was last read, and what it read.
 #[map(name = "HP_CLOCK")]

@@ -60,7 +60,10 @@ pub struct Parsed {
     pub echo_request: u8,
     /// IPv4 total length.
     pub tot_len: u16,
-    pub _pad32: u32,
+    /// 1: the first fragment of a datagram (its L4 header is the datagram's; the rest of the
+    /// datagram follows in fragments without one). A whole word, so that the struct has no
+    /// padding: constant padding bytes get merged into stores at odd offsets.
+    pub first_fragment: u32,
 }
 
 /// What follows an IPv4 header that hairpin translates.
@@ -87,10 +90,25 @@ pub struct Ip {
     pub l3_off: usize,
     pub l4_off: usize,
     pub tot_len: usize,
+    /// The IPv4 identification (raw), which a datagram's fragments share.
+    pub id: u16,
+    /// The flags and fragment offset word (raw). Kept whole rather than as two flags: LLVM
+    /// would merge the two byte stores into one at an odd stack offset (see `Parsed`).
+    pub frags: u16,
+}
+
+impl Ip {
     /// A fragment, first or later: a flow's ports are not in every packet of it.
-    pub fragment: bool,
+    #[inline(always)]
+    pub fn fragment(&self) -> bool {
+        self.frags & IP_MF_OFFSET_MASK_BE != 0
+    }
+
     /// A fragment other than the first: it has no L4 header at all.
-    pub later_fragment: bool,
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        self.frags & IP_OFFSET_MASK_BE != 0
+    }
 }
 
 /// Parses Ethernet and IPv4. Non-IPv4 is an `Err` to pass; a bad IPv4 header one to drop.
@@ -140,11 +158,12 @@ pub fn eth_dst(pkt: &impl Packet) -> Result<[u8; 6], Reason> {
 #[inline(always)]
 fn ipv4_at(pkt: &impl Packet, l3_off: usize) -> Result<(Ip, usize), Reason> {
     let ip = ptr_at::<Ipv4Hdr>(pkt, l3_off)?;
-    let (vihl, tot_len, frags, proto, src, dst) = unsafe {
+    let (vihl, tot_len, id, frags, proto, src, dst) = unsafe {
         let ip = &*ip;
         (
             ip.vihl,
             u16::from_be_bytes(ip.tot_len) as usize,
+            u16::from_ne_bytes(ip.id),
             u16::from_ne_bytes(ip.frags),
             ip.proto,
             Ipv4Be(u32::from_ne_bytes(ip.src_addr)),
@@ -155,16 +174,7 @@ fn ipv4_at(pkt: &impl Packet, l3_off: usize) -> Result<(Ip, usize), Reason> {
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Reason::DropMalformed);
     }
-    let ip = Ip {
-        src,
-        dst,
-        proto,
-        l3_off,
-        l4_off: l3_off + ihl,
-        tot_len,
-        fragment: frags & IP_MF_OFFSET_MASK_BE != 0,
-        later_fragment: frags & IP_OFFSET_MASK_BE != 0,
-    };
+    let ip = Ip { src, dst, proto, l3_off, l4_off: l3_off + ihl, tot_len, id, frags };
     Ok((ip, ihl))
 }
 
@@ -179,11 +189,13 @@ fn echo_ports(icmp_type: u8, id: u16) -> Option<(u16, u16)> {
     }
 }
 
-/// Parses the L4 header after `ip`. Fragments and protocols (or ICMP types) hairpin does not
-/// translate are an `Err` to pass; a truncated or inconsistent header one to drop.
+/// Parses the L4 header after `ip`. Fragments after the first and protocols (or ICMP types)
+/// hairpin does not translate are an `Err` to pass; a truncated or inconsistent header one to
+/// drop. A first fragment is parsed as a whole datagram's header (lengths that cover the whole
+/// datagram aside); an ICMP error in fragments is not translated.
 #[inline(always)]
 pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
-    if ip.fragment {
+    if ip.later_fragment() {
         return Err(Reason::PassFragment);
     }
     let (l3_off, l4_off, tot_len) = (ip.l3_off, ip.l4_off, ip.tot_len);
@@ -216,7 +228,8 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
             let udp = ptr_at::<UdpHdr>(pkt, l4_off)?;
             // SAFETY: bounds checked by ptr_at.
             let (sport, dport, len) = unsafe { ((*udp).src, (*udp).dst, u16::from_be_bytes((*udp).len) as usize) };
-            invalid = len < UdpHdr::LEN || ihl + len > tot_len;
+            // A first fragment's UDP length is the whole datagram's.
+            invalid = len < UdpHdr::LEN || (!ip.fragment() && ihl + len > tot_len);
             (sport, dport, 0)
         }
         IPPROTO_ICMP => {
@@ -252,6 +265,9 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
         return Err(Reason::DropInvalid);
     }
     if error {
+        if ip.fragment() {
+            return Err(Reason::PassFragment);
+        }
         let quoted = parse_quoted(pkt, l4_off + ICMP_HDR_LEN)?;
         if quoted.l4_off + 8 > l3_off + tot_len {
             return Err(Reason::DropMalformed);
@@ -269,7 +285,7 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
         tot_len: tot_len as u16,
         tcp_flags,
         echo_request,
-        _pad32: 0,
+        first_fragment: u32::from(ip.fragment()),
     }))
 }
 
@@ -279,7 +295,7 @@ pub fn parse_l4(pkt: &impl Packet, ip: &Ip) -> Result<L4, Reason> {
 fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
     let (ip, _) = ipv4_at(pkt, l3_off)?;
     // A quoted first fragment still has its ports; a later one has none to translate.
-    if ip.later_fragment {
+    if ip.later_fragment() {
         return Err(Reason::PassFragment);
     }
     let l4 = ptr_at::<[u8; 8]>(pkt, ip.l4_off)?;
@@ -297,6 +313,6 @@ fn parse_quoted(pkt: &impl Packet, l3_off: usize) -> Result<Parsed, Reason> {
         tot_len: ip.tot_len as u16,
         tcp_flags: 0,
         echo_request: 0,
-        _pad32: 0,
+        first_fragment: 0,
     })
 }

@@ -72,6 +72,18 @@ pub fn write_tuple(
     Ok((addrs, ports))
 }
 
+/// Rewrites one IPv4 address of the header at `l3_off` (at `off` within it) from `from` to
+/// `to`, and the header checksum; nothing else covers it (an ICMP error's outer header, a
+/// fragment after the first, whose L4 checksum is in the first).
+#[inline(always)]
+pub fn set_addr(pkt: &impl Packet, l3_off: usize, off: usize, from: u32, to: u32) -> Result<(), Reason> {
+    if from == to {
+        return Ok(());
+    }
+    write(pkt, l3_off + off, to)?;
+    pkt.update_l3_csum(l3_off + csum::IP_CSUM_OFF, CsumDelta::ZERO.replace32(from, to))
+}
+
 /// Rewrites the packet's tuple to `to` and updates every checksum that covers it, once.
 /// `l3_other` is any other change to the IPv4 header's words (the fast path's TTL).
 #[inline(always)]

@@ -120,7 +120,8 @@ fn udp_server(addr: SocketAddrV4, stop: &AtomicBool, ready: mpsc::Sender<anyhow:
         Err(e) => return drop(ready.send(Err(anyhow::anyhow!("binding UDP {addr}: {e}")))),
     };
     let _ = ready.send(Ok(()));
-    let mut buf = [0u8; 2048];
+    // Any datagram whole, fragmented ones included.
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, peer)) = sock.recv_from(&mut buf) {
             let mut reply = format!("PEER {peer}\n").into_bytes();
@@ -128,6 +129,24 @@ fn udp_server(addr: SocketAddrV4, stop: &AtomicBool, ready: mpsc::Sender<anyhow:
             let _ = sock.send_to(&reply, peer);
         }
     }
+}
+
+/// Sends without the don't-fragment bit (`IP_PMTUDISC_DONT`): a router on the way fragments
+/// the socket's datagrams where they do not fit, as a host with path-MTU discovery off gets.
+pub fn allow_fragmentation(sock: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: an int option on a valid socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// The I/O error kind behind a client error (connection refused, timed out...), if any.
@@ -200,7 +219,7 @@ pub fn udp_echo(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration)
 pub fn udp_echo_from(sock: &UdpSocket, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<UdpEcho> {
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(payload, to)?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     let (n, from) = sock.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
     let text = &buf[..n];
     let nl = text.iter().position(|b| *b == b'\n').context("no PEER line")?;

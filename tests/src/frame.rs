@@ -234,6 +234,11 @@ fn verify_ip(p: SlicedPacket) -> Result<(), String> {
     if h.header_checksum != h.calc_header_checksum() {
         return Err(format!("IPv4 checksum {:#06x}, expected {:#06x}", h.header_checksum, h.calc_header_checksum()));
     }
+    // A fragment's L4 checksum covers the whole datagram: compared whole, byte for byte,
+    // with one built from scratch and fragmented alike (see `fragments`).
+    if h.more_fragments || h.fragment_offset.value() != 0 {
+        return Ok(());
+    }
     match p.transport {
         Some(TransportSlice::Tcp(t)) => {
             let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).map_err(|e| e.to_string())?;
@@ -298,4 +303,29 @@ pub fn diff(got: &[u8], want: &[u8]) -> String {
         describe(got),
         describe(want)
     )
+}
+
+/// `frame` (Ethernet, IPv4 without VLAN tag, and its payload) as a sender fragments it:
+/// payload pieces of `chunk` bytes (a multiple of 8), each with its own IPv4 header (DF clear,
+/// identification `id`, more-fragments and offset set, checksum from scratch).
+pub fn fragments(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let (eth, rest) = frame.split_at(14);
+    let (ip, payload) = rest.split_at(ihl);
+    let n = payload.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let piece = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+            let mut h = ip.to_vec();
+            h[2..4].copy_from_slice(&((ihl + piece.len()) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            let more = if i + 1 < n { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = hairpin_common::csum::checksum(&h);
+            h[10..12].copy_from_slice(&sum.to_ne_bytes());
+            [eth, &h, piece].concat()
+        })
+        .collect()
 }

@@ -713,3 +713,95 @@ fn the_gateways_filter_keeps_barred_hosts_out_beside_hairpin() {
 fn the_gateways_filter_keeps_barred_hosts_out_beside_netfilter_nat() {
     the_gateways_filter_keeps_barred_hosts_out(Nat::Netfilter);
 }
+
+/// Fragmented datagrams both ways (RFC 4787 REQ-14, RFC 5508): 3000-byte UDP datagrams, which
+/// their senders fragment at MTU 1500, through masquerade, a forward and hairpin, and a
+/// 3000-byte ping through masquerade: each answered whole, from the address dialled.
+fn fragmented_datagrams_arrive_whole(nat: Nat) {
+    let lab = lab_with_nat(nat);
+    let payload: Vec<u8> = (0..3000).map(traffic::pattern).collect();
+    let dns = SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT);
+    let cases = [
+        ("masquerade", &lab.cli, SocketAddrV4::new(INET, DNS_PORT), PUBLIC),
+        ("forward", &lab.inet, dns, INET),
+        ("hairpin", &lab.cli, dns, GW_LAN),
+    ];
+    for (what, from, to, seen) in cases {
+        let echo = traffic::udp_echo(from, to, &payload, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{nat:?}: {what}: a 3000-byte datagram: {e:#}"));
+        assert_eq!(echo.reply_from, SocketAddr::V4(to), "{nat:?}: {what}");
+        assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(seen), "{nat:?}: {what}");
+    }
+    let ping = lab.cli.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", &INET.to_string()]);
+    let ping = ping.unwrap_or_else(|e| panic!("{nat:?}: ping -s 3000: {e:#}"));
+    assert!(ping.contains("3 received"), "{nat:?}: {ping}");
+    if nat == Nat::Hairpin {
+        let stats = lab.stats_json().unwrap();
+        let total = |reason: &str| lab.counter(reason).unwrap();
+        assert!(total("ingress_fragment") > 0 && total("egress_fragment") > 0, "{stats:#}");
+    }
+}
+
+#[test]
+fn fragmented_datagrams_arrive_whole_through_hairpin() {
+    fragmented_datagrams_arrive_whole(Nat::Hairpin);
+}
+
+/// The same through netfilter's NAT: the reference.
+#[test]
+fn fragmented_datagrams_arrive_whole_through_netfilter_nat() {
+    fragmented_datagrams_arrive_whole(Nat::Netfilter);
+}
+
+/// A PPPoE-like WAN: the gateway's WAN link and the router's side of it at MTU 1492, the LAN
+/// and the far host's network at 1500. Datagrams of 1500 bytes without DF cross both ways
+/// (the gateway fragments what leaves on the WAN, translated; the router fragments its
+/// answers), for masquerade and a forward; bulk TCP to the far host behind the router, with
+/// TSO and GRO on, finds the path MTU both ways.
+fn a_pppoe_wan_carries_what_does_not_fit(nat: Nat) {
+    let lab = lab_with_nat(nat);
+    for (ns, dev) in [(&lab.gw, "wan0"), (&lab.inet, "eth0")] {
+        ns.ip(&["link", "set", dev, "mtu", "1492"]).unwrap();
+    }
+    let far = traffic::Servers::start(&lab.far, SocketAddrV4::new(FAR, HTTP_PORT), SocketAddrV4::new(FAR, DNS_PORT))
+        .expect("servers on the far host");
+    let payload: Vec<u8> = (0..1472).map(traffic::pattern).collect();
+    let cases = [
+        ("masquerade", &lab.cli, SocketAddrV4::new(INET, DNS_PORT), PUBLIC),
+        ("a forward", &lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), INET),
+    ];
+    for (what, from, to, seen) in cases {
+        let payload = payload.clone();
+        let echo = from
+            .run(move || {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                traffic::allow_fragmentation(&sock)?;
+                traffic::udp_echo_from(&sock, to, &payload, Duration::from_secs(3))
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{nat:?}: {what}: a 1500-byte datagram without DF: {e:#}"));
+        assert_eq!(echo.reply_from, SocketAddr::V4(to), "{nat:?}: {what}");
+        assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(seen), "{nat:?}: {what}");
+    }
+    let bulk = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(FAR, HTTP_PORT), 4 << 20, scenario::CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{nat:?}: 4 MiB both ways to the far host over the 1492 WAN: {e:#}"));
+    assert_eq!(bulk.seen_by_server.ip(), IpAddr::V4(PUBLIC), "{nat:?}");
+    let fwd = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, HTTP_PORT), 4 << 20, scenario::CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{nat:?}: 4 MiB both ways through the forward over the 1492 WAN: {e:#}"));
+    assert_eq!(fwd.seen_by_server.ip(), IpAddr::V4(INET), "{nat:?}");
+    for ns in [&lab.cli, &lab.srv, &lab.inet, &lab.far] {
+        assert_eq!(ns.snmp("Tcp", "InCsumErrors").unwrap(), 0, "{nat:?}: {}", ns.name);
+    }
+    drop(far);
+}
+
+#[test]
+fn a_pppoe_wan_carries_what_does_not_fit_through_hairpin() {
+    a_pppoe_wan_carries_what_does_not_fit(Nat::Hairpin);
+}
+
+/// The same through netfilter's NAT: the reference.
+#[test]
+fn a_pppoe_wan_carries_what_does_not_fit_through_netfilter_nat() {
+    a_pppoe_wan_carries_what_does_not_fit(Nat::Netfilter);
+}

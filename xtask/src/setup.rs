@@ -23,6 +23,8 @@ const APT: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
+    // The fragmented-ping lab test.
+    ("ping", "iputils-ping"),
     // The service unit's check (`systemd-analyze verify` and `security`) and its capabilities.
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),

@@ -37,6 +37,13 @@ fn boundary_checks_drop_and_count(mode: Mode) {
                 None,
             ),
             step(
+                "the same, larger than the WAN's MTU (the kernel would fragment it)",
+                Hook::LanIngress,
+                &Pkt::udp("10.9.9.9:5000", "198.51.100.7:53").payload_len(1472),
+                Reason::DropLanForeignSource,
+                None,
+            ),
+            step(
                 "foreign source from the LAN, for the gateway itself",
                 Hook::LanIngress,
                 &Pkt::udp("169.254.1.1:5353", "192.168.0.1:5353"),

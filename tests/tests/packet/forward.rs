@@ -115,13 +115,14 @@ fn pass_through_untouched(mode: Mode) {
     let mut ipv6 = frame::eth(0x86dd);
     ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
     ipv6.extend_from_slice(&[0u8; 40]);
+    // Fragments of a datagram to a port nothing forwards (see fragment.rs for forwarded ones).
     let fragment = {
-        let mut f = Pkt::tcp("198.51.100.7:40000", PUBLIC_80).build();
+        let mut f = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:22").build();
         f[14 + 6] |= 0x20; // more fragments
         f
     };
     let later_fragment = {
-        let mut f = Pkt::tcp("198.51.100.7:40000", PUBLIC_80).build();
+        let mut f = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:22").build();
         f[14 + 6] = 0;
         f[14 + 7] = 185; // offset 1480
         f
@@ -137,7 +138,7 @@ fn pass_through_untouched(mode: Mode) {
             raw("arp", Hook::WanIngress, arp.clone(), Reason::PassNotIpv4),
             raw("arp at egress", Hook::LanEgress, arp, Reason::PassNotIpv4),
             raw("ipv6", Hook::LanIngress, ipv6, Reason::PassNotIpv4),
-            raw("first fragment", Hook::WanIngress, fragment, Reason::PassFragment),
+            raw("first fragment", Hook::WanIngress, fragment, Reason::PassNoMapping),
             raw("later fragment", Hook::WanIngress, later_fragment, Reason::PassFragment),
             raw("icmp", Hook::WanIngress, icmp, Reason::PassOtherProto),
             step(

@@ -200,6 +200,7 @@ macro_rules! in_both_modes {
 mod boundary;
 mod fast_path;
 mod forward;
+mod fragment;
 mod hairpin;
 mod icmp;
 mod masquerade;

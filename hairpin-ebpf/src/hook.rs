@@ -239,9 +239,10 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
 }
 
 /// An ICMP error leaving: the gateway's own stack may have sent it about a packet ingress
-/// had translated (TTL expired while forwarding), so it is translated here as at ingress; an
-/// error from a LAN host about a flow through the public address gets that source. Then no LAN
-/// address may be left in it for the WAN.
+/// had translated (TTL expired while forwarding), so it is translated here as at ingress, or,
+/// quoting the packet as ingress left it, restored to what its sender sent (`icmp::
+/// restore_own_error`); an error from a LAN host about a flow through the public address gets
+/// that source. Then no LAN address may be left in it for the WAN.
 #[inline(always)]
 fn egress_icmp_error(
     pkt: &Tc,
@@ -254,7 +255,13 @@ fn egress_icmp_error(
         return Ok(Reason::PassNoConfig);
     };
     // Egress is the gateway's own side: the WAN checks of ingress do not apply.
-    let translated = icmp::translate_error(pkt, cfg, Side::Lan, ip, quoted)?;
+    let mut translated = icmp::translate_error(pkt, cfg, Side::Lan, ip, quoted)?;
+    if translated.is_none()
+        && ip.dst == quoted.key.src
+        && let Some(eg) = ct::egress_of(&quoted.key)
+    {
+        translated = icmp::restore_own_error(pkt, ip, quoted, &eg)?;
+    }
     let now = translated.unwrap_or(quoted.key);
     let mut src = ip.src;
     let mut fixed = false;

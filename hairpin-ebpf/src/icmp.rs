@@ -2,7 +2,9 @@
 //! translated, so its sender would not recognise it. It is translated back, with every checksum
 //! that covers it, and the error is sent on to that sender.
 
-use hairpin_common::{CT_F_HAIRPIN, Config, FlowKey, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, nat::Side};
+use hairpin_common::{
+    CT_F_HAIRPIN, Config, EgressEntry, FlowKey, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, nat::Side,
+};
 
 use crate::{
     csum::{self, IP_CSUM_OFF, l4_csum},
@@ -50,6 +52,27 @@ pub fn translate_error(
     csum::apply_icmp(pkt, ip.l4_off, delta)?;
     set_addr(pkt, ip.l3_off, IP_DST_OFF, ip.dst.0, to.src.0)?;
     Ok(Some(to))
+}
+
+/// An error the gateway's own stack sends about a packet ingress had given a new destination
+/// (a hairpinned or forwarded packet whose TTL ran out here, one too big for the next hop)
+/// quotes it as ingress left it: `egress_key`, the key of its flow direction's egress entry
+/// `eg`. Its sender knows it by the tuple it sent, the direction's conntrack key: the quoted
+/// packet is restored to that. Returns that tuple if it differs.
+#[inline(always)]
+pub fn restore_own_error(
+    pkt: &impl Packet,
+    ip: &Ip,
+    quoted: &Parsed,
+    eg: &EgressEntry,
+) -> Result<Option<FlowKey>, Reason> {
+    let sent = eg.ct_key(&quoted.key);
+    if sent == quoted.key {
+        return Ok(None);
+    }
+    let delta = rewrite_quoted(pkt, ip, quoted, &sent)?;
+    csum::apply_icmp(pkt, ip.l4_off, delta)?;
+    Ok(Some(sent))
 }
 
 /// An error from a LAN host about a flow translated to the public address (a server behind a

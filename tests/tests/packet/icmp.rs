@@ -155,6 +155,20 @@ fn icmp_errors_are_translated_with_their_flow(mode: Mode) {
                 Some(&err(TTL, 0, "203.0.113.1", "198.51.100.9", &fwd, 1000)),
             ),
             step(
+                "hairpin in",
+                Hook::LanIngress,
+                &Pkt::tcp("192.168.0.3:40001", PUBLIC_80),
+                Reason::IngressNewFlow,
+                Some(&Pkt::tcp("192.168.0.3:40001", SERVER_80)),
+            ),
+            step(
+                "the gateway's own time exceeded about a hairpinned packet: as the client sent it",
+                Hook::LanEgress,
+                &err(TTL, 0, "192.168.0.1", "192.168.0.3", &Pkt::tcp("192.168.0.3:40001", SERVER_80), 1000),
+                Reason::IcmpError,
+                Some(&err(TTL, 0, "192.168.0.1", "192.168.0.3", &Pkt::tcp("192.168.0.3:40001", PUBLIC_80), 1000)),
+            ),
+            step(
                 "a LAN host's error about another host's flow does not get the public source",
                 Hook::WanEgress,
                 &err(UNREACH, 4, "192.168.0.4", "198.51.100.7", &udp_out.reply_to(), 1000),

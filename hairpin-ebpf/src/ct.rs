@@ -6,8 +6,8 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, Config, Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED,
-    EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_S_FIN, CT_S_RST, Config, Counter, CtEntry, EVENT_NEW_FLOW,
+    EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{FlowPlan, candidate_port, egress, plan_flow},
 };
@@ -82,8 +82,8 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
         let stale = now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS;
         if stale {
             if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
-                let orphan = *entry;
-                remove_egress(key, &orphan);
+                let xlate = (*entry).xlate;
+                remove_egress(key, &xlate);
                 let _ = CT.remove(key);
                 crate::cache::invalidate_all();
                 return None;
@@ -330,7 +330,7 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         };
     }
     if insert_egress(&plan.orig_key, &plan.orig).and_then(|_| insert_egress(&plan.reply_key, &plan.reply)).is_err() {
-        remove_egress(&plan.orig_key, &plan.orig);
+        remove_egress(&plan.orig_key, &plan.orig.xlate);
         let _ = CT.remove(&plan.orig_key);
         undo_reply();
         return Err(InsertError::Failed);
@@ -352,10 +352,39 @@ fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
     EGRESS.insert(&egress_key, &value, BPF_ANY as u64)
 }
 
+/// Removes the egress entry of the flow direction `key` translated to `xlate`.
 #[inline(always)]
-fn remove_egress(key: &FlowKey, entry: &CtEntry) {
-    let (egress_key, _) = egress(key, entry);
-    let _ = EGRESS.remove(&egress_key);
+fn remove_egress(key: &FlowKey, xlate: &FlowKey) {
+    let _ = EGRESS.remove(&FlowKey::new(key.proto, key.src_ep(), xlate.dst_ep()));
+}
+
+/// For a TCP SYN (without ACK) of the flow direction `found`: if the connection was closing or
+/// closed (a RST either way, or a FIN each way), removes the flow, both entries (the other
+/// only if it is still this flow's) and their egress entries, so that the SYN opens a new one
+/// without the old state bits, as netfilter re-opens a tuple in TIME_WAIT or CLOSE. Returns
+/// whether it did. No CPU's cached copy of the old flow serves again.
+#[inline(always)]
+pub fn reopen_if_closed(key: &FlowKey, found: &Found) -> bool {
+    let xlate = &found.xlate;
+    let twin = xlate.reversed();
+    // SAFETY: reads through pointers from successful lookups (a recycled entry reads as
+    // another flow's, and its translation then tells).
+    let (mine, theirs) = unsafe {
+        let theirs = CT.get_ptr(&twin).filter(|t| (**t).xlate == key.reversed()).map_or(0, |t| (*t).flags);
+        ((*found.entry).flags, theirs)
+    };
+    let closed = (mine | theirs) & CT_S_RST != 0 || mine & theirs & CT_S_FIN != 0;
+    if !closed {
+        return false;
+    }
+    if theirs != 0 {
+        remove_egress(&twin, &key.reversed());
+        let _ = CT.remove(&twin);
+    }
+    remove_egress(key, xlate);
+    let _ = CT.remove(key);
+    crate::cache::invalidate_all();
+    true
 }
 
 /// What egress knows of a packet leaving ingress as `egress_key`: its flow direction's

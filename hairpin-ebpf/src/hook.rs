@@ -6,7 +6,7 @@
 use hairpin_common::{
     CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FRAG_EGRESS, FRAG_INGRESS, FlowKey, MappingKey, PortBe,
     Reason,
-    consts::{IPPROTO_ICMP, IPPROTO_UDP},
+    consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     csum::CsumDelta,
     ct_state_bits,
     nat::Side,
@@ -24,6 +24,9 @@ use crate::{
     rewrite::rewrite,
     stats,
 };
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
 /// that match a port-forward or that a LAN host sends to the internet. Sources are left for
@@ -82,7 +85,17 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     {
         return Ok(verdict);
     }
-    if let Some(found) = ct::lookup_refresh(&p.key, now, seen, pkt.segs(), p.tot_len) {
+    let mut found = ct::lookup_refresh(&p.key, now, seen, pkt.segs(), p.tot_len);
+    // A SYN (without ACK) on the tuple of a connection that was closed opens a new one: the
+    // old flow goes, with its state bits, and the SYN makes the new one below.
+    if let Some(f) = &found
+        && p.key.proto == IPPROTO_TCP
+        && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && ct::reopen_if_closed(&p.key, f)
+    {
+        found = None;
+    }
+    if let Some(found) = found {
         let xlate = found.xlate;
         // Until the kernel has forwarded the flow both ways, its packets go through the kernel
         // (its filter, rp_filter, MSS clamping): egress confirms it.

@@ -278,6 +278,31 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
         vec![
             (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
             (Hook::LanIngress, back(TCP_RST | TCP_ACK), TcpState::Closed),
+            // The client tries again from the same port: a new connection, not the old
+            // one's closed state.
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::LanEgress, routed(TCP_SYN), TcpState::Opening),
+            (Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
+            (Hook::WanEgress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
+            (Hook::WanIngress, out(TCP_ACK), TcpState::Established),
+        ],
+    );
+    sequence(
+        "both FINs, then the same tuple again",
+        vec![
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing),
+            (Hook::LanIngress, back(TCP_FIN | TCP_ACK), TcpState::Closed),
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+        ],
+    );
+    // A SYN on a flow still open is a retransmission: the flow stays.
+    sequence(
+        "SYN again while open",
+        vec![
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Opening),
+            (Hook::WanIngress, out(TCP_FIN | TCP_ACK), TcpState::Closing),
+            (Hook::WanIngress, out(TCP_SYN), TcpState::Closing),
         ],
     );
 }

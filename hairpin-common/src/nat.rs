@@ -71,6 +71,14 @@ pub fn plan_flow(key: &FlowKey, dst: Endpoint, new_src: Option<Endpoint>, flags:
     }
 }
 
+/// Whether the flow direction `key` translated to `xlate` is its own reply: a LAN host's
+/// packets to its own public endpoint come back to it from there, so both directions have one
+/// tuple and one entry.
+#[inline(always)]
+pub fn is_own(key: &FlowKey, xlate: &FlowKey) -> bool {
+    xlate.reversed() == *key
+}
+
 /// The `attempt`-th candidate source port (host byte order) for the flow `key`.
 ///
 /// Attempt 0 preserves the client's own port when it lies in the range (as netfilter does);

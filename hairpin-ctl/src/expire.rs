@@ -50,6 +50,11 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
     let mut lone_replies = Vec::new();
     for (k, e) in &all {
         let twin_key = e.xlate.reversed();
+        // A LAN host's flow to its own binding is its own reply: one entry for both.
+        if hairpin_common::nat::is_own(k, &e.xlate) {
+            flows.push(Flow { orig_key: *k, orig: *e, reply: Some((*k, *e)) });
+            continue;
+        }
         let twin =
             all.get(&twin_key).filter(|t| t.xlate == k.reversed() && t.flags & CT_F_REPLY != e.flags & CT_F_REPLY);
         if e.flags & CT_F_REPLY == 0 {
@@ -62,9 +67,11 @@ pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
 }
 
 impl Flow {
-    /// Its entries: the original direction first, then the reply if there is one.
+    /// Its entries: the original direction first, then the reply if there is one (and is not
+    /// the same entry: a flow to a host's own binding has one).
     pub fn entries(&self) -> impl Iterator<Item = Entry> {
-        std::iter::once((self.orig_key, self.orig)).chain(self.reply)
+        let own = self.reply.is_some_and(|(k, _)| k == self.orig_key);
+        std::iter::once((self.orig_key, self.orig)).chain(self.reply.filter(|_| !own))
     }
 
     /// Whether the forward `key` made it: its original direction was addressed to the forward's

@@ -297,6 +297,9 @@ enum InsertError {
 /// rewrites. On failure, whatever this call inserted is removed again, and only that.
 #[inline(always)]
 fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+    if plan.reply_key == plan.orig_key {
+        return insert_own(plan);
+    }
     // Whether the reply entry is this call's to remove on failure.
     let ours = match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
         Ok(()) => true,
@@ -346,6 +349,31 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
 
 /// Inserts the egress entry of the flow direction `key`, over one a flow evicted from
 /// conntrack left (the sweep has not removed it yet).
+/// A LAN host's packets to its own binding (RFC 5780's hairpinning test): translated, they
+/// come back to it from its public endpoint, and its tuple reversed is its own, so the flow is
+/// one entry that serves both directions (see `nat::is_own`), with its egress entry.
+#[inline(always)]
+fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+    match CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Made by a packet on another CPU: the same translation, or another flow's tuple.
+        Err(EEXIST) => {
+            // SAFETY: a plain copy out of the map value.
+            return match unsafe { CT.get(&plan.orig_key) }.map(|w| w.xlate) {
+                Some(w) if w == plan.orig.xlate => Ok(w),
+                _ => Err(InsertError::TupleTaken),
+            };
+        }
+        Err(_) => return Err(InsertError::Failed),
+    }
+    if insert_egress(&plan.orig_key, &plan.orig).is_err() {
+        let _ = CT.remove(&plan.orig_key);
+        return Err(InsertError::Failed);
+    }
+    crate::cache::forget(&plan.orig_key);
+    Ok(plan.orig.xlate)
+}
+
 #[inline(always)]
 fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
     let (egress_key, value) = egress(key, entry);

@@ -805,3 +805,123 @@ fn a_pppoe_wan_carries_what_does_not_fit_through_hairpin() {
 fn a_pppoe_wan_carries_what_does_not_fit_through_netfilter_nat() {
     a_pppoe_wan_carries_what_does_not_fit(Nat::Netfilter);
 }
+
+/// A UDP forward's server streams to a WAN client that asked once (a media server, a game
+/// server): every datagram comes from the forward's public port, long after a UDP timeout
+/// would have ended a flow that only the client's packets kept alive. A forward is the
+/// operator's mapping, refreshed by its server's packets too (netfilter's conntrack, the
+/// reference, is refreshed by both directions, here with its UDP timeouts as short).
+fn a_forwards_server_streams_to_a_client_that_asked_once(nat: Nat) {
+    const PORT: u16 = 5400;
+    let lab = lab();
+    let _ctl = match nat {
+        Nat::Hairpin => {
+            let ctl = Controller::start(&lab, &["--udp-timeout", "2"]);
+            lab.ctl(&["map", "add", "udp", &format!("{PUBLIC}:{PORT}"), &format!("{SERVER}:{PORT}")]).unwrap();
+            Some(ctl)
+        }
+        Nat::Netfilter => {
+            hairpin_lab::nft::reference_nat(&lab.gw).unwrap();
+            let rule = format!("add rule ip hpnat pre ip daddr {PUBLIC} udp dport {PORT} dnat to {SERVER}:{PORT}\n");
+            hairpin_lab::nft::script(&lab.gw, &rule).unwrap();
+            for t in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
+                lab.gw.sysctl(&format!("net.netfilter.{t}"), "2").unwrap();
+            }
+            None
+        }
+    };
+    const DATAGRAMS: usize = 12;
+    let server = lab
+        .srv
+        .spawn(move || -> std::io::Result<()> {
+            let sock = std::net::UdpSocket::bind((SERVER, PORT))?;
+            sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 64];
+            let (_, client) = sock.recv_from(&mut buf)?;
+            // One every half second: 6 s, three UDP timeouts.
+            for i in 0..DATAGRAMS {
+                sock.send_to(format!("frame {i}").as_bytes(), client)?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(())
+        })
+        .unwrap();
+    let heard = lab
+        .inet
+        .run(move || -> std::io::Result<Vec<SocketAddr>> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            // The server must be listening first: ask until it answers.
+            let mut from = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                sock.send_to(b"play", (PUBLIC, PORT))?;
+                if let Ok((_, addr)) = sock.recv_from(&mut buf) {
+                    from.push(addr);
+                    break;
+                }
+            }
+            while let Ok((_, addr)) = sock.recv_from(&mut buf) {
+                from.push(addr);
+            }
+            Ok(from)
+        })
+        .unwrap()
+        .unwrap();
+    server.join().unwrap().unwrap();
+    let forward = SocketAddr::V4(SocketAddrV4::new(PUBLIC, PORT));
+    let from_forward = heard.iter().filter(|a| **a == forward).count();
+    assert_eq!((heard.len(), from_forward), (DATAGRAMS, DATAGRAMS), "{nat:?}: heard from {heard:?}");
+}
+
+#[test]
+fn a_forwards_server_streams_to_a_client_that_asked_once_through_hairpin() {
+    a_forwards_server_streams_to_a_client_that_asked_once(Nat::Hairpin);
+}
+
+/// The same through netfilter's NAT: the reference.
+#[test]
+fn a_forwards_server_streams_to_a_client_that_asked_once_through_netfilter_nat() {
+    a_forwards_server_streams_to_a_client_that_asked_once(Nat::Netfilter);
+}
+
+/// RFC 5780's hairpinning test, as `turnutils_natdiscovery` runs it: a LAN host learns its
+/// public endpoint from a server on the internet, then sends to it, and hears every datagram
+/// itself, from that public endpoint; on the fast path and off it, under `run`'s sweep with a
+/// short UDP timeout. (netfilter has no hairpin to a host's own mapping: no reference.)
+fn a_host_hears_itself_through_its_own_mapping(flags: &[&str]) {
+    let lab = lab();
+    let _ctl = Controller::start(&lab, &[&["--udp-timeout", "3"], flags].concat());
+    let heard = lab
+        .cli
+        .run(|| -> anyhow::Result<(SocketAddr, Vec<SocketAddr>)> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let mapped =
+                traffic::udp_echo_from(&sock, SocketAddrV4::new(INET, DNS_PORT), b"binding", scenario::UDP_TIMEOUT)?
+                    .seen_by_server;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut from = Vec::new();
+            let mut buf = [0u8; 64];
+            for i in 0..3 {
+                sock.send_to(format!("to myself {i}").as_bytes(), mapped)?;
+                let (n, addr) = sock.recv_from(&mut buf)?;
+                anyhow::ensure!(buf[..n] == *format!("to myself {i}").as_bytes(), "datagram {i} changed");
+                from.push(addr);
+            }
+            Ok((mapped, from))
+        })
+        .unwrap();
+    let (mapped, from) = heard.unwrap_or_else(|e| panic!("{flags:?}: {e:#}"));
+    assert_eq!(mapped.ip(), IpAddr::V4(PUBLIC));
+    assert_eq!(from, vec![mapped; 3], "{flags:?}: each datagram heard from the mapped address");
+}
+
+#[test]
+fn a_host_hears_itself_through_its_own_mapping_on_the_fast_path() {
+    a_host_hears_itself_through_its_own_mapping(&[]);
+}
+
+#[test]
+fn a_host_hears_itself_through_its_own_mapping_on_the_slow_path() {
+    a_host_hears_itself_through_its_own_mapping(&["--no-fast-path"]);
+}

@@ -254,7 +254,37 @@ fn hairpin_to_dynamic_bindings(mode: Mode) {
         .run(mode);
 }
 
+/// RFC 5780's hairpinning test: a LAN host sending to its own public binding hears itself,
+/// from that binding, every time. The flow's tuple reversed is its own: one entry serves both
+/// directions, confirmed after its second packet has left, then on the fast path.
+fn a_host_hears_itself_through_its_own_binding(mode: Mode) {
+    let bind = Pkt::udp("192.168.0.3:7000", "198.51.100.7:3478");
+    let own = Pkt::udp("192.168.0.3:7000", "203.0.113.1:7000");
+    let routed = own.with("192.168.0.3:7000", "192.168.0.3:7000");
+    let heard = own.with("203.0.113.1:7000", "192.168.0.3:7000");
+    let leaves = |what| step(what, Hook::LanEgress, &routed, Reason::EgressFlow, Some(&heard));
+    Case::new("own binding", Env::Fast(0))
+        .steps(vec![
+            step("binds udp 7000", Hook::LanIngress, &bind, Reason::IngressMasquerade, None),
+            step("to its own binding: back to itself", Hook::LanIngress, &own, Reason::IngressBinding, Some(&routed)),
+            leaves("from its binding"),
+            step("again: the kernel's still", Hook::LanIngress, &own, Reason::IngressFlow, Some(&routed)),
+            leaves("from its binding, the flow confirmed"),
+            step(
+                "and again: back out of the LAN on the fast path",
+                Hook::LanIngress,
+                &own,
+                Reason::FastTx,
+                Some(&heard.forwarded(CLIENT_MAC, LAN_MAC)),
+            ),
+        ])
+        // The binding's flow (two entries) and the flow to itself (one).
+        .leaves_flows(3)
+        .run(mode);
+}
+
 in_both_modes! {
+    a_host_hears_itself_through_its_own_binding,
     hairpin_tcp_rewrites_source_and_restores_both_ends,
     hairpin_and_wan_udp,
     no_hairpin_rewrites_destination_only,

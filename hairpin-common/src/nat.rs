@@ -22,22 +22,27 @@ pub struct FlowPlan {
     pub reply: CtEntry,
 }
 
-/// The egress entry of the flow direction `key`: packets leave ingress with their original
-/// source and the translated destination, and egress finds them by that tuple.
+/// The tuple the packets of flow direction `key`, translated to `xlate` (entry flags `flags`),
+/// leave ingress with on the slow path: the translated destination, and their own source,
+/// which egress translates, as netfilter's PREROUTING and POSTROUTING split the work, so the
+/// forward chain sees what it would. With `CT_F_SPORT_AT_INGRESS` the source port is written
+/// at ingress too, so that two flows whose packets would leave ingress alike stay apart.
+#[inline(always)]
+pub const fn leaving_ingress(key: &FlowKey, xlate: &FlowKey, flags: u32) -> FlowKey {
+    let sport = if flags & CT_F_SPORT_AT_INGRESS != 0 { xlate.sport } else { key.sport };
+    FlowKey::new(key.proto, Endpoint::new(key.src, sport), xlate.dst_ep())
+}
+
+/// The egress entry of the flow direction `key`, keyed by the tuple its packets leave
+/// ingress with.
 #[inline(always)]
 pub fn egress(key: &FlowKey, entry: &CtEntry) -> (FlowKey, EgressEntry) {
-    let seen_at_egress = FlowKey::new(key.proto, key.src_ep(), entry.xlate.dst_ep());
-    (seen_at_egress, EgressEntry { src: entry.xlate.src_ep(), orig_dst: key.dst_ep() })
+    (leaving_ingress(key, &entry.xlate, entry.flags), EgressEntry { src: entry.xlate.src_ep(), ct_key: *key })
 }
 
 impl EgressEntry {
-    /// The conntrack key of the direction whose packets leave ingress as `egress_key`.
-    #[inline(always)]
-    pub const fn ct_key(&self, egress_key: &FlowKey) -> FlowKey {
-        FlowKey::new(egress_key.proto, egress_key.src_ep(), self.orig_dst)
-    }
-
-    /// The tuple that direction leaves the gateway with (its entry's `xlate`).
+    /// The tuple that direction leaves the gateway with (its entry's `xlate`), given the key
+    /// egress found it by.
     #[inline(always)]
     pub const fn xlate(&self, egress_key: &FlowKey) -> FlowKey {
         FlowKey::new(egress_key.proto, self.src, egress_key.dst_ep())
@@ -154,13 +159,13 @@ mod tests {
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_TCP, ep(INET, 40000), ep(SERVER, 80)));
         let (k, e) = egress(&p.orig_key, &p.orig);
         assert_eq!((k, e.src), (p.orig.xlate, ep(INET, 40000)), "the server sees the real client");
-        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.orig_key, p.orig.xlate));
+        assert_eq!((e.ct_key, e.xlate(&k)), (p.orig_key, p.orig.xlate));
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(INET, 40000)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 8080), ep(INET, 40000)));
         // The reply keeps its destination at ingress and gets the public source at egress.
         let (k, e) = egress(&p.reply_key, &p.reply);
         assert_eq!((k, e.src), (p.reply_key, ep(PUBLIC, 8080)));
-        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.reply_key, p.reply.xlate));
+        assert_eq!((e.ct_key, e.xlate(&k)), (p.reply_key, p.reply.xlate));
         assert_eq!(p.reply.flags, CT_F_REPLY);
         assert_eq!((p.orig.created_ns, p.reply.last_seen_ns), (5, 5));
     }
@@ -173,7 +178,7 @@ mod tests {
         // After ingress the packet is CLIENT:1025 -> SERVER:80; egress swaps in the gateway.
         let (k, e) = egress(&p.orig_key, &p.orig);
         assert_eq!((k, e.src), (FlowKey::new(IPPROTO_TCP, ep(CLIENT, 1025), ep(SERVER, 80)), ep(GW_LAN, 5201)));
-        assert_eq!((e.ct_key(&k), e.xlate(&k)), (p.orig_key, p.orig.xlate));
+        assert_eq!((e.ct_key, e.xlate(&k)), (p.orig_key, p.orig.xlate));
         // The server answers the gateway; ingress restores the client, egress the public source.
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_TCP, ep(SERVER, 80), ep(GW_LAN, 5201)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_TCP, ep(PUBLIC, 80), ep(CLIENT, 1025)));
@@ -188,7 +193,18 @@ mod tests {
         let key = FlowKey::new(IPPROTO_UDP, ep(CLIENT, 33000), ep(INET, 53));
         let p = plan_flow(&key, key.dst_ep(), Some(ep(PUBLIC, 33000)), CT_F_MASQ, 0);
         assert_eq!(p.orig.xlate, FlowKey::new(IPPROTO_UDP, ep(PUBLIC, 33000), ep(INET, 53)));
-        assert_eq!(egress(&p.orig_key, &p.orig), (key, EgressEntry { src: ep(PUBLIC, 33000), orig_dst: ep(INET, 53) }));
+        assert_eq!(egress(&p.orig_key, &p.orig), (key, EgressEntry { src: ep(PUBLIC, 33000), ct_key: key }));
+        // Another source port: egress writes it with the address, unless the flow says ingress
+        // writes it.
+        let moved = plan_flow(&key, key.dst_ep(), Some(ep(PUBLIC, 40001)), CT_F_MASQ, 0);
+        let (k, e) = egress(&moved.orig_key, &moved.orig);
+        assert_eq!((k, e.src, e.ct_key), (key, ep(PUBLIC, 40001), key));
+        let apart = plan_flow(&key, key.dst_ep(), Some(ep(PUBLIC, 40001)), CT_F_MASQ | CT_F_SPORT_AT_INGRESS, 0);
+        let (k, e) = egress(&apart.orig_key, &apart.orig);
+        assert_eq!(
+            (k, e.src, e.ct_key),
+            (FlowKey::new(IPPROTO_UDP, ep(CLIENT, 40001), ep(INET, 53)), ep(PUBLIC, 40001), key)
+        );
         assert_eq!(p.reply_key, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(PUBLIC, 33000)));
         assert_eq!(p.reply.xlate, FlowKey::new(IPPROTO_UDP, ep(INET, 53), ep(CLIENT, 33000)));
         let (k, e) = egress(&p.reply_key, &p.reply);

@@ -139,6 +139,11 @@ pub const CT_F_LEFT: u32 = 1 << 4;
 /// serve this direction, as a netfilter flowtable offloads only established, accepted flows.
 /// Set at egress, by this direction's own packets.
 pub const CT_F_CONFIRMED: u32 = 1 << 5;
+/// [`CtEntry::flags`]: ingress writes this direction's translated source port too (egress the
+/// address): its packets would otherwise leave ingress with the tuple of another flow's (two
+/// flows from one client endpoint to two forwards of one service), and egress could not tell
+/// them apart. Both directions of such a flow have it.
+pub const CT_F_SPORT_AT_INGRESS: u32 = 1 << 6;
 
 // What the dataplane has seen in an entry's direction, ORed into [`CtEntry::flags`] as packets
 // pass; the controller derives TCP state and timeouts from the two directions' bits.
@@ -224,15 +229,15 @@ pub struct CtEntry {
 }
 
 /// What egress does with a flow direction's packets, keyed by the tuple they leave ingress
-/// with ([`crate::nat::egress`]): every direction of every flow has one, so that egress can
-/// both give them their source and find their conntrack entry to confirm it.
+/// with ([`crate::nat::leaving_ingress`]): every direction of every flow has one, so that
+/// egress can both give them their source and find their conntrack entry to confirm it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct EgressEntry {
-    /// The source they leave with (their own, where the flow keeps it).
+    /// The source they leave with (their own address, where the flow keeps it).
     pub src: Endpoint,
-    /// The destination they arrived with: with their source, their conntrack key.
-    pub orig_dst: Endpoint,
+    /// Their conntrack key: the tuple they arrived with.
+    pub ct_key: FlowKey,
 }
 
 /// A fragmented datagram as one hook sees it: its fragments share source, destination,

@@ -190,7 +190,7 @@ fn remove_stray_egress(maps: &mut Maps, live: &HashMap<FlowKey, FlowKey>) -> any
     let all: Vec<(FlowKey, hairpin_common::EgressEntry)> = maps.egress.iter().collect::<Result<_, _>>()?;
     let mut n = 0;
     for (k, v) in all {
-        let (ct_key, xlate) = (v.ct_key(&k), v.xlate(&k));
+        let (ct_key, xlate) = (v.ct_key, v.xlate(&k));
         if live.get(&ct_key) == Some(&xlate) {
             continue;
         }

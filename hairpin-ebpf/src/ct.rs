@@ -6,14 +6,14 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_S_FIN, CT_S_RST, Config, Counter, CtEntry, EVENT_NEW_FLOW,
-    EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, CT_S_FIN, CT_S_RST, Config, Counter,
+    CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
-    nat::{FlowPlan, candidate_port, egress, plan_flow},
+    nat::{FlowPlan, candidate_port, egress, leaving_ingress, plan_flow},
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, EGRESS, EVENTS, MAPPINGS, PLAN},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, EGRESS, EGRESS_SCRATCH, EVENTS, MAPPINGS, PLAN},
     stats,
 };
 
@@ -57,6 +57,16 @@ pub struct Found {
     /// The kernel has forwarded the flow both ways (`CT_F_CONFIRMED`): the fast path may
     /// serve it.
     pub confirmed: bool,
+    /// Its `CT_F_SPORT_AT_INGRESS` flag, for [`leaving_ingress`].
+    pub sport_flag: u32,
+}
+
+impl Found {
+    /// The tuple its packets leave ingress with on the slow path.
+    #[inline(always)]
+    pub fn leaving_ingress(&self, key: &FlowKey) -> FlowKey {
+        leaving_ingress(key, &self.xlate, self.sport_flag)
+    }
 }
 
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
@@ -82,8 +92,8 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
         let stale = now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS;
         if stale {
             if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
-                let xlate = (*entry).xlate;
-                remove_egress(key, &xlate);
+                let (xlate, flags) = ((*entry).xlate, (*entry).flags);
+                remove_egress(key, &xlate, flags);
                 let _ = CT.remove(key);
                 crate::cache::invalidate_all();
                 return None;
@@ -100,7 +110,8 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
         (*entry).packets += u64::from(packets);
         (*entry).bytes += u64::from(bytes);
         let confirmed = (*entry).flags & CT_F_CONFIRMED != 0;
-        Some(Found { xlate: (*entry).xlate, entry, stale, confirmed })
+        let sport_flag = (*entry).flags & CT_F_SPORT_AT_INGRESS;
+        Some(Found { xlate: (*entry).xlate, entry, stale, confirmed, sport_flag })
     }
 }
 
@@ -151,8 +162,8 @@ pub struct NewFlow {
     pub bytes: u16,
 }
 
-/// Creates the flow for `key` as `new` describes, and returns the translated tuple of its
-/// original direction.
+/// Creates the flow for `key` as `new` describes, and returns the tuple its packets leave
+/// ingress with ([`leaving_ingress`]).
 ///
 /// A port free for the tuple is found by inserting the reply entry (whose key contains it)
 /// with `BPF_NOEXIST`, which checks and claims it atomically; a binding's port is claimed the
@@ -180,7 +191,9 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         slot.write(event);
         slot.submit(0);
     }
-    created
+    // Whether ingress writes the source port is the last plan's choice (see `try_create`).
+    let sport_flag = PLAN.get(0).map_or(0, |p| p.orig.flags & CT_F_SPORT_AT_INGRESS);
+    created.map(|xlate| leaving_ingress(key, &xlate, sport_flag))
 }
 
 #[inline(always)]
@@ -189,27 +202,36 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
     // Planned in this CPU's scratch slot, not on the stack: two entries and their keys are
     // more than the fast path's share of the 512 bytes leaves.
     let slot = PLAN.get_ptr_mut(0).ok_or(Reason::DropFlowInsert)?;
-    let plan = |src| {
+    let plan = |src, extra| {
         // SAFETY: this CPU's slot, which nothing else uses while the program runs here.
         let plan = unsafe { &mut *slot };
-        *plan = plan_flow(key, dst, src, flags, now);
+        *plan = plan_flow(key, dst, src, flags | extra, now);
         plan.orig.flags |= seen;
         (plan.orig.packets, plan.orig.bytes) = (u64::from(packets), u64::from(bytes));
         &*plan
     };
     let addr = match snat {
-        // Without a port to choose, a taken reply tuple is simply a failed insert.
-        SourceNat::Keep => return insert(plan(None)).map_err(|_| Reason::DropFlowInsert),
+        // The client's own port; if another flow has the reply tuple (two forwards to one
+        // service, used from one client port), another port, as netfilter's null binding
+        // finds one: the server then tells the two flows apart.
+        SourceNat::Keep => match insert(plan(None, 0)) {
+            Err(InsertError::TupleTaken | InsertError::EgressTaken) => key.src,
+            Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
+            Ok(xlate) => return Ok(xlate),
+        },
         SourceNat::Public if key.proto != IPPROTO_ICMP => {
             // A binding this packet created stays even if the flow fails: another CPU may
             // already use it. The controller releases bindings no flow holds.
             let port = binding(cfg, key, now)?;
             let src = Endpoint::new(cfg.public_addr, port);
-            return insert(plan(Some(src))).map_err(|_| Reason::DropFlowInsert);
+            return insert(plan(Some(src), 0)).map_err(|_| Reason::DropFlowInsert);
         }
         SourceNat::Public => cfg.public_addr,
         SourceNat::Lan => cfg.lan_addr,
     };
+    // A forward's flow that needs another port than its client's (attempt 0 found the tuple
+    // taken) leaves ingress with it, or it would leave like the flow that has the client's.
+    let mut extra = if snat == SourceNat::Keep { CT_F_SPORT_AT_INGRESS } else { 0 };
     for attempt in 0..PORT_ALLOC_TRIES {
         let Some(port) = candidate_port(cfg, key, attempt) else {
             break;
@@ -218,8 +240,11 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
         if snat == SourceNat::Public && forwarded(key.proto, src) {
             continue;
         }
-        match insert(plan(Some(src))) {
-            Err(InsertError::TupleTaken) => continue,
+        match insert(plan(Some(src), extra)) {
+            // Its packets would leave ingress like another flow's: from the next port on, the
+            // source port is written at ingress (see `CT_F_SPORT_AT_INGRESS`).
+            Err(InsertError::EgressTaken) => extra = CT_F_SPORT_AT_INGRESS,
+            Err(InsertError::TupleTaken) => {}
             Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
             Ok(xlate) => return Ok(xlate),
         }
@@ -289,6 +314,9 @@ pub fn bound(proto: u8, ep: Endpoint) -> Option<Endpoint> {
 enum InsertError {
     /// Its reply tuple belongs to another flow: another source port may do.
     TupleTaken,
+    /// Its packets would leave ingress with another live flow's tuple: the source port
+    /// written at ingress, or another, may do.
+    EgressTaken,
     /// A map operation failed; nothing of the flow is left behind.
     Failed,
 }
@@ -332,11 +360,18 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
             }
         };
     }
-    if insert_egress(&plan.orig_key, &plan.orig).and_then(|_| insert_egress(&plan.reply_key, &plan.reply)).is_err() {
-        remove_egress(&plan.orig_key, &plan.orig.xlate);
+    // Each egress entry is removed again only if this call made it.
+    let mut egress = insert_egress(&plan.orig_key, &plan.orig);
+    if egress.is_ok() {
+        egress = insert_egress(&plan.reply_key, &plan.reply);
+        if egress.is_err() {
+            remove_egress(&plan.orig_key, &plan.orig.xlate, plan.orig.flags);
+        }
+    }
+    if let Err(e) = egress {
         let _ = CT.remove(&plan.orig_key);
         undo_reply();
-        return Err(InsertError::Failed);
+        return Err(e);
     }
     // The tuples are this flow's now: this CPU's copies of flows that held them before (and
     // were evicted by the LRU, unseen by any generation) must not serve it.
@@ -366,24 +401,47 @@ fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         }
         Err(_) => return Err(InsertError::Failed),
     }
-    if insert_egress(&plan.orig_key, &plan.orig).is_err() {
+    if let Err(e) = insert_egress(&plan.orig_key, &plan.orig) {
         let _ = CT.remove(&plan.orig_key);
-        return Err(InsertError::Failed);
+        return Err(e);
     }
     crate::cache::forget(&plan.orig_key);
     Ok(plan.orig.xlate)
 }
 
+/// Inserts the egress entry of the flow direction `key`. One already there is another live
+/// flow's (`TupleTaken`: another port may do), or was left by a flow the conntrack LRU evicted
+/// (the sweep has not removed it yet), which this one replaces.
 #[inline(always)]
-fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), i32> {
-    let (egress_key, value) = egress(key, entry);
-    EGRESS.insert(&egress_key, &value, BPF_ANY as u64)
+fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
+    // Built in this CPU's scratch slot, not on the stack, which flow creation has little of.
+    let s = EGRESS_SCRATCH.get_ptr_mut(0).ok_or(InsertError::Failed)?;
+    // SAFETY: this CPU's slot, which nothing else uses while the program runs here; the other
+    // entry is read through pointers from successful lookups.
+    unsafe {
+        ((*s).0, (*s).1) = egress(key, entry);
+        let (egress_key, value) = (&(*s).0, &(*s).1);
+        match EGRESS.insert(egress_key, value, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(()),
+            Err(EEXIST) => {}
+            Err(_) => return Err(InsertError::Failed),
+        }
+        if let Some(other) = EGRESS.get_ptr(egress_key) {
+            let owner = (*other).ct_key;
+            let xlate = (*other).xlate(egress_key);
+            if owner != *key && CT.get_ptr(&owner).is_some_and(|e| (*e).xlate == xlate) {
+                return Err(InsertError::EgressTaken);
+            }
+        }
+        EGRESS.insert(egress_key, value, BPF_ANY as u64).map_err(|_| InsertError::Failed)
+    }
 }
 
-/// Removes the egress entry of the flow direction `key` translated to `xlate`.
+/// Removes the egress entry of the flow direction `key` translated to `xlate` (entry flags
+/// `flags`).
 #[inline(always)]
-fn remove_egress(key: &FlowKey, xlate: &FlowKey) {
-    let _ = EGRESS.remove(&FlowKey::new(key.proto, key.src_ep(), xlate.dst_ep()));
+fn remove_egress(key: &FlowKey, xlate: &FlowKey, flags: u32) {
+    let _ = EGRESS.remove(&leaving_ingress(key, xlate, flags));
 }
 
 /// For a TCP SYN (without ACK) of the flow direction `found`: if the connection was closing or
@@ -406,10 +464,10 @@ pub fn reopen_if_closed(key: &FlowKey, found: &Found) -> bool {
         return false;
     }
     if theirs != 0 {
-        remove_egress(&twin, &key.reversed());
+        remove_egress(&twin, &key.reversed(), theirs);
         let _ = CT.remove(&twin);
     }
-    remove_egress(key, xlate);
+    remove_egress(key, xlate, mine);
     let _ = CT.remove(key);
     crate::cache::invalidate_all();
     true
@@ -434,7 +492,7 @@ pub fn egress_of(egress_key: &FlowKey) -> Option<EgressEntry> {
 #[inline(always)]
 pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry) {
     let xlate = eg.xlate(egress_key);
-    let Some(entry) = CT.get_ptr_mut(&eg.ct_key(egress_key)) else { return };
+    let Some(entry) = CT.get_ptr_mut(&eg.ct_key) else { return };
     // SAFETY: pointers from successful lookups; see above for a recycled entry.
     unsafe {
         let flags = (*entry).flags;
@@ -443,7 +501,7 @@ pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry) {
         }
         let twin_left = CT
             .get_ptr(&xlate.reversed())
-            .is_some_and(|t| (*t).flags & CT_F_LEFT != 0 && (*t).xlate == eg.ct_key(egress_key).reversed());
+            .is_some_and(|t| (*t).flags & CT_F_LEFT != 0 && (*t).xlate == eg.ct_key.reversed());
         let add = if twin_left { CT_F_LEFT | CT_F_CONFIRMED } else { CT_F_LEFT };
         if flags & add == add {
             return;

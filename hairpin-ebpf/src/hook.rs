@@ -108,7 +108,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         if p.first_fragment != 0 {
             frag::remember(pkt, &p, FRAG_INGRESS, xlate.dst, now);
         }
-        rewrite(pkt, &p, &with_dst(&p, xlate.dst_ep()), CsumDelta::ZERO)?;
+        rewrite(pkt, &p, &found.leaving_ingress(&p.key), CsumDelta::ZERO)?;
         return Ok(Reason::IngressFlow);
     }
     // A flow this packet opens: its state bits, time and size are the packet's.
@@ -165,8 +165,8 @@ fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<()
     if p.first_fragment != 0 {
         frag::remember(pkt, p, FRAG_INGRESS, new.dst.addr, new.now);
     }
-    let xlate = ct::create(cfg, &p.key, new)?;
-    rewrite(pkt, p, &with_dst(p, xlate.dst_ep()), CsumDelta::ZERO)
+    let leaving = ct::create(cfg, &p.key, new)?;
+    rewrite(pkt, p, &leaving, CsumDelta::ZERO)
 }
 
 /// The gateway is a boundary: the WAN may neither claim a LAN source nor reach a LAN address
@@ -286,10 +286,4 @@ fn egress_icmp_error(
         return Err(Reason::DropLanSourceToWan);
     }
     Ok(if translated.is_some() || fixed { Reason::IcmpError } else { Reason::PassEgressNoFlow })
-}
-
-/// The packet's tuple with its destination replaced: what ingress writes on the slow path.
-#[inline(always)]
-fn with_dst(p: &Parsed, dst: Endpoint) -> FlowKey {
-    FlowKey::new(p.key.proto, p.key.src_ep(), dst)
 }

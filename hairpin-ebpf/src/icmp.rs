@@ -66,7 +66,7 @@ pub fn restore_own_error(
     quoted: &Parsed,
     eg: &EgressEntry,
 ) -> Result<Option<FlowKey>, Reason> {
-    let sent = eg.ct_key(&quoted.key);
+    let sent = eg.ct_key;
     if sent == quoted.key {
         return Ok(None);
     }

@@ -87,6 +87,10 @@ pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
 #[map(name = "HP_PLAN")]
 pub static PLAN: PerCpuArray<nat::FlowPlan> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: an egress entry and its key being inserted (`ct::insert_egress`), off the stack.
+#[map(name = "HP_EGRESS_TMP")]
+pub static EGRESS_SCRATCH: PerCpuArray<(FlowKey, EgressEntry)> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per CPU: the parameters of a `bpf_fib_lookup` call (`fwd.rs`), kept off the stack.
 #[map(name = "HP_FIB")]
 pub static FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);

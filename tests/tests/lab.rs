@@ -925,3 +925,54 @@ fn a_host_hears_itself_through_its_own_mapping_on_the_fast_path() {
 fn a_host_hears_itself_through_its_own_mapping_on_the_slow_path() {
     a_host_hears_itself_through_its_own_mapping(&["--no-fast-path"]);
 }
+
+/// Two forwards to one LAN service (udp 5353 and 5354 to the server's 53), used from one
+/// client port, from the internet and from the LAN (hairpin): each answer comes back from the
+/// port it was sent to, on the slow path as on the fast one.
+fn two_forwards_to_one_service_never_cross(nat: Nat, flags: &[&str]) {
+    const SECOND: u16 = 5354;
+    let lab = lab();
+    match nat {
+        Nat::Hairpin => lab.up(flags).unwrap(),
+        Nat::Netfilter => {
+            hairpin_lab::nft::reference_nat(&lab.gw).unwrap();
+            let rule =
+                format!("add rule ip hpnat pre ip daddr {PUBLIC} udp dport {SECOND} dnat to {SERVER}:{DNS_PORT}\n");
+            hairpin_lab::nft::script(&lab.gw, &rule).unwrap();
+        }
+    }
+    if nat == Nat::Hairpin {
+        lab.ctl(&["map", "add", "udp", &format!("{PUBLIC}:{SECOND}"), &format!("{SERVER}:{DNS_PORT}")]).unwrap();
+    }
+    for (what, from) in [("from the internet", &lab.inet), ("from the LAN", &lab.cli)] {
+        let answers = from
+            .run(|| -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                let mut answers = Vec::new();
+                for i in 0..6 {
+                    let to = SocketAddrV4::new(PUBLIC, if i % 2 == 0 { PUBLIC_DNS_PORT } else { SECOND });
+                    let echo =
+                        traffic::udp_echo_from(&sock, to, format!("query {i}").as_bytes(), scenario::UDP_TIMEOUT)?;
+                    answers.push((SocketAddr::V4(to), echo.reply_from));
+                }
+                Ok(answers)
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{nat:?} {flags:?}: {what}: {e:#}"));
+        for (to, from) in answers {
+            assert_eq!(from, to, "{nat:?} {flags:?}: {what}: an answer to {to} came from {from}");
+        }
+    }
+}
+
+#[test]
+fn two_forwards_to_one_service_never_cross_through_hairpin() {
+    two_forwards_to_one_service_never_cross(Nat::Hairpin, &[]);
+    two_forwards_to_one_service_never_cross(Nat::Hairpin, &["--no-fast-path"]);
+}
+
+/// The same through netfilter's NAT: the reference.
+#[test]
+fn two_forwards_to_one_service_never_cross_through_netfilter_nat() {
+    two_forwards_to_one_service_never_cross(Nat::Netfilter, &[]);
+}

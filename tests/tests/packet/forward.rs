@@ -195,34 +195,77 @@ fn malformed_headers_are_dropped(mode: Mode) {
     Case::new("malformed", Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).leaves_flows(0).run(mode);
 }
 
-/// Two mappings to one server, dialled from one client port: the second flow's reply tuple
-/// (server -> client) is the first flow's, so replies could not be told apart. It is dropped
-/// and counted, and leaves nothing behind.
-fn reply_tuple_owned_by_another_flow_is_refused_whole(mode: Mode) {
+/// Two forwards to one service, dialled from one client port: the second flow's reply tuple
+/// (server -> client) is the first flow's, so it takes another source port, as netfilter's
+/// null binding does, and ingress writes that port (its packets would otherwise leave ingress
+/// like the first flow's). Each flow's replies go back from its own public port, on the slow
+/// path as on the fast one.
+fn two_forwards_to_one_service_never_cross(mode: Mode) {
     let first = Pkt::tcp("198.51.100.7:40000", PUBLIC_80);
     let second = Pkt::tcp("198.51.100.7:40000", "203.0.113.1:8080");
-    Case::new("reply tuple taken", Env::Bare)
+    Case::new("two forwards, one service", Env::Bare)
         .forward(L4::Tcp, PUBLIC_80, SERVER_80)
         .forward(L4::Tcp, "203.0.113.1:8080", SERVER_80)
-        .steps(vec![
-            step(
-                "first flow",
-                Hook::WanIngress,
-                &first,
-                Reason::IngressNewFlow,
-                Some(&first.with("198.51.100.7:40000", SERVER_80)),
-            ),
-            step("second flow, same reply tuple", Hook::WanIngress, &second, Reason::DropFlowInsert, None),
-            step(
-                "first flow unaffected",
-                Hook::WanIngress,
-                &first,
-                Reason::IngressFlow,
-                Some(&first.with("198.51.100.7:40000", SERVER_80)),
-            ),
-        ])
-        .leaves_flows(2)
-        .run(mode);
+        .steps(vec![step(
+            "first flow",
+            Hook::WanIngress,
+            &first,
+            Reason::IngressNewFlow,
+            Some(&first.with("198.51.100.7:40000", SERVER_80)),
+        )])
+        .run_then(mode, move |dp| {
+            let (_, out) = dp.run(Hook::WanIngress, &second.build());
+            verify_checksums(&out).unwrap();
+            let port = u16::from_be_bytes([out[34], out[35]]);
+            assert_ne!(port, 40000, "the second flow took another source port");
+            let moved = format!("198.51.100.7:{port}");
+            assert_eq!(out, second.with(&moved, SERVER_80).build(), "its destination and its new source port");
+            let to_second = Pkt::tcp(SERVER_80, &moved);
+            let to_first = Pkt::tcp(SERVER_80, "198.51.100.7:40000");
+            run_case(
+                "two forwards, one service",
+                dp,
+                &[
+                    step(
+                        "the second leaves as it is",
+                        Hook::LanEgress,
+                        &second.with(&moved, SERVER_80),
+                        Reason::EgressFlow,
+                        None,
+                    ),
+                    step(
+                        "the first too",
+                        Hook::LanEgress,
+                        &first.with("198.51.100.7:40000", SERVER_80),
+                        Reason::EgressFlow,
+                        None,
+                    ),
+                    step(
+                        "the server answers the second: its forward's port, the client's own",
+                        Hook::LanIngress,
+                        &to_second,
+                        Reason::IngressFlow,
+                        Some(&to_second.with("192.168.0.2:8080", "198.51.100.7:40000")),
+                    ),
+                    step(
+                        "...from the second forward's public port",
+                        Hook::WanEgress,
+                        &to_second.with("192.168.0.2:8080", "198.51.100.7:40000"),
+                        Reason::EgressFlow,
+                        Some(&to_second.with("203.0.113.1:8080", "198.51.100.7:40000")),
+                    ),
+                    step("the server answers the first", Hook::LanIngress, &to_first, Reason::IngressFlow, None),
+                    step(
+                        "...from the first forward's public port",
+                        Hook::WanEgress,
+                        &to_first,
+                        Reason::EgressFlow,
+                        Some(&to_first.with(PUBLIC_80, "198.51.100.7:40000")),
+                    ),
+                ],
+            );
+            assert_eq!((dp.ct().len(), dp.egress().len()), (4, 4));
+        });
 }
 
 /// The dataplane records what each direction has seen, and the controller's state machine reads
@@ -355,7 +398,7 @@ in_both_modes! {
     ipv4_options_are_skipped_and_kept,
     pass_through_untouched,
     malformed_headers_are_dropped,
-    reply_tuple_owned_by_another_flow_is_refused_whole,
+    two_forwards_to_one_service_never_cross,
     tcp_state_is_tracked_per_direction,
     an_original_entry_without_its_reply_is_never_used,
 }

@@ -28,7 +28,7 @@ pub fn run(entries: u32) -> anyhow::Result<()> {
     let mut ebpf = dataplane::load(flows + 1024, true)?;
     let mut maps = dataplane::Maps::take(&mut ebpf)?;
     let timeouts = Timeouts { udp: 300, ..Default::default() };
-    maps.set_config(&config(timeouts))?;
+    maps.update_config(|c| *c = config(timeouts))?;
 
     let now = expire::boot_ns();
     println!("# flow sweep, {entries} conntrack entries ({flows} UDP flows)\n");

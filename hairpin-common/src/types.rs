@@ -382,6 +382,33 @@ impl Default for Timeouts {
 }
 
 impl Config {
+    /// What a writer that read `base` and wants `new` leaves, when the live settings are `cur`
+    /// by now: its own changes, and the others' (a field it did not change keeps `cur`'s; the
+    /// flags bit by bit). So `apply` never undoes what `run` changed meanwhile (a placement, a
+    /// MAC address, the pressure mark), nor the other way round.
+    pub fn merged(base: &Config, new: &Config, cur: &Config) -> Config {
+        fn pick<T: PartialEq + Copy>(base: T, new: T, cur: T) -> T {
+            if new != base { new } else { cur }
+        }
+        let changed = base.flags ^ new.flags;
+        Config {
+            lan_addr: pick(base.lan_addr, new.lan_addr, cur.lan_addr),
+            public_addr: pick(base.public_addr, new.public_addr, cur.public_addr),
+            port_min: pick(base.port_min, new.port_min, cur.port_min),
+            port_max: pick(base.port_max, new.port_max, cur.port_max),
+            flags: (cur.flags & !changed) | (new.flags & changed),
+            wan_ifindex: pick(base.wan_ifindex, new.wan_ifindex, cur.wan_ifindex),
+            timeouts: pick(base.timeouts, new.timeouts, cur.timeouts),
+            lan_net: pick(base.lan_net, new.lan_net, cur.lan_net),
+            lan_mask: pick(base.lan_mask, new.lan_mask, cur.lan_mask),
+            lan_ifindex: pick(base.lan_ifindex, new.lan_ifindex, cur.lan_ifindex),
+            lan_placement: pick(base.lan_placement, new.lan_placement, cur.lan_placement),
+            wan_placement: pick(base.wan_placement, new.wan_placement, cur.wan_placement),
+            lan_mac: pick(base.lan_mac, new.lan_mac, cur.lan_mac),
+            wan_mac: pick(base.wan_mac, new.wan_mac, cur.wan_mac),
+        }
+    }
+
     pub const fn hairpin(&self) -> bool {
         self.flags & CFG_F_HAIRPIN != 0
     }
@@ -504,6 +531,19 @@ mod user {
 mod tests {
     use super::*;
     use crate::nat::Side;
+
+    #[test]
+    fn a_writer_keeps_what_others_changed_since_it_read() {
+        let base = Config { port_min: 1024, flags: CFG_F_HAIRPIN, lan_placement: 1, ..Config::default() };
+        // `apply` read `base`, and changes the port range and turns hairpin off...
+        let new = Config { port_min: 2000, flags: 0, ..base };
+        // ...while `run` moved a placement and marked conntrack under pressure.
+        let cur = Config { lan_placement: 7, flags: CFG_F_HAIRPIN | CFG_F_CT_PRESSURE, ..base };
+        let m = Config::merged(&base, &new, &cur);
+        assert_eq!((m.port_min, m.lan_placement), (2000, 7));
+        assert_eq!(m.flags, CFG_F_CT_PRESSURE, "hairpin off (apply's), pressure on (run's)");
+        assert_eq!(Config::merged(&base, &base, &cur), cur, "no change of its own: the live settings stand");
+    }
 
     #[test]
     fn only_frames_to_the_sides_own_mac_are_the_gateways() {

@@ -290,7 +290,10 @@ fn mem_available() -> Option<u64> {
 
 /// Typed handles on the pinned maps.
 pub struct Maps {
-    /// Two slots of settings, and which is live (see [`Maps::set_config`]).
+    /// The pinned maps' directory, locked while the configuration is written (`None`: maps
+    /// taken out of an object of one's own).
+    lock_dir: Option<PathBuf>,
+    /// Two slots of settings, and which is live (see [`Maps::write_config`]).
     config: Array<MapData, Config>,
     config_sel: Array<MapData, u32>,
     pub mappings: HashMap<MapData, MappingKey, Endpoint>,
@@ -312,11 +315,12 @@ pub struct Maps {
 
 impl Maps {
     fn open(pins: &PinDir) -> anyhow::Result<Self> {
-        Self::from_fn(|name| {
+        let maps = Self::from_fn(|name| {
             let path = pins.map(name);
             let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
             aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))
-        })
+        })?;
+        Ok(Self { lock_dir: Some(pins.maps()), ..maps })
     }
 
     /// The maps of a freshly loaded object (benchmarks, tests), taken out of it.
@@ -326,6 +330,7 @@ impl Maps {
 
     fn from_fn(mut map: impl FnMut(&str) -> anyhow::Result<aya::maps::Map>) -> anyhow::Result<Self> {
         Ok(Self {
+            lock_dir: None,
             config: map(map_names::CONFIG)?.try_into()?,
             config_sel: map(map_names::CONFIG_SEL)?.try_into()?,
             mappings: map(map_names::MAPPINGS)?.try_into()?,
@@ -407,14 +412,46 @@ impl Maps {
         Ok(self.config_sel.get(&0, 0).context("reading which configuration is live")? & 1)
     }
 
-    /// Writes the dataplane configuration. Then, if the idle timeouts changed, moves the
-    /// generation: flow cache copies serve until a deadline worked out from the timeouts they
-    /// were made under, and shorter ones must not wait for it (see `flow_cache::fresh_ns`).
+    /// Changes the live configuration with `change`, one writer at a time: an exclusive lock on
+    /// the pinned maps' directory is held from the read to the write, whichever process writes (`up`,
+    /// `apply`, `run`'s sweep and its watch of the interfaces), so no write undoes another's,
+    /// and two never pick the same slot.
+    pub fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
+        let _lock = self.lock_config()?;
+        let cur = self.config()?;
+        let mut new = cur;
+        change(&mut new);
+        if new != cur { self.write_config(&new) } else { Ok(()) }
+    }
+
+    /// Writes `new`, which its writer made from `base`, keeping what others changed since
+    /// (see `Config::merged`).
+    pub fn replace_config(&mut self, base: &Config, new: &Config) -> anyhow::Result<()> {
+        self.update_config(|cur| *cur = Config::merged(base, new, cur))
+    }
+
+    /// The configuration lock: `flock` on the pinned maps' directory (bpffs takes it like any
+    /// other; `run` holds the pin directory itself for its life, see `PinDir::lock`). Maps
+    /// taken out of an object of one's own (tests, benchmarks) have no other writer.
+    fn lock_config(&self) -> anyhow::Result<Option<nix::fcntl::Flock<fs::File>>> {
+        use nix::fcntl::{Flock, FlockArg};
+        let Some(dir) = &self.lock_dir else { return Ok(None) };
+        let f = fs::File::open(dir).with_context(|| format!("opening {} to lock it", dir.display()))?;
+        match Flock::lock(f, FlockArg::LockExclusive) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", dir.display())),
+        }
+    }
+
+    /// Writes the dataplane configuration (callers hold the lock, see `update_config`). Then,
+    /// if the idle timeouts changed, moves the generation: flow cache copies serve until a
+    /// deadline worked out from the timeouts they were made under, and shorter ones must not
+    /// wait for it (see `flow_cache::fresh_ns`).
     ///
     /// The settings go into the slot not in use, and then the selector moves to it (one aligned
     /// word): programs read one slot or the other, never one being written. (Two writes within
     /// a program's run, microseconds, could still meet one; the controller writes seldom.)
-    pub fn set_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+    fn write_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
         let before = self.config()?;
         let next = self.live_slot()? ^ 1;
         self.config.set(next, cfg, 0).context("writing the dataplane configuration")?;

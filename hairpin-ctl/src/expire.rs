@@ -214,13 +214,14 @@ fn mark_pressure(maps: &mut Maps, cfg: &hairpin_common::Config, entries: u64) ->
     if pressure == cfg.ct_pressure() {
         return Ok(());
     }
-    // Re-read: only this bit is the sweep's to change.
-    let mut cur = maps.config()?;
-    cur.flags = match pressure {
-        true => cur.flags | CFG_F_CT_PRESSURE,
-        false => cur.flags & !CFG_F_CT_PRESSURE,
-    };
-    maps.set_config(&cur).context("marking conntrack's pressure in the configuration")
+    // Only this bit is the sweep's to change.
+    maps.update_config(|cur| {
+        cur.flags = match pressure {
+            true => cur.flags | CFG_F_CT_PRESSURE,
+            false => cur.flags & !CFG_F_CT_PRESSURE,
+        }
+    })
+    .context("marking conntrack's pressure in the configuration")
 }
 
 /// The (protocol, public port) pairs a flow entry holds: a binding is in use while one does.

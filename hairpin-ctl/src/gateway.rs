@@ -456,7 +456,7 @@ impl Plan {
             retargeted.push((*key, *old));
         }
         if let Some(cfg) = &self.config
-            && let Err(e) = maps.set_config(cfg)
+            && let Err(e) = maps.replace_config(&self.old, cfg)
         {
             undo(maps, &added, &retargeted);
             return Err(e).context("writing the configuration (nothing was changed)");

@@ -56,8 +56,10 @@ impl Watch {
             }
             let (xdp_changed, peer_changed) = (want != p.xdp_target, peer != p.peer_target);
             (p.xdp_target, p.peer_target) = (want, peer);
-            *code = p.encode();
-            maps.set_config(&cfg).with_context(|| format!("updating {name}'s placement"))?;
+            // This side's placement only, on the settings as they are by now.
+            let code = p.encode();
+            maps.update_config(|cur| *side_of(cur, side).1 = code)
+                .with_context(|| format!("updating {name}'s placement"))?;
             match (xdp_changed, want) {
                 (false, _) => {}
                 (true, true) => say!("{name}: {why}: the fast path sends XDP frames into it"),

@@ -224,7 +224,17 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
             // already use it. The controller releases bindings no flow holds.
             let port = binding(cfg, key, now)?;
             let src = Endpoint::new(cfg.public_addr, port);
-            return insert(plan(Some(src), 0)).map_err(|_| Reason::DropFlowInsert);
+            let xlate = insert(plan(Some(src), 0)).map_err(|_| Reason::DropFlowInsert)?;
+            // The flow is in, then its binding checked again: `flows flush` releases bindings
+            // first and flows after, so a flow made meanwhile on a released port is undone
+            // here, and two LAN hosts never share a public port.
+            let internal = MappingKey::new(key.proto, key.src_ep());
+            if BINDINGS.get_ptr(&internal).is_none_or(|b| unsafe { (*b).port } != port) {
+                // SAFETY: this CPU's plan slot, as above.
+                remove_planned(unsafe { &*slot });
+                return Err(Reason::DropFlowInsert);
+            }
+            return Ok(xlate);
         }
         SourceNat::Public => cfg.public_addr,
         SourceNat::Lan => cfg.lan_addr,
@@ -285,6 +295,12 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
             Err(EEXIST) => continue,
             Err(_) => return Err(Reason::DropFlowInsert),
             Ok(()) => {}
+        }
+        // Claimed, then checked again: `map add` inserts its forward, then checks the bound
+        // ports, so between the two of them one sees the other, and a port is never both.
+        if forwarded(key.proto, public) {
+            let _ = BOUND_PORTS.remove(&claim);
+            continue;
         }
         let b = Binding { port: public.port, _pad16: 0, _pad32: 0, last_used_ns: now };
         return match BINDINGS.insert(&internal, &b, BPF_NOEXIST as u64) {
@@ -435,6 +451,15 @@ fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
         }
         EGRESS.insert(egress_key, value, BPF_ANY as u64).map_err(|_| InsertError::Failed)
     }
+}
+
+/// Removes a flow `insert` made from `plan`: both entries and their egress entries.
+#[inline(always)]
+fn remove_planned(plan: &FlowPlan) {
+    remove_egress(&plan.orig_key, &plan.orig.xlate, plan.orig.flags);
+    remove_egress(&plan.reply_key, &plan.reply.xlate, plan.reply.flags);
+    let _ = CT.remove(&plan.orig_key);
+    let _ = CT.remove(&plan.reply_key);
 }
 
 /// Removes the egress entry of the flow direction `key` translated to `xlate` (entry flags

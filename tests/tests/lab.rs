@@ -783,11 +783,11 @@ fn a_pppoe_wan_carries_what_does_not_fit(nat: Nat) {
         assert_eq!(echo.reply_from, SocketAddr::V4(to), "{nat:?}: {what}");
         assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(seen), "{nat:?}: {what}");
     }
-    let bulk = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(FAR, HTTP_PORT), 4 << 20, scenario::CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{nat:?}: 4 MiB both ways to the far host over the 1492 WAN: {e:#}"));
+    let bulk = traffic::tcp_echo(&lab.cli, SocketAddrV4::new(FAR, HTTP_PORT), 1 << 20, scenario::CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{nat:?}: 1 MiB both ways to the far host over the 1492 WAN: {e:#}"));
     assert_eq!(bulk.seen_by_server.ip(), IpAddr::V4(PUBLIC), "{nat:?}");
-    let fwd = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, HTTP_PORT), 4 << 20, scenario::CONNECT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{nat:?}: 4 MiB both ways through the forward over the 1492 WAN: {e:#}"));
+    let fwd = traffic::tcp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, HTTP_PORT), 1 << 20, scenario::CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{nat:?}: 1 MiB both ways through the forward over the 1492 WAN: {e:#}"));
     assert_eq!(fwd.seen_by_server.ip(), IpAddr::V4(INET), "{nat:?}");
     for ns in [&lab.cli, &lab.srv, &lab.inet, &lab.far] {
         assert_eq!(ns.snmp("Tcp", "InCsumErrors").unwrap(), 0, "{nat:?}: {}", ns.name);

@@ -21,13 +21,18 @@ use crate::util::{self, output, root, run as sh};
 
 /// Modules the guest loads (with what each depends on): virtio and 9p for the host's
 /// filesystem, then what the tests use (veth and bridge for the lab, clsact and cls_bpf for TC
-/// without TCX, u32 for the lab test that adds another program's filter beside them).
-const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf", "cls_u32"];
+/// without TCX, u32 for the lab test that adds another program's filter beside them, nftables
+/// for the gateway's own filter beside hairpin).
+const MODULES: &[&str] =
+    &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf", "cls_u32", "nf_tables"];
 
 /// Lab tests run in the guests: the plain topology with default flags, TC as netlink filters,
-/// the controller's run. (Bulk transfers and benchmarks are too slow under emulation.)
+/// the controller's run, the gateway's own filter beside hairpin, fragmented datagrams. (Bulk
+/// transfers and benchmarks are too slow under emulation.)
 const LAB_TESTS: &[&str] = &[
     "port_forward_and_hairpin_over_tcp_and_udp",
+    "the_gateways_filter_keeps_barred_hosts_out_beside_hairpin",
+    "fragmented_datagrams_arrive_whole_through_hairpin",
     "port_forward_and_hairpin_on_the_slow_path",
     "tc_programs_as_netlink_filters_and_down_removes_only_them",
     "vlan_tagged_frames_from_the_wan_do_not_reach_the_lan",

@@ -156,14 +156,16 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
     let mut maps = pins.open()?;
     match a.action {
         Some(FlowsAction::Flush) => {
-            let (flows, lone) = expire::snapshot(&maps)?;
-            maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone))?;
-            events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
-            // With no flow left, no binding is in use: every public port returns to the pool.
+            // Bindings first, then the flows: a flow the dataplane makes meanwhile on a released
+            // binding is undone by the dataplane itself (it checks the binding once the flow is
+            // in), so no public port ends up with two LAN hosts.
             let public = maps.config()?.public_addr;
             let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
             let released = bindings.len();
             maps.unbind(bindings, public)?;
+            let (flows, lone) = expire::snapshot(&maps)?;
+            maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone))?;
+            events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
             say!("flushed {} flows and {released} bindings", flows.len());
             return Ok(());
         }

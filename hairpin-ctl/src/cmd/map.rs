@@ -61,14 +61,18 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 bail!("{why}");
             }
             let key = MappingKey::new(proto.number(), to_endpoint(public));
-            if let Ok(holder) = maps.bound_ports.get(&key, 0) {
-                bail!(
+            let held = |maps: &crate::dataplane::Maps| maps.bound_ports.get(&key, 0).ok();
+            let refuse = |holder| {
+                anyhow::anyhow!(
                     "public {} port {} is held by {}'s masquerade binding: pick another port, or release it with \
                      `hairpin-ctl flows flush`",
                     proto.name(),
                     public.0.port(),
                     output::endpoint(holder)
-                );
+                )
+            };
+            if let Some(holder) = held(&maps) {
+                return Err(refuse(holder));
             }
             match maps.add_mapping(&key, &to_endpoint(private)) {
                 Ok(()) => {}
@@ -81,6 +85,13 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                     )
                 }
                 Err(e) => return Err(e).context("adding the mapping"),
+            }
+            // Inserted, then checked again: the dataplane claims a bound port, then checks the
+            // forwards, so between the two of them one sees the other (a binding made since the
+            // first check loses the port, or this forward goes again).
+            if let Some(holder) = held(&maps) {
+                let _ = maps.mappings.remove(&key);
+                return Err(refuse(holder));
             }
             say!("added {} {} -> {}", proto.name(), public.0, private.0);
         }

@@ -29,6 +29,7 @@ fn colour(t: Traffic) -> RGBColor {
         Traffic::Flows(..=4096) => RGBColor(0xff, 0x7f, 0x0e),
         Traffic::Flows(_) => RGBColor(0xd6, 0x27, 0x28),
         Traffic::Prefilled => RGBColor(0x94, 0x67, 0xbd),
+        Traffic::NewFlows(_) => RGBColor(0x2c, 0xa0, 0x2c),
     }
 }
 
@@ -151,7 +152,7 @@ mod tests {
 
     #[test]
     fn traffic_labels_read_back() {
-        for t in [Traffic::Flows(1), Traffic::Flows(4096), Traffic::Prefilled] {
+        for t in [Traffic::Flows(1), Traffic::Flows(4096), Traffic::Prefilled, Traffic::NewFlows(60_000)] {
             assert_eq!(t.to_string().parse::<Traffic>().unwrap(), t);
         }
         assert_eq!(Traffic::Flows(1).to_string(), "1 flow");

@@ -101,6 +101,10 @@ impl Path {
             Path::HairpinMasq => "hairpin fast path, masquerade (LAN -> WAN)",
         }
     }
+    /// A NAT with per-flow state: hairpin or nftables (the new-flow rate means something).
+    pub fn nat(self) -> bool {
+        self.hairpin() || matches!(self, Path::NftDnat | Path::NftDnatMasq | Path::NftMasq)
+    }
     /// hairpin is the gateway.
     fn hairpin(self) -> bool {
         matches!(
@@ -399,13 +403,39 @@ impl Harness {
 
     /// The 64-byte frame the generator sends (its source port is set per packet).
     fn frame(&self) -> Vec<u8> {
+        self.frame_from(None)
+    }
+
+    /// The same from another source address, if given (new tuples for the same path).
+    fn frame_from(&self, other_src: Option<Ipv4Addr>) -> Vec<u8> {
         let (src, dst, dmac) = match self.path {
             Path::HairpinTx => (LAN_CLIENT, PUBLIC, MAC_LAN),
             Path::NftMasq | Path::HairpinMasq => (LAN_CLIENT, WAN_CLIENT, MAC_LAN),
             Path::RawRedirect | Path::RawLookup | Path::RawWrite | Path::KernelForward => (WAN_CLIENT, SINK, MAC_WAN),
             _ => (WAN_CLIENT, PUBLIC, MAC_WAN),
         };
-        crate::frame::udp(dmac, MAC_GEN, src, FIRST_PORT as u16, dst, PORT)
+        crate::frame::udp(dmac, MAC_GEN, other_src.unwrap_or(src), FIRST_PORT as u16, dst, PORT)
+    }
+
+    /// One pass of `flows` frames, each from a tuple never seen (repetition `rep` from its own
+    /// source address), so that every packet opens a flow: what reaches the sink per second of
+    /// sending. Replies are not sent: a new flow's first packet is what is measured.
+    pub fn measure_new_flows(&mut self, flows: u32, rep: u8) -> anyhow::Result<Rate> {
+        let from_lan = matches!(self.path, Path::HairpinTx | Path::NftMasq | Path::HairpinMasq);
+        let src = if from_lan { Ipv4Addr::new(192, 168, 0, 100 + rep) } else { Ipv4Addr::new(198, 51, 100, 100 + rep) };
+        let frame = self.frame_from(Some(src));
+        let frames = sender::Frames { frame: &frame, first_port: FIRST_PORT, flows, vary_dst: false };
+        set_frames(&mut self.ebpf, &frames)?;
+        let before = self.wait_sink_stable()?;
+        let gen_if = self.gen_ifindex;
+        let (sent, elapsed) = generate(&mut self.ebpf, &self.generator, gen_if, &frames, flows, |sent, _| sent > 0)?;
+        let after = self.wait_sink_stable()?;
+        let t = elapsed.as_secs_f64();
+        Ok(Rate {
+            offered_pps: sent as f64 / t,
+            delivered_pps: (after.0 - before.0) as f64 / t,
+            wrong: after.1 - before.1,
+        })
     }
 
     fn sink_counts(&self) -> anyhow::Result<(u64, u64)> {

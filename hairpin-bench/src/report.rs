@@ -12,6 +12,8 @@ use crate::forward::{Harness, Path, Rate};
 pub enum Traffic {
     Flows(u32),
     Prefilled,
+    /// Every packet opens a flow (one pass over this many new tuples): the new-flow rate.
+    NewFlows(u32),
 }
 
 impl std::fmt::Display for Traffic {
@@ -20,6 +22,7 @@ impl std::fmt::Display for Traffic {
             Traffic::Flows(1) => write!(f, "1 flow"),
             Traffic::Flows(n) => write!(f, "{n} flows"),
             Traffic::Prefilled => write!(f, "1 flow, {}M entries", PREFILLED_ENTRIES / 1_000_000),
+            Traffic::NewFlows(n) => write!(f, "{n} new flows"),
         }
     }
 }
@@ -30,6 +33,9 @@ impl std::str::FromStr for Traffic {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         if s == Traffic::Prefilled.to_string() {
             return Ok(Traffic::Prefilled);
+        }
+        if let Some(n) = s.strip_suffix(" new flows").and_then(|n| n.parse().ok()) {
+            return Ok(Traffic::NewFlows(n));
         }
         let n = s.strip_suffix(" flows").or_else(|| s.strip_suffix(" flow"));
         n.and_then(|n| n.parse().ok()).map(Traffic::Flows).with_context(|| format!("not a traffic label: {s:?}"))
@@ -94,9 +100,17 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     // compares (same traffic, or 1 flow and the 1M-entry case) are taken seconds apart, not
     // a minute or two.
     let mut harnesses = Vec::new();
+    // The new-flow rate where there is NAT state to make: every packet of one pass opens a flow.
+    let new_flows = match () {
+        () if o.quick => Some(64),
+        () if o.flows.is_empty() => Some(60_000),
+        () => None,
+    };
     for path in Path::ALL.into_iter().filter(selected) {
         let h = Harness::new(path, o.ctl.clone(), 131_072).with_context(|| format!("setting up {}", path.name()))?;
-        harnesses.push((h, flows.iter().map(|&n| Traffic::Flows(n)).collect::<Vec<_>>()));
+        let mut traffic: Vec<Traffic> = flows.iter().map(|&n| Traffic::Flows(n)).collect();
+        traffic.extend(new_flows.filter(|_| path.nat()).map(Traffic::NewFlows));
+        harnesses.push((h, traffic));
     }
     if !o.quick && o.flows.is_empty() && selected(&Path::HairpinFast) {
         // hairpin's fast path with a million conntrack entries around its one flow.
@@ -127,11 +141,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             for k in (0..count).map(|k| (k + rep - 1) % count) {
                 let (h, traffic) = &mut harnesses[k];
                 let Some(&t) = traffic.get(j) else { continue };
-                let (n, warmup) = match t {
-                    Traffic::Flows(n) => (n, u64::from(n) * 4 + 100_000),
-                    Traffic::Prefilled => (1, 100_000),
+                let r = match t {
+                    Traffic::Flows(n) => h.measure(n, u64::from(n) * 4 + 100_000, secs)?,
+                    Traffic::Prefilled => h.measure(1, 100_000, secs)?,
+                    // Each repetition from its own source address: new tuples every time.
+                    Traffic::NewFlows(n) => h.measure_new_flows(n, rep as u8)?,
                 };
-                let r = h.measure(n, warmup, secs)?;
                 eprintln!(
                     "{rep}/{reps} {:<42} {:>18}: {:.3} Mpps delivered of {:.3} offered ({} wrong)",
                     h.path().name(),

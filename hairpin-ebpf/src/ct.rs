@@ -224,7 +224,11 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
             // already use it. The controller releases bindings no flow holds.
             let port = binding(cfg, key, now)?;
             let src = Endpoint::new(cfg.public_addr, port);
-            let xlate = insert(plan(Some(src), 0)).map_err(|_| Reason::DropFlowInsert)?;
+            let planned = plan(Some(src), 0);
+            // A LAN host to its own binding: one entry (see `insert_own`). Only here: no other
+            // kind of flow can be its own reply.
+            let inserted = if planned.reply_key == planned.orig_key { insert_own(planned) } else { insert(planned) };
+            let xlate = inserted.map_err(|_| Reason::DropFlowInsert)?;
             // The flow is in, then its binding checked again: `flows flush` releases bindings
             // first and flows after, so a flow made meanwhile on a released port is undone
             // here, and two LAN hosts never share a public port.
@@ -241,7 +245,11 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
     };
     // A forward's flow that needs another port than its client's (attempt 0 found the tuple
     // taken) leaves ingress with it, or it would leave like the flow that has the client's.
-    let mut extra = if snat == SourceNat::Keep { CT_F_SPORT_AT_INGRESS } else { 0 };
+    // A constant per kind, not a choice carried through the loop: the verifier walks every
+    // attempt, and 6.1's gives up at a million instructions. (A hairpinned flow whose packets
+    // would leave ingress like another's is refused, counted: two flows from one LAN client
+    // port to two forwards of one service.)
+    let extra = if snat == SourceNat::Keep { CT_F_SPORT_AT_INGRESS } else { 0 };
     for attempt in 0..PORT_ALLOC_TRIES {
         let Some(port) = candidate_port(cfg, key, attempt) else {
             break;
@@ -251,10 +259,7 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
             continue;
         }
         match insert(plan(Some(src), extra)) {
-            // Its packets would leave ingress like another flow's: from the next port on, the
-            // source port is written at ingress (see `CT_F_SPORT_AT_INGRESS`).
-            Err(InsertError::EgressTaken) => extra = CT_F_SPORT_AT_INGRESS,
-            Err(InsertError::TupleTaken) => {}
+            Err(InsertError::TupleTaken | InsertError::EgressTaken) => {}
             Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
             Ok(xlate) => return Ok(xlate),
         }
@@ -341,9 +346,6 @@ enum InsertError {
 /// rewrites. On failure, whatever this call inserted is removed again, and only that.
 #[inline(always)]
 fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
-    if plan.reply_key == plan.orig_key {
-        return insert_own(plan);
-    }
     // Whether the reply entry is this call's to remove on failure.
     let ours = match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
         Ok(()) => true,

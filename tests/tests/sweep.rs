@@ -63,3 +63,49 @@ fn sweep_marks_conntrack_pressure_and_clears_it() {
     expire::sweep(&mut maps, now).unwrap();
     assert_eq!(flags(&maps), cfg.flags, "drained: the mark is cleared");
 }
+
+/// The sweep takes two entries for one flow only when each one's translation leads to the
+/// other: an original entry whose reply tuple another flow holds now (its own reply evicted)
+/// goes alone, once past the grace period, and the other flow keeps its reply entry. Egress
+/// entries whose conntrack entry went (LRU eviction) go too; a live flow's stay.
+#[test]
+fn sweep_pairs_entries_by_translation_and_removes_stray_egress_entries() {
+    hairpin_tests::require_root();
+    let mut ebpf = dataplane::load(MAX_FLOWS, true).expect("load the dataplane");
+    let cfg = Config { timeouts: Default::default(), ..hairpin_tests::dp::lab_config() };
+    Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
+    let mut maps = dataplane::Maps::take(&mut ebpf).expect("the dataplane's maps");
+    let now = expire::boot_ns();
+    let ep = |a: [u8; 4], p: u16| Endpoint::new(Ipv4Be::from_octets(a), PortBe::from_host(p));
+    let server = ep([192, 168, 0, 2], 53);
+    let public = |p| ep([203, 0, 113, 1], p);
+    // Two forwards to one service from one client port: flow b's reply tuple is flow a's.
+    let client = ep([198, 51, 100, 7], 40000);
+    let a = plan_flow(&FlowKey::new(IPPROTO_UDP, client, public(5353)), server, None, 0, now);
+    let b = plan_flow(&FlowKey::new(IPPROTO_UDP, client, public(5354)), server, None, 0, now);
+    assert_eq!(a.reply_key, b.reply_key);
+    let orphan_age = now - 2_000_000_000;
+    let b_orig = hairpin_common::CtEntry { created_ns: orphan_age, ..b.orig };
+    for (k, e) in [(a.orig_key, a.orig), (a.reply_key, a.reply)] {
+        maps.ct.insert(&k, &e, 0).unwrap();
+        let (egress_key, value) = hairpin_common::nat::egress(&k, &e);
+        maps.egress.insert(&egress_key, &value, 0).unwrap();
+    }
+    // b's own reply entry was evicted, and a took its tuple since.
+    maps.ct.insert(&b.orig_key, &b_orig, 0).unwrap();
+    // And an egress entry of a flow the LRU evicted whole.
+    let gone = plan_flow(&FlowKey::new(IPPROTO_UDP, ep([198, 51, 100, 8], 1), public(5353)), server, None, 0, now);
+    let (gone_key, gone_value) = hairpin_common::nat::egress(&gone.orig_key, &gone.orig);
+    maps.egress.insert(&gone_key, &gone_value, 0).unwrap();
+
+    let (flows, _) = expire::snapshot(&maps).unwrap();
+    let b_flow = flows.iter().find(|f| f.orig_key == b.orig_key).unwrap();
+    assert!(b_flow.reply.is_none(), "a's reply entry is not b's: {:?}", b_flow.reply);
+    let s = expire::sweep(&mut maps, now).unwrap();
+    assert_eq!((s.orphans, s.expired), (1, 0), "b's entry alone");
+    let left: Vec<FlowKey> = maps.ct.keys().map(Result::unwrap).collect();
+    assert!(left.contains(&a.orig_key) && left.contains(&a.reply_key) && !left.contains(&b.orig_key), "{left:?}");
+    let egress: Vec<FlowKey> = maps.egress.keys().map(Result::unwrap).collect();
+    assert_eq!(egress.len(), 2, "a's two egress entries only: {egress:?}");
+    assert!(!egress.contains(&gone_key));
+}

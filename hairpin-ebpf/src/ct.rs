@@ -202,12 +202,21 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
     // Planned in this CPU's scratch slot, not on the stack: two entries and their keys are
     // more than the fast path's share of the 512 bytes leaves.
     let slot = PLAN.get_ptr_mut(0).ok_or(Reason::DropFlowInsert)?;
-    let plan = |src, extra| {
-        // SAFETY: this CPU's slot, which nothing else uses while the program runs here.
+    // The plan is made whole once; each attempt gives it its source and flags only. (Made
+    // whole per attempt, its entries are zero-filled by a memset that 6.1's verifier walks
+    // byte by byte in every attempt, past its million instructions.)
+    // SAFETY: this CPU's slot, which nothing else uses while the program runs here.
+    unsafe {
+        *slot = plan_flow(key, dst, None, flags, now);
+        ((*slot).orig.packets, (*slot).orig.bytes) = (u64::from(packets), u64::from(bytes));
+    }
+    let plan = |src: Option<Endpoint>, extra| {
+        // SAFETY: as above.
         let plan = unsafe { &mut *slot };
-        *plan = plan_flow(key, dst, src, flags | extra, now);
-        plan.orig.flags |= seen;
-        (plan.orig.packets, plan.orig.bytes) = (u64::from(packets), u64::from(bytes));
+        plan.orig.xlate = FlowKey::new(key.proto, src.unwrap_or(key.src_ep()), dst);
+        plan.reply_key = plan.orig.xlate.reversed();
+        plan.orig.flags = flags | extra | seen;
+        plan.reply.flags = flags | extra | CT_F_REPLY;
         &*plan
     };
     let addr = match snat {

@@ -25,18 +25,17 @@ use crate::util::{self, output, root, run as sh};
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf", "cls_u32"];
 
 /// Lab tests run in the guests: the plain topology with default flags, TC as netlink filters,
-/// the controller's run, fragmented datagrams. (Bulk transfers and benchmarks are too slow
-/// under emulation. The gateway's-filter test waits for nft in the guest, which fails there
-/// with "cache initialization failed: Invalid argument".)
+/// the controller's run. (Bulk transfers and benchmarks are too slow under emulation, and the
+/// guests' share of `cargo xtask test` is near its 30 minutes: fragments and the dataplane's
+/// log are tested on the host. The gateway's-filter test waits for nft in the guest, which
+/// fails there with "cache initialization failed: Invalid argument".)
 const LAB_TESTS: &[&str] = &[
     "port_forward_and_hairpin_over_tcp_and_udp",
-    "fragmented_datagrams_arrive_whole_through_hairpin",
     "port_forward_and_hairpin_on_the_slow_path",
     "tc_programs_as_netlink_filters_and_down_removes_only_them",
     "vlan_tagged_frames_from_the_wan_do_not_reach_the_lan",
     "icmp_errors_and_endpoint_independent_bindings",
     "run_expires_idle_flows_and_leaves_the_dataplane_running",
-    "run_prints_the_dataplane_log",
 ];
 
 /// Operator tests run in the guests: a file applied and read back, interfaces already in use

@@ -54,7 +54,17 @@ pub enum Peers {
     /// macvlan network. The driver switches frames between them itself, checksums left to
     /// offload included; lan0 has no peer. The WAN is as in [`Peers::Plain`].
     MacvlanLan,
+    /// The gateway's lan0 and wan0 are NICs of the machine, each cabled to another of its
+    /// NICs: the switch's port and the internet host's eth0. [`NICS_ENV`] names the four by
+    /// MAC; `cargo xtask vmtest` gives its guests four virtio-net NICs wired so by qemu, so
+    /// that native XDP is tested on a real driver too. The rest is as [`Peers::Plain`].
+    Nics,
 }
+
+/// The machine's NICs [`Peers::Nics`] takes, by MAC, comma-separated: the gateway's LAN NIC
+/// and the switch's port it is cabled to, the gateway's WAN NIC and the internet host's it is
+/// cabled to.
+pub const NICS_ENV: &str = "HAIRPIN_LAB_NICS";
 
 pub struct Lab {
     pub prefix: String,
@@ -105,14 +115,14 @@ impl Lab {
         // of the dataplane's counters are keyed by index, host-wide (see hairpin-ebpf's
         // `refused.rs`).
         let gw_ifindex = 100_000 + (pid % 20_000) * 100 + (seq % 50) * 2;
-        lab.wire(gw_ifindex, peers == Peers::MacvlanLan).context("building the lab topology")?;
+        lab.wire(gw_ifindex, peers).context("building the lab topology")?;
         if peers == Peers::Xdp {
             for host in [&lab.srv, &lab.cli, &lab.inet, &lab.far] {
                 host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
             }
         }
         match peers {
-            Peers::Plain | Peers::MacvlanLan => {}
+            Peers::Plain | Peers::MacvlanLan | Peers::Nics => {}
             Peers::Gro => {
                 for (ns, iface) in lab.peers() {
                     ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
@@ -123,12 +133,27 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Builds the topology (the LAN a macvlan network if `macvlan_lan`); the gateway's lan0 and
-    /// wan0 get indices `gw_ifindex` and the next.
-    fn wire(&self, gw_ifindex: u32, macvlan_lan: bool) -> anyhow::Result<()> {
+    /// Builds the topology `peers` says; the gateway's lan0 and wan0 get indices `gw_ifindex`
+    /// and the next (but NICs, which have theirs).
+    fn wire(&self, gw_ifindex: u32, peers: Peers) -> anyhow::Result<()> {
         let Self { gw, sw, srv, cli, inet, far, .. } = self;
         let lan = [(gw, "p-gw", "lan0", Some(gw_ifindex)), (srv, "p-srv", "eth0", None), (cli, "p-cli", "eth0", None)];
-        if macvlan_lan {
+        if peers == Peers::Nics {
+            sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+            sw.ip(&["link", "set", "br0", "up"])?;
+            let macs = std::env::var(NICS_ENV).with_context(|| format!("{NICS_ENV} is not set: which NICs?"))?;
+            let macs: Vec<&str> = macs.split(',').collect();
+            anyhow::ensure!(macs.len() == 4, "{NICS_ENV} must name four NICs: {macs:?}");
+            let nics = [(gw, "lan0"), (sw, "p-gw"), (gw, "wan0"), (inet, "eth0")];
+            for (mac, (ns, name)) in macs.into_iter().zip(nics) {
+                take_nic(mac, ns, name)?;
+            }
+            sw.ip(&["link", "set", "p-gw", "master", "br0"])?;
+            for (host, port, ifname, index) in &lan[1..] {
+                veth(host, ifname, *index, sw, port)?;
+                sw.ip(&["link", "set", port, "master", "br0", "up"])?;
+            }
+        } else if peers == Peers::MacvlanLan {
             // The switch: one parent (a veth, its peer beside it) whose children are the LAN.
             sw.ip(&["link", "add", "uplink", "type", "veth", "peer", "name", "uplink-p"])?;
             for (host, _, ifname, index) in lan {
@@ -143,7 +168,9 @@ impl Lab {
                 sw.ip(&["link", "set", port, "master", "br0", "up"])?;
             }
         }
-        veth(gw, "wan0", Some(gw_ifindex + 1), inet, "eth0")?;
+        if peers != Peers::Nics {
+            veth(gw, "wan0", Some(gw_ifindex + 1), inet, "eth0")?;
+        }
         veth(inet, "eth1", None, far, "eth0")?;
         for ns in [gw, sw, srv, cli, inet, far] {
             for link in links(ns)? {
@@ -352,6 +379,22 @@ impl Drop for Lab {
 fn veth(a: &Netns, a_name: &str, index: Option<u32>, b: &Netns, b_name: &str) -> anyhow::Result<()> {
     let mut c = link_add(None, a, a_name, index);
     run(c.args(["type", "veth", "peer", "name", b_name, "netns", &b.name])).map(|_| ())
+}
+
+/// Moves the machine's NIC with address `mac` into `ns` as `name`. (When `ns` goes, the
+/// kernel moves the NIC back, under the name it had there.)
+fn take_nic(mac: &str, ns: &Netns, name: &str) -> anyhow::Result<()> {
+    let want = mac.to_ascii_lowercase();
+    let links = run(std::process::Command::new("ip").args(["-o", "link", "show"]))?;
+    let dev = links
+        .lines()
+        .find(|l| l.contains(&format!("link/ether {want} ")))
+        .and_then(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .with_context(|| format!("no NIC with address {want} here (Peers::Nics needs the VM's NICs)"))?;
+    run(std::process::Command::new("ip").args(["link", "set", "dev", &dev, "down", "netns", &ns.name]))?;
+    ns.ip(&["link", "set", "dev", &dev, "name", name])?;
+    Ok(())
 }
 
 /// A macvlan child (bridge mode) of `parent` in `parent_ns`, made in `ns` as `name`, with

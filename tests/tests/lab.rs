@@ -243,6 +243,35 @@ fn forward_and_hairpin(peers: Peers, up_args: &[&str]) {
     assert!(!lab.pin_dir.exists(), "down removed the pins");
 }
 
+/// The gateway on NICs with a real driver (virtio-net, cabled by qemu in `cargo xtask
+/// vmtest`'s guests) and default flags: native XDP on both, and both take XDP frames, which
+/// virtio-net says only once an XDP program is attached to it (`up` asks again after
+/// attaching). The XDP fast path then carries a forward, a 1 MiB hairpin echo and a 1 MiB
+/// masquerade echo.
+#[test]
+#[ignore = "needs the VM's NICs: `cargo xtask vmtest` runs it"]
+fn the_gateway_on_virtio_nics_takes_the_xdp_fast_path() {
+    let lab = lab_with(Peers::Nics);
+    let up = lab.up_output(&[]).expect("hairpin-ctl up");
+    for iface in ["lan0", "wan0"] {
+        let line = format!("{iface}: fast path xdp (native XDP in the driver)");
+        assert!(up.contains(&line), "up printed no '{line}': {up}");
+    }
+    assert_eq!(takes_xdp_frames(&lab), [true, true], "{up}");
+    assert_eq!(scenario::port_forward(&lab, HTTP_PORT).expect("port forward").seen_by_server.ip(), IpAddr::V4(INET));
+    let hp = scenario::hairpin_tcp(&lab, HTTP_PORT, HAIRPIN_BYTES).expect("hairpin");
+    assert_eq!((hp.bytes, hp.seen_by_server.ip()), (1 << 20, IpAddr::V4(GW_LAN)));
+    let masq =
+        traffic::tcp_echo(&lab.cli, SocketAddrV4::new(INET, HTTP_PORT), HAIRPIN_BYTES, scenario::CONNECT_TIMEOUT)
+            .expect("masquerade echo");
+    assert_eq!((masq.bytes, masq.seen_by_server.ip()), (1 << 20, IpAddr::V4(PUBLIC)));
+    let (tx, redirect) = (lab.counter("fast_tx").unwrap(), lab.counter("fast_redirect").unwrap());
+    assert!(tx > 100 && redirect > 100, "the XDP fast path sent {tx} frames back out and redirected {redirect}");
+    assert_eq!(refused(&lab), [0, 0]);
+    assert_eq!(lab.counter("drop_malformed").unwrap(), 0);
+    lab.down().unwrap();
+}
+
 /// Bulk TCP with the hosts' default offloads (TSO super-packets, checksums left to offload):
 /// 64 MiB each way through the port-forward, the masquerade and the hairpin, byte for byte, on
 /// the fast path, and no receiver ever sees a bad checksum.

@@ -41,6 +41,10 @@ enum Task {
     Vmtest {
         #[arg(long = "kernel", required = true, value_name = "VERSION|PACKAGE")]
         kernels: Vec<String>,
+        /// Runs this shell command in each guest instead of the tests (in the checkout, with
+        /// HAIRPIN_CTL set), e.g. one test binary with a filter.
+        #[arg(long, value_name = "COMMAND")]
+        run: Option<String>,
     },
     /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
     /// the gateway for every path side by side, ns per packet and bulk TCP Gbit/s (report and
@@ -61,7 +65,7 @@ fn main() -> std::process::ExitCode {
         Task::Lab => lab::run(),
         Task::Test { args } => test::run(&args),
         Task::Bench { args } => bench::run(&args),
-        Task::Vmtest { kernels } => vmtest::run(&kernels),
+        Task::Vmtest { kernels, run } => vmtest::run(&kernels, run.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -63,13 +63,22 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     // The kernels gateways run (Debian 12's 6.1 and 6.12), each in a VM: the packet tests and
     // the plain-topology lab again. Skipped when a filter picks tests.
     if extra.is_empty() {
-        for kernel in VM_KERNELS {
-            match crate::vmtest::run(&[kernel.to_string()]) {
-                Ok(()) => passed += 1,
-                Err(e) => {
-                    eprintln!("vmtest {kernel}: {e:#}");
-                    failed += 1;
+        let kernels = VM_KERNELS.map(String::from);
+        match crate::vmtest::run_each(&kernels, None) {
+            Ok(results) => {
+                for (kernel, result) in results {
+                    match result {
+                        Ok(()) => passed += 1,
+                        Err(e) => {
+                            eprintln!("vmtest {kernel}: {e:#}");
+                            failed += 1;
+                        }
+                    }
                 }
+            }
+            Err(e) => {
+                eprintln!("vmtest: {e:#}");
+                failed += VM_KERNELS.len() as u64;
             }
         }
     }

@@ -249,7 +249,14 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<(
             Attached::Filter(link) => filters.push(link),
         }
     }
-    // A fallback may have changed a placement: the dataplane must see the final ones.
+    // A fallback may have changed a placement, and some drivers (virtio-net) say they take XDP
+    // frames only once an XDP program is attached to them: asked again now that both ingress
+    // programs are, the dataplane sees the final placements.
+    for s in &mut sides {
+        s.caps = Caps::probe(s.iface, s.ifindex)?;
+        s.placement.xdp_target = placement::xdp_target(&s.caps, s.placement.ingress, s.placement.why);
+        s.placement.peer_target = s.caps.peer_target();
+    }
     (cfg.lan_placement, cfg.wan_placement) = (sides[0].placement.encode(), sides[1].placement.encode());
     write_config(&mut ebpf, &cfg)?;
     for (side, hook) in [(0, Hook::LanEgress), (1, Hook::WanEgress)] {

@@ -164,7 +164,7 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     for ebpf in &mut dps[..HELPERS] {
         let (rv, _) = run(ebpf, prog_names::XDP_WAN, &frame(65000), wan, 1)?;
         ensure!(rv == 2, "the first packet of a flow passes to the kernel (verdict {rv})");
-        confirm_all(ebpf)?;
+        hairpin_lab::confirm_all(ebpf)?;
     }
     let p: &mut Xdp = dps[HELPERS].program_mut("bench_tx").context("bench_tx")?.try_into()?;
     p.load()?;
@@ -254,17 +254,4 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         .collect();
     rows.push(Row { what: HARNESS, single: None, repeated: rep.next() });
     Ok(rows)
-}
-
-/// Marks every flow forwarded both ways by the kernel, as egress does when a packet of each
-/// direction leaves (the fast path serves only such flows): the established flow's packets are
-/// what is measured.
-fn confirm_all(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
-    use hairpin_common::{CT_F_CONFIRMED, CT_F_LEFT, CtEntry, FlowKey};
-    let mut ct = HashMap::<_, FlowKey, CtEntry>::try_from(ebpf.map_mut(map_names::CONNTRACK).context("conntrack")?)?;
-    let all: Vec<(FlowKey, CtEntry)> = ct.iter().collect::<Result<_, _>>()?;
-    for (k, e) in all {
-        ct.insert(&k, &CtEntry { flags: e.flags | CT_F_LEFT | CT_F_CONFIRMED, ..e }, 0)?;
-    }
-    Ok(())
 }

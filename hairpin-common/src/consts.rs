@@ -10,6 +10,17 @@ pub const MAX_MAPPINGS: u32 = 4096;
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 /// Conntrack entries; a flow takes two (one per direction).
 pub const CT_CAPACITY: u32 = 2 * DEFAULT_MAX_FLOWS;
+/// Entries of flows the kernel has not forwarded both ways yet, apart from the confirmed ones
+/// (see `unconfirmed_entries`).
+pub const CT_NEW_CAPACITY: u32 = unconfirmed_entries(DEFAULT_MAX_FLOWS);
+
+/// Room for unconfirmed flows beside `max_flows` confirmed ones: half as many flows (two
+/// entries each), in a table of their own, so that a flood of flows that never confirm (a SYN
+/// flood at a forward, a scan from the LAN) evicts only its own kind, never an established
+/// flow, as netfilter's early drop takes only unassured entries.
+pub const fn unconfirmed_entries(max_flows: u32) -> u32 {
+    if max_flows < 16 { 16 } else { max_flows }
+}
 /// Egress entries: a flow takes two, as in conntrack, and entries of flows the conntrack LRU
 /// evicted stay until the sweep removes them (a plain hash: an entry of a live flow is never
 /// evicted), so there is room for as many again.
@@ -44,6 +55,10 @@ pub mod map_names {
     pub const CONFIG_SEL: &str = "HP_CONFIG_SEL";
     pub const MAPPINGS: &str = "HP_MAPPINGS";
     pub const CONNTRACK: &str = "HP_CT";
+    /// Conntrack entries of flows not confirmed yet (see `consts::unconfirmed_entries`).
+    pub const UNCONFIRMED: &str = "HP_CT_NEW";
+    /// Egress entries of flows not confirmed yet.
+    pub const EGRESS_UNCONFIRMED: &str = "HP_EGRESS_NEW";
     /// Every flow direction, by the tuple it leaves ingress with (`EgressEntry`).
     pub const EGRESS: &str = "HP_EGRESS";
     /// Fragmented datagrams in flight: how their later fragments are translated (`FragEntry`).
@@ -64,12 +79,14 @@ pub mod map_names {
     pub const CT_GEN: &str = "HP_CT_GEN";
     /// The ring buffer of `Event`s `run` prints.
     pub const EVENTS: &str = "HP_EVENTS";
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         CONFIG_SEL,
         MAPPINGS,
         CONNTRACK,
+        UNCONFIRMED,
         EGRESS,
+        EGRESS_UNCONFIRMED,
         FRAGS,
         STATS,
         BINDINGS,

@@ -321,7 +321,8 @@ pub const CFG_F_FAST_PATH: u32 = 1 << 2;
 /// [`Config::flags`], set by the controller's sweep: conntrack is at least
 /// [`crate::flow_cache::PRESSURE_PERCENT`] full, so the kernel's LRU may be evicting live
 /// flows, whose tuples new flows may take while other CPUs still hold cached copies of them.
-/// While it is set, every new flow moves the dataplane's generation (no copy survives it).
+/// While it is set, every flow confirmed (moved into the confirmed table, evicting one there)
+/// moves the dataplane's generation (no copy survives it).
 pub const CFG_F_CT_PRESSURE: u32 = 1 << 3;
 /// [`Config::flags`], for the controller only (the dataplane ignores it): no public address was
 /// given, so it is the WAN interface's primary address and follows it.

@@ -231,6 +231,8 @@ pub fn load(max_flows: u32, flow_cache: bool) -> anyhow::Result<Ebpf> {
     check_fits(max_flows, slots, mem_available())?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::CONNTRACK, entries)
+        .map_max_entries(map_names::UNCONFIRMED, hairpin_common::consts::unconfirmed_entries(max_flows))
+        .map_max_entries(map_names::EGRESS_UNCONFIRMED, hairpin_common::consts::unconfirmed_entries(max_flows))
         .map_max_entries(map_names::EGRESS, entries.checked_mul(2).context("--max-flows is too large")?)
         .map_max_entries(map_names::FLOW_CACHE, slots)
         .map_max_entries(map_names::FLOW_COUNTS, slots)
@@ -297,9 +299,12 @@ pub struct Maps {
     config: Array<MapData, Config>,
     config_sel: Array<MapData, u32>,
     pub mappings: HashMap<MapData, MappingKey, Endpoint>,
+    /// Conntrack: confirmed flows, and flows the kernel has not forwarded both ways yet.
     pub ct: HashMap<MapData, FlowKey, CtEntry>,
+    pub ct_new: HashMap<MapData, FlowKey, CtEntry>,
     /// Every flow direction's egress entry (`EgressEntry`), by the tuple it leaves ingress with.
     pub egress: HashMap<MapData, FlowKey, EgressEntry>,
+    pub egress_new: HashMap<MapData, FlowKey, EgressEntry>,
     pub stats: PerCpuArray<MapData, u64>,
     /// LAN endpoint -> its public port, and public port -> LAN endpoint.
     pub bindings: HashMap<MapData, MappingKey, Binding>,
@@ -317,6 +322,13 @@ impl Maps {
     fn open(pins: &PinDir) -> anyhow::Result<Self> {
         let maps = Self::from_fn(|name| {
             let path = pins.map(name);
+            if !path.exists() && pins.maps().exists() {
+                bail!(
+                    "the dataplane pinned at {} is from another version of hairpin (it has no map {name}): \
+                     take it down and up again (`hairpin-ctl down`, then `up` or `apply`; flows are lost)",
+                    pins.root.display()
+                );
+            }
             let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
             aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))
         })?;
@@ -335,7 +347,9 @@ impl Maps {
             config_sel: map(map_names::CONFIG_SEL)?.try_into()?,
             mappings: map(map_names::MAPPINGS)?.try_into()?,
             ct: map(map_names::CONNTRACK)?.try_into()?,
+            ct_new: map(map_names::UNCONFIRMED)?.try_into()?,
             egress: map(map_names::EGRESS)?.try_into()?,
+            egress_new: map(map_names::EGRESS_UNCONFIRMED)?.try_into()?,
             stats: map(map_names::STATS)?.try_into()?,
             bindings: map(map_names::BINDINGS)?.try_into()?,
             bound_ports: map(map_names::BOUND_PORTS)?.try_into()?,
@@ -489,10 +503,13 @@ impl Maps {
         let mut removed = false;
         for (k, e) in entries {
             let (egress_key, value) = hairpin_common::nat::egress(&k, &e);
-            if self.egress.get(&egress_key, 0).is_ok_and(|cur| cur == value) {
-                let _ = self.egress.remove(&egress_key);
+            for table in [&mut self.egress, &mut self.egress_new] {
+                if table.get(&egress_key, 0).is_ok_and(|cur| cur == value) {
+                    let _ = table.remove(&egress_key);
+                }
             }
             let _ = self.ct.remove(&k);
+            let _ = self.ct_new.remove(&k);
             removed = true;
         }
         if removed {

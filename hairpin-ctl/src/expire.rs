@@ -37,7 +37,8 @@ pub type Entry = (FlowKey, CtEntry);
 /// translation leads to the other: a reply entry found by an original's key alone may be
 /// another flow's (the original's own reply evicted, its tuple taken since).
 pub fn snapshot(maps: &Maps) -> anyhow::Result<(Vec<Flow>, Vec<Entry>)> {
-    let mut all: HashMap<FlowKey, CtEntry> = maps.ct.iter().collect::<Result<_, _>>()?;
+    // Unconfirmed flows first: an entry caught in both tables (being moved) is the confirmed.
+    let mut all: HashMap<FlowKey, CtEntry> = maps.ct_new.iter().chain(maps.ct.iter()).collect::<Result<_, _>>()?;
     // Packets the flow cache served, not in conntrack yet. (A snapshot is read, never written
     // back: the sum is only ever shown.)
     for (k, c) in maps.cached_counts()? {
@@ -114,8 +115,14 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let cfg = maps.config()?;
     let (timeouts, public) = (cfg.timeouts, cfg.public_addr);
     let (flows, lone_replies) = snapshot(maps)?;
-    let entries: usize = flows.iter().map(|f| 1 + usize::from(f.reply.is_some())).sum::<usize>() + lone_replies.len();
-    mark_pressure(maps, &cfg, entries as u64)?;
+    // The confirmed table's fill: it is where a move evicts flows CPUs hold copies of.
+    let confirmed = flows
+        .iter()
+        .flat_map(|f| f.entries().collect::<Vec<_>>())
+        .chain(lone_replies.iter().copied())
+        .filter(|(_, e)| e.flags & hairpin_common::CT_F_CONFIRMED != 0)
+        .count();
+    mark_pressure(maps, &cfg, confirmed as u64)?;
     let mut s = Sweep { flows: flows.len(), ..Default::default() };
     let mut in_use = HashSet::new();
     let mut dead = Vec::new();
@@ -187,25 +194,45 @@ pub fn delete(maps: &mut Maps, flow: &Flow) -> anyhow::Result<usize> {
 /// and their translations; an entry not there is looked up again before it goes, as a flow
 /// may have been made since the snapshot (its conntrack entries go in before its egress ones).
 fn remove_stray_egress(maps: &mut Maps, live: &HashMap<FlowKey, FlowKey>) -> anyhow::Result<usize> {
-    let all: Vec<(FlowKey, hairpin_common::EgressEntry)> = maps.egress.iter().collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for unconfirmed in [false, true] {
+        n += remove_stray_egress_in(maps, live, unconfirmed)?;
+    }
+    Ok(n)
+}
+
+/// As [`remove_stray_egress`], in the egress table of unconfirmed flows or of confirmed ones.
+fn remove_stray_egress_in(
+    maps: &mut Maps,
+    live: &HashMap<FlowKey, FlowKey>,
+    unconfirmed: bool,
+) -> anyhow::Result<usize> {
+    fn table(
+        maps: &mut Maps,
+        unconfirmed: bool,
+    ) -> &mut aya::maps::HashMap<aya::maps::MapData, FlowKey, hairpin_common::EgressEntry> {
+        if unconfirmed { &mut maps.egress_new } else { &mut maps.egress }
+    }
+    let all: Vec<(FlowKey, hairpin_common::EgressEntry)> = table(maps, unconfirmed).iter().collect::<Result<_, _>>()?;
     let mut n = 0;
     for (k, v) in all {
         let (ct_key, xlate) = (v.ct_key, v.xlate(&k));
         if live.get(&ct_key) == Some(&xlate) {
             continue;
         }
-        if maps.ct.get(&ct_key, 0).is_ok_and(|e| e.xlate == xlate) {
+        if [&maps.ct, &maps.ct_new].iter().any(|t| t.get(&ct_key, 0).is_ok_and(|e| e.xlate == xlate)) {
             continue;
         }
-        if maps.egress.get(&k, 0).is_ok_and(|cur| cur == v) {
-            let _ = maps.egress.remove(&k);
+        let table = table(maps, unconfirmed);
+        if table.get(&k, 0).is_ok_and(|cur| cur == v) {
+            let _ = table.remove(&k);
             n += 1;
         }
     }
     Ok(n)
 }
 
-/// Sets or clears `CFG_F_CT_PRESSURE` as conntrack's fill says (`flow_cache::under_pressure`).
+/// Sets or clears `CFG_F_CT_PRESSURE` as the confirmed table's fill says (`flow_cache::under_pressure`).
 /// The configuration is written only when the flag changes.
 fn mark_pressure(maps: &mut Maps, cfg: &hairpin_common::Config, entries: u64) -> anyhow::Result<()> {
     use hairpin_common::CFG_F_CT_PRESSURE;

@@ -1,5 +1,10 @@
 //! Conntrack: finding a flow, and creating one with both directions (and their egress
 //! rewrites) inserted together or not at all.
+//!
+//! A flow is created in `CT_NEW` and moved to `CT` once the kernel has forwarded it both ways
+//! ([`confirm`]): each table is an LRU of its own, so that flows that never confirm (a flood
+//! of SYNs at a forward, a scan) evict only each other, never a confirmed flow. The fast path
+//! serves flows found in `CT` only.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -13,7 +18,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, EGRESS, EGRESS_SCRATCH, EVENTS, MAPPINGS, PLAN},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, CT_NEW, EGRESS, EGRESS_NEW, EGRESS_SCRATCH, EVENTS, MAPPINGS, PLAN},
     stats,
 };
 
@@ -54,8 +59,8 @@ pub struct Found {
     /// Its last-seen time was a second old or more (and is refreshed now): anything cached in
     /// it is to be checked again.
     pub stale: bool,
-    /// The kernel has forwarded the flow both ways (`CT_F_CONFIRMED`): the fast path may
-    /// serve it.
+    /// The kernel has forwarded the flow both ways (found in `CT`, not `CT_NEW`): the fast
+    /// path may serve it.
     pub confirmed: bool,
     /// Its `CT_F_SPORT_AT_INGRESS` flag, for [`leaving_ingress`].
     pub sport_flag: u32,
@@ -85,7 +90,10 @@ impl Found {
 /// its own creation right after restores it.
 #[inline(always)]
 pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u16) -> Option<Found> {
-    let entry = CT.get_ptr_mut(key)?;
+    let (entry, confirmed) = match CT.get_ptr_mut(key) {
+        Some(e) => (e, true),
+        None => (CT_NEW.get_ptr_mut(key)?, false),
+    };
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
@@ -94,7 +102,7 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
             if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
                 let (xlate, flags) = ((*entry).xlate, (*entry).flags);
                 remove_egress(key, &xlate, flags);
-                let _ = CT.remove(key);
+                remove_entry(key);
                 crate::cache::invalidate_all();
                 return None;
             }
@@ -109,7 +117,6 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
         // Every packet: the line is this direction's, written by the CPU its packets arrive on.
         (*entry).packets += u64::from(packets);
         (*entry).bytes += u64::from(bytes);
-        let confirmed = (*entry).flags & CT_F_CONFIRMED != 0;
         let sport_flag = (*entry).flags & CT_F_SPORT_AT_INGRESS;
         Some(Found { xlate: (*entry).xlate, entry, stale, confirmed, sport_flag })
     }
@@ -120,7 +127,20 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
 #[inline(always)]
 fn twin_of(key: &FlowKey, xlate: &FlowKey) -> bool {
     // SAFETY: read through a pointer from a successful lookup.
-    CT.get_ptr(&xlate.reversed()).is_some_and(|twin| unsafe { (*twin).xlate } == key.reversed())
+    find(&xlate.reversed()).is_some_and(|twin| unsafe { (*twin).xlate } == key.reversed())
+}
+
+/// The entry of the flow direction `key`, confirmed or not.
+#[inline(always)]
+fn find(key: &FlowKey) -> Option<*mut CtEntry> {
+    CT.get_ptr_mut(key).or_else(|| CT_NEW.get_ptr_mut(key))
+}
+
+/// Removes the entry of the flow direction `key` from whichever table has it.
+#[inline(always)]
+fn remove_entry(key: &FlowKey) {
+    let _ = CT.remove(key);
+    let _ = CT_NEW.remove(key);
 }
 
 /// The entry of the flow direction `key`, without counting it as traffic (an ICMP error about
@@ -128,7 +148,7 @@ fn twin_of(key: &FlowKey, xlate: &FlowKey) -> bool {
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<CtEntry> {
     // SAFETY: a plain copy out of the map value.
-    unsafe { CT.get(key) }.copied()
+    find(key).map(|e| unsafe { *e })
 }
 
 /// What a new flow's source becomes.
@@ -170,12 +190,9 @@ pub struct NewFlow {
 /// same way in `BOUND_PORTS`. Neither ever takes a public port that a port-forward owns.
 #[inline(always)]
 pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
+    // Into `CT_NEW`, whose evictions take unconfirmed flows only, which no CPU holds copies of
+    // (the fast path serves confirmed flows): `confirm` moves it into `CT`.
     let created = try_create(cfg, key, new);
-    if created.is_ok() && cfg.ct_pressure() {
-        // The LRU may have evicted the flow whose tuple this one took; its copies on other
-        // CPUs must not serve (see `CFG_F_CT_PRESSURE`).
-        crate::cache::invalidate_all();
-    }
     // Bounded: when the ring is full the event is lost (counters and conntrack stay exact).
     // Written in place in the ring, not built on this frame's stack.
     let event = match created {
@@ -351,29 +368,39 @@ enum InsertError {
     Failed,
 }
 
-/// Inserts a planned flow: reply entry (claiming the reply tuple), original entry, egress
-/// rewrites. On failure, whatever this call inserted is removed again, and only that.
+/// Inserts a planned flow (unconfirmed, into `CT_NEW`): reply entry (claiming the reply
+/// tuple), original entry, egress rewrites. On failure, whatever this call inserted is removed
+/// again, and only that.
 #[inline(always)]
 fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+    // A reply entry may already be there for this very flow: confirmed, left by its original
+    // (evicted), which the flow makes again, unconfirmed; or made by a packet of it on another
+    // CPU. Any other owner has the tuple.
+    // SAFETY (both closures): reads through pointers from successful lookups.
+    let same = |e: *mut CtEntry| unsafe { (*e).xlate } == plan.reply.xlate;
+    if let Some(e) = CT.get_ptr_mut(&plan.reply_key) {
+        if !same(e) {
+            return Err(InsertError::TupleTaken);
+        }
+        let _ = CT.remove(&plan.reply_key);
+    }
     // Whether the reply entry is this call's to remove on failure.
-    let ours = match CT.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
+    let ours = match CT_NEW.insert(&plan.reply_key, &plan.reply, BPF_NOEXIST as u64) {
         Ok(()) => true,
-        // The same flow, created by a packet on another CPU, may share it; any other owner
-        // means the tuple is taken.
-        Err(EEXIST) if CT.get_ptr(&plan.reply_key).is_some_and(|e| unsafe { (*e).xlate } == plan.reply.xlate) => false,
+        Err(EEXIST) if CT_NEW.get_ptr_mut(&plan.reply_key).is_some_and(same) => false,
         Err(EEXIST) => return Err(InsertError::TupleTaken),
         Err(_) => return Err(InsertError::Failed),
     };
     let undo_reply = || {
         if ours {
-            let _ = CT.remove(&plan.reply_key);
+            let _ = CT_NEW.remove(&plan.reply_key);
         }
     };
-    if let Err(e) = CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
+    if let Err(e) = CT_NEW.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
         // Lost a race for the original direction: the winner's flow stands (its packets keep
         // it fresh; this one is translated by it).
         // SAFETY: a plain copy out of the map value.
-        let winner = if e == EEXIST { unsafe { CT.get(&plan.orig_key) }.map(|w| w.xlate) } else { None };
+        let winner = if e == EEXIST { unsafe { CT_NEW.get(&plan.orig_key) }.map(|w| w.xlate) } else { None };
         return match winner {
             Some(w) => {
                 if w != plan.orig.xlate {
@@ -396,7 +423,7 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         }
     }
     if let Err(e) = egress {
-        let _ = CT.remove(&plan.orig_key);
+        let _ = CT_NEW.remove(&plan.orig_key);
         undo_reply();
         return Err(e);
     }
@@ -416,12 +443,12 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
 /// one entry that serves both directions (see `nat::is_own`), with its egress entry.
 #[inline(always)]
 fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
-    match CT.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
+    match CT_NEW.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Made by a packet on another CPU: the same translation, or another flow's tuple.
         Err(EEXIST) => {
             // SAFETY: a plain copy out of the map value.
-            return match unsafe { CT.get(&plan.orig_key) }.map(|w| w.xlate) {
+            return match unsafe { CT_NEW.get(&plan.orig_key) }.map(|w| w.xlate) {
                 Some(w) if w == plan.orig.xlate => Ok(w),
                 _ => Err(InsertError::TupleTaken),
             };
@@ -429,16 +456,17 @@ fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
         Err(_) => return Err(InsertError::Failed),
     }
     if let Err(e) = insert_egress(&plan.orig_key, &plan.orig) {
-        let _ = CT.remove(&plan.orig_key);
+        let _ = CT_NEW.remove(&plan.orig_key);
         return Err(e);
     }
     crate::cache::forget(&plan.orig_key);
     Ok(plan.orig.xlate)
 }
 
-/// Inserts the egress entry of the flow direction `key`. One already there is another live
-/// flow's (`TupleTaken`: another port may do), or was left by a flow the conntrack LRU evicted
-/// (the sweep has not removed it yet), which this one replaces.
+/// Inserts the egress entry of the (unconfirmed) flow direction `key` into `EGRESS_NEW`. One
+/// already there, or in `EGRESS`, is another live flow's (`EgressTaken`: another port may do),
+/// or was left by a flow the conntrack LRU evicted (the sweep has not removed it yet), which
+/// this one replaces.
 #[inline(always)]
 fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
     // Built in this CPU's scratch slot, not on the stack, which flow creation has little of.
@@ -448,19 +476,26 @@ fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
     unsafe {
         ((*s).0, (*s).1) = egress(key, entry);
         let (egress_key, value) = (&(*s).0, &(*s).1);
-        match EGRESS.insert(egress_key, value, BPF_NOEXIST as u64) {
-            Ok(()) => return Ok(()),
-            Err(EEXIST) => {}
-            Err(_) => return Err(InsertError::Failed),
-        }
+        // An entry is live while its owner's conntrack entry, in the table of its kind, still
+        // holds its translation.
         if let Some(other) = EGRESS.get_ptr(egress_key) {
-            let owner = (*other).ct_key;
-            let xlate = (*other).xlate(egress_key);
+            let (owner, xlate) = ((*other).ct_key, (*other).xlate(egress_key));
             if owner != *key && CT.get_ptr(&owner).is_some_and(|e| (*e).xlate == xlate) {
                 return Err(InsertError::EgressTaken);
             }
         }
-        EGRESS.insert(egress_key, value, BPF_ANY as u64).map_err(|_| InsertError::Failed)
+        match EGRESS_NEW.insert(egress_key, value, BPF_NOEXIST as u64) {
+            Ok(()) => return Ok(()),
+            Err(EEXIST) => {}
+            Err(_) => return Err(InsertError::Failed),
+        }
+        if let Some(other) = EGRESS_NEW.get_ptr(egress_key) {
+            let (owner, xlate) = ((*other).ct_key, (*other).xlate(egress_key));
+            if owner != *key && CT_NEW.get_ptr(&owner).is_some_and(|e| (*e).xlate == xlate) {
+                return Err(InsertError::EgressTaken);
+            }
+        }
+        EGRESS_NEW.insert(egress_key, value, BPF_ANY as u64).map_err(|_| InsertError::Failed)
     }
 }
 
@@ -469,15 +504,17 @@ fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
 fn remove_planned(plan: &FlowPlan) {
     remove_egress(&plan.orig_key, &plan.orig.xlate, plan.orig.flags);
     remove_egress(&plan.reply_key, &plan.reply.xlate, plan.reply.flags);
-    let _ = CT.remove(&plan.orig_key);
-    let _ = CT.remove(&plan.reply_key);
+    remove_entry(&plan.orig_key);
+    remove_entry(&plan.reply_key);
 }
 
 /// Removes the egress entry of the flow direction `key` translated to `xlate` (entry flags
 /// `flags`).
 #[inline(always)]
 fn remove_egress(key: &FlowKey, xlate: &FlowKey, flags: u32) {
-    let _ = EGRESS.remove(&leaving_ingress(key, xlate, flags));
+    let egress_key = leaving_ingress(key, xlate, flags);
+    let _ = EGRESS.remove(&egress_key);
+    let _ = EGRESS_NEW.remove(&egress_key);
 }
 
 /// For a TCP SYN (without ACK) of the flow direction `found`: if the connection was closing or
@@ -492,7 +529,7 @@ pub fn reopen_if_closed(key: &FlowKey, found: &Found) -> bool {
     // SAFETY: reads through pointers from successful lookups (a recycled entry reads as
     // another flow's, and its translation then tells).
     let (mine, theirs) = unsafe {
-        let theirs = CT.get_ptr(&twin).filter(|t| (**t).xlate == key.reversed()).map_or(0, |t| (*t).flags);
+        let theirs = find(&twin).filter(|t| (**t).xlate == key.reversed()).map_or(0, |t| (*t).flags);
         ((*found.entry).flags, theirs)
     };
     let closed = (mine | theirs) & CT_S_RST != 0 || mine & theirs & CT_S_FIN != 0;
@@ -501,10 +538,10 @@ pub fn reopen_if_closed(key: &FlowKey, found: &Found) -> bool {
     }
     if theirs != 0 {
         remove_egress(&twin, &key.reversed(), theirs);
-        let _ = CT.remove(&twin);
+        remove_entry(&twin);
     }
     remove_egress(key, xlate, mine);
-    let _ = CT.remove(key);
+    remove_entry(key);
     crate::cache::invalidate_all();
     true
 }
@@ -513,38 +550,66 @@ pub fn reopen_if_closed(key: &FlowKey, found: &Found) -> bool {
 /// entry, if it has one.
 #[inline(always)]
 pub fn egress_of(egress_key: &FlowKey) -> Option<EgressEntry> {
-    // SAFETY: a plain copy out of the map value.
-    unsafe { EGRESS.get(egress_key) }.copied()
+    // SAFETY: plain copies out of the map values.
+    unsafe { EGRESS.get(egress_key).or_else(|| EGRESS_NEW.get(egress_key)) }.copied()
 }
 
 /// Records that a packet of the flow direction `eg` describes has left through the kernel:
-/// `CT_F_LEFT`, and `CT_F_CONFIRMED` once its twin has left too (see `CT_F_CONFIRMED`). Each
-/// direction's bits are written by its own packets only. Nothing to do, one lookup, once the
-/// direction is confirmed.
+/// `CT_F_LEFT` in its entry; once its twin has left too, the flow is confirmed
+/// (`CT_F_CONFIRMED` in both) and moved from `CT_NEW` to `CT`, where the fast path finds it.
+/// Nothing to do, one lookup (a miss), once the flow is confirmed. `pressure`: `CT` is near
+/// full (`CFG_F_CT_PRESSURE`), so the move may evict a confirmed flow that CPUs hold copies of.
 ///
-/// The entry is written only if it still holds this translation, and checked again after the
-/// write: should the LRU have recycled it for another flow in between, that flow's bits are
-/// taken back, so no flow is confirmed by another's packet.
+/// The entries are written only if they still hold this flow's translations, and checked
+/// again after the write: should the LRU have recycled one for another flow in between, that
+/// flow's bits are taken back, so no flow is confirmed by another's packet. (Two CPUs moving
+/// a flow at once copy the same entries; a packet counted in `CT_NEW` meanwhile is lost to
+/// the count.)
 #[inline(always)]
-pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry) {
+pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry, pressure: bool) {
     let xlate = eg.xlate(egress_key);
-    let Some(entry) = CT.get_ptr_mut(&eg.ct_key) else { return };
+    let Some(entry) = CT_NEW.get_ptr_mut(&eg.ct_key) else { return };
+    let (twin_key, back) = (xlate.reversed(), eg.ct_key.reversed());
     // SAFETY: pointers from successful lookups; see above for a recycled entry.
     unsafe {
-        let flags = (*entry).flags;
-        if flags & CT_F_CONFIRMED != 0 || (*entry).xlate != xlate {
-            return;
-        }
-        let twin_left = CT
-            .get_ptr(&xlate.reversed())
-            .is_some_and(|t| (*t).flags & CT_F_LEFT != 0 && (*t).xlate == eg.ct_key.reversed());
-        let add = if twin_left { CT_F_LEFT | CT_F_CONFIRMED } else { CT_F_LEFT };
-        if flags & add == add {
-            return;
-        }
-        (*entry).flags |= add;
         if (*entry).xlate != xlate {
-            (*entry).flags &= !(CT_F_LEFT | CT_F_CONFIRMED);
+            return;
         }
+        // The twin is unconfirmed too, or (its original evicted and made again) confirmed.
+        let twin = find(&twin_key).filter(|t| (**t).xlate == back && (**t).flags & CT_F_LEFT != 0);
+        let Some(twin) = twin else {
+            if (*entry).flags & CT_F_LEFT == 0 {
+                (*entry).flags |= CT_F_LEFT;
+                if (*entry).xlate != xlate {
+                    (*entry).flags &= !CT_F_LEFT;
+                }
+            }
+            return;
+        };
+        (*entry).flags |= CT_F_LEFT | CT_F_CONFIRMED;
+        (*twin).flags |= CT_F_CONFIRMED;
+        if (*entry).xlate != xlate || (*twin).xlate != back {
+            (*entry).flags &= !(CT_F_LEFT | CT_F_CONFIRMED);
+            return;
+        }
+        // Copied straight from the map values. The twin first: it holds the reply tuple. Then
+        // the egress entries: this direction's is at hand, the twin's made in the scratch slot.
+        if CT.insert(&twin_key, &*twin, BPF_ANY as u64).is_err()
+            || CT.insert(&eg.ct_key, &*entry, BPF_ANY as u64).is_err()
+        {
+            return;
+        }
+        let _ = EGRESS.insert(egress_key, eg, BPF_ANY as u64);
+        if let Some(s) = EGRESS_SCRATCH.get_ptr_mut(0) {
+            ((*s).0, (*s).1) = egress(&twin_key, &*twin);
+            let _ = EGRESS.insert(&(*s).0, &(*s).1, BPF_ANY as u64);
+            let _ = EGRESS_NEW.remove(&(*s).0);
+        }
+    }
+    let _ = EGRESS_NEW.remove(egress_key);
+    let _ = CT_NEW.remove(&eg.ct_key);
+    let _ = CT_NEW.remove(&twin_key);
+    if pressure {
+        crate::cache::invalidate_all();
     }
 }

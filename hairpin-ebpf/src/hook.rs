@@ -247,7 +247,7 @@ fn try_egress(pkt: &Tc, side: Side) -> Result<Reason, Reason> {
     if p.first_fragment != 0 {
         frag::remember(pkt, &p, FRAG_EGRESS, eg.src.addr, ct::now_ns());
     }
-    ct::confirm(&p.key, &eg);
+    ct::confirm(&p.key, &eg, cfg.is_some_and(Config::ct_pressure));
     Ok(Reason::EgressFlow)
 }
 

@@ -8,7 +8,10 @@ use aya_ebpf::{
 };
 use hairpin_common::{
     Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, FragEntry, FragKey, MappingKey,
-    consts::{BINDINGS_CAPACITY, CT_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, MAX_MAPPINGS, STATS_LEN},
+    consts::{
+        BINDINGS_CAPACITY, CT_CAPACITY, CT_NEW_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, MAX_MAPPINGS,
+        STATS_LEN,
+    },
     flow_cache, nat,
 };
 
@@ -36,9 +39,15 @@ pub fn config() -> Option<&'static Config> {
 /// the new entries in before the old ones go.
 pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(2 * MAX_MAPPINGS, 0);
 
-/// Conntrack, keyed by the tuple as seen at ingress; two entries per flow.
+/// Conntrack of confirmed flows (the kernel has forwarded them both ways), keyed by the tuple
+/// as seen at ingress; two entries per flow. The only flows the fast path serves.
 #[map(name = "HP_CT")]
 pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_CAPACITY, 0);
+
+/// Conntrack of flows not confirmed yet: created here, moved to `CT` when confirmed (see
+/// `ct::confirm`). An LRU of its own, so that new flows evict only new flows.
+#[map(name = "HP_CT_NEW")]
+pub static CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_NEW_CAPACITY, 0);
 
 /// Every flow direction's egress entry (its source, and the way back to its conntrack entry),
 /// keyed by the tuple as it leaves ingress (destination translated). Not LRU: the entry of a
@@ -47,6 +56,12 @@ pub static CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(CT_CA
 /// left behind.
 #[map(name = "HP_EGRESS")]
 pub static EGRESS: HashMap<FlowKey, EgressEntry> = HashMap::with_max_entries(EGRESS_CAPACITY, 0);
+
+/// The egress entries of flows not confirmed yet, moved to `EGRESS` with their flow. An LRU
+/// like `CT_NEW`: the entries of unconfirmed flows `CT_NEW` evicted make room for new ones
+/// rather than fill `EGRESS` until the sweep.
+#[map(name = "HP_EGRESS_NEW")]
+pub static EGRESS_NEW: LruHashMap<FlowKey, EgressEntry> = LruHashMap::with_max_entries(CT_NEW_CAPACITY, 0);
 
 /// Fragmented datagrams in flight: the address each hook gave a datagram's first fragment, for
 /// its later ones (`frag.rs`). An LRU of fixed size: memory is bounded, the oldest go first.

@@ -24,6 +24,35 @@ pub use netns::Netns;
 pub static HELPERS_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HAIRPIN_HELPERS_OBJECT"));
 pub use topology::Lab;
 
+/// Confirms every flow in a loaded dataplane as egress does once the kernel has forwarded a
+/// packet of each direction (`CT_F_LEFT | CT_F_CONFIRMED`, moved into the confirmed table):
+/// for packet tests and micro-benchmarks of what the fast path does with the flows it serves.
+pub fn confirm_all(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
+    use hairpin_common::{CT_F_CONFIRMED, CT_F_LEFT, CtEntry, EgressEntry, consts::map_names};
+    let confirmed = |e: CtEntry| CtEntry { flags: e.flags | CT_F_LEFT | CT_F_CONFIRMED, ..e };
+    move_all(ebpf, map_names::UNCONFIRMED, map_names::CONNTRACK, confirmed)?;
+    move_all(ebpf, map_names::EGRESS_UNCONFIRMED, map_names::EGRESS, |e: EgressEntry| e)
+}
+
+/// Moves every entry of the hash map `from` into `to`, as `f` changes it.
+fn move_all<V: aya::Pod>(ebpf: &mut aya::Ebpf, from: &str, to: &str, f: impl Fn(V) -> V) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use aya::maps::HashMap;
+    use hairpin_common::FlowKey;
+    let all: Vec<(FlowKey, V)> = HashMap::<_, FlowKey, V>::try_from(ebpf.map(from).context(from.to_owned())?)?
+        .iter()
+        .collect::<Result<_, _>>()?;
+    let mut dst = HashMap::<_, FlowKey, V>::try_from(ebpf.map_mut(to).context(to.to_owned())?)?;
+    for (k, v) in &all {
+        dst.insert(k, &f(*v), 0)?;
+    }
+    let mut src = HashMap::<_, FlowKey, V>::try_from(ebpf.map_mut(from).context(from.to_owned())?)?;
+    for (k, _) in &all {
+        src.remove(k)?;
+    }
+    Ok(())
+}
+
 /// Runs the calling thread on `cpu` only: a BPF test run executes on the caller's CPU, and
 /// per-CPU state (the flow cache) or a benchmark's CPU split depends on which.
 pub fn pin_thread_to_cpu(cpu: usize) -> anyhow::Result<()> {

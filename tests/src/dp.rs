@@ -60,8 +60,82 @@ pub fn lab_config() -> Config {
     }
 }
 
+/// Loaded objects no test is using, by their tables' size (see [`Dataplane::load_sized`]).
+static POOL: std::sync::Mutex<Vec<(u32, Ebpf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Empties every map of `ebpf` (hash maps of their entries, arrays to zeros, the ring buffer
+/// read out), as a freshly loaded object has them; the selector picks configuration slot 0.
+fn empty_maps(ebpf: &mut Ebpf) {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_owned()).collect();
+    // Not the object's globals (`.rodata` and the like): the loader set them, frozen.
+    for name in names.iter().filter(|n| !n.starts_with('.')) {
+        let map = ebpf.map_mut(name).unwrap();
+        let data = match map {
+            aya::maps::Map::RingBuf(_) => {
+                let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
+                while ring.next().is_some() {}
+                continue;
+            }
+            aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::DevMapHash(d) => d,
+            _ => panic!("map {name}: a kind the test pool cannot empty"),
+        };
+        let info = data.info().unwrap();
+        let fd = data.fd().as_fd().as_raw_fd();
+        let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+        match map {
+            aya::maps::Map::Array(_) | aya::maps::Map::PerCpuArray(_) => {
+                let per_cpu = matches!(map, aya::maps::Map::PerCpuArray(_));
+                let cpus = if per_cpu { aya::util::nr_cpus().unwrap().get() as usize } else { 1 };
+                let zeros = vec![0u8; if per_cpu { value_size.next_multiple_of(8) * cpus } else { value_size }];
+                for i in 0..info.max_entries() {
+                    bpf_map_op(BPF_MAP_UPDATE_ELEM, fd, &i.to_ne_bytes(), zeros.as_ptr() as u64).unwrap();
+                }
+            }
+            _ => {
+                // Deleted one by one from the first key on: what is left starts over.
+                let mut key = vec![0u8; key_size];
+                while bpf_map_op(BPF_MAP_GET_NEXT_KEY, fd, &[], key.as_mut_ptr() as u64).is_ok() {
+                    bpf_map_op(BPF_MAP_DELETE_ELEM, fd, &key, 0).unwrap();
+                }
+            }
+        }
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// One `bpf(2)` map command on `fd`: `key` (none: from the start), and the value or next-key
+/// buffer's address.
+fn bpf_map_op(cmd: libc::c_long, fd: i32, key: &[u8], value: u64) -> std::io::Result<()> {
+    // union bpf_attr for the map element commands: map_fd, key, value/next_key, flags.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let key = if key.is_empty() { 0 } else { key.as_ptr() as u64 };
+    let attr = Attr { map_fd: fd as u32, _pad: 0, key, value, flags: 0 };
+    // SAFETY: a bpf_attr of the size passed, whose pointers point at buffers of the map's key
+    // and value sizes, alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr as *const Attr, std::mem::size_of::<Attr>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// Always `Some` but while being dropped (into the pool).
+    ebpf: Option<Ebpf>,
+    /// Its tables' size, for the pool.
+    max_flows: u32,
     /// Interfaces (LAN, WAN) the XDP test runs pretend to arrive on, by hook (in the calling
     /// thread's netns); `None` is the kernel's default, loopback. Routing decisions
     /// (masquerade, the fast path) depend on it.
@@ -70,20 +144,55 @@ pub struct Dataplane {
     pub mode: Mode,
 }
 
+impl Drop for Dataplane {
+    /// Back into the pool, for the next test's [`Dataplane::load_sized`].
+    fn drop(&mut self) {
+        if let Some(ebpf) = self.ebpf.take() {
+            POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((self.max_flows, ebpf));
+        }
+    }
+}
+
 impl Dataplane {
+    fn ebpf(&self) -> &Ebpf {
+        self.ebpf.as_ref().expect("loaded")
+    }
+
+    fn ebpf_mut(&mut self) -> &mut Ebpf {
+        self.ebpf.as_mut().expect("loaded")
+    }
+
     /// Loads (and so verifies) every program of the embedded object with fresh maps; ingress
     /// runs as in `mode`.
     pub fn load(cfg: Config, mode: Mode) -> Self {
+        Self::load_sized(cfg, mode, hairpin_common::consts::DEFAULT_MAX_FLOWS)
+    }
+
+    /// As [`load`](Self::load), with tables for `max_flows` flows (`up --max-flows`).
+    ///
+    /// An object another test of this binary has finished with is taken again, every map
+    /// emptied, rather than loaded anew: the kernel's verifier takes seconds over each load (far
+    /// longer in the emulated VMs), and each kernel has verified every program by the first.
+    pub fn load_sized(cfg: Config, mode: Mode, max_flows: u32) -> Self {
         crate::require_root();
-        let mut ebpf = hairpin_ctl::dataplane::load(hairpin_common::consts::DEFAULT_MAX_FLOWS, true)
-            .expect("load and verify the eBPF object");
+        let pooled = {
+            let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pool.iter().position(|(n, _)| *n == max_flows).map(|i| pool.swap_remove(i).1)
+        };
+        let mut ebpf = match pooled {
+            Some(mut ebpf) => {
+                empty_maps(&mut ebpf);
+                ebpf
+            }
+            None => hairpin_ctl::dataplane::load(max_flows, true).expect("load and verify the eBPF object"),
+        };
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
-        Self { ebpf, ifindex: None, mode }
+        Self { ebpf: Some(ebpf), ifindex: None, mode, max_flows }
     }
 
     /// What the dataplane reported through its ring buffer since the last call, in order.
     pub fn events(&mut self) -> Vec<hairpin_common::Event> {
-        let mut ring = aya::maps::RingBuf::try_from(self.ebpf.map_mut(map_names::EVENTS).unwrap()).unwrap();
+        let mut ring = aya::maps::RingBuf::try_from(self.ebpf_mut().map_mut(map_names::EVENTS).unwrap()).unwrap();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             let event = item.get(..std::mem::size_of::<hairpin_common::Event>()).expect("an event-sized item");
@@ -116,12 +225,24 @@ impl Dataplane {
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
         let mut m: HashMap<_, MappingKey, Endpoint> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::MAPPINGS).unwrap()).unwrap();
+            HashMap::try_from(self.ebpf_mut().map_mut(map_names::MAPPINGS).unwrap()).unwrap();
         m.insert(&MappingKey::new(proto(l4), ep(public)), &ep(private), 0).unwrap();
     }
 
+    /// Every conntrack entry, confirmed or not.
     pub fn ct(&self) -> Vec<(FlowKey, CtEntry)> {
-        let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf.map(map_names::CONNTRACK).unwrap()).unwrap();
+        let mut all = Vec::new();
+        for table in [map_names::CONNTRACK, map_names::UNCONFIRMED] {
+            let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf().map(table).unwrap()).unwrap();
+            all.extend(m.iter().map(Result::unwrap));
+        }
+        all
+    }
+
+    /// The entries of unconfirmed flows.
+    pub fn unconfirmed(&self) -> Vec<(FlowKey, CtEntry)> {
+        let m: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(self.ebpf().map(map_names::UNCONFIRMED).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()
     }
 
@@ -132,47 +253,51 @@ impl Dataplane {
         (e.packets, e.bytes)
     }
 
+    /// Inserts a conntrack entry: into the confirmed table if its flags say `CT_F_CONFIRMED`,
+    /// else the unconfirmed one.
     pub fn insert_ct(&mut self, key: FlowKey, entry: CtEntry) {
-        let mut m: HashMap<_, FlowKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
+        let table = match entry.flags & hairpin_common::CT_F_CONFIRMED {
+            0 => map_names::UNCONFIRMED,
+            _ => map_names::CONNTRACK,
+        };
+        let mut m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf_mut().map_mut(table).unwrap()).unwrap();
         m.insert(&key, &entry, 0).unwrap();
     }
 
+    /// Removes the conntrack entry `key`, which must be in one of the tables.
     pub fn remove_ct(&mut self, key: &FlowKey) {
-        let mut m: HashMap<_, FlowKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
-        m.remove(key).unwrap();
+        let mut removed = false;
+        for table in [map_names::CONNTRACK, map_names::UNCONFIRMED] {
+            let mut m: HashMap<_, FlowKey, CtEntry> =
+                HashMap::try_from(self.ebpf_mut().map_mut(table).unwrap()).unwrap();
+            removed |= m.remove(key).is_ok();
+        }
+        assert!(removed, "no conntrack entry {key:?}");
     }
 
     /// Marks every flow forwarded both ways by the kernel (`CT_F_LEFT | CT_F_CONFIRMED`), as
     /// egress does when their packets leave (the confirmation packet test shows those steps):
     /// for tests of what the fast path does with flows it may serve.
     pub fn confirm_all(&mut self) {
-        use hairpin_common::{CT_F_CONFIRMED, CT_F_LEFT};
-        let mut m: HashMap<_, FlowKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).unwrap()).unwrap();
-        let all: Vec<_> = m.iter().map(Result::unwrap).collect();
-        for (k, e) in all {
-            m.insert(&k, &CtEntry { flags: e.flags | CT_F_LEFT | CT_F_CONFIRMED, ..e }, 0).unwrap();
-        }
+        hairpin_lab::confirm_all(self.ebpf_mut()).unwrap();
     }
 
     /// Tells the dataplane flows were removed, as the controller does after removing them.
     pub fn flows_removed(&mut self) {
-        let mut g = Array::try_from(self.ebpf.map_mut(map_names::CT_GEN).unwrap()).unwrap();
+        let mut g = Array::try_from(self.ebpf_mut().map_mut(map_names::CT_GEN).unwrap()).unwrap();
         hairpin_ctl::dataplane::flows_removed(&mut g).unwrap();
     }
 
     /// The dataplane's own generation counter (bumped on orphan removals, and on new flows
     /// while conntrack is under pressure).
     pub fn dataplane_generation(&self) -> u32 {
-        let g: Array<_, u32> = Array::try_from(self.ebpf.map(map_names::CT_GEN).unwrap()).unwrap();
+        let g: Array<_, u32> = Array::try_from(self.ebpf().map(map_names::CT_GEN).unwrap()).unwrap();
         g.get(&hairpin_common::flow_cache::GEN_DATAPLANE, 0).unwrap()
     }
 
     /// A side counter, summed over CPUs.
     pub fn side_counter(&self, c: hairpin_common::Counter) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::COUNTERS).unwrap()).unwrap();
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf().map(map_names::COUNTERS).unwrap()).unwrap();
         m.get(&(c as u32), 0).unwrap().iter().sum()
     }
 
@@ -183,20 +308,24 @@ impl Dataplane {
 
     /// The egress table: every flow direction, by the tuple it leaves ingress with.
     pub fn egress(&self) -> Vec<(FlowKey, hairpin_common::EgressEntry)> {
-        let m: HashMap<_, FlowKey, hairpin_common::EgressEntry> =
-            HashMap::try_from(self.ebpf.map(map_names::EGRESS).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+        let mut all = Vec::new();
+        for table in [map_names::EGRESS, map_names::EGRESS_UNCONFIRMED] {
+            let m: HashMap<_, FlowKey, hairpin_common::EgressEntry> =
+                HashMap::try_from(self.ebpf().map(table).unwrap()).unwrap();
+            all.extend(m.iter().map(Result::unwrap));
+        }
+        all
     }
 
     /// The counter of `reason` at `hook`, summed over CPUs.
     pub fn counter(&self, hook: Hook, reason: Reason) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf().map(map_names::STATS).unwrap()).unwrap();
         m.get(&hook.stat_index(reason), 0).unwrap().iter().sum()
     }
 
     /// Lets the fast path redirect to `ifindex`.
     pub fn add_device(&mut self, ifindex: u32) {
-        let mut m = aya::maps::DevMapHash::try_from(self.ebpf.map_mut(map_names::DEVICES).unwrap()).unwrap();
+        let mut m = aya::maps::DevMapHash::try_from(self.ebpf_mut().map_mut(map_names::DEVICES).unwrap()).unwrap();
         m.insert(ifindex, ifindex, None, 0).unwrap();
     }
 
@@ -229,7 +358,7 @@ impl Dataplane {
             }
             _ => Vec::new(),
         };
-        let prog = self.ebpf.program_mut(name).unwrap();
+        let prog = self.ebpf_mut().program_mut(name).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let ctx_in = (!ctx.is_empty()).then_some(&ctx[..]);
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, ..Default::default() };

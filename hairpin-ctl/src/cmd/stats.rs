@@ -278,7 +278,9 @@ fn table<K: aya::Pod, V: aya::Pod>(name: &str, m: &HashMap<MapData, K, V>) -> an
 fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
     Ok(vec![
         table("conntrack entries", &maps.ct)?,
+        table("unconfirmed entries", &maps.ct_new)?,
         table("egress entries", &maps.egress)?,
+        table("unconfirmed egress entries", &maps.egress_new)?,
         table("bindings", &maps.bindings)?,
     ])
 }
@@ -302,7 +304,7 @@ fn port_pools(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<FillRow>> {
     }
     // Echo flows hold no binding: each one's reply entry is keyed to the public address and
     // its id.
-    for k in maps.ct.keys() {
+    for k in maps.ct.keys().chain(maps.ct_new.keys()) {
         let k = k?;
         if k.proto == IPPROTO_ICMP && k.dst == cfg.public_addr {
             *used.entry(IPPROTO_ICMP).or_default() += 1;

@@ -14,12 +14,12 @@ struct Dir {
 }
 
 /// The steps that confirm a flow whose first packet (of `orig`) ingress has made it with: the
-/// kernel forwards that packet (egress sees it leave), then a reply both ways, then the next
-/// original packet. Each direction goes through the kernel until both have left.
+/// kernel forwards that packet (egress sees it leave), then a reply, which leaves too. Each
+/// direction goes through the kernel until both have left.
 fn confirm(what: &'static str, orig: &Dir, reply: &Dir) -> Vec<Step> {
     let leaves = |d: &Dir| step(what, d.egress, &d.routed, Reason::EgressFlow, Some(&d.out));
     let slow = |d: &Dir| step(what, d.ingress, &d.pkt, Reason::IngressFlow, Some(&d.routed));
-    vec![leaves(orig), slow(reply), leaves(reply), slow(orig), leaves(orig)]
+    vec![leaves(orig), slow(reply), leaves(reply)]
 }
 
 /// The kernel decides, the fast path follows: a flow's packets go through the kernel (its
@@ -53,22 +53,14 @@ fn fast_path_serves_only_flows_the_kernel_forwarded_both_ways(mode: Mode) {
             step("SYN-ACK: the kernel's", Hook::LanIngress, &reply, Reason::IngressFlow, None),
             step("the kernel forwards it", Hook::WanEgress, &reply, Reason::EgressFlow, Some(&reply_out)),
             step(
-                "the reply direction, left after the original had: fast",
+                "both directions have left: fast",
                 Hook::LanIngress,
                 &reply,
                 Reason::FastRedirect,
                 Some(&reply_out.forwarded(ROUTER_MAC, WAN_MAC)),
             ),
             step(
-                "ACK: the original left before the reply had",
-                Hook::WanIngress,
-                &fwd,
-                Reason::IngressFlow,
-                Some(&fwd_in),
-            ),
-            step("the kernel forwards it", Hook::LanEgress, &fwd_in, Reason::EgressFlow, None),
-            step(
-                "now fast both ways",
+                "fast both ways",
                 Hook::WanIngress,
                 &fwd,
                 Reason::FastRedirect,
@@ -290,10 +282,11 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
     });
 }
 
-/// While the controller marks conntrack under pressure (the LRU may be evicting live flows),
-/// every new flow moves the dataplane's generation: no cached copy survives it, whichever CPU
-/// holds it. Without the mark, new flows leave copies alone.
-fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
+/// While the controller marks the confirmed table under pressure (its LRU may be evicting live
+/// flows), every flow confirmed (moved into it) moves the dataplane's generation: no cached
+/// copy survives it, whichever CPU holds it. Without the mark, copies are left alone; and new
+/// flows, which go into the unconfirmed table and evict only their own kind, never retire any.
+fn under_conntrack_pressure_confirmed_flows_retire_cached_copies(mode: Mode) {
     use hairpin_common::CFG_F_CT_PRESSURE;
     for pressure in [false, true] {
         let mark = if pressure { CFG_F_CT_PRESSURE } else { 0 };
@@ -302,10 +295,11 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
             move |dp| {
                 let a = Pkt::udp("198.51.100.9:41000", "203.0.113.1:53");
                 let b = Pkt::udp("198.51.100.9:41001", "203.0.113.1:53");
-                let (v_new, v_fast) = (
-                    dp.verdict(Hook::WanIngress, Reason::IngressNewFlow),
-                    dp.verdict(Hook::WanIngress, Reason::FastRedirect),
-                );
+                let b_in = b.with("198.51.100.9:41001", "192.168.0.2:53");
+                let b_reply = Pkt::udp("192.168.0.2:53", "198.51.100.9:41001");
+                let v = |dp: &Dataplane, hook, reason| dp.verdict(hook, reason);
+                let (v_new, v_fast) =
+                    (v(dp, Hook::WanIngress, Reason::IngressNewFlow), v(dp, Hook::WanIngress, Reason::FastRedirect));
                 assert_eq!(dp.run(Hook::WanIngress, &a.build()).0, v_new);
                 dp.confirm_all();
                 let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
@@ -314,25 +308,77 @@ fn under_conntrack_pressure_new_flows_retire_cached_copies(mode: Mode) {
                 let mut send = |p: &Pkt| dp.run(Hook::WanIngress, &p.build()).0;
                 assert_eq!(send(&b), v_new, "b: a new flow");
                 assert_eq!(send(&a), v_fast);
+                assert_eq!((dp.cache_misses(), dp.dataplane_generation()), (1, 0), "b's creation retired nothing");
+                // The kernel forwards b both ways: egress confirms it.
+                let egress = v(dp, Hook::LanEgress, Reason::EgressFlow);
+                assert_eq!(dp.run(Hook::LanEgress, &b_in.build()).0, egress);
+                assert_eq!(dp.run(Hook::LanIngress, &b_reply.build()).0, v(dp, Hook::LanIngress, Reason::IngressFlow));
+                assert_eq!(dp.run(Hook::WanEgress, &b_reply.build()).0, v(dp, Hook::WanEgress, Reason::EgressFlow));
+                assert_eq!(dp.run(Hook::WanIngress, &a.build()).0, v_fast);
                 let (misses, generation) = (dp.cache_misses(), dp.dataplane_generation());
                 match pressure {
                     true => {
-                        assert_eq!(misses, 2, "under pressure, b's creation retired a's copy");
-                        assert_eq!(generation, 2, "each new flow moved the generation");
+                        assert_eq!((misses, generation), (2, 1), "under pressure, b's confirmation retired a's copy")
                     }
-                    false => {
-                        assert_eq!(misses, 1, "a's copy survived b's creation");
-                        assert_eq!(generation, 0);
-                    }
+                    false => assert_eq!((misses, generation), (1, 0), "a's copy survived b's confirmation"),
                 }
             },
         );
     }
 }
 
+/// Flows the kernel never forwards (a SYN flood at a forward from spoofed sources, which the
+/// gateway's filter or the server never answers) fill a table of their own: they evict each
+/// other, never a confirmed flow. With tables for 64 flows, 400 unanswered SYNs later the
+/// established flow is still there and still on the fast path; the new flows hold no more
+/// than their table's room.
+fn unconfirmed_flows_never_displace_confirmed_ones(mode: Mode) {
+    let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
+    let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
+    let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000");
+    let reply_out = reply.with(PUBLIC_80, "198.51.100.9:41000");
+    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
+        ingress,
+        pkt: pkt.clone(),
+        routed: routed.clone(),
+        egress,
+        out: out.clone(),
+    };
+    let mut steps = vec![step("a new flow", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
+    steps.extend(confirm(
+        "the kernel forwards it both ways",
+        &dir(Hook::WanIngress, &fwd, &fwd_in, Hook::LanEgress, &fwd_in),
+        &dir(Hook::LanIngress, &reply, &reply, Hook::WanEgress, &reply_out),
+    ));
+    Case::new("flood", Env::Fast(0)).max_flows(64).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).run_then(
+        mode,
+        move |dp| {
+            let new = dp.verdict(Hook::WanIngress, Reason::IngressNewFlow);
+            for i in 0..400u32 {
+                let src = format!("198.18.{}.{}:{}", i / 200, i % 200 + 1, 1024 + i);
+                let syn = Pkt::tcp(&src, PUBLIC_80).flags(frame::TCP_SYN);
+                assert_eq!(dp.run(Hook::WanIngress, &syn.build()).0, new, "SYN {i} from {src}: a new flow");
+            }
+            let unconfirmed = dp.unconfirmed().len();
+            assert!(unconfirmed <= 64, "{unconfirmed} unconfirmed entries in a table for 32 flows");
+            let fast = dp.verdict(Hook::WanIngress, Reason::FastRedirect);
+            let (verdict, out) = dp.run(Hook::WanIngress, &fwd.build());
+            assert_eq!(verdict, fast, "the established flow after the flood");
+            assert!(out.starts_with(&fwd_in.forwarded(SERVER_MAC, LAN_MAC).build()), "{}", diff(&out, &fwd_in.build()));
+            let established: Vec<_> = dp
+                .ct()
+                .into_iter()
+                .filter(|(k, _)| k.src == ep("198.51.100.9:41000").addr || k.dst == ep("198.51.100.9:41000").addr)
+                .collect();
+            assert_eq!(established.len(), 2, "both of its entries: {established:#?}");
+        },
+    );
+}
+
 in_both_modes! {
     fast_path_serves_only_flows_the_kernel_forwarded_both_ways,
     fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel,
     flow_cache_serves_known_flows_and_yields_to_conntrack,
-    under_conntrack_pressure_new_flows_retire_cached_copies,
+    under_conntrack_pressure_confirmed_flows_retire_cached_copies,
+    unconfirmed_flows_never_displace_confirmed_ones,
 }

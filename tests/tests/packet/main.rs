@@ -95,12 +95,27 @@ struct Case {
     /// Conntrack entries (two per flow) after the last step, if checked, and as many egress
     /// entries.
     flows: Option<usize>,
+    /// The tables' size (`up --max-flows`).
+    max_flows: u32,
 }
 
 impl Case {
     /// The lab's configuration (`dp::lab_config`), no forwards, no steps.
     fn new(name: &'static str, env: Env) -> Self {
-        Self { name, env, config: dp::lab_config(), forwards: Vec::new(), steps: Vec::new(), flows: None }
+        Self {
+            name,
+            env,
+            config: dp::lab_config(),
+            forwards: Vec::new(),
+            steps: Vec::new(),
+            flows: None,
+            max_flows: hairpin_common::consts::DEFAULT_MAX_FLOWS,
+        }
+    }
+
+    /// Tables for `max_flows` flows rather than the default.
+    fn max_flows(self, max_flows: u32) -> Self {
+        Self { max_flows, ..self }
     }
 
     fn config(self, config: Config) -> Self {
@@ -127,7 +142,7 @@ impl Case {
 
     /// Runs the case, then `then` on the same dataplane.
     fn run_then(self, mode: Mode, then: impl FnOnce(&mut Dataplane) + Send + 'static) {
-        let Case { name, env, config, forwards, steps, flows } = self;
+        let Case { name, env, config, forwards, steps, flows, max_flows } = self;
         let body = move |dp: &mut Dataplane| {
             for (l4, public, private) in &forwards {
                 dp.add_mapping(*l4, public, private);
@@ -142,11 +157,11 @@ impl Case {
             then(dp)
         };
         match env {
-            Env::Bare => body(&mut Dataplane::load(config, mode)),
-            Env::Gateway => in_gateway_ns(config, mode, body),
+            Env::Bare => body(&mut Dataplane::load_sized(config, mode, max_flows)),
+            Env::Gateway => in_gateway_ns(config, mode, max_flows, body),
             Env::Fast(flags) => {
                 let config = Config { flags: config.flags | hairpin_common::CFG_F_FAST_PATH | flags, ..config };
-                in_gateway_ns(config, mode, |dp| {
+                in_gateway_ns(config, mode, max_flows, |dp| {
                     hairpin_lab::pin_thread_to_cpu(0).unwrap();
                     body(dp)
                 })
@@ -157,7 +172,7 @@ impl Case {
 
 /// Runs `test` on a dataplane with `cfg` in a namespace of its own that routes like the
 /// gateway (see [`Env::Gateway`]).
-fn in_gateway_ns(cfg: Config, mode: Mode, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
+fn in_gateway_ns(cfg: Config, mode: Mode, max_flows: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     hairpin_tests::require_root();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -169,7 +184,7 @@ fn in_gateway_ns(cfg: Config, mode: Mode, test: impl FnOnce(&mut Dataplane) + Se
             let xdp =
                 Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
             let cfg = Config { wan_ifindex: wan, lan_ifindex: lan, lan_placement: xdp, wan_placement: xdp, ..cfg };
-            let mut dp = Dataplane::load(cfg, mode);
+            let mut dp = Dataplane::load_sized(cfg, mode, max_flows);
             dp.ifindex = Some((lan, wan));
             dp.add_device(lan);
             dp.add_device(wan);

@@ -40,6 +40,23 @@ pub fn egress(key: &FlowKey, entry: &CtEntry) -> (FlowKey, EgressEntry) {
     (leaving_ingress(key, &entry.xlate, entry.flags), EgressEntry { src: entry.xlate.src_ep(), ct_key: *key })
 }
 
+/// How far past the acknowledgment number its receiver last sent an RST may fall and still
+/// close a flow: 8 MiB, a large scaled window (netfilter allows the largest window it has seen).
+/// The acknowledgment read is that of the receiver's latest packet through conntrack's path, up
+/// to a flow-cache period old (`flow_cache::fresh_ns`) on a busy flow, exact on an idle one.
+pub const RST_WINDOW: u32 = 1 << 23;
+/// How far before it: an RST may answer a segment the receiver has acknowledged since.
+pub const RST_BEHIND: u32 = 1 << 16;
+
+/// Whether a TCP RST with sequence number `seq` counts for its flow's state, its receiver
+/// having last acknowledged `peer_ack`: within [`RST_BEHIND`] before it or [`RST_WINDOW`] after
+/// (sequence arithmetic, modulo 2^32). An off-path sender guessing blindly hits one in 480.
+#[inline(always)]
+pub const fn rst_in_window(seq: u32, peer_ack: u32) -> bool {
+    let ahead = seq.wrapping_sub(peer_ack);
+    ahead < RST_WINDOW || ahead.wrapping_neg() <= RST_BEHIND
+}
+
 impl EgressEntry {
     /// The tuple that direction leaves the gateway with (its entry's `xlate`), given the key
     /// egress found it by.
@@ -122,6 +139,18 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
 mod tests {
     use super::*;
     use crate::consts::*;
+
+    #[test]
+    fn rsts_count_only_near_what_their_receiver_acknowledged() {
+        for ack in [1000u32, 0, u32::MAX - 10] {
+            assert!(rst_in_window(ack, ack), "exactly at it");
+            assert!(rst_in_window(ack.wrapping_add(RST_WINDOW - 1), ack), "at the window's end");
+            assert!(!rst_in_window(ack.wrapping_add(RST_WINDOW), ack), "past it");
+            assert!(rst_in_window(ack.wrapping_sub(RST_BEHIND), ack), "a little behind");
+            assert!(!rst_in_window(ack.wrapping_sub(RST_BEHIND + 1), ack), "far behind");
+            assert!(!rst_in_window(ack.wrapping_add(1 << 31), ack), "the other half of the space");
+        }
+    }
 
     fn ep(a: [u8; 4], p: u16) -> Endpoint {
         Endpoint::new(Ipv4Be::from_octets(a), PortBe::from_host(p))

@@ -195,6 +195,9 @@ counters! {
     LanXdpRefused = 11, "lan_xdp_refused";
     /// XDP frames the kernel refused to transmit into the WAN interface.
     WanXdpRefused = 12, "wan_xdp_refused";
+    /// TCP RST forwarded but ignored for the flow's state: its sequence number is outside the
+    /// window the other side last acknowledged (an off-path spray, as netfilter ignores one).
+    TcpRstOutOfWindow = 13, "tcp_rst_out_of_window";
 }
 
 impl Counter {

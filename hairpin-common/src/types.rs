@@ -144,6 +144,8 @@ pub const CT_F_CONFIRMED: u32 = 1 << 5;
 /// flows from one client endpoint to two forwards of one service), and egress could not tell
 /// them apart. Both directions of such a flow have it.
 pub const CT_F_SPORT_AT_INGRESS: u32 = 1 << 6;
+/// [`CtEntry::flags`]: [`CtEntry::ack`] holds an acknowledgment number of this direction.
+pub const CT_F_ACK_NUM: u32 = 1 << 7;
 
 // What the dataplane has seen in an entry's direction, ORed into [`CtEntry::flags`] as packets
 // pass; the controller derives TCP state and timeouts from the two directions' bits.
@@ -216,9 +218,14 @@ pub struct CtEntry {
     /// `bpf_ktime_get_boot_ns` of the last packet seen in this direction.
     pub last_seen_ns: u64,
     pub flags: u32,
+    /// TCP: the acknowledgment number of this direction's latest segment through conntrack's
+    /// path (`CT_F_ACK_NUM`): where the other direction's RSTs must fall (see
+    /// [`crate::nat::rst_in_window`]). Written by this direction's packets only.
+    pub ack: u32,
     /// The fast path's cached next hop for this direction (interface 0: none yet). Resolved
     /// again whenever `last_seen_ns` is refreshed, i.e. at most a second old.
     pub hop: NextHop,
+    pub _pad32: u32,
     /// Packets (a GSO super-packet counting its segments) and bytes (IPv4 total lengths) this
     /// direction brought through conntrack's path. Those the flow cache served are counted in
     /// its slot's [`crate::flow_cache::Counts`] and added here when the slot is filled again
@@ -490,7 +497,7 @@ const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
 const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
 const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
-const _: () = assert!(size_of::<CtEntry>() == 72 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<CtEntry>() == 80 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
@@ -503,7 +510,7 @@ const _: () = {
     assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
-    assert!(offset_of!(CtEntry, hop) == 36 && offset_of!(NextHop, ifindex) == 12);
+    assert!(offset_of!(CtEntry, ack) == 36 && offset_of!(CtEntry, hop) == 40 && offset_of!(NextHop, ifindex) == 12);
     assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
     assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
     assert!(offset_of!(Config, lan_ifindex) == 44 && offset_of!(Config, wan_placement) == 50);

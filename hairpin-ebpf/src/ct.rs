@@ -11,10 +11,10 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, CT_S_FIN, CT_S_RST, Config, Counter,
-    CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
+    Binding, CT_F_ACK_NUM, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, CT_S_FIN, CT_S_RST, Config,
+    Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
-    nat::{FlowPlan, candidate_port, egress, leaving_ingress, plan_flow},
+    nat::{FlowPlan, candidate_port, egress, leaving_ingress, plan_flow, rst_in_window},
 };
 
 use crate::{
@@ -74,8 +74,21 @@ impl Found {
     }
 }
 
+/// A TCP segment's numbers, for [`lookup_refresh`].
+pub struct Tcp {
+    /// Its sequence and acknowledgment numbers, in the packet (bounds checked).
+    pub nums: *const [u8; 8],
+    /// Byte 13 of its header.
+    pub flags: u8,
+}
+
+const TCP_ACK: u8 = 0x10;
+
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
-/// (`ct_state_bits`) recorded.
+/// (`ct_state_bits`) recorded. For a TCP segment (`tcp`), its acknowledgment number is kept
+/// (`CtEntry::ack`), and an RST outside the window its receiver last acknowledged counts for
+/// nothing but the packet it is (`TcpRstOutOfWindow`): forwarded, but the flow stays as it was,
+/// as netfilter ignores one.
 ///
 /// An original-direction entry whose reply entry has gone (LRU eviction) is removed instead of
 /// used: the reply entry was the claim on the flow's public tuple, and a newer flow may hold it
@@ -89,7 +102,7 @@ impl Found {
 /// CPUs both find the orphan, the later removal may take the flow the earlier one re-created;
 /// its own creation right after restores it.
 #[inline(always)]
-pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u16) -> Option<Found> {
+pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, tcp: Option<Tcp>, packets: u32, bytes: u16) -> Option<Found> {
     let (entry, confirmed) = match CT.get_ptr_mut(key) {
         Some(e) => (e, true),
         None => (CT_NEW.get_ptr_mut(key)?, false),
@@ -107,6 +120,19 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
                 return None;
             }
             (*entry).last_seen_ns = now;
+        }
+        let mut seen = seen;
+        if let Some(Tcp { nums, flags }) = tcp {
+            let [s0, s1, s2, s3, a0, a1, a2, a3] = *nums;
+            let (seq, ack) = (u32::from_be_bytes([s0, s1, s2, s3]), u32::from_be_bytes([a0, a1, a2, a3]));
+            if seen & CT_S_RST != 0 && !rst_counts(key, &(*entry).xlate, seq) {
+                seen &= !CT_S_RST;
+                stats::bump(Counter::TcpRstOutOfWindow, 1);
+            }
+            if flags & TCP_ACK != 0 && ((*entry).ack != ack || (*entry).flags & CT_F_ACK_NUM == 0) {
+                (*entry).ack = ack;
+                (*entry).flags |= CT_F_ACK_NUM;
+            }
         }
         // Bits only ever get set, and rarely: test first to keep the line shared. Only this
         // direction's packets write this entry; should two CPUs race and lose a bit, the next
@@ -128,6 +154,15 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, packets: u32, bytes: u
 fn twin_of(key: &FlowKey, xlate: &FlowKey) -> bool {
     // SAFETY: read through a pointer from a successful lookup.
     find(&xlate.reversed()).is_some_and(|twin| unsafe { (*twin).xlate } == key.reversed())
+}
+
+/// Whether an RST with sequence number `seq` in the flow direction `key` (translated to
+/// `xlate`) counts: its receiver (the twin) has acknowledged nothing yet, or near it.
+#[inline(always)]
+fn rst_counts(key: &FlowKey, xlate: &FlowKey, seq: u32) -> bool {
+    // SAFETY: read through a pointer from a successful lookup.
+    let twin = find(&xlate.reversed()).filter(|t| unsafe { (**t).xlate } == key.reversed());
+    twin.is_none_or(|t| unsafe { (*t).flags & CT_F_ACK_NUM == 0 || rst_in_window(seq, (*t).ack) })
 }
 
 /// The entry of the flow direction `key`, confirmed or not.

@@ -15,7 +15,7 @@ use hairpin_common::{
 use crate::{
     cache,
     ct::{self, NewFlow, SourceNat},
-    ctx::{Packet, Tc},
+    ctx::{Packet, Tc, ptr_at},
     fast, frag,
     fwd::{self, Route},
     icmp,
@@ -26,6 +26,8 @@ use crate::{
 };
 
 const TCP_SYN: u8 = 0x02;
+/// Offset of the sequence number (then the acknowledgment number) in the TCP header.
+const TCP_SEQ_OFF: usize = 4;
 const TCP_ACK: u8 = 0x10;
 
 /// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
@@ -85,7 +87,11 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     {
         return Ok(verdict);
     }
-    let mut found = ct::lookup_refresh(&p.key, now, seen, pkt.segs(), p.tot_len);
+    let tcp = match p.key.proto {
+        IPPROTO_TCP => Some(ct::Tcp { nums: ptr_at::<[u8; 8]>(pkt, p.l4_off + TCP_SEQ_OFF)?, flags: p.tcp_flags }),
+        _ => None,
+    };
+    let mut found = ct::lookup_refresh(&p.key, now, seen, tcp, pkt.segs(), p.tot_len);
     // A SYN (without ACK) on the tuple of a connection that was closed opens a new one: the
     // old flow goes, with its state bits, and the SYN makes the new one below.
     if let Some(f) = &found

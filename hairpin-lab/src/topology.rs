@@ -409,11 +409,12 @@ fn macvlan(parent_ns: &Netns, parent: &str, ns: &Netns, name: &str, index: Optio
 fn link_add(parent: Option<(&Netns, &str)>, ns: &Netns, name: &str, index: Option<u32>) -> std::process::Command {
     let mut c = std::process::Command::new("ip");
     if let Some((pns, dev)) = parent {
-        c.args(["-n", &pns.name, "link", "add", "link", dev]);
+        c.args(["-n", &pns.name, "link", "add", "link", dev, "name", name, "netns", &ns.name]);
     } else {
-        c.args(["link", "add"]);
+        // Made in `ns` itself: a name taken in this namespace (a machine's own eth0) is no
+        // conflict there, which some kernels (6.1) check here otherwise.
+        c.args(["-n", &ns.name, "link", "add", "name", name]);
     }
-    c.args(["name", name, "netns", &ns.name]);
     if let Some(i) = index {
         c.args(["index", &i.to_string()]);
     }

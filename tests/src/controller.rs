@@ -117,9 +117,22 @@ impl Controller {
 }
 
 impl Drop for Controller {
+    /// Stops `run` if it is still running, never panicking (a panic while a failed test
+    /// unwinds aborts the process, and the labs' namespaces and pins would stay): SIGTERM, up to
+    /// 30 s, then SIGKILL to this child.
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.terminate();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
         }
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -41,6 +41,9 @@ pub struct Pkt {
     pub no_udp_csum: bool,
     /// TCP flags byte (default ACK).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgment numbers (default 1000 and 77; the latter sent only
+    /// with ACK).
+    pub tcp_nums: (u32, u32),
     /// The quoted bytes of an ICMP error (an IPv4 packet, possibly truncated).
     pub quoted: Vec<u8>,
     pub ttl: u8,
@@ -83,6 +86,7 @@ impl Pkt {
             payload: b"hairpin test payload: 0123456789".to_vec(),
             no_udp_csum: false,
             tcp_flags: TCP_ACK,
+            tcp_nums: (1000, 77),
             quoted: Vec::new(),
             ttl: 64,
             macs: (MAC_B, MAC_A),
@@ -127,6 +131,11 @@ impl Pkt {
         self.tcp_flags = tcp_flags;
         self
     }
+    /// TCP sequence and acknowledgment numbers.
+    pub fn nums(mut self, seq: u32, ack: u32) -> Self {
+        self.tcp_nums = (seq, ack);
+        self
+    }
     /// The same packet in an 802.1Q tag with control field `tci` (VLAN ID in the low 12 bits).
     pub fn vlan(mut self, tci: u16) -> Self {
         self.vlan = Some(tci);
@@ -168,12 +177,12 @@ impl Pkt {
         out.extend_from_slice(&ip.to_bytes());
         match self.l4 {
             L4::Tcp => {
-                let mut tcp = TcpHeader::new(self.src.port(), self.dst.port(), 1000, 64240);
+                let mut tcp = TcpHeader::new(self.src.port(), self.dst.port(), self.tcp_nums.0, 64240);
                 tcp.fin = self.tcp_flags & TCP_FIN != 0;
                 tcp.syn = self.tcp_flags & TCP_SYN != 0;
                 tcp.rst = self.tcp_flags & TCP_RST != 0;
                 tcp.ack = self.tcp_flags & TCP_ACK != 0;
-                tcp.acknowledgment_number = if tcp.ack { 77 } else { 0 };
+                tcp.acknowledgment_number = if tcp.ack { self.tcp_nums.1 } else { 0 };
                 tcp.checksum = tcp.calc_checksum_ipv4(&ip, &self.payload).expect("tcp checksum");
                 out.extend_from_slice(&tcp.to_bytes());
             }

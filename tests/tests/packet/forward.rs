@@ -269,7 +269,8 @@ fn two_forwards_to_one_service_never_cross(mode: Mode) {
 }
 
 /// The dataplane records what each direction has seen, and the controller's state machine reads
-/// the handshake, both FINs and an RST from it.
+/// the handshake, both FINs and an RST from it; an RST outside the window its receiver last
+/// acknowledged is ignored for the state (counted), as netfilter ignores one.
 fn tcp_state_is_tracked_per_direction(mode: Mode) {
     use hairpin_common::expiry::{TcpState, tcp_state};
     use hairpin_tests::frame::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -287,14 +288,18 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
         assert_eq!(v, dp.pass(hook));
         assert_eq!(state(dp), want, "after {:?} flags {:#04x}", hook, pkt.tcp_flags);
     };
-    // Each sequence on a fresh dataplane: (hook, packet, the state after it).
-    let sequence = |name: &'static str, seq: Vec<(Hook, Pkt, TcpState)>| {
+    // Each sequence on a fresh dataplane: (hook, packet, the state after it), and how many
+    // RSTs it ignored for being outside the window.
+    let counting = move |name: &'static str, seq: Vec<(Hook, Pkt, TcpState)>, ignored: u64| {
         Case::new(name, Env::Bare).forward(L4::Tcp, PUBLIC_80, SERVER_80).run_then(mode, move |dp| {
             for (hook, pkt, want) in seq {
                 expect(dp, hook, pkt, want);
             }
+            let counted = dp.side_counter(hairpin_common::Counter::TcpRstOutOfWindow);
+            assert_eq!(counted, ignored, "{name}: RSTs ignored");
         })
     };
+    let sequence = |name, seq| counting(name, seq, 0);
     sequence(
         "handshake and both FINs",
         vec![
@@ -328,6 +333,35 @@ fn tcp_state_is_tracked_per_direction(mode: Mode) {
             (Hook::LanIngress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
             (Hook::WanEgress, back(TCP_SYN | TCP_ACK), TcpState::Opening),
             (Hook::WanIngress, out(TCP_ACK), TcpState::Established),
+        ],
+    );
+    // RSTs are checked against what their receiver last acknowledged (the client's segments
+    // acknowledge the server's data up to 5000; the server's, the client's up to 9000): a
+    // spray from off the path, outside that window, is forwarded but leaves the state alone;
+    // one near it closes the flow.
+    let out_at = move |f, seq, ack| out(f).nums(seq, ack);
+    let back_at = move |f, seq, ack| back(f).nums(seq, ack);
+    counting(
+        "an off-path RST spray, then a real RST",
+        vec![
+            (Hook::WanIngress, out_at(TCP_SYN, 8999, 0), TcpState::Opening),
+            (Hook::LanEgress, routed(TCP_SYN).nums(8999, 0), TcpState::Opening),
+            (Hook::LanIngress, back_at(TCP_SYN | TCP_ACK, 4999, 9000), TcpState::Opening),
+            (Hook::WanEgress, back_at(TCP_SYN | TCP_ACK, 4999, 9000), TcpState::Opening),
+            (Hook::WanIngress, out_at(TCP_ACK, 9000, 5000), TcpState::Established),
+            (Hook::LanIngress, back_at(TCP_ACK, 5000, 9000), TcpState::Established),
+            // To the server, pretending to be the client: far ahead of 9000, far behind it.
+            (Hook::WanIngress, out_at(TCP_RST, 9000 + (1 << 30), 0), TcpState::Established),
+            (Hook::WanIngress, out_at(TCP_RST | TCP_ACK, 9000u32.wrapping_sub(1 << 20), 5000), TcpState::Established),
+            (Hook::WanIngress, out_at(TCP_RST, 9000 + 1500, 0), TcpState::Closed),
+        ],
+        2,
+    );
+    sequence(
+        "an RST before its receiver acknowledged anything",
+        vec![
+            (Hook::WanIngress, out_at(TCP_SYN, 8999, 0), TcpState::Opening),
+            (Hook::LanIngress, back_at(TCP_RST | TCP_ACK, 123_456_789, 9000), TcpState::Closed),
         ],
     );
     sequence(

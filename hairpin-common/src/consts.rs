@@ -32,6 +32,12 @@ pub const FRAGS_CAPACITY: u32 = 16_384;
 /// How long after its first fragment a datagram's later fragments are translated: the
 /// kernel's own reassembly timeout (`ipfrag_time`).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Later fragments held at ingress (TC) until their first fragment comes: at most this many
+/// in all (an LRU of about 1.5 KiB each, 384 KiB), for at most `FRAG_TIMEOUT_NS`.
+pub const HELD_CAPACITY: u32 = 256;
+/// Held fragments given back after one fragment, at most: a datagram of up to about 13 KiB
+/// (nine 1500-byte fragments) arriving in any order.
+pub const HELD_PER_FRAGMENT: u32 = 8;
 
 /// Endpoint-independent bindings of LAN endpoints (TCP and UDP), and as many bound ports: at
 /// most one per public port and protocol.

@@ -136,6 +136,11 @@ reasons! {
     /// egress (the sender's, or the kernel's own fragmentation to a smaller MTU): its source
     /// rewritten as the first one's was.
     EgressFragment = 29, "egress_fragment", xlate;
+    /// IPv4 fragment after the first that came before it, at a TC ingress: kept (not dropped)
+    /// until its first fragment comes, then sent on with it, whole and translated (see
+    /// `fragments_released`); one whose first fragment never comes within 30 s, or that more
+    /// recent ones push out (256 at most), is lost, as the kernel would lose it.
+    HeldFragment = 30, "held_fragment", drop;
 }
 
 macro_rules! counters {
@@ -198,6 +203,8 @@ counters! {
     /// TCP RST forwarded but ignored for the flow's state: its sequence number is outside the
     /// window the other side last acknowledged (an off-path spray, as netfilter ignores one).
     TcpRstOutOfWindow = 13, "tcp_rst_out_of_window";
+    /// Held fragments (`held_fragment`) sent on, appended to the fragment before them.
+    FragmentsReleased = 14, "fragments_released";
 }
 
 impl Counter {

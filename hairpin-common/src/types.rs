@@ -278,6 +278,35 @@ pub struct FragEntry {
     pub first_ns: u64,
 }
 
+/// A later fragment held at ingress until its datagram's first fragment comes: the datagram
+/// (as it arrived; `hook` is [`FRAG_INGRESS`]) and the fragment's offset in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct HeldKey {
+    pub frag: FragKey,
+    pub offset: u16,
+    pub _pad: u16,
+}
+
+/// The payload a held fragment carries at most: a 1500-byte fragment's, less its 20-byte
+/// header (a multiple of 8, as every fragment's but the last must be).
+pub const HELD_MAX: usize = 1480;
+
+/// A held fragment (see [`HeldKey`]): its payload (the bytes after its IPv4 header), and
+/// whether more fragments follow it. The dataplane's alone (the controller never reads it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeldFragment {
+    /// `bpf_ktime_get_boot_ns` when it was held: it waits [`crate::consts::FRAG_TIMEOUT_NS`].
+    pub held_ns: u64,
+    pub len: u16,
+    /// 1: more fragments follow it (its MF flag).
+    pub more: u8,
+    pub _pad8: u8,
+    pub _pad32: u32,
+    pub data: [u8; HELD_MAX],
+}
+
 /// Where the fast path sends a flow direction's packets, as the FIB answered: cached in its
 /// conntrack entry ([`CtEntry::hop`]) and copied into the flow cache's slots.
 #[repr(C)]
@@ -528,6 +557,7 @@ mod user {
     unsafe impl aya::Pod for EgressEntry {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for HeldKey {}
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}

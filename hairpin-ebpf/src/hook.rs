@@ -200,11 +200,14 @@ fn check_boundary(pkt: &impl Packet, cfg: &Config, ip: &Ip, side: Side) -> Resul
 }
 
 /// Ingress as a TC program (where `up` placed it so): the same decisions, once the headers
-/// (an ICMP error's quoted ones included) are in the linear part of the skb.
+/// (an ICMP error's quoted ones included) are in the linear part of the skb; and fragments
+/// that come before their first one held until it comes (see `frag.rs`).
 #[inline(always)]
 pub fn ingress_tc(pkt: &Tc, side: Side) -> Reason {
     pkt.pull_headers(MAX_ICMP_ERROR_HDR_LEN);
-    ingress(pkt, side)
+    frag::note_arrival(pkt);
+    let reason = ingress(pkt, side);
+    if frag::may_be_fragment(pkt) { frag::after_ingress(pkt, reason, ct::now_ns()) } else { reason }
 }
 
 /// Egress (TC): give packets of known flows the source recorded for them, and confirm their

@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, FragEntry, FragKey, MappingKey,
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, FragEntry, FragKey, HeldFragment, HeldKey,
+    MappingKey,
     consts::{
-        BINDINGS_CAPACITY, CT_CAPACITY, CT_NEW_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, MAX_MAPPINGS,
-        STATS_LEN,
+        BINDINGS_CAPACITY, CT_CAPACITY, CT_NEW_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, HELD_CAPACITY,
+        MAX_MAPPINGS, STATS_LEN,
     },
     flow_cache, nat,
 };
@@ -67,6 +68,16 @@ pub static EGRESS_NEW: LruHashMap<FlowKey, EgressEntry> = LruHashMap::with_max_e
 /// its later ones (`frag.rs`). An LRU of fixed size: memory is bounded, the oldest go first.
 #[map(name = "HP_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGS_CAPACITY, 0);
+
+/// Later fragments that came before their first, held at a TC ingress until it comes
+/// (`frag.rs`). An LRU of fixed size: memory is bounded, the oldest go first. Not pinned: the
+/// controller never reads it.
+#[map(name = "HP_FRAG_HELD")]
+pub static HELD: LruHashMap<HeldKey, HeldFragment> = LruHashMap::with_max_entries(HELD_CAPACITY, 0);
+
+/// Per CPU: a fragment being held, built here (it is three times the stack).
+#[map(name = "HP_HELD_TMP")]
+pub static HELD_SCRATCH: PerCpuArray<HeldFragment> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: a fragment's key and entry being looked up or written (`frag.rs`), off the stack.
 #[map(name = "HP_FRAG_SCRATCH")]

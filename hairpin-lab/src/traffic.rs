@@ -219,6 +219,126 @@ pub fn udp_echo(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration)
 pub fn udp_echo_from(sock: &UdpSocket, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<UdpEcho> {
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(payload, to)?;
+    udp_reply(sock, to, payload)
+}
+
+/// As [`udp_echo`], but the datagram (from `src`, the host's address in `ns`) is fragmented
+/// by hand, 1480 bytes of it per fragment, and its fragments sent last first through a raw
+/// socket: the one with the UDP header arrives last, as some stacks and paths deliver them.
+pub fn udp_echo_last_first(
+    ns: &Netns,
+    src: std::net::Ipv4Addr,
+    to: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<UdpEcho> {
+    let payload = payload.to_vec();
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.set_read_timeout(Some(timeout))?;
+        let from = SocketAddrV4::new(src, sock.local_addr()?.port());
+        let mut fragments = ipv4_fragments(&udp_datagram(from, to, &payload), 0x5a5a, 1480);
+        fragments.reverse();
+        send_raw(&fragments, *to.ip())?;
+        udp_reply(&sock, to, &payload)
+    })?
+}
+
+/// A UDP datagram from `from` to `to` with `payload`: IPv4 header (DF clear) and UDP header,
+/// checksums computed.
+fn udp_datagram(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let sum = match internet_checksum(&pseudo) {
+        0 => 0xffff,
+        s => s,
+    };
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&from.ip().octets());
+    ip.extend_from_slice(&to.ip().octets());
+    [ip, udp].concat()
+}
+
+/// `datagram` (an IPv4 header without options, and its payload) in fragments carrying
+/// `chunk` bytes of payload each (a multiple of 8), identification `id`, checksums computed.
+fn ipv4_fragments(datagram: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
+    let (header, payload) = datagram.split_at(20);
+    let n = payload.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let piece = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+            let mut h = header.to_vec();
+            h[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            let more: u16 = if i + 1 < n { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = internet_checksum(&h);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            [h, piece.to_vec()].concat()
+        })
+        .collect()
+}
+
+/// The Internet checksum (RFC 1071) of `data`, as the value to write big-endian.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends IPv4 packets, headers included, as they are (a raw socket, IPPROTO_RAW).
+fn send_raw(packets: &[Vec<u8>], to: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening a raw socket");
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
+        sin_zero: [0; 8],
+    };
+    for p in packets {
+        // SAFETY: `p` and `addr` live across the call, with the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error()).context("sending a fragment");
+        }
+    }
+    Ok(())
+}
+
+/// The echo server's reply to `payload` sent to `to`, on `sock`.
+fn udp_reply(sock: &UdpSocket, to: SocketAddrV4, payload: &[u8]) -> anyhow::Result<UdpEcho> {
     let mut buf = vec![0u8; 65536];
     let (n, from) = sock.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
     let text = &buf[..n];

@@ -359,7 +359,8 @@ impl Dataplane {
             _ => Vec::new(),
         };
         let prog = self.ebpf_mut().program_mut(name).unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
+        // Room for what a TC program may append (held fragments given back: up to 8 of 1480).
+        let mut out = vec![0u8; frame.len() + 16 * 1024];
         let ctx_in = (!ctx.is_empty()).then_some(&ctx[..]);
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in, ..Default::default() };
         let r = match hook {

@@ -744,8 +744,9 @@ fn the_gateways_filter_keeps_barred_hosts_out_beside_netfilter_nat() {
 }
 
 /// Fragmented datagrams both ways (RFC 4787 REQ-14, RFC 5508): 3000-byte UDP datagrams, which
-/// their senders fragment at MTU 1500, through masquerade, a forward and hairpin, and a
-/// 3000-byte ping through masquerade: each answered whole, from the address dialled.
+/// their senders fragment at MTU 1500, through masquerade, a forward and hairpin, the same with
+/// their fragments sent last first by a raw socket, and a 3000-byte ping through masquerade:
+/// each answered whole, from the address dialled.
 fn fragmented_datagrams_arrive_whole(nat: Nat) {
     let lab = lab_with_nat(nat);
     let payload: Vec<u8> = (0..3000).map(traffic::pattern).collect();
@@ -761,6 +762,18 @@ fn fragmented_datagrams_arrive_whole(nat: Nat) {
         assert_eq!(echo.reply_from, SocketAddr::V4(to), "{nat:?}: {what}");
         assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(seen), "{nat:?}: {what}");
     }
+    // The same datagrams with their fragments sent last first: the UDP header comes last.
+    let last_first = [
+        ("masquerade", &lab.cli, CLIENT, SocketAddrV4::new(INET, DNS_PORT), PUBLIC),
+        ("forward", &lab.inet, INET, dns, INET),
+        ("hairpin", &lab.cli, CLIENT, dns, GW_LAN),
+    ];
+    for (what, from, src, to, seen) in last_first {
+        let echo = traffic::udp_echo_last_first(from, src, to, &payload, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{nat:?}: {what}: a 3000-byte datagram, last fragment first: {e:#}"));
+        assert_eq!(echo.reply_from, SocketAddr::V4(to), "{nat:?}: {what}, last fragment first");
+        assert_eq!(echo.seen_by_server.ip(), IpAddr::V4(seen), "{nat:?}: {what}, last fragment first");
+    }
     let ping = lab.cli.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", &INET.to_string()]);
     let ping = ping.unwrap_or_else(|e| panic!("{nat:?}: ping -s 3000: {e:#}"));
     assert!(ping.contains("3 received"), "{nat:?}: {ping}");
@@ -768,6 +781,7 @@ fn fragmented_datagrams_arrive_whole(nat: Nat) {
         let stats = lab.stats_json().unwrap();
         let total = |reason: &str| lab.counter(reason).unwrap();
         assert!(total("ingress_fragment") > 0 && total("egress_fragment") > 0, "{stats:#}");
+        assert!(total("held_fragment") >= 6, "two held per datagram sent last first: {stats:#}");
     }
 }
 

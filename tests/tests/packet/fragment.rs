@@ -43,19 +43,111 @@ fn fragmented_datagrams_are_translated_whole(mode: Mode) {
 }
 
 /// What is left untranslated: a later fragment of no datagram seen (for the gateway itself,
-/// or come before its first fragment) passes; at egress on the WAN one with a LAN source is
-/// dropped, never let out.
+/// or come before its first fragment) passes at an XDP ingress, and is held at a TC ingress,
+/// then given back appended to its first fragment, untranslated too when that one is the
+/// gateway's own; at egress on the WAN one with a LAN source is dropped, never let out.
 fn fragments_of_unknown_datagrams_pass_but_never_leak(mode: Mode) {
     let masq = three(&Pkt::udp("192.168.0.3:40000", "198.51.100.7:53").payload_len(3000));
-    let to_gateway = three(&Pkt::udp("198.51.100.7:40000", "203.0.113.1:9999").payload_len(3000));
+    let datagram = Pkt::udp("198.51.100.7:40000", "203.0.113.1:9999").payload_len(3000);
+    let to_gateway = three(&datagram);
+    let first = |reason| Step {
+        what: "its first one, for the gateway",
+        hook: Hook::WanIngress,
+        input: to_gateway[0].clone(),
+        reason,
+        // At TC, with the later one appended: the first two fragments as one.
+        output: (mode == Mode::Tc).then(|| joined(&to_gateway[0], &to_gateway[1])),
+    };
+    let later = |reason| raw("later fragment first, for the gateway", Hook::WanIngress, to_gateway[1].clone(), reason);
+    let held = if mode == Mode::Tc { Reason::HeldFragment } else { Reason::PassFragment };
     Case::new("unknown fragments", Env::Bare)
         .steps(vec![
-            raw("later fragment first, for the gateway", Hook::WanIngress, to_gateway[1].clone(), Reason::PassFragment),
-            raw("its first one, for the gateway", Hook::WanIngress, to_gateway[0].clone(), Reason::PassNoMapping),
+            later(held),
+            first(Reason::PassNoMapping),
+            raw(
+                "the last, of the gateway's datagram: passes",
+                Hook::WanIngress,
+                to_gateway[2].clone(),
+                Reason::PassFragment,
+            ),
             raw("a LAN host's later fragment, unknown", Hook::WanEgress, masq[1].clone(), Reason::DropLanSourceToWan),
         ])
         .leaves_flows(0)
         .run(mode);
+}
+
+/// Fragments `a` and `b`, the one right after the other in their datagram, as one fragment:
+/// `a`'s header with their length and `b`'s more-fragments flag, and both payloads.
+fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let ihl = |f: &[u8]| usize::from(f[14] & 0x0f) * 4;
+    let (mut out, tail) = (a.to_vec(), &b[14 + ihl(b)..]);
+    out.extend_from_slice(tail);
+    let h = &mut out[14..14 + ihl(a)];
+    let len = u16::from_be_bytes([h[2], h[3]]) + tail.len() as u16;
+    h[2..4].copy_from_slice(&len.to_be_bytes());
+    let mf = u16::from_be_bytes([b[20], b[21]]) & 0x2000;
+    let frags = (u16::from_be_bytes([h[6], h[7]]) & !0x2000) | mf;
+    h[6..8].copy_from_slice(&frags.to_be_bytes());
+    h[10..12].copy_from_slice(&[0, 0]);
+    let sum = hairpin_common::csum::checksum(h);
+    h[10..12].copy_from_slice(&sum.to_ne_bytes());
+    out
+}
+
+/// A forwarded datagram whose fragments come last first (the UDP header last), both ways, and
+/// one whose middle fragment comes last: at a TC ingress each fragment that comes before the
+/// one it follows is held, and given back appended to it, translated, so that the datagram
+/// arrives whole (the kernel fragments it again for the next hop). At an XDP ingress, which
+/// cannot grow a frame, they pass untranslated.
+fn fragments_before_their_first_are_held_and_given_back(mode: Mode) {
+    let query = Pkt::udp("198.51.100.7:40000", "203.0.113.1:5353").payload_len(3000);
+    let routed = query.with("198.51.100.7:40000", "192.168.0.2:53");
+    let answer = Pkt::udp("192.168.0.2:53", "198.51.100.7:40000").payload_len(3000);
+    let (q, r, a) = (three(&query), three(&routed), three(&answer));
+    let step = |what, hook, input: &[u8], reason, output: Option<Vec<u8>>| Step {
+        what,
+        hook,
+        input: input.to_vec(),
+        reason,
+        output,
+    };
+    let tc = mode == Mode::Tc;
+    let held = if tc { Reason::HeldFragment } else { Reason::PassFragment };
+    // The first fragment with both later ones appended: the translated datagram, whole.
+    let whole = |frags: &[Vec<u8>]| joined(&joined(&frags[0], &frags[1]), &frags[2]);
+    let mut steps = vec![
+        step("third fragment first", Hook::WanIngress, &q[2], held, None),
+        step("then the second", Hook::WanIngress, &q[1], held, None),
+        step(
+            "the first, last: a new flow, and the datagram whole",
+            Hook::WanIngress,
+            &q[0],
+            Reason::IngressNewFlow,
+            Some(if tc { whole(&r) } else { r[0].clone() }),
+        ),
+    ];
+    if tc {
+        // The answer from the LAN: the middle fragment last.
+        steps.extend([
+            step("answer: third fragment first", Hook::LanIngress, &a[2], Reason::HeldFragment, None),
+            step("its first: the flow's, alone", Hook::LanIngress, &a[0], Reason::IngressFlow, Some(a[0].clone())),
+            step(
+                "the second: known, with the third appended",
+                Hook::LanIngress,
+                &a[1],
+                Reason::IngressFragment,
+                Some(joined(&a[1], &a[2])),
+            ),
+        ]);
+    }
+    Case::new("fragments out of order", Env::Bare)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(steps)
+        .leaves_flows(2)
+        .run_then(mode, move |dp| {
+            let released = dp.side_counter(hairpin_common::Counter::FragmentsReleased);
+            assert_eq!(released, if tc { 3 } else { 0 }, "held fragments given back");
+        });
 }
 
 /// The kernel fragments a masqueraded datagram for a smaller WAN MTU (PPPoE: 1492) after
@@ -88,6 +180,7 @@ fn fragments_the_kernel_makes_at_egress_are_translated(mode: Mode) {
 
 in_both_modes! {
     fragmented_datagrams_are_translated_whole,
+    fragments_before_their_first_are_held_and_given_back,
     fragments_of_unknown_datagrams_pass_but_never_leak,
     fragments_the_kernel_makes_at_egress_are_translated,
 }

@@ -32,15 +32,22 @@ macro_rules! reasons {
             }
 
             /// Drops are the reasons whose verdict is to discard the packet (marked `drop` in
-            /// the list; the others are `pass` or `xlate`).
+            /// the list; the others are `pass`, `xlate` or `hold`).
             pub const fn is_drop(self) -> bool {
                 match self { $(Reason::$name => reasons!(@drop $kind),)* }
+            }
+            /// Whether the program takes the packet from the kernel: dropped, or kept by the
+            /// dataplane to be sent on later (`hold`). Its verdict is the drop verdict.
+            pub const fn consumes(self) -> bool {
+                match self { $(Reason::$name => reasons!(@consumes $kind),)* }
             }
         }
     };
     (@drop drop) => { true };
-    (@drop pass) => { false };
-    (@drop xlate) => { false };
+    (@drop $other:ident) => { false };
+    (@consumes drop) => { true };
+    (@consumes hold) => { true };
+    (@consumes $other:ident) => { false };
 }
 
 reasons! {
@@ -140,7 +147,7 @@ reasons! {
     /// until its first fragment comes, then sent on with it, whole and translated (see
     /// `fragments_released`); one whose first fragment never comes within 30 s, or that more
     /// recent ones push out (256 at most), is lost, as the kernel would lose it.
-    HeldFragment = 30, "held_fragment", drop;
+    HeldFragment = 30, "held_fragment", hold;
 }
 
 macro_rules! counters {

@@ -23,7 +23,7 @@ pub fn finish_xdp(hook: Hook, reason: Reason) -> u32 {
         // The redirect target was set by the fast path's bpf_redirect_map.
         Reason::FastRedirect => xdp_action::XDP_REDIRECT,
         Reason::FastTx => xdp_action::XDP_TX,
-        r if r.is_drop() => xdp_action::XDP_DROP,
+        r if r.consumes() => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -34,7 +34,7 @@ pub fn finish_tc(hook: Hook, reason: Reason) -> i32 {
     match reason {
         // The target was set by the fast path's bpf_redirect.
         Reason::FastRedirect | Reason::FastTx => TC_ACT_REDIRECT as i32,
-        r if r.is_drop() => TC_ACT_SHOT as i32,
+        r if r.consumes() => TC_ACT_SHOT as i32,
         // TCX_NEXT (== TC_ACT_UNSPEC) lets later programs on the hook run; the default is pass.
         _ => TCX_NEXT,
     }

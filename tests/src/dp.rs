@@ -215,7 +215,7 @@ impl Dataplane {
             (Reason::FastTx | Reason::FastRedirect, false) => return TC_REDIRECT,
             _ => {}
         }
-        match (xdp, reason.is_drop()) {
+        match (xdp, reason.consumes()) {
             (true, false) => XDP_PASS,
             (true, true) => XDP_DROP,
             (false, false) => TC_NEXT,

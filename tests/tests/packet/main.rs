@@ -55,7 +55,7 @@ fn run_case(case: &str, dp: &mut Dataplane, steps: &[Step]) {
             let want = u64::from(*r == s.reason);
             assert_eq!(moved, want, "{ctx}: counter {} moved by {moved}, expected {want}", r.name());
         }
-        if s.reason.is_drop() {
+        if s.reason.consumes() {
             continue;
         }
         let want = s.output.as_ref().unwrap_or(&s.input);

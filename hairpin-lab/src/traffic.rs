@@ -254,17 +254,11 @@ fn udp_datagram(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8>
     udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let mut pseudo = Vec::with_capacity(12 + udp.len());
-    pseudo.extend_from_slice(&from.ip().octets());
-    pseudo.extend_from_slice(&to.ip().octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    pseudo.extend_from_slice(&udp);
-    let sum = match internet_checksum(&pseudo) {
+    let sum = match hairpin_common::csum::l4_checksum(from.ip().octets(), to.ip().octets(), 17, &udp) {
         0 => 0xffff,
         s => s,
     };
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    udp[6..8].copy_from_slice(&sum.to_ne_bytes());
     let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
     ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
     ip.extend_from_slice(&from.ip().octets());
@@ -272,34 +266,28 @@ fn udp_datagram(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8>
     [ip, udp].concat()
 }
 
-/// `datagram` (an IPv4 header without options, and its payload) in fragments carrying
-/// `chunk` bytes of payload each (a multiple of 8), identification `id`, checksums computed.
-fn ipv4_fragments(datagram: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
-    let (header, payload) = datagram.split_at(20);
+/// `datagram` (an IPv4 header and its payload) as a sender fragments it: pieces of `chunk`
+/// bytes of payload (a multiple of 8), each with its own copy of the header (DF clear,
+/// identification `id`, more-fragments and offset set, checksum computed).
+pub fn ipv4_fragments(datagram: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let ihl = usize::from(datagram[0] & 0x0f) * 4;
+    let (header, payload) = datagram.split_at(ihl);
     let n = payload.len().div_ceil(chunk);
     (0..n)
         .map(|i| {
             let piece = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
             let mut h = header.to_vec();
-            h[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            h[2..4].copy_from_slice(&((ihl + piece.len()) as u16).to_be_bytes());
             h[4..6].copy_from_slice(&id.to_be_bytes());
             let more: u16 = if i + 1 < n { 0x2000 } else { 0 };
             h[6..8].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
             h[10..12].copy_from_slice(&[0, 0]);
-            let sum = internet_checksum(&h);
-            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            let sum = hairpin_common::csum::checksum(&h);
+            h[10..12].copy_from_slice(&sum.to_ne_bytes());
             [h, piece.to_vec()].concat()
         })
         .collect()
-}
-
-/// The Internet checksum (RFC 1071) of `data`, as the value to write big-endian.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Sends IPv4 packets, headers included, as they are (a raw socket, IPPROTO_RAW).

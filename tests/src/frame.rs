@@ -318,23 +318,6 @@ pub fn diff(got: &[u8], want: &[u8]) -> String {
 /// payload pieces of `chunk` bytes (a multiple of 8), each with its own IPv4 header (DF clear,
 /// identification `id`, more-fragments and offset set, checksum from scratch).
 pub fn fragments(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
-    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    let (eth, rest) = frame.split_at(14);
-    let (ip, payload) = rest.split_at(ihl);
-    let n = payload.len().div_ceil(chunk);
-    (0..n)
-        .map(|i| {
-            let piece = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
-            let mut h = ip.to_vec();
-            h[2..4].copy_from_slice(&((ihl + piece.len()) as u16).to_be_bytes());
-            h[4..6].copy_from_slice(&id.to_be_bytes());
-            let more = if i + 1 < n { 0x2000 } else { 0 };
-            h[6..8].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
-            h[10..12].copy_from_slice(&[0, 0]);
-            let sum = hairpin_common::csum::checksum(&h);
-            h[10..12].copy_from_slice(&sum.to_ne_bytes());
-            [eth, &h, piece].concat()
-        })
-        .collect()
+    let (eth, ip) = frame.split_at(14);
+    hairpin_lab::traffic::ipv4_fragments(ip, id, chunk).into_iter().map(|f| [eth, &f].concat()).collect()
 }

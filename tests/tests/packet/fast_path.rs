@@ -22,6 +22,28 @@ fn confirm(what: &'static str, orig: &Dir, reply: &Dir) -> Vec<Step> {
     vec![leaves(orig), slow(reply), leaves(reply)]
 }
 
+/// The steps that make the forward's flow from 198.51.100.9:41000 to port 80 (a new flow on
+/// the slow path) and confirm it (the kernel forwards it both ways).
+fn forward_confirmed() -> Vec<Step> {
+    let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
+    let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
+    let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000");
+    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
+        ingress,
+        pkt: pkt.clone(),
+        routed: routed.clone(),
+        egress,
+        out: out.clone(),
+    };
+    let mut steps = vec![step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
+    steps.extend(confirm(
+        "the kernel forwards it both ways",
+        &dir(Hook::WanIngress, &fwd, &fwd_in, Hook::LanEgress, &fwd_in),
+        &dir(Hook::LanIngress, &reply, &reply, Hook::WanEgress, &reply.with(PUBLIC_80, "198.51.100.9:41000")),
+    ));
+    steps
+}
+
 /// The kernel decides, the fast path follows: a flow's packets go through the kernel (its
 /// forward chain, rp_filter, MSS clamping) until a packet of each direction has been seen
 /// leaving at egress; only then does the fast path serve it. A flow whose packets the kernel
@@ -114,12 +136,7 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel(mode: Mode) 
         egress,
         out: out.clone(),
     };
-    let mut steps = vec![step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
-    steps.extend(confirm(
-        "the kernel forwards it both ways",
-        &dir(Hook::WanIngress, &fwd, &fwd_in, Hook::LanEgress, &fwd_in),
-        &dir(Hook::LanIngress, &reply, &reply, Hook::WanEgress, &reply.with(PUBLIC_80, "198.51.100.9:41000")),
-    ));
+    let mut steps = forward_confirmed();
     steps.extend(vec![
         step(
             "known flow: redirected to the LAN, whole",
@@ -335,21 +352,7 @@ fn under_conntrack_pressure_confirmed_flows_retire_cached_copies(mode: Mode) {
 fn unconfirmed_flows_never_displace_confirmed_ones(mode: Mode) {
     let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
     let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
-    let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000");
-    let reply_out = reply.with(PUBLIC_80, "198.51.100.9:41000");
-    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
-        ingress,
-        pkt: pkt.clone(),
-        routed: routed.clone(),
-        egress,
-        out: out.clone(),
-    };
-    let mut steps = vec![step("a new flow", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
-    steps.extend(confirm(
-        "the kernel forwards it both ways",
-        &dir(Hook::WanIngress, &fwd, &fwd_in, Hook::LanEgress, &fwd_in),
-        &dir(Hook::LanIngress, &reply, &reply, Hook::WanEgress, &reply_out),
-    ));
+    let steps = forward_confirmed();
     Case::new("flood", Env::Fast(0)).max_flows(64).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).run_then(
         mode,
         move |dp| {

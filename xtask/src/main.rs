@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod lab;
+mod layers;
 mod setup;
 mod test;
 mod util;
@@ -35,6 +36,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Checks that the host crates read top-down: no import circle among their modules, and
+    /// no controller function over 60 lines. Also a gate of `test`.
+    Layers,
     /// The packet tests and the plain-topology lab on other kernels (root): each booted in
     /// qemu from Debian's package, this machine's files shared read-only. `--kernel 6.1`
     /// (Debian 12's own), `--kernel 6.12` (its updates), or a package name; repeatable.
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(),
         Task::Build => build::run().map(|_| ()),
         Task::Lab => lab::run(),
+        Task::Layers => layers::run(),
         Task::Test { args } => test::run(&args),
         Task::Bench { args } => bench::run(&args),
         Task::Vmtest { kernels, run } => vmtest::run(&kernels, run.as_deref()),

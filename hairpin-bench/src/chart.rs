@@ -86,27 +86,6 @@ pub fn write_png(rows: &[Row], title: &str, out: &FsPath) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Reads the rows back from a report's markdown table (median, min and max stand for the
-/// repetitions), so a committed report's chart can be drawn again.
-pub fn rows_from_markdown(md: &str) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for line in md.lines().filter(|l| l.starts_with("| ")) {
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let Some(path) = Path::ALL.into_iter().find(|p| cells.first() == Some(&p.name())) else { continue };
-        let mpps = |i: usize| -> anyhow::Result<f64> {
-            let c = cells.get(i).with_context(|| format!("short row: {line}"))?;
-            c.parse().with_context(|| format!("not a rate: {c:?} in {line}"))
-        };
-        let rate = |i| -> anyhow::Result<_> {
-            Ok(crate::forward::Rate { offered_pps: mpps(5)? * 1e6, delivered_pps: mpps(i)? * 1e6, wrong: 0 })
-        };
-        let traffic = cells.get(1).with_context(|| format!("short row: {line}"))?.parse()?;
-        rows.push(Row { path, traffic, rates: vec![rate(3)?, rate(2)?, rate(4)?] });
-    }
-    anyhow::ensure!(!rows.is_empty(), "no benchmark rows in the report");
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,13 +120,13 @@ mod tests {
                   | hairpin fast path | 60000 flows | 0.761 | 0.716 | 0.772 | 2.358 |\n\
                   | hairpin fast path | 1 flows | 1.5 | 1.4 | 1.6 | 2.4 |\n\
                   | hairpin fast path | 1 flow, 1M entries | 1.4 | 1.3 | 1.5 | 2.4 |\n";
-        let rows = rows_from_markdown(md).unwrap();
+        let rows = crate::report::rows_from_markdown(md).unwrap();
         assert_eq!(rows.len(), 3);
         // "1 flows" is how reports before the typed traffic spelled one flow.
         assert_eq!([rows[1].traffic, rows[2].traffic], [Traffic::Flows(1), Traffic::Prefilled]);
         assert_eq!((rows[0].path, rows[0].traffic), (Path::HairpinFast, Traffic::Flows(60_000)));
         assert!((rows[0].median() - 0.761).abs() < 1e-9);
-        assert!(rows_from_markdown("nothing here").is_err());
+        assert!(crate::report::rows_from_markdown("nothing here").is_err());
     }
 
     #[test]

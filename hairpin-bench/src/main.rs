@@ -102,14 +102,21 @@ fn main() -> anyhow::Result<()> {
         Bench::Chart { report } => {
             let md = std::fs::read_to_string(&report)?;
             let png = report.with_extension("png");
-            chart::write_png(&chart::rows_from_markdown(&md)?, report::TITLE, &png)?;
+            chart::write_png(&report::rows_from_markdown(&md)?, report::TITLE, &png)?;
             eprintln!("wrote {}", png.display());
             Ok(())
         }
         Bench::Micro { append } => micro::run(append.as_deref()),
         Bench::Bulk { ctl, quick, secs, reps, append } => bulk::run(ctl, quick, secs, reps, append.as_deref()),
         Bench::Forward { ctl, quick, secs, reps, out, paths, flows } => {
-            report::run(&report::Options { ctl, quick, secs, reps, out, paths, flows })
+            let rows = report::run(&report::Options { ctl, quick, secs, reps, out: out.clone(), paths, flows })?;
+            // The bar chart beside the report, same name, .png.
+            if let Some(out) = out {
+                let png = out.with_extension("png");
+                chart::write_png(&rows, report::TITLE, &png)?;
+                eprintln!("wrote {} and {}", out.display(), png.display());
+            }
+            Ok(())
         }
     }
 }

@@ -78,7 +78,8 @@ pub struct Options {
 const FLOWS: [u32; 3] = [1, 4096, 60_000];
 const PREFILLED_ENTRIES: u32 = 1_000_000;
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+/// Measures, prints the report (and writes it to `o.out`), and returns its rows.
+pub fn run(o: &Options) -> anyhow::Result<Vec<Row>> {
     let flows: &[u32] = match () {
         () if o.quick => &[1, 64],
         () if !o.flows.is_empty() => &o.flows,
@@ -175,11 +176,29 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     print!("{report}");
     if let Some(out) = &o.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
-        let png = out.with_extension("png");
-        crate::chart::write_png(&rows, TITLE, &png)?;
-        eprintln!("wrote {} and {}", out.display(), png.display());
     }
-    Ok(())
+    Ok(rows)
+}
+
+/// Reads the rows back from a report's markdown table (median, min and max stand for the
+/// repetitions), so a committed report's chart can be drawn again.
+pub fn rows_from_markdown(md: &str) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for line in md.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let Some(path) = Path::ALL.into_iter().find(|p| cells.first() == Some(&p.name())) else { continue };
+        let mpps = |i: usize| -> anyhow::Result<f64> {
+            let c = cells.get(i).with_context(|| format!("short row: {line}"))?;
+            c.parse().with_context(|| format!("not a rate: {c:?} in {line}"))
+        };
+        let rate = |i| -> anyhow::Result<_> {
+            Ok(Rate { offered_pps: mpps(5)? * 1e6, delivered_pps: mpps(i)? * 1e6, wrong: 0 })
+        };
+        let traffic = cells.get(1).with_context(|| format!("short row: {line}"))?.parse()?;
+        rows.push(Row { path, traffic, rates: vec![rate(3)?, rate(2)?, rate(4)?] });
+    }
+    anyhow::ensure!(!rows.is_empty(), "no benchmark rows in the report");
+    Ok(rows)
 }
 
 /// The chart's title.

@@ -180,6 +180,12 @@ pub const fn slot_index(cpu: u32, sets: u32, set: u32, way: u32) -> u32 {
     (cpu * sets + set) * WAYS + way
 }
 
+// SAFETY: #[repr(C)] Pod types with explicit padding and no pointers.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Slot {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Counts {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

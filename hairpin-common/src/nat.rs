@@ -4,13 +4,6 @@
 
 use crate::types::*;
 
-/// Which interface a packet arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Lan,
-    Wan,
-}
-
 /// Everything a new flow writes, computed before anything is inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowPlan {

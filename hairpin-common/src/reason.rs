@@ -233,10 +233,10 @@ impl Counter {
 
     /// The refused-frames counter of the interface on `side`.
     #[inline(always)]
-    pub const fn xdp_refused(side: crate::nat::Side) -> Counter {
+    pub const fn xdp_refused(side: crate::Side) -> Counter {
         match side {
-            crate::nat::Side::Lan => Counter::LanXdpRefused,
-            crate::nat::Side::Wan => Counter::WanXdpRefused,
+            crate::Side::Lan => Counter::LanXdpRefused,
+            crate::Side::Wan => Counter::WanXdpRefused,
         }
     }
 }

@@ -364,7 +364,15 @@ pub const CFG_F_CT_PRESSURE: u32 = 1 << 3;
 /// given, so it is the WAN interface's primary address and follows it.
 pub const CFG_F_PUBLIC_FROM_WAN: u32 = 1 << 4;
 
-/// The dataplane's settings, written by `hairpin-ctl up` into a one-element array map.
+/// Which interface a packet arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Lan,
+    Wan,
+}
+
+/// The dataplane's settings, written by the controller into the slot of a two-slot array
+/// that `HP_CONFIG_SEL` does not name, then made live by moving the selector.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
@@ -502,10 +510,10 @@ impl Config {
     /// gateway, as the kernel judges it before forwarding (`PACKET_HOST`). Broadcast and
     /// multicast frames are not: the kernel delivers them to its own stack only.
     #[inline(always)]
-    pub fn addressed_to_us(&self, side: crate::nat::Side, dst: &[u8; 6]) -> bool {
+    pub fn addressed_to_us(&self, side: Side, dst: &[u8; 6]) -> bool {
         let own = match side {
-            crate::nat::Side::Lan => &self.lan_mac,
-            crate::nat::Side::Wan => &self.wan_mac,
+            Side::Lan => &self.lan_mac,
+            Side::Wan => &self.wan_mac,
         };
         // As two words: an array comparison may become a `bcmp` call, which BPF has not.
         let words = |m: &[u8; 6]| (u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), u16::from_ne_bytes([m[4], m[5]]));
@@ -561,14 +569,11 @@ mod user {
     unsafe impl aya::Pod for Binding {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
-    unsafe impl aya::Pod for crate::flow_cache::Slot {}
-    unsafe impl aya::Pod for crate::flow_cache::Counts {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::Side;
 
     #[test]
     fn a_writer_keeps_what_others_changed_since_it_read() {

@@ -8,7 +8,7 @@
 //! `up`.
 
 use anyhow::Context as _;
-use hairpin_common::{Config, Counter, nat::Side, placement::Placement};
+use hairpin_common::{Config, Counter, Side, placement::Placement};
 
 use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
 

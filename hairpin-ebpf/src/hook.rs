@@ -5,11 +5,10 @@
 
 use hairpin_common::{
     CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FRAG_EGRESS, FRAG_INGRESS, FlowKey, MappingKey, PortBe,
-    Reason,
+    Reason, Side,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     csum::CsumDelta,
     ct_state_bits,
-    nat::Side,
 };
 
 use crate::{

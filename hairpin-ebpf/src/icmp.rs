@@ -2,9 +2,7 @@
 //! translated, so its sender would not recognise it. It is translated back, with every checksum
 //! that covers it, and the error is sent on to that sender.
 
-use hairpin_common::{
-    CT_F_HAIRPIN, Config, EgressEntry, FlowKey, Reason, consts::IPPROTO_ICMP, csum::CsumDelta, nat::Side,
-};
+use hairpin_common::{CT_F_HAIRPIN, Config, EgressEntry, FlowKey, Reason, Side, consts::IPPROTO_ICMP, csum::CsumDelta};
 
 use crate::{
     csum::{self, IP_CSUM_OFF, l4_csum},

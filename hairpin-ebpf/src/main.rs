@@ -33,7 +33,7 @@ use aya_ebpf::{
     macros::{classifier, tracepoint, xdp},
     programs::{TcContext, TracePointContext, XdpContext},
 };
-use hairpin_common::{consts::Hook, nat::Side};
+use hairpin_common::{Side, consts::Hook};
 
 #[xdp]
 pub fn xdp_lan(ctx: XdpContext) -> u32 {

@@ -10,7 +10,7 @@
 //! They can only over-report, which errs towards the slow path.
 
 use aya_ebpf::programs::TracePointContext;
-use hairpin_common::{Counter, nat::Side};
+use hairpin_common::{Counter, Side};
 
 use crate::{maps, stats};
 

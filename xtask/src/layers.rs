@@ -81,12 +81,17 @@ fn module_path(src: &Path, file: &Path) -> String {
 /// Module -> the modules it names.
 fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let known: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+    let items = items(files);
     files
         .iter()
         .map(|(module, text)| {
             let mut to = BTreeSet::new();
             for path in paths(text) {
-                let Some(full) = absolute(module, &path) else { continue };
+                let Some(mut full) = absolute(module, &path) else { continue };
+                // An item re-exported at the crate root (`crate::FlowKey`) is its module's.
+                if let Some(home) = full.first().and_then(|name| items.get(name.as_str())) {
+                    full.splice(0..1, home.split("::").map(String::from).chain([full[0].clone()]));
+                }
                 // The longest prefix that is a module file: `gateway::plan::Plan` is `gateway::plan`.
                 let target = (1..=full.len()).rev().map(|n| full[..n].join("::")).find(|m| known.contains(m.as_str()));
                 if let Some(t) = target
@@ -99,6 +104,33 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
             (module.clone(), to)
         })
         .collect()
+}
+
+/// Where each item defined at a module's top level (`pub struct X`, `pub fn x`, ...) lives, for
+/// the paths that name it through a re-export at the crate root. A name defined twice is left
+/// out (ambiguous).
+fn items(files: &BTreeMap<String, String>) -> BTreeMap<&str, String> {
+    let mut out = BTreeMap::new();
+    let mut twice = BTreeSet::new();
+    for (module, text) in files.iter().filter(|(m, _)| m.as_str() != "crate") {
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("pub ") else { continue };
+            let rest = rest.strip_prefix("const fn ").or_else(|| rest.strip_prefix("unsafe fn ")).unwrap_or(rest);
+            let Some((_, rest)) = ["struct ", "enum ", "fn ", "const ", "static ", "type ", "trait ", "union "]
+                .iter()
+                .find_map(|k| rest.strip_prefix(k).map(|r| (k, r)))
+            else {
+                continue;
+            };
+            let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let name = &rest[..end];
+            if !name.is_empty() && out.insert(name, module.clone()).is_some() {
+                twice.insert(name);
+            }
+        }
+    }
+    out.retain(|k, _| !twice.contains(k));
+    out
 }
 
 /// A module naming its parent's items is fine only for a parent's declarations of it; a
@@ -331,6 +363,13 @@ mod tests {
         ]));
         assert!(cycles(&g).is_empty(), "{g:?}");
         assert!(g["cmd::up"].contains("spec"));
+        // Through a re-export at the crate root.
+        let g = imports(&files(&[
+            ("crate", "pub use types::*;"),
+            ("types", "pub struct Config;\nunsafe impl Pod for crate::cache::Slot {}"),
+            ("cache", "pub struct Slot;\nuse crate::Config;"),
+        ]));
+        assert_eq!(cycles(&g), [vec!["cache".to_string(), "types".into()]]);
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
-    Config, Counter, Reason, Slow,
+    Config, Counter, Reason, Side, Slow,
     consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, map_names, prog_names},
-    nat::Side,
     placement::Placement,
 };
 use serde::Serialize;

@@ -117,8 +117,8 @@ pub fn run(o: &Options) -> anyhow::Result<Vec<Row>> {
         // hairpin's fast path with a million conntrack entries around its one flow.
         let h = Harness::new(Path::HairpinFast, o.ctl.clone(), PREFILLED_ENTRIES / 2 + 1024)?;
         let pins = h.pin_dir().context("hairpin's pins")?.to_path_buf();
-        let mut maps = hairpin_ctl::dataplane::PinDir::new(pins).open()?;
-        crate::sweep::fill(&mut maps, PREFILLED_ENTRIES / 2, 0, hairpin_ctl::expire::boot_ns())?;
+        let mut tables = crate::sweep::Tables::pinned(&hairpin_ctl::dataplane::PinDir::new(pins))?;
+        crate::sweep::fill(&mut tables, PREFILLED_ENTRIES / 2, 0, hairpin_ctl::conntrack::boot_ns())?;
         harnesses.push((h, vec![Traffic::Prefilled]));
     }
     let pinned = harnesses.first().map(|(h, _)| h.pinned.clone()).unwrap_or_default();

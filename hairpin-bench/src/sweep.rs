@@ -12,13 +12,17 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
 use hairpin_common::{
-    CFG_F_HAIRPIN, CT_F_MASQ, CT_F_REPLY, CT_S_SEEN, Config, Endpoint, FlowKey, Ipv4Be, PortBe, Timeouts,
-    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, prog_names},
+    CFG_F_HAIRPIN, CT_F_MASQ, CT_F_REPLY, CT_S_SEEN, Config, CtEntry, EgressEntry, Endpoint, FlowKey, Ipv4Be, PortBe,
+    Timeouts,
+    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
     nat::plan_flow,
 };
-use hairpin_ctl::{dataplane, expire};
+use hairpin_ctl::{conntrack, dataplane, sweep as ctl_sweep};
 
 const PUBLIC: [u8; 4] = [203, 0, 113, 1];
 
@@ -26,30 +30,31 @@ pub fn run(entries: u32) -> anyhow::Result<()> {
     ensure!(nix_is_root(), "the sweep benchmark loads BPF programs: run it as root");
     let flows = entries / 2;
     let mut ebpf = dataplane::load(flows + 1024, true)?;
+    let mut tables = Tables::of_object(&ebpf)?;
     let mut maps = dataplane::Maps::take(&mut ebpf)?;
     let timeouts = Timeouts { udp: 300, ..Default::default() };
     maps.update_config(|c| *c = config(timeouts))?;
 
-    let now = expire::boot_ns();
+    let now = conntrack::boot_ns();
     println!("# flow sweep, {entries} conntrack entries ({flows} UDP flows)\n");
     println!("| sweep | entries | expired flows | time | per entry | dataplane ns/pkt meanwhile |");
     println!("|---|---:|---:|---:|---:|---:|");
-    fill(&mut maps, 1, 0, now)?;
+    fill(&mut tables, 1, 0, now)?;
     let idle = established_ns(&mut ebpf)?;
-    clear(&mut maps)?;
+    tables.clear()?;
     let mut rows = Vec::new();
     // Flow 0 stays live in every round: the probe packet belongs to it.
     for (what, expired) in [("nothing expired", 0), ("all but one expired", flows - 1)] {
         let filled = Instant::now();
-        fill(&mut maps, flows, expired, now)?;
+        fill(&mut tables, flows, expired, now)?;
         let fill_time = filled.elapsed();
         let stop = Arc::new(AtomicBool::new(false));
         let during = {
             let stop = stop.clone();
             let prog: &mut Xdp = ebpf.program_mut(prog_names::XDP_WAN).context("xdp_wan")?.try_into()?;
-            std::thread::scope(|s| -> anyhow::Result<(expire::Sweep, f64)> {
+            std::thread::scope(|s| -> anyhow::Result<(ctl_sweep::Sweep, f64)> {
                 let probe = s.spawn(|| established_ns_prog(prog, &|| stop.load(Ordering::Relaxed)));
-                let swept = expire::sweep(&mut maps, expire::boot_ns());
+                let swept = ctl_sweep::sweep(&mut maps, conntrack::boot_ns());
                 stop.store(true, Ordering::Relaxed);
                 let ns = probe.join().map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
                 Ok((swept?, ns))
@@ -65,7 +70,7 @@ pub fn run(entries: u32) -> anyhow::Result<()> {
             s.elapsed.as_secs_f64()
         ));
         eprintln!("filled {entries} entries in {fill_time:.2?}; swept in {:.2?}", s.elapsed);
-        clear(&mut maps)?;
+        tables.clear()?;
     }
     for r in &rows {
         println!("{r}");
@@ -111,33 +116,54 @@ fn flow(i: u32) -> (FlowKey, Endpoint) {
     (key, Endpoint::new(Ipv4Be::from_octets(PUBLIC), PortBe::from_host(1024 + (i % 60_000) as u16)))
 }
 
+/// The conntrack and egress tables, filled as the dataplane would fill them (raw handles: the
+/// controller's `Maps` only reads and removes flows).
+pub struct Tables {
+    ct: HashMap<MapData, FlowKey, CtEntry>,
+    egress: HashMap<MapData, FlowKey, EgressEntry>,
+}
+
+impl Tables {
+    /// Of a loaded object, beside the controller's maps taken out of it.
+    pub fn of_object(ebpf: &aya::Ebpf) -> anyhow::Result<Self> {
+        let raw = |name| hairpin_lab::raw::of_object(ebpf, name);
+        Ok(Self { ct: raw(map_names::CONNTRACK)?.try_into()?, egress: raw(map_names::EGRESS)?.try_into()? })
+    }
+
+    /// Of the dataplane pinned at `pins`.
+    pub fn pinned(pins: &dataplane::PinDir) -> anyhow::Result<Self> {
+        let raw = |name| hairpin_lab::raw::pinned(pins, name);
+        Ok(Self { ct: raw(map_names::CONNTRACK)?.try_into()?, egress: raw(map_names::EGRESS)?.try_into()? })
+    }
+
+    fn clear(&mut self) -> anyhow::Result<()> {
+        let keys: Vec<FlowKey> = self.ct.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            let _ = self.ct.remove(&k);
+        }
+        let keys: Vec<FlowKey> = self.egress.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            let _ = self.egress.remove(&k);
+        }
+        Ok(())
+    }
+}
+
 /// Fills the table with `flows` flows, the last `expired` of them idle for longer than the
 /// UDP timeout, as the dataplane would have created them (both directions, egress rewrites).
-pub fn fill(maps: &mut dataplane::Maps, flows: u32, expired: u32, now: u64) -> anyhow::Result<()> {
+pub fn fill(t: &mut Tables, flows: u32, expired: u32, now: u64) -> anyhow::Result<()> {
     for i in 0..flows {
         let (key, public) = flow(i);
         let seen = if i >= flows - expired { now - 400_000_000_000 } else { now };
         let mut plan = plan_flow(&key, key.dst_ep(), Some(public), CT_F_MASQ, seen);
         plan.orig.flags |= CT_S_SEEN;
         plan.reply.flags |= CT_S_SEEN | CT_F_REPLY;
-        maps.ct.insert(&plan.orig_key, &plan.orig, 0)?;
-        maps.ct.insert(&plan.reply_key, &plan.reply, 0)?;
+        t.ct.insert(&plan.orig_key, &plan.orig, 0)?;
+        t.ct.insert(&plan.reply_key, &plan.reply, 0)?;
         for (k, e) in [(plan.orig_key, plan.orig), (plan.reply_key, plan.reply)] {
             let (egress_key, value) = hairpin_common::nat::egress(&k, &e);
-            maps.egress.insert(&egress_key, &value, 0)?;
+            t.egress.insert(&egress_key, &value, 0)?;
         }
-    }
-    Ok(())
-}
-
-fn clear(maps: &mut dataplane::Maps) -> anyhow::Result<()> {
-    let keys: Vec<FlowKey> = maps.ct.keys().collect::<Result<_, _>>()?;
-    for k in keys {
-        let _ = maps.ct.remove(&k);
-    }
-    let keys: Vec<FlowKey> = maps.egress.keys().collect::<Result<_, _>>()?;
-    for k in keys {
-        let _ = maps.egress.remove(&k);
     }
     Ok(())
 }

@@ -9,11 +9,41 @@ use std::{
     str::FromStr,
 };
 
-use hairpin_common::consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, MAX_MAPPINGS};
+use hairpin_common::consts::{
+    DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP, MAX_MAPPINGS,
+};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Proto;
+/// A protocol a forward can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
 
 /// The whole gateway. Sections left out of a file take their defaults; `lan.interface` and
 /// `wan.interface` are the only required keys.
@@ -230,6 +260,70 @@ pub struct Addresses {
     pub public_ip: Ipv4Addr,
 }
 
+/// Settings given one by one (the flags of `up` and `run`) over a spec: each `Some` sets its
+/// key, each `None` leaves it as it is (a default, a file's, or the live dataplane's value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub lan: Option<String>,
+    pub wan: Option<String>,
+    pub public_address: Option<Ipv4Addr>,
+    pub lan_address: Option<Ipv4Addr>,
+    pub lan_prefix: Option<Ipv4Net>,
+    pub hairpin: Option<bool>,
+    pub fast_path: Option<bool>,
+    pub flow_cache: Option<bool>,
+    pub port_range: Option<PortRange>,
+    pub udp_filtering: Option<UdpFiltering>,
+    pub max_flows: Option<u32>,
+    pub tcp_established: Option<u32>,
+    pub tcp_transitory: Option<u32>,
+    pub udp: Option<u32>,
+    pub icmp: Option<u32>,
+    pub mode: Option<Mode>,
+    pub xdp_mode: Option<XdpAttachMode>,
+    pub tc_attach: Option<TcAttachMode>,
+}
+
+impl Overrides {
+    /// Sets in `spec` what is given; returns the keys set, in the order above.
+    pub fn apply(&self, spec: &mut Spec) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        fn put<T: Clone>(given: &mut Vec<&'static str>, key: &'static str, value: &Option<T>, to: &mut T) {
+            if let Some(v) = value {
+                given.push(key);
+                *to = v.clone();
+            }
+        }
+        let g = &mut given;
+        put(g, "lan.interface", &self.lan, &mut spec.lan.interface);
+        put(g, "wan.interface", &self.wan, &mut spec.wan.interface);
+        put(g, "wan.public_address", &self.public_address.map(Some), &mut spec.wan.public_address);
+        put(g, "lan.address", &self.lan_address.map(Some), &mut spec.lan.address);
+        put(g, "lan.prefix", &self.lan_prefix.map(Some), &mut spec.lan.prefix);
+        put(g, "nat.hairpin", &self.hairpin, &mut spec.nat.hairpin);
+        put(g, "dataplane.fast_path", &self.fast_path, &mut spec.dataplane.fast_path);
+        put(g, "dataplane.flow_cache", &self.flow_cache, &mut spec.dataplane.flow_cache);
+        put(g, "nat.port_range", &self.port_range, &mut spec.nat.port_range);
+        put(g, "nat.udp_filtering", &self.udp_filtering, &mut spec.nat.udp_filtering);
+        put(g, "dataplane.max_flows", &self.max_flows, &mut spec.dataplane.max_flows);
+        put(g, "timeouts.tcp_established", &self.tcp_established, &mut spec.timeouts.tcp_established);
+        put(g, "timeouts.tcp_transitory", &self.tcp_transitory, &mut spec.timeouts.tcp_transitory);
+        put(g, "timeouts.udp", &self.udp, &mut spec.timeouts.udp);
+        put(g, "timeouts.icmp", &self.icmp, &mut spec.timeouts.icmp);
+        put(g, "dataplane.mode", &self.mode, &mut spec.dataplane.mode);
+        put(g, "dataplane.xdp_mode", &self.xdp_mode, &mut spec.dataplane.xdp_mode);
+        put(g, "dataplane.tc_attach", &self.tc_attach, &mut spec.dataplane.tc_attach);
+        given
+    }
+
+    /// The spec these settings describe over the defaults: both interfaces are needed.
+    pub fn spec(&self) -> Option<Spec> {
+        let mut spec = Spec::new(self.lan.as_deref()?, self.wan.as_deref()?);
+        self.apply(&mut spec);
+        Some(spec)
+    }
+}
+
 impl Spec {
     /// The defaults, on these two interfaces.
     pub fn new(lan: &str, wan: &str) -> Self {
@@ -277,6 +371,13 @@ impl Spec {
     /// The rules that need nothing but the spec itself.
     pub fn check(&self) -> Vec<Problem> {
         let mut p = Vec::new();
+        self.check_interfaces(&mut p);
+        self.check_settings(&mut p);
+        self.check_forwards(&mut p);
+        p
+    }
+
+    fn check_interfaces(&self, p: &mut Vec<Problem>) {
         if self.lan.interface.is_empty() {
             p.push(Problem::new("lan.interface", "must name an interface"));
         }
@@ -293,6 +394,9 @@ impl Spec {
             let key = if self.lan.interface == "lo" { "lan.interface" } else { "wan.interface" };
             p.push(Problem::new(key, "the loopback interface cannot be a gateway side"));
         }
+    }
+
+    fn check_settings(&self, p: &mut Vec<Problem>) {
         if let Some(net) = self.lan.prefix
             && net.prefix_len() == 0
         {
@@ -330,6 +434,9 @@ impl Spec {
         if !(1024..=16_777_216).contains(&d.max_flows) {
             p.push(Problem::new("dataplane.max_flows", format!("{} is outside 1024 to 16777216", d.max_flows)));
         }
+    }
+
+    fn check_forwards(&self, p: &mut Vec<Problem>) {
         if self.forwards.len() > MAX_MAPPINGS as usize {
             p.push(Problem::new(
                 "forward",
@@ -357,7 +464,6 @@ impl Spec {
                 ));
             }
         }
-        p
     }
 
     /// The rules on the addresses as resolved (the spec's own, or the interfaces'): the

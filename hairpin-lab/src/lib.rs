@@ -11,6 +11,7 @@
 pub mod netns;
 pub mod nft;
 pub mod probe;
+pub mod raw;
 pub mod routed;
 pub mod scenario;
 pub mod topology;

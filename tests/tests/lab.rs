@@ -481,10 +481,13 @@ fn refused_xdp_frames_turn_the_xdp_fast_path_off() {
     traffic::tcp_echo(&lab.cli, hairpin, 64 << 10, t).expect("hairpin on the XDP fast path");
     assert!(lab.counter("fast_tx").unwrap() > 0);
     {
-        let mut maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().unwrap();
+        // As the dataplane's tracepoint counts frames the kernel refused.
+        let pins = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir);
+        let mut counters: aya::maps::PerCpuArray<_, u64> =
+            hairpin_lab::raw::pinned(&pins, hairpin_common::consts::map_names::COUNTERS).unwrap().try_into().unwrap();
         let cpus = aya::util::nr_cpus().unwrap().get() as usize;
         let values = aya::maps::PerCpuValues::try_from(vec![3u64; cpus]).unwrap();
-        maps.counters.set(hairpin_common::Counter::LanXdpRefused as u32, values, 0).unwrap();
+        counters.set(hairpin_common::Counter::LanXdpRefused as u32, values, 0).unwrap();
     }
     wait_for(10, "run to stop sending XDP frames into lan0", || takes_xdp_frames(&lab) == [false, true]);
     let before = lab.counter("fast_tx").unwrap();
@@ -565,8 +568,10 @@ fn run_expires_idle_flows_and_leaves_the_dataplane_running() {
     // given differs, so the flow cache's copies, which serve until a deadline set under the
     // old ones, are retired: the controller's generation moves.
     let generation = || {
-        let maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().expect("open the pinned maps");
-        maps.ct_gen.get(&GEN_CONTROLLER, 0).expect("read the generation")
+        let pins = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir);
+        let ct_gen: aya::maps::Array<_, u32> =
+            hairpin_lab::raw::pinned(&pins, hairpin_common::consts::map_names::CT_GEN).unwrap().try_into().unwrap();
+        ct_gen.get(&GEN_CONTROLLER, 0).expect("read the generation")
     };
     let (flows_before, generation_before) = (udp_flows(&lab).len(), generation());
     let ctl = Controller::start(&lab, &["--udp-timeout", "300"]);

@@ -636,7 +636,7 @@ fn flows_watch_shows_flows_start_and_end_with_why() {
     // Seen new by run (the watcher heard it from run), then gone behind its back.
     wait_for(10, "the third flow on the watch", || saw("new", None, &esrc));
     let mut maps = ::hairpin_ctl::dataplane::PinDir::new(&lab.pin_dir).open().unwrap();
-    let (flows, _) = ::hairpin_ctl::expire::snapshot(&maps).unwrap();
+    let (flows, _) = ::hairpin_ctl::conntrack::snapshot(&maps).unwrap();
     let flow = flows.iter().find(|fl| format!("{}", ::hairpin_ctl::output::src(&fl.orig_key)) == esrc).unwrap();
     maps.remove_entries(flow.entries()).unwrap();
     wait_for(10, "the evicted flow on the watch", || saw("end", Some("evicted"), &esrc));

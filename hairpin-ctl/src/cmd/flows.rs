@@ -2,126 +2,30 @@
 //! and remaining lifetime, filtered like `conntrack -L`; `flows del` removes one flow, `flows
 //! flush` all of them.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use anyhow::bail;
-use clap::{Args, Subcommand, ValueEnum};
 use hairpin_common::{CT_F_HAIRPIN, CT_F_MASQ, CtEntry, FlowKey, expiry};
 use serde::Serialize;
 
 use crate::{
-    dataplane::PinDir,
+    cli::flows::{Filter, FlowProto, FlowsAction, FlowsArgs},
+    conntrack::{self, Flow},
+    dataplane::{Maps, PinDir},
     events,
-    expire::{self, Flow},
     output::{self, Kind},
 };
 
-#[derive(Debug, Args)]
-pub struct FlowsArgs {
-    #[command(subcommand)]
-    pub action: Option<FlowsAction>,
-    #[command(flatten)]
-    pub filter: Filter,
-    /// Print flows as they start and end (`new`, `end` with why: expired, evicted, flushed),
-    /// as `run` sees them, until interrupted; with --json, one JSON object a line. Needs a
-    /// `run` serving the pin directory.
-    #[arg(long)]
-    pub watch: bool,
-    /// Print a JSON array, one object per entry.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Which flows to list: every condition given must hold (of the flow's original direction, as
-/// it arrived at the gateway, or of its translation).
-#[derive(Debug, Args, Default, PartialEq)]
-pub struct Filter {
-    /// Only this protocol.
-    #[arg(long, value_enum)]
-    pub proto: Option<FlowProto>,
-    /// Only flows from this address (ADDR, or ADDR:PORT), before or after translation.
-    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_addr)]
-    pub src: Option<AddrPort>,
-    /// Only flows to this address (ADDR, or ADDR:PORT), before or after translation.
-    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_addr)]
-    pub dst: Option<AddrPort>,
-    /// Only flows with this port (or ICMP echo id) anywhere in their tuples.
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Only flows of this kind: forward (from the internet to a port-forward), hairpin (a LAN
-    /// host to the public address) or masquerade (a LAN host to the internet).
-    #[arg(long, value_enum)]
-    pub kind: Option<Kind>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum FlowsAction {
-    /// Remove one flow: both directions, their rewrites, and the LAN host's public port if no
-    /// other flow holds it. Give the tuple of either direction as `flows` shows it (ICMP: the
-    /// echo id as the port, 0 on the other side).
-    Del {
-        #[arg(value_enum)]
-        proto: FlowProto,
-        #[arg(value_name = "SRC:PORT")]
-        src: SocketAddrV4,
-        #[arg(value_name = "DST:PORT")]
-        dst: SocketAddrV4,
-    },
-    /// Remove every flow (both directions and their rewrites) and every binding. Established
-    /// connections through the gateway break; port-forwards and masquerade create new flows
-    /// for new traffic, and LAN hosts may get other public ports.
-    Flush,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FlowProto {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl FlowProto {
-    fn number(self) -> u8 {
-        use hairpin_common::consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-        match self {
-            FlowProto::Tcp => IPPROTO_TCP,
-            FlowProto::Udp => IPPROTO_UDP,
-            FlowProto::Icmp => IPPROTO_ICMP,
-        }
-    }
-}
-
-/// An address, and maybe a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddrPort {
-    pub addr: Ipv4Addr,
-    pub port: Option<u16>,
-}
-
-impl AddrPort {
-    fn matches(&self, ep: SocketAddrV4) -> bool {
-        *ep.ip() == self.addr && self.port.is_none_or(|p| p == ep.port())
-    }
-}
-
-fn parse_addr(s: &str) -> Result<AddrPort, String> {
-    if let Ok(sa) = s.parse::<SocketAddrV4>() {
-        return Ok(AddrPort { addr: *sa.ip(), port: Some(sa.port()) });
-    }
-    s.parse().map(|addr| AddrPort { addr, port: None }).map_err(|_| format!("'{s}' is not an IPv4 ADDR or ADDR:PORT"))
-}
-
-impl Filter {
-    fn matches(&self, f: &Flow) -> bool {
-        let (k, x) = (&f.orig_key, &f.orig.xlate);
-        let srcs = [output::src(k), output::src(x)];
-        let dsts = [output::dst(k), output::dst(x)];
-        self.proto.is_none_or(|p| p.number() == k.proto)
-            && self.kind.is_none_or(|kind| kind == Kind::of(f.orig.flags))
-            && self.src.is_none_or(|a| srcs.iter().any(|&ep| a.matches(ep)))
-            && self.dst.is_none_or(|a| dsts.iter().any(|&ep| a.matches(ep)))
-            && self.port.is_none_or(|p| srcs.iter().chain(&dsts).any(|ep| ep.port() == p))
-    }
+/// Whether the flow meets every condition of the filter.
+fn matches(filter: &Filter, f: &Flow) -> bool {
+    let (k, x) = (&f.orig_key, &f.orig.xlate);
+    let srcs = [output::src(k), output::src(x)];
+    let dsts = [output::dst(k), output::dst(x)];
+    filter.proto.is_none_or(|p| p.number() == k.proto)
+        && filter.kind.is_none_or(|kind| kind == Kind::of(f.orig.flags))
+        && filter.src.is_none_or(|a| srcs.iter().any(|&ep| a.matches(ep)))
+        && filter.dst.is_none_or(|a| dsts.iter().any(|&ep| a.matches(ep)))
+        && filter.port.is_none_or(|p| srcs.iter().chain(&dsts).any(|ep| ep.port() == p))
 }
 
 #[derive(Serialize)]
@@ -153,49 +57,73 @@ struct Row {
 }
 
 pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
-    let mut maps = pins.open()?;
     match a.action {
-        Some(FlowsAction::Flush) => {
-            // Bindings first, then the flows: a flow the dataplane makes meanwhile on a released
-            // binding is undone by the dataplane itself (it checks the binding once the flow is
-            // in), so no public port ends up with two LAN hosts.
-            let public = maps.config()?.public_addr;
-            let bindings: Vec<_> = maps.bindings.iter().collect::<Result<_, _>>()?;
-            let released = bindings.len();
-            maps.unbind(bindings, public)?;
-            let (flows, lone) = expire::snapshot(&maps)?;
-            maps.remove_entries(flows.iter().flat_map(expire::Flow::entries).chain(lone))?;
-            events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
-            say!("flushed {} flows and {released} bindings", flows.len());
-            return Ok(());
-        }
-        Some(FlowsAction::Del { proto, src, dst }) => {
-            let (flows, _) = expire::snapshot(&maps)?;
-            let is = |k: &FlowKey| k.proto == proto.number() && output::src(k) == src && output::dst(k) == dst;
-            let Some(flow) = flows.iter().find(|f| is(&f.orig_key) || f.reply.as_ref().is_some_and(|(rk, _)| is(rk)))
-            else {
-                bail!("no {} flow {src} -> {dst} (see `hairpin-ctl flows`)", output::proto_name(proto.number()));
-            };
-            let released = expire::delete(&mut maps, flow)?;
-            events::flushed(pins, [(&flow.orig_key, &flow.orig)]);
-            say!(
-                "deleted {} flow {src} -> {dst}{}",
-                output::proto_name(proto.number()),
-                match released {
-                    0 => String::new(),
-                    n => format!(" ({n} binding released)"),
-                }
-            );
-            return Ok(());
-        }
-        None if a.watch => return events::watch(pins, a.json),
-        None => {}
+        Some(FlowsAction::Flush) => flush(pins, &mut pins.open()?),
+        Some(FlowsAction::Del { proto, src, dst }) => delete(pins, &mut pins.open()?, proto, src, dst),
+        None if a.watch => events::watch(pins, a.json),
+        None => list(&pins.open()?, &a),
     }
+}
+
+/// Every binding, then every flow: a flow the dataplane makes meanwhile on a released binding
+/// is undone by the dataplane itself (it checks the binding once the flow is in), so no public
+/// port ends up with two LAN hosts.
+fn flush(pins: &PinDir, maps: &mut Maps) -> anyhow::Result<()> {
+    let public = maps.config()?.public_addr;
+    let bindings = maps.bindings()?;
+    let released = bindings.len();
+    maps.unbind(bindings, public)?;
+    let (flows, lone) = conntrack::snapshot(maps)?;
+    maps.remove_entries(flows.iter().flat_map(Flow::entries).chain(lone))?;
+    events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
+    say!("flushed {} flows and {released} bindings", flows.len());
+    Ok(())
+}
+
+/// The flow with either direction `src -> dst`.
+fn delete(
+    pins: &PinDir,
+    maps: &mut Maps,
+    proto: FlowProto,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+) -> anyhow::Result<()> {
+    let (flows, _) = conntrack::snapshot(maps)?;
+    let is = |k: &FlowKey| k.proto == proto.number() && output::src(k) == src && output::dst(k) == dst;
+    let Some(flow) = flows.iter().find(|f| is(&f.orig_key) || f.reply.as_ref().is_some_and(|(rk, _)| is(rk))) else {
+        bail!("no {} flow {src} -> {dst} (see `hairpin-ctl flows`)", output::proto_name(proto.number()));
+    };
+    let released = conntrack::delete(maps, flow)?;
+    events::flushed(pins, [(&flow.orig_key, &flow.orig)]);
+    let released = match released {
+        0 => String::new(),
+        n => format!(" ({n} binding released)"),
+    };
+    say!("deleted {} flow {src} -> {dst}{released}", output::proto_name(proto.number()));
+    Ok(())
+}
+
+fn list(maps: &Maps, a: &FlowsArgs) -> anyhow::Result<()> {
+    let rows = rows(maps, &a.filter)?;
+    if a.json {
+        return output::json(&rows);
+    }
+    if rows.is_empty() {
+        say!("no flows");
+        return Ok(());
+    }
+    print(&rows);
+    Ok(())
+}
+
+/// One row per direction of each flow the filter keeps, then (unfiltered) the entries whose
+/// original direction is gone.
+fn rows(maps: &Maps, filter: &Filter) -> anyhow::Result<Vec<Row>> {
     let timeouts = maps.config()?.timeouts;
-    let now = expire::boot_ns();
+    let now = conntrack::boot_ns();
     let secs = |ns: u64| ns as f64 / 1e9;
-    let (mut flows, lone) = expire::snapshot(&maps)?;
-    flows.retain(|f| a.filter.matches(f));
+    let (mut flows, lone) = conntrack::snapshot(maps)?;
+    flows.retain(|f| matches(filter, f));
     // Stable order: by protocol and original tuple.
     flows.sort_by_key(|f| {
         let k = f.orig_key;
@@ -234,17 +162,14 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         }
     }
     // Entries whose original direction is gone: shown unless a filter asks for something.
-    let unfiltered = a.filter == Filter::default();
+    let unfiltered = *filter == Filter::default();
     for (k, e) in lone.iter().filter(|_| unfiltered) {
         push(k, e, Kind::of(e.flags), "reply", "orphan", false, 0);
     }
-    if a.json {
-        return output::json(&rows);
-    }
-    if rows.is_empty() {
-        say!("no flows");
-        return Ok(());
-    }
+    Ok(rows)
+}
+
+fn print(rows: &[Row]) {
     let mut table = output::table([
         "proto",
         "direction",
@@ -260,7 +185,7 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         "idle",
         "expires in",
     ]);
-    for r in &rows {
+    for r in rows {
         table.add_row([
             r.proto.to_string(),
             r.direction.to_string(),
@@ -278,5 +203,4 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
         ]);
     }
     output::print_table(&table);
-    Ok(())
 }

@@ -1,24 +1,16 @@
 //! `hairpin-ctl man DIR`: man pages generated from the command line's own definition, so they
 //! never drift from `--help`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
-use clap::{Args, CommandFactory as _};
 
-use crate::cli::Cli;
+use crate::cli::docs::ManArgs;
 
-#[derive(Debug, Args)]
-pub struct ManArgs {
-    /// Where to write the pages: hairpin-ctl.8 and hairpin-ctl-<command>.8 for each command
-    /// (e.g. /usr/local/share/man/man8).
-    #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
-}
-
-pub fn run(a: &ManArgs) -> anyhow::Result<()> {
+/// Writes the pages of `cmd` (the dispatcher passes the whole command line).
+pub fn run(cmd: clap::Command, a: &ManArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let mut cmd = Cli::command().disable_help_subcommand(true);
+    let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let mut written = 0;
     write(&cmd, &a.dir, &mut written)?;

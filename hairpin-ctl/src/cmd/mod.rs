@@ -1,4 +1,5 @@
-//! One module per subcommand, each holding its arguments (clap) and exposing `run`.
+//! One module per command, each thin: take the parsed arguments, call the gateway's
+//! operations, render what they return.
 
 pub mod apply;
 pub mod completions;
@@ -10,6 +11,8 @@ pub mod run;
 pub mod show;
 pub mod stats;
 pub mod up;
+
+use clap::CommandFactory as _;
 
 use crate::{
     cli::{Cli, Command},
@@ -27,7 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => stats::run(&pins, a.json),
         Command::Flows(a) => flows::run(&pins, a),
         Command::Run(a) => run::run(&pins, &a).await,
-        Command::Man(a) => man::run(&a),
-        Command::Completions(a) => completions::run(&a),
+        Command::Man(a) => man::run(Cli::command(), &a),
+        Command::Completions(a) => completions::run(Cli::command(), &a),
     }
 }

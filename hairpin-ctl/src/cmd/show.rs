@@ -3,8 +3,7 @@
 use crate::{dataplane::PinDir, gateway, output};
 
 pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
-    let maps = pins.open()?;
-    let spec = gateway::live(pins, &maps)?;
+    let spec = gateway::live::read(pins, &pins.open()?)?;
     if json {
         return output::json(&spec);
     }

@@ -2,17 +2,15 @@
 //! slow path, how often the fast path's flow cache served, new flows refused for want of a port
 //! or table space (per protocol), and how full the tables and port pools are.
 
-use anyhow::Context as _;
-use aya::maps::{HashMap, IterableMap as _, MapData};
 use hairpin_common::{
     Config, Counter, Reason, Side, Slow,
-    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP, map_names, prog_names},
+    consts::{EXHAUSTION_PROTOS, Hook, IPPROTO_ICMP},
     placement::Placement,
 };
 use serde::Serialize;
 
 use crate::{
-    dataplane::{Maps, PinDir},
+    dataplane::{Maps, PinDir, Table},
     output, placement,
 };
 
@@ -110,9 +108,17 @@ struct Stats {
 }
 
 pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
-    let maps = pins.open()?;
+    let stats = read(pins, &pins.open()?)?;
+    if json {
+        return output::json(&stats);
+    }
+    print(&stats);
+    Ok(())
+}
+
+fn read(pins: &PinDir, maps: &Maps) -> anyhow::Result<Stats> {
     let cfg = maps.config()?;
-    let reasons = reasons(&maps)?;
+    let reasons = reasons(maps)?;
     let fast: u64 = reasons
         .iter()
         .filter(|r| r.reason == Reason::FastRedirect.name() || r.reason == Reason::FastTx.name())
@@ -121,22 +127,15 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let misses = maps.counter(Counter::CacheMiss)?;
     // Read one after the other while packets flow: clamp rather than underflow.
     let hits = fast.saturating_sub(misses);
-    // The loader gives the cache one unused slot when it is off.
-    let cache_map = pins.map(map_names::FLOW_CACHE);
-    let enabled = aya::maps::MapInfo::from_pin(&cache_map)
-        .with_context(|| format!("reading {}", cache_map.display()))?
-        .max_entries()
-        > 1;
-    let stats = Stats {
-        interfaces: interfaces(&maps, &cfg)?,
-        // TCX links are pinned by program name; netlink filters have no pin.
-        tc_attach: if pins.link(prog_names::TC_LAN).exists() { "tcx" } else { "netlink" },
+    Ok(Stats {
+        interfaces: interfaces(maps, &cfg)?,
+        tc_attach: if pins.tcx_links() { "tcx" } else { "netlink" },
         counters: Counter::ALL
             .iter()
             .map(|&c| Ok(CounterRow { name: c.name(), description: c.help(), value: maps.counter(c)? }))
             .collect::<anyhow::Result<_>>()?,
         flow_cache: FlowCache {
-            enabled,
+            enabled: maps.flow_cache_enabled()?,
             hits,
             misses,
             hit_percent: if fast == 0 { 0.0 } else { 100.0 * hits as f64 / (hits + misses) as f64 },
@@ -146,13 +145,13 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|&s| Ok(SlowRow { cause: s.name(), packets: maps.counter(s.counter())? }))
             .collect::<anyhow::Result<_>>()?,
-        exhaustion: exhaustion(&maps)?,
-        tables: tables(&maps)?,
-        port_pools: port_pools(&maps, &cfg)?,
-    };
-    if json {
-        return output::json(&stats);
-    }
+        exhaustion: exhaustion(maps)?,
+        tables: tables(maps)?,
+        port_pools: port_pools(maps, &cfg)?,
+    })
+}
+
+fn print(stats: &Stats) {
     if !stats.interfaces.is_empty() {
         say!("interfaces");
         say!("  tc programs: {}", if stats.tc_attach == "tcx" { "tcx links" } else { "netlink filters" });
@@ -188,7 +187,6 @@ pub fn run(pins: &PinDir, json: bool) -> anyhow::Result<()> {
             say!("{:<22} {:>12} {:>12} {:>7.1}%", f.name, f.in_use, f.capacity, f.percent);
         }
     }
-    Ok(())
 }
 
 /// The placements `up` recorded (none in a configuration written before they were).
@@ -216,8 +214,7 @@ fn interfaces(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<InterfaceRow>> {
 }
 
 fn reasons(maps: &Maps) -> anyhow::Result<Vec<ReasonRow>> {
-    let count =
-        |hook: Hook, r: Reason| -> anyhow::Result<u64> { Ok(maps.stats.get(&hook.stat_index(r), 0)?.iter().sum()) };
+    let count = |hook: Hook, r: Reason| maps.verdicts(hook, r);
     let mut rows = Vec::new();
     for &r in Reason::ALL {
         let [li, wi, le, we] = [
@@ -259,29 +256,17 @@ fn fill(name: impl Into<String>, in_use: u64, capacity: u64) -> FillRow {
     FillRow { name: name.into(), in_use, capacity, percent: (percent * 10.0).round() / 10.0 }
 }
 
-fn len<K: aya::Pod, V: aya::Pod>(m: &HashMap<MapData, K, V>) -> anyhow::Result<u64> {
-    let mut n = 0;
-    for k in m.keys() {
-        k?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Entries in a hash map against its size as loaded (`up --max-flows`).
-fn table<K: aya::Pod, V: aya::Pod>(name: &str, m: &HashMap<MapData, K, V>) -> anyhow::Result<FillRow> {
-    let capacity = m.map().info()?.max_entries();
-    Ok(fill(name, len(m)?, capacity.into()))
-}
-
 fn tables(maps: &Maps) -> anyhow::Result<Vec<FillRow>> {
-    Ok(vec![
-        table("conntrack entries", &maps.ct)?,
-        table("unconfirmed entries", &maps.ct_new)?,
-        table("egress entries", &maps.egress)?,
-        table("unconfirmed egress entries", &maps.egress_new)?,
-        table("bindings", &maps.bindings)?,
-    ])
+    [
+        ("conntrack entries", Table::Conntrack),
+        ("unconfirmed entries", Table::Unconfirmed),
+        ("egress entries", Table::Egress),
+        ("unconfirmed egress entries", Table::UnconfirmedEgress),
+        ("bindings", Table::Bindings),
+    ]
+    .into_iter()
+    .map(|(name, t)| maps.fill(t).map(|(n, capacity)| fill(name, n, capacity)))
+    .collect()
 }
 
 /// Public ports in use per protocol against the configured range, less the ports that
@@ -291,20 +276,18 @@ fn port_pools(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<FillRow>> {
     let range = if cfg.port_min > cfg.port_max { 0 } else { u64::from(cfg.port_max - cfg.port_min) + 1 };
     // One pass over each map, counting by protocol.
     let mut forwarded = std::collections::HashMap::<u8, u64>::new();
-    for k in maps.mappings.keys() {
-        let k = k?;
+    for (k, _) in maps.forwards()? {
         if k.addr == cfg.public_addr && in_range(k.port.host()) {
             *forwarded.entry(k.proto).or_default() += 1;
         }
     }
     let mut used = std::collections::HashMap::<u8, u64>::new();
-    for k in maps.bindings.keys() {
-        *used.entry(k?.proto).or_default() += 1;
+    for (k, _) in maps.bindings()? {
+        *used.entry(k.proto).or_default() += 1;
     }
     // Echo flows hold no binding: each one's reply entry is keyed to the public address and
     // its id.
-    for k in maps.ct.keys().chain(maps.ct_new.keys()) {
-        let k = k?;
+    for k in maps.ct_entries()?.into_keys() {
         if k.proto == IPPROTO_ICMP && k.dst == cfg.public_addr {
             *used.entry(IPPROTO_ICMP).or_default() += 1;
         }

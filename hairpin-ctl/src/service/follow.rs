@@ -6,9 +6,8 @@ use anyhow::Context as _;
 use hairpin_common::CFG_F_PUBLIC_FROM_WAN;
 
 use crate::{
-    cmd::{apply::reconcile, up},
-    dataplane::{self, PinDir},
-    gateway::{self, Origin},
+    dataplane::{Maps, PinDir},
+    gateway::{self, Origin, apply::reconcile},
     netif::{self, Change},
     output,
     spec::Spec,
@@ -36,7 +35,12 @@ pub enum Outcome {
 
 impl Follow {
     pub fn new(pins: &PinDir) -> anyhow::Result<Self> {
-        Ok(Self { spec: gateway::live(pins, &pins.open()?)?, missing: Vec::new(), wan_bare: false, took_down: false })
+        Ok(Self {
+            spec: gateway::live::read(pins, &pins.open()?)?,
+            missing: Vec::new(),
+            wan_bare: false,
+            took_down: false,
+        })
     }
 
     /// Takes in what the kernel announced.
@@ -50,25 +54,26 @@ impl Follow {
             if let Change::LinkGone(i) = c
                 && (*i == cfg.lan_ifindex || *i == cfg.wan_ifindex)
             {
-                // Keep what is live (forwards, settings), under the names the interfaces had.
-                let mut spec = gateway::live(pins, &maps)?;
-                (spec.lan.interface, spec.wan.interface) =
-                    (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
-                self.spec = spec;
-                let name = if *i == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
-                say!(
-                    "hairpin run: {name} (ifindex {i}) is gone, with the dataplane's programs on it; it is attached again \
-                     when {name} returns"
-                );
-                self.missing.push(name.clone());
+                self.gone(pins, &maps, &cfg, *i)?;
             }
         }
-        if !self.missing.is_empty() {
+        if self.waiting() {
             drop(maps);
             return Ok(self.retry(pins));
         }
-        // Renamed (`ip link set ... name`): the programs stay with the device; the name is
-        // what the configuration file must now say.
+        self.renamed(&cfg, changes);
+        if self.mac_changed(pins, maps, &cfg, changes)? {
+            return Ok(Outcome::Nothing);
+        }
+        if changes.contains(&Change::Address) && cfg.flags & CFG_F_PUBLIC_FROM_WAN != 0 {
+            self.wan_address(pins, &cfg)?;
+        }
+        Ok(Outcome::Nothing)
+    }
+
+    /// Renamed (`ip link set ... name`): the programs stay with the device; the name is what
+    /// the configuration file must now say.
+    fn renamed(&mut self, cfg: &hairpin_common::Config, changes: &[Change]) {
         for c in changes {
             if let Change::Link(i, name) = c
                 && !name.is_empty()
@@ -88,8 +93,18 @@ impl Follow {
                 }
             }
         }
-        // An interface's MAC address changed (`ip link set ... address`): until the dataplane
-        // has the new one, frames sent to it are left to the kernel (see `Config::addressed_to_us`).
+    }
+
+    /// An interface's MAC address changed (`ip link set ... address`): until the dataplane has
+    /// the new one, frames sent to it are left to the kernel (see `Config::addressed_to_us`).
+    /// Returns whether it followed one.
+    fn mac_changed(
+        &mut self,
+        pins: &PinDir,
+        maps: Maps,
+        cfg: &hairpin_common::Config,
+        changes: &[Change],
+    ) -> anyhow::Result<bool> {
         for (ifindex, name, have) in [
             (cfg.lan_ifindex, &self.spec.lan.interface, cfg.lan_mac),
             (cfg.wan_ifindex, &self.spec.wan.interface, cfg.wan_mac),
@@ -101,33 +116,36 @@ impl Follow {
                 && now != have
             {
                 say!("hairpin run: {name}'s MAC address is now {} (was {})", output::mac(now), output::mac(have));
-                let spec = gateway::live(pins, &maps)?;
+                let spec = gateway::live::read(pins, &maps)?;
                 drop(maps);
-                reconcile(pins, &spec, &Origin::Live, false).context("following the MAC address")?;
-                return Ok(Outcome::Nothing);
+                say_done(&reconcile(pins, &spec, &Origin::Live, false).context("following the MAC address")?);
+                return Ok(true);
             }
         }
-        if changes.contains(&Change::Address) && cfg.flags & CFG_F_PUBLIC_FROM_WAN != 0 {
-            let wan = &self.spec.wan.interface;
-            let old = output::ip(cfg.public_addr);
-            match netif::primary_ipv4(wan) {
-                Ok(ip) if ip != old => {
-                    self.wan_bare = false;
-                    say!("hairpin run: {wan}'s address is now {ip} (was {old}): the public address follows");
-                    let mut spec = gateway::live(pins, &maps)?;
-                    spec.wan.public_address = None;
-                    drop(maps);
-                    reconcile(pins, &spec, &Origin::Live, false).context("following the WAN address")?;
-                }
-                Ok(_) => self.wan_bare = false,
-                Err(_) if !self.wan_bare => {
-                    self.wan_bare = true;
-                    say!("hairpin run: {wan} has no IPv4 address: the public address stays {old} until it has one");
-                }
-                Err(_) => {}
+        Ok(false)
+    }
+
+    /// The WAN interface's address changed and the public address follows it (no public
+    /// address given), as netfilter's masquerade does.
+    fn wan_address(&mut self, pins: &PinDir, cfg: &hairpin_common::Config) -> anyhow::Result<()> {
+        let wan = &self.spec.wan.interface;
+        let old = output::ip(cfg.public_addr);
+        match netif::primary_ipv4(wan) {
+            Ok(ip) if ip != old => {
+                self.wan_bare = false;
+                say!("hairpin run: {wan}'s address is now {ip} (was {old}): the public address follows");
+                let mut spec = gateway::live::read(pins, &pins.open()?)?;
+                spec.wan.public_address = None;
+                say_done(&reconcile(pins, &spec, &Origin::Live, false).context("following the WAN address")?);
             }
+            Ok(_) => self.wan_bare = false,
+            Err(_) if !self.wan_bare => {
+                self.wan_bare = true;
+                say!("hairpin run: {wan} has no IPv4 address: the public address stays {old} until it has one");
+            }
+            Err(_) => {}
         }
-        Ok(Outcome::Nothing)
+        Ok(())
     }
 
     /// Notices a gateway interface gone whose announcement was lost.
@@ -143,15 +161,9 @@ impl Follow {
     }
 
     /// The interface `ifindex` went away: said, and remembered to attach the dataplane again.
-    fn gone(
-        &mut self,
-        pins: &PinDir,
-        maps: &crate::dataplane::Maps,
-        cfg: &hairpin_common::Config,
-        ifindex: u32,
-    ) -> anyhow::Result<()> {
+    fn gone(&mut self, pins: &PinDir, maps: &Maps, cfg: &hairpin_common::Config, ifindex: u32) -> anyhow::Result<()> {
         // Keep what is live (forwards, settings), under the names the interfaces had.
-        let mut spec = gateway::live(pins, maps)?;
+        let mut spec = gateway::live::read(pins, maps)?;
         (spec.lan.interface, spec.wan.interface) = (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
         self.spec = spec;
         let name = if ifindex == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
@@ -196,19 +208,18 @@ impl Follow {
     /// Takes down what is left of the dataplane and attaches it again from the spec.
     fn reattach(&mut self, pins: &PinDir) -> anyhow::Result<()> {
         let missing = self.missing.join(" and ");
-        let mut left = Vec::new();
-        if let Ok(cfg) = pins.open().and_then(|m| m.config()) {
-            left.extend([cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| netif::name(i).is_some()));
-            for &ifindex in &left {
-                dataplane::detach_netlink_filters(ifindex)?;
-            }
-        }
-        pins.remove_all()?;
-        netif::wait_detached(&left);
+        gateway::teardown::teardown(pins)?;
         self.took_down = true;
-        up::bring_up(pins, &self.spec, &Origin::Live).context("attaching the dataplane again")?;
+        gateway::attach::bring_up(pins, &self.spec, &Origin::Live).context("attaching the dataplane again")?;
         (self.took_down, self.missing) = (false, Vec::new());
         say!("hairpin run: {missing} is back: the dataplane is attached again, as it was (its flows were lost)");
         Ok(())
+    }
+}
+
+/// What following a change applied, in `run`'s log.
+fn say_done(r: &gateway::apply::Reconciled) {
+    for line in r.lines() {
+        say!("{line}");
     }
 }

@@ -1,4 +1,4 @@
-//! What `run` watches at every sweep besides the flows: whether each interface takes XDP
+//! The fast path's targets, as `run` checks them at every sweep: whether each interface takes XDP
 //! frames, as the kernel says (its XDP features, read again: a veth's change as its peer
 //! attaches or detaches XDP, a driver reloaded) and as it shows (frames it refused to
 //! transmit, counted by the dataplane's tracepoint programs); and whether the TC fast path may
@@ -12,7 +12,7 @@ use hairpin_common::{Config, Counter, Side, placement::Placement};
 
 use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
 
-pub struct Watch {
+pub struct Targets {
     /// Per side (LAN, WAN): refused frames last seen, whether refusals turned the
     /// XDP fast path off.
     refused: [u64; 2],
@@ -21,7 +21,7 @@ pub struct Watch {
 
 const SIDES: [Side; 2] = [Side::Lan, Side::Wan];
 
-impl Watch {
+impl Targets {
     /// What was refused before this run started is history, not news.
     pub fn new(maps: &Maps) -> anyhow::Result<Self> {
         Ok(Self {

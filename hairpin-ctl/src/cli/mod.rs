@@ -1,12 +1,16 @@
-//! The command line: the top-level parser and the value types several commands share. Each
-//! command's own arguments live beside it in `cmd/`. Values are parsed into checked types
-//! ([`Proto`], [`HostPort`], ...), so a bad argument is refused with one line before anything
-//! is touched.
+//! The command line, a leaf: the top-level parser, each command's arguments (one module per
+//! group of commands) and the value types several share. Values are parsed into checked types
+//! ([`HostPort`], the spec's `Proto`, ...), so a bad argument is refused with one line before
+//! anything is touched. Nothing here reads a file or touches the system.
+
+pub mod docs;
+pub mod flows;
+pub mod gateway;
+pub mod map;
 
 use std::{net::SocketAddrV4, path::PathBuf, str::FromStr};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use hairpin_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
+use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/hairpin";
 
@@ -48,7 +52,7 @@ pub enum Command {
     /// the kernel routes out of the WAN interface is masqueraded to the public address.
     /// Interfaces already running XDP or TC programs are refused. Settings come from the flags
     /// or, whole, from a file (--config).
-    Up(crate::cmd::up::UpArgs),
+    Up(gateway::UpArgs),
     /// Detach the dataplane and remove what `up` pinned under the pin directory.
     ///
     /// Returns once the kernel has detached the programs. Nothing up is not an error (a stop
@@ -64,13 +68,13 @@ pub enum Command {
     /// fixed while up (interfaces, tc_attach, flow_cache, max_flows, and mode or xdp_mode where
     /// they would move an interface's ingress) are refused, naming each: `down` first. A file
     /// that fails any check changes nothing.
-    Apply(crate::cmd::apply::ApplyArgs),
+    Apply(gateway::ApplyArgs),
     /// Print the live configuration in the format `apply` reads (TOML), or as JSON: `show >
     /// FILE; apply -f FILE` changes nothing.
     Show(JsonArg),
     /// Add, delete or list port-forward mappings.
     #[command(subcommand)]
-    Map(crate::cmd::map::MapCommand),
+    Map(map::MapCommand),
     /// Show the packet counters, the flow cache, refused flows, and how full the tables are.
     ///
     /// The per-reason packet counters of every hook (summed over CPUs), why known flows took
@@ -84,7 +88,7 @@ pub enum Command {
     /// One line per direction of each flow, as it arrives and as it leaves (an ICMP echo flow
     /// shows its identifier as the port), with its kind, state, the packets and bytes it has
     /// carried (IPv4 total lengths; a GSO super-packet counts its segments) and lifetime.
-    Flows(crate::cmd::flows::FlowsArgs),
+    Flows(flows::FlowsArgs),
     /// Attach like `up` (or adopt a dataplane already pinned here), then expire idle flows
     /// until SIGTERM or SIGINT, leaving the dataplane running on exit.
     ///
@@ -95,11 +99,11 @@ pub enum Command {
     /// attached and STOPPING on its way out. At every sweep it also reads what the kernel says
     /// of the interfaces (whether they take XDP frames) and the XDP frames the kernel refused,
     /// and stops or resumes the XDP fast path into each, saying so.
-    Run(crate::cmd::run::RunArgs),
+    Run(gateway::RunArgs),
     /// Write the man pages (section 8), generated from this command line, into a directory.
-    Man(crate::cmd::man::ManArgs),
+    Man(docs::ManArgs),
     /// Print a shell completion script, generated from this command line.
-    Completions(crate::cmd::completions::CompletionsArgs),
+    Completions(docs::CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,35 +111,6 @@ pub struct JsonArg {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub const fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => IPPROTO_TCP,
-            Proto::Udp => IPPROTO_UDP,
-        }
-    }
-    pub const fn from_number(n: u8) -> Option<Self> {
-        match n {
-            IPPROTO_TCP => Some(Proto::Tcp),
-            IPPROTO_UDP => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-    pub const fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
 }
 
 /// An IPv4 `ADDR:PORT` with a non-zero port and a usable unicast address (not the dataplane's
@@ -162,7 +137,10 @@ impl FromStr for HostPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{flows::FlowsAction, map::MapCommand};
+    use crate::{
+        cli::{flows::FlowsAction, map::MapCommand},
+        spec::{Overrides, Proto},
+    };
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("hairpin-ctl").chain(args.iter().copied()))
@@ -225,18 +203,19 @@ mod tests {
         let mut live = Spec::new("l", "w");
         live.nat.udp_filtering = UdpFiltering::EndpointIndependent;
         live.timeouts.tcp_established = 9000;
-        let given = r.up.overlay(&mut live);
-        assert_eq!(given, ["--no-hairpin", "--udp-timeout"]);
+        let given = r.up.overrides().apply(&mut live);
+        assert_eq!(given, ["nat.hairpin", "timeouts.udp"]);
         // What was not given keeps the base's value, whatever the flag's default.
         assert_eq!(live.nat.udp_filtering, UdpFiltering::EndpointIndependent);
         assert_eq!((live.timeouts.tcp_established, live.timeouts.udp), (9000, 30));
         assert!(!live.nat.hairpin);
         let c = parse(&["up", "--lan", "l", "--wan", "w"]).unwrap();
         let Command::Up(u) = c.command else { panic!() };
-        assert_eq!(u.spec().unwrap(), Spec::new("l", "w"));
+        assert_eq!(u.overrides().spec(), Some(Spec::new("l", "w")));
+        assert_eq!(Overrides { lan: Some("l".into()), ..Overrides::default() }.spec(), None, "--wan missing");
         assert!(matches!(
             parse(&["flows", "flush"]).unwrap().command,
-            Command::Flows(crate::cmd::flows::FlowsArgs { action: Some(FlowsAction::Flush), .. })
+            Command::Flows(flows::FlowsArgs { action: Some(FlowsAction::Flush), .. })
         ));
     }
 

@@ -37,7 +37,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Checks that the host crates read top-down: no import circle among their modules, and
-    /// no controller function over 60 lines. Also a gate of `test`.
+    /// no controller function over 60 lines. A gate of `test`, beside fmt and clippy.
     Layers,
     /// The packet tests and the plain-topology lab on other kernels (root): each booted in
     /// qemu from Debian's package, this machine's files shared read-only. `--kernel 6.1`

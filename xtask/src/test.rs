@@ -18,6 +18,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     util::require_root("the packet and lab tests")?;
     let ctl = build::run()?;
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    crate::layers::run()?;
     util::run(util::cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
     // Default members only: the eBPF crate builds for the BPF target, through hairpin-ctl.
     let mut child = util::cargo()

@@ -15,7 +15,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, Ipv4Be, MappingKey, PortBe,
+    CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, ForwardEntry, Ipv4Be, MappingKey, PortBe,
     consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
 };
 use hairpin_lab::routed::RoutedGateway;
@@ -119,19 +119,18 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         Ok(())
     };
     // The dataplane, set up as `up` would, with a port-forward of UDP 203.0.113.1:9.
-    let prepare =
-        |flow_cache: bool| -> anyhow::Result<aya::Ebpf> {
-            let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS, flow_cache)?;
-            set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
-            let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("devices")?)?;
-            devices.insert(lan, lan, None, 0)?;
-            devices.insert(wan, wan, None, 0)?;
-            let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
-            let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
-            HashMap::<_, MappingKey, Endpoint>::try_from(ebpf.map_mut(map_names::MAPPINGS).context("mappings")?)?
-                .insert(&MappingKey::new(IPPROTO_UDP, public), &server, 0)?;
-            Ok(ebpf)
-        };
+    let prepare = |flow_cache: bool| -> anyhow::Result<aya::Ebpf> {
+        let mut ebpf = hairpin_ctl::dataplane::load(DEFAULT_MAX_FLOWS, flow_cache)?;
+        set_cfg(&mut ebpf, CFG_F_HAIRPIN | CFG_F_FAST_PATH)?;
+        let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("devices")?)?;
+        devices.insert(lan, lan, None, 0)?;
+        devices.insert(wan, wan, None, 0)?;
+        let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
+        let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
+        HashMap::<_, MappingKey, ForwardEntry>::try_from(ebpf.map_mut(map_names::FORWARDS).context("forwards")?)?
+            .insert(&MappingKey::new(IPPROTO_UDP, public), &ForwardEntry { target: server, ..Default::default() }, 0)?;
+        Ok(ebpf)
+    };
 
     let run = |ebpf: &mut aya::Ebpf,
                prog: &str,

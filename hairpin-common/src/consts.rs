@@ -4,7 +4,7 @@
 pub const EVENTS_BYTES: u32 = 64 * 1024;
 
 /// Port-forward mappings (`hairpin-ctl map add`).
-pub const MAX_MAPPINGS: u32 = 4096;
+pub const MAX_FORWARDS: u32 = 4096;
 /// Flows the tables hold unless `up --max-flows` says otherwise: the object's map sizes,
 /// which the controller overrides at load.
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
@@ -59,7 +59,7 @@ pub mod map_names {
     /// Two slots of `Config`; [`CONFIG_SEL`] names the live one.
     pub const CONFIG: &str = "HP_CONFIG";
     pub const CONFIG_SEL: &str = "HP_CONFIG_SEL";
-    pub const MAPPINGS: &str = "HP_MAPPINGS";
+    pub const FORWARDS: &str = "HP_FORWARDS";
     pub const CONNTRACK: &str = "HP_CT";
     /// Conntrack entries of flows not confirmed yet (see `consts::unconfirmed_entries`).
     pub const UNCONFIRMED: &str = "HP_CT_NEW";
@@ -88,7 +88,7 @@ pub mod map_names {
     pub const ALL: [&str; 17] = [
         CONFIG,
         CONFIG_SEL,
-        MAPPINGS,
+        FORWARDS,
         CONNTRACK,
         UNCONFIRMED,
         EGRESS,

@@ -104,8 +104,31 @@ impl MappingKey {
     }
 }
 
-/// The private server a mapping forwards to.
-pub type MappingValue = Endpoint;
+/// A forward as the dataplane reads it (`HP_FORWARDS`, keyed by the public protocol, address
+/// and port): where the traffic goes. The rest is the controller's, kept with the entry so that
+/// a restarted controller knows it: which writer made it, and until when it lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ForwardEntry {
+    /// The LAN host and port the traffic goes to.
+    pub target: Endpoint,
+    /// Who made it (`FWD_ORIGIN_*`) in the low byte; the rest 0.
+    pub flags: u32,
+    /// The source-limit set whose sources alone may use it (0: every source). Room for
+    /// source-limited forwards: always 0 until they exist.
+    pub source_limit: u16,
+    /// This port's place in its forward's public port range (0 for a single port): the
+    /// target's port is already offset by it.
+    pub port_offset: u16,
+    /// CLOCK_BOOTTIME ns after which the controller removes it (0: never).
+    pub expires_ns: u64,
+}
+
+/// Forwards a configuration file declares (`apply`, `up --config`, `run --config`).
+pub const FWD_ORIGIN_FILE: u32 = 0;
+/// Forwards added at runtime (`map add`): a reload of the file leaves them.
+pub const FWD_ORIGIN_RUNTIME: u32 = 1;
+pub const FWD_ORIGIN_MASK: u32 = 0xff;
 
 /// A LAN host's endpoint-independent binding (RFC 4787 REQ-1, RFC 5382 REQ-1): the public port
 /// its (protocol, address, port) has for every destination. Keyed by that [`MappingKey`]; the
@@ -538,6 +561,7 @@ const _: () = assert!(size_of::<CtEntry>() == 80 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
 const _: () = assert!(size_of::<Binding>() == 16 && align_of::<Binding>() == 8);
+const _: () = assert!(size_of::<ForwardEntry>() == 24 && align_of::<ForwardEntry>() == 8);
 const _: () = assert!(size_of::<Config>() == 64 && align_of::<Config>() == 4);
 const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4);
 // Field offsets that the C-side view (bpftool map dump) and the BPF code rely on.
@@ -567,6 +591,7 @@ mod user {
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for HeldKey {}
     unsafe impl aya::Pod for Binding {}
+    unsafe impl aya::Pod for ForwardEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Timeouts {}
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use hairpin_common::consts::{
-    DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP, MAX_MAPPINGS,
+    DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_TCP, IPPROTO_UDP, MAX_FORWARDS,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -437,10 +437,10 @@ impl Spec {
     }
 
     fn check_forwards(&self, p: &mut Vec<Problem>) {
-        if self.forwards.len() > MAX_MAPPINGS as usize {
+        if self.forwards.len() > MAX_FORWARDS as usize {
             p.push(Problem::new(
                 "forward",
-                format!("{} forwards; the dataplane holds {MAX_MAPPINGS}", self.forwards.len()),
+                format!("{} forwards; the dataplane holds {MAX_FORWARDS}", self.forwards.len()),
             ));
         }
         let mut seen = std::collections::HashMap::new();

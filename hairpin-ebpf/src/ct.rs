@@ -18,7 +18,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, CT_NEW, EGRESS, EGRESS_NEW, EGRESS_SCRATCH, EVENTS, MAPPINGS, PLAN},
+    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, CT_NEW, EGRESS, EGRESS_NEW, EGRESS_SCRATCH, EVENTS, FORWARDS, PLAN},
     stats,
 };
 
@@ -331,7 +331,7 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
 /// Whether a port-forward owns the public endpoint `ep`.
 #[inline(always)]
 fn forwarded(proto: u8, ep: Endpoint) -> bool {
-    MAPPINGS.get_ptr(&MappingKey::new(proto, ep)).is_some()
+    FORWARDS.get_ptr(&MappingKey::new(proto, ep)).is_some()
 }
 
 /// The public port bound to the source of `key` (RFC 4787 REQ-1: the same for every

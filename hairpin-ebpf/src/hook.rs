@@ -18,7 +18,7 @@ use crate::{
     fast, frag,
     fwd::{self, Route},
     icmp,
-    maps::{self, MAPPINGS},
+    maps::{self, FORWARDS},
     parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, eth_dst, parse_ip, parse_l4},
     rewrite::rewrite,
     stats,
@@ -118,7 +118,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     }
     // A flow this packet opens: its state bits, time and size are the packet's.
     let new_flow = |dst, snat, flags| NewFlow { dst, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len };
-    if let Some(private) = unsafe { MAPPINGS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.copied() {
+    if let Some(private) = unsafe { FORWARDS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.map(|f| f.target) {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
         open(pkt, cfg, &p, &new_flow(private, snat, flags))?;

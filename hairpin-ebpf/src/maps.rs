@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, FragEntry, FragKey, HeldFragment, HeldKey,
-    MappingKey,
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, ForwardEntry, FragEntry, FragKey, HeldFragment,
+    HeldKey, MappingKey,
     consts::{
         BINDINGS_CAPACITY, CT_CAPACITY, CT_NEW_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, HELD_CAPACITY,
-        MAX_MAPPINGS, STATS_LEN,
+        MAX_FORWARDS, STATS_LEN,
     },
     flow_cache, nat,
 };
@@ -34,11 +34,11 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(live & 1)
 }
 
-/// Port-forwards: public (proto, address, port) -> private endpoint.
-#[map(name = "HP_MAPPINGS")]
+/// Forwards: public (proto, address, port) -> where it goes ([`ForwardEntry`]).
+#[map(name = "HP_FORWARDS")]
 /// Room for twice the forwards a gateway may have: moving them to a new public address puts
 /// the new entries in before the old ones go.
-pub static MAPPINGS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(2 * MAX_MAPPINGS, 0);
+pub static FORWARDS: HashMap<MappingKey, ForwardEntry> = HashMap::with_max_entries(2 * MAX_FORWARDS, 0);
 
 /// Conntrack of confirmed flows (the kernel has forwarded them both ways), keyed by the tuple
 /// as seen at ingress; two entries per flow. The only flows the fast path serves.

@@ -9,7 +9,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    CFG_F_HAIRPIN, Config, CtEntry, Endpoint, FlowKey, Ipv4Be, MappingKey, PortBe, Reason,
+    CFG_F_HAIRPIN, Config, CtEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, PortBe, Reason,
     consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, IPPROTO_TCP, IPPROTO_UDP, map_names},
 };
 
@@ -224,9 +224,10 @@ impl Dataplane {
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
-        let mut m: HashMap<_, MappingKey, Endpoint> =
-            HashMap::try_from(self.ebpf_mut().map_mut(map_names::MAPPINGS).unwrap()).unwrap();
-        m.insert(&MappingKey::new(proto(l4), ep(public)), &ep(private), 0).unwrap();
+        let mut m: HashMap<_, MappingKey, ForwardEntry> =
+            HashMap::try_from(self.ebpf_mut().map_mut(map_names::FORWARDS).unwrap()).unwrap();
+        let entry = ForwardEntry { target: ep(private), ..ForwardEntry::default() };
+        m.insert(&MappingKey::new(proto(l4), ep(public)), &entry, 0).unwrap();
     }
 
     /// Every conntrack entry, confirmed or not.

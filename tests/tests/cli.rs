@@ -75,6 +75,7 @@ fn bad_mappings_are_refused_and_change_nothing() {
             "proto": "tcp",
             "public": "203.0.113.1:80",
             "private": "192.168.0.2:80",
+            "origin": "runtime",
             "flows": 0,
             "packets": 0,
             "bytes": 0

@@ -230,6 +230,53 @@ fn run_applies_its_file_again_on_sighup() {
     lab.down().unwrap();
 }
 
+/// Forwards have an origin: the file's are the file's to add and remove, and a reload removes
+/// those it no longer declares; `map add` forwards outlive every reload (and `show` does not
+/// write them), unless the file declares their port (the file's then takes it). A forward
+/// given a lifetime goes at the sweep after it ends, with its flows.
+#[test]
+fn reloads_keep_runtime_forwards_and_show_writes_only_the_files() {
+    let lab = lab();
+    let file = File::new(&lab, "run", &config(&forward("tcp", 80, "192.168.0.2:80")));
+    let ctl = Controller::spawn(&lab, &["run", "--config", file.path(), "--sweep-interval", "1"]);
+    lab.ctl(&["map", "add", "udp", &format!("{PUBLIC}:5353"), "192.168.0.2:53"]).unwrap();
+    lab.ctl(&["map", "add", "tcp", &format!("{PUBLIC}:8080"), "192.168.0.2:80"]).unwrap();
+    let origins = || -> Vec<(String, String)> {
+        let rows = lab.ctl_json(&["map", "list"]).unwrap();
+        let field = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_string();
+        rows.iter().map(|r| (field(r, "public"), field(r, "origin"))).collect()
+    };
+    let at = |port: u16| format!("{PUBLIC}:{port}");
+    assert_eq!(
+        origins(),
+        [(at(80), "file".into()), (at(8080), "runtime".into()), (at(5353), "runtime".into())],
+        "map list names each forward's origin"
+    );
+    assert!(!show(&lab).contains("port = 5353"), "show writes only the file's forwards");
+
+    // The file drops tcp 80 and declares tcp 8080 (a runtime forward's port) to another port.
+    file.write(&config(&forward("tcp", 8080, "192.168.0.2:8000")));
+    ctl.signal("HUP");
+    wait_for(10, "run to apply the file again", || {
+        origins() == [(at(8080), "file".to_string()), (at(5353), "runtime".into())]
+    });
+    let list = lab.ctl(&["map", "list"]).unwrap();
+    assert!(list.contains("192.168.0.2:8000"), "the file's target: {list}");
+    let e = traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, 5353), b"kept", Duration::from_secs(3)).unwrap();
+    assert_eq!(e.seen_by_server.ip(), std::net::IpAddr::V4(INET), "the runtime forward still forwards");
+
+    // A runtime forward with a lifetime: gone at the first sweep after it.
+    lab.ctl(&["map", "add", "udp", &format!("{PUBLIC}:5354"), "192.168.0.2:53", "--lifetime", "1"]).unwrap();
+    wait_for(10, "the sweep to remove the forward whose lifetime ended", || {
+        !origins().iter().any(|(p, _)| *p == at(5354))
+    });
+    let (status, out, err) = ctl.stop_with_stderr();
+    assert!(status.success(), "{status}: {out} {err}");
+    assert!(out.contains("(map add) -> 192.168.0.2:8000 (the file's now)"), "the reload said the file took it: {out}");
+    assert!(out.contains("5354 -> 192.168.0.2:53 expired"), "{out}");
+    lab.down().unwrap();
+}
+
 #[test]
 fn run_adopting_applies_what_is_given_keeps_the_rest_and_refuses_what_is_fixed() {
     let lab = lab();
@@ -507,7 +554,10 @@ fn run_attaches_again_when_an_interface_returns() {
         panic!("run did not attach the dataplane again ({status}):\n{out}\n{err}");
     }
     let live = show(&lab);
-    assert!(live.contains("udp = 77") && live.contains("port = 8080"), "{live}");
+    assert!(live.contains("udp = 77"), "{live}");
+    // The forwards `map add` made (runtime ones, which `show` does not write) are back too.
+    let list = lab.ctl(&["map", "list"]).unwrap();
+    assert!(list.contains(&format!("{PUBLIC}:8080")) && list.matches("runtime").count() == 3, "{list}");
     let mut ok = false;
     wait_for(15, "the forward to carry traffic again", || {
         ok = traffic::udp_echo(&lab.inet, SocketAddrV4::new(PUBLIC, PUBLIC_DNS_PORT), b"back", Duration::from_secs(1))

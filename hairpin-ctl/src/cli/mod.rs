@@ -157,8 +157,9 @@ mod tests {
 
     #[test]
     fn map_add_parses_protocol_and_endpoints() {
-        let c = parse(&["map", "add", "udp", "203.0.113.1:5353", "192.168.0.2:53"]).unwrap();
-        let Command::Map(MapCommand::Add { proto, public, private }) = c.command else { panic!("{c:?}") };
+        let c = parse(&["map", "add", "udp", "203.0.113.1:5353", "192.168.0.2:53", "--lifetime", "60"]).unwrap();
+        let Command::Map(MapCommand::Add { proto, public, private, lifetime }) = c.command else { panic!("{c:?}") };
+        assert_eq!(lifetime, Some(60));
         assert_eq!(proto, Proto::Udp);
         assert_eq!(public.0, "203.0.113.1:5353".parse().unwrap());
         assert_eq!(private.0, "192.168.0.2:53".parse().unwrap());
@@ -173,6 +174,7 @@ mod tests {
             (&["map", "add", "tcp", "203.0.113.300:80", "192.168.0.2:80"][..], "not an IPv4 ADDR:PORT"),
             (&["map", "add", "tcp", "224.0.0.1:80", "192.168.0.2:80"][..], "not a unicast"),
             (&["map", "add", "tcp", "203.0.113.1:80"][..], "PRIVATE_IP:PORT"),
+            (&["map", "add", "tcp", "203.0.113.1:80", "192.168.0.2:80", "--lifetime", "0"][..], "--lifetime"),
             (&["map", "del", "tcp", "[::1]:80"][..], "not an IPv4"),
             (&["up", "--lan", "a", "--wan", "b", "--public-ip", "nope"][..], "invalid value 'nope'"),
             (&["up", "--lan", "a", "--wan", "b", "--port-range", "2000-1000"][..], "empty"),

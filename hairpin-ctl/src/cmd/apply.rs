@@ -4,25 +4,25 @@
 use crate::{
     cli::gateway::ApplyArgs,
     dataplane::PinDir,
-    gateway::{self, Origin, apply::reconcile},
+    gateway::{self, Source, apply::reconcile},
 };
 
 pub fn run(pins: &PinDir, a: &ApplyArgs) -> anyhow::Result<()> {
-    let (spec, origin) = Origin::load(a.file.clone())?;
+    let (spec, source) = Source::load(a.file.clone())?;
     pins.check_visible()?;
     if pins.exists() {
-        for line in reconcile(pins, &spec, &origin, a.dry_run)?.lines() {
+        for line in reconcile(pins, &spec, &source, a.dry_run)?.lines() {
             say!("{line}");
         }
         return Ok(());
     }
     if !a.dry_run {
-        for line in gateway::attach::bring_up(pins, &spec, &origin)?.summary() {
+        for line in gateway::attach::bring_up(pins, &spec, &source)?.summary() {
             say!("{line}");
         }
         return Ok(());
     }
-    let r = gateway::resolve(&spec, &origin)?;
+    let r = gateway::resolve(&spec, &source)?;
     say!("hairpin is not up: apply would bring it up with:");
     say!(
         "+ lan {} ({}, prefix {}), wan {} ({})",

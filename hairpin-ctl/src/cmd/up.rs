@@ -5,21 +5,21 @@ use anyhow::Context as _;
 use crate::{
     cli::gateway::{UpArgs, flag_of},
     dataplane::PinDir,
-    gateway::{Origin, attach},
+    gateway::{Source, attach},
 };
 
 pub fn run(pins: &PinDir, a: &UpArgs) -> anyhow::Result<()> {
-    let (spec, origin) = match &a.config {
-        Some(path) => Origin::load(path.clone())?,
+    let (spec, source) = match &a.config {
+        Some(path) => Source::load(path.clone())?,
         None => {
             let spec = a
                 .overrides()
                 .spec()
                 .context("give --lan and --wan (the gateway's two interfaces), or --config FILE")?;
-            (spec, Origin::Flags { flag: flag_of })
+            (spec, Source::Flags { flag: flag_of })
         }
     };
-    for line in attach::bring_up(pins, &spec, &origin)?.summary() {
+    for line in attach::bring_up(pins, &spec, &source)?.summary() {
         say!("{line}");
     }
     Ok(())

@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, Ipv4Be, MappingKey, Reason,
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, Reason,
     consts::{Hook, map_names},
     flow_cache,
 };
@@ -25,7 +25,7 @@ pub struct Maps {
     /// Two slots of settings, and which is live (see [`Maps::write_config`]).
     config: Array<MapData, Config>,
     config_sel: Array<MapData, u32>,
-    forwards: HashMap<MapData, MappingKey, Endpoint>,
+    forwards: HashMap<MapData, MappingKey, ForwardEntry>,
     /// Conntrack: confirmed flows, and flows the kernel has not forwarded both ways yet.
     ct: HashMap<MapData, FlowKey, CtEntry>,
     ct_new: HashMap<MapData, FlowKey, CtEntry>,
@@ -90,7 +90,7 @@ impl Maps {
             lock_dir: None,
             config: map(map_names::CONFIG)?.try_into()?,
             config_sel: map(map_names::CONFIG_SEL)?.try_into()?,
-            forwards: map(map_names::MAPPINGS)?.try_into()?,
+            forwards: map(map_names::FORWARDS)?.try_into()?,
             ct: map(map_names::CONNTRACK)?.try_into()?,
             ct_new: map(map_names::UNCONFIRMED)?.try_into()?,
             egress: map(map_names::EGRESS)?.try_into()?,
@@ -178,20 +178,20 @@ impl Maps {
 
     // --- Forwards (written by `gateway::forwards` only) ---
 
-    /// Every forward: its key and its target.
-    pub fn forwards(&self) -> anyhow::Result<Vec<(MappingKey, Endpoint)>> {
+    /// Every forward: its key and its entry.
+    pub fn forwards(&self) -> anyhow::Result<Vec<(MappingKey, ForwardEntry)>> {
         self.forwards.iter().collect::<Result<_, _>>().context("reading the forwards")
     }
 
-    pub fn forward(&self, key: &MappingKey) -> Option<Endpoint> {
+    pub fn forward(&self, key: &MappingKey) -> Option<ForwardEntry> {
         self.forwards.get(key, 0).ok()
     }
 
     /// Inserts or replaces a forward; with `only_new`, the duplicate check and the insert are
     /// one atomic step.
-    pub fn insert_forward(&mut self, key: &MappingKey, target: &Endpoint, only_new: bool) -> Result<(), InsertError> {
+    pub fn insert_forward(&mut self, key: &MappingKey, e: &ForwardEntry, only_new: bool) -> Result<(), InsertError> {
         const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
-        match self.forwards.insert(key, target, if only_new { BPF_NOEXIST } else { 0 }) {
+        match self.forwards.insert(key, e, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Err(InsertError::Exists)

@@ -2,10 +2,11 @@
 //! [`Plan::apply`] writes, in the order that never leaves a kept forward missing.
 
 use anyhow::{Context as _, bail};
-use hairpin_common::{Config, CtEntry, Endpoint, FlowKey, Ipv4Be, MappingKey};
+use hairpin_common::{Config, CtEntry, FlowKey, Ipv4Be};
 
 use super::{
-    Origin, forwards,
+    Source,
+    forwards::{self, Forward},
     plan::{self, Change, Plan},
 };
 use crate::{
@@ -45,14 +46,14 @@ impl Reconciled {
 
 /// Moves the live dataplane to `spec` (or, with `dry_run`, only plans it). Settings fixed while
 /// up are refused, naming each, and nothing changes. Flows removed are told to `flows --watch`.
-pub fn reconcile(pins: &PinDir, spec: &Spec, origin: &Origin, dry_run: bool) -> anyhow::Result<Reconciled> {
+pub fn reconcile(pins: &PinDir, spec: &Spec, source: &Source, dry_run: bool) -> anyhow::Result<Reconciled> {
     let mut maps = pins.open()?;
     let live = super::live::read(pins, &maps)?;
     let fixed = plan::fixed_differences(&live, spec);
     if !fixed.is_empty() {
         bail!("{}", join(&fixed));
     }
-    let r = super::resolve(spec, origin)?;
+    let r = super::resolve(spec, source)?;
     let plan = plan::plan(&maps, &live, spec, &r)?;
     if !plan.refused.is_empty() {
         bail!("{}", join(&plan.refused));
@@ -81,43 +82,43 @@ impl Plan {
             bail!("{r}");
         }
         let mut added = Vec::new();
-        let mut retargeted = Vec::new();
-        let undo = |maps: &mut Maps, added: &[MappingKey], retargeted: &[(MappingKey, Endpoint)]| {
-            for k in added {
-                forwards::delete(maps, k);
+        let mut replaced = Vec::new();
+        let undo = |maps: &mut Maps, added: &[&Forward], replaced: &[&Forward]| {
+            for f in added {
+                forwards::delete(maps, &f.key());
             }
-            for (k, old) in retargeted {
-                let _ = forwards::retarget(maps, k, old);
+            for old in replaced {
+                let _ = forwards::replace(maps, old);
             }
         };
-        for (key, target) in &self.add {
-            if let Err(e) = forwards::insert(maps, key, target) {
-                undo(maps, &added, &retargeted);
+        for f in &self.add {
+            if let Err(e) = forwards::insert(maps, f) {
+                undo(maps, &added, &replaced);
                 return Err(e).context("adding a forward (nothing was changed)");
             }
-            added.push(*key);
+            added.push(f);
         }
-        for (key, target, old) in &self.retarget {
-            if let Err(e) = forwards::retarget(maps, key, target) {
-                undo(maps, &added, &retargeted);
-                return Err(e).context("changing a forward's target (nothing was changed)");
+        for (new, old) in &self.replace {
+            if let Err(e) = forwards::replace(maps, new) {
+                undo(maps, &added, &replaced);
+                return Err(e).context("changing a forward (nothing was changed)");
             }
-            retargeted.push((*key, *old));
+            replaced.push(old);
         }
         if let Some(cfg) = &self.config
             && let Err(e) = maps.replace_config(&self.old, cfg)
         {
-            undo(maps, &added, &retargeted);
+            undo(maps, &added, &replaced);
             return Err(e).context("writing the configuration (nothing was changed)");
         }
-        for key in &self.remove {
-            forwards::delete(maps, key);
+        for f in &self.remove {
+            forwards::delete(maps, &f.key());
         }
         // From here the new settings are live: a failure leaves them so, and says it.
         self.remove_stale(maps).context("the new settings are live, but removing what they replace failed")
     }
 
-    /// The flows made by removed forwards, or by retargeted ones towards their old targets, or
+    /// The flows made by removed forwards, or by replaced ones towards their old targets, or
     /// (addresses changed) made for the old addresses, and the bindings of the old public
     /// address.
     fn remove_stale(&self, maps: &mut Maps) -> anyhow::Result<Applied> {
@@ -129,8 +130,10 @@ impl Plan {
             .filter(|f| {
                 stale(&f.orig_key)
                     || stale(&f.orig.xlate)
-                    || self.remove.iter().any(|k| f.made_by(k))
-                    || self.retarget.iter().any(|(k, _, old)| f.made_by(k) && f.orig.xlate.dst_ep() == *old)
+                    || self.remove.iter().any(|r| f.made_by(&r.key()))
+                    || self.replace.iter().any(|(new, old)| {
+                        new.to != old.to && f.made_by(&new.key()) && f.orig.xlate.dst_ep() == forwards::endpoint(old.to)
+                    })
             })
             .collect();
         let lone: Vec<_> = lone.into_iter().filter(|(k, e)| stale(k) || stale(&e.xlate)).collect();

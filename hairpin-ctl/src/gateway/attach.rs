@@ -14,12 +14,12 @@ use aya::{
 };
 use clap::ValueEnum as _;
 use hairpin_common::{
-    Config, Endpoint, MappingKey,
+    Config, ForwardEntry, MappingKey,
     consts::{Hook, map_names, prog_names},
     placement::{Ingress, Placement},
 };
 
-use super::Origin;
+use super::Source;
 use crate::{
     dataplane::{self, PinDir},
     ifcaps::Caps,
@@ -80,8 +80,8 @@ impl Attached {
 
 /// Brings the gateway `spec` describes up: resolved and checked first, then loaded, filled
 /// (configuration and forwards), attached and pinned, all of it or none of it.
-pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<Attached> {
-    let (r, mut sides) = prepare(pins, spec, origin)?;
+pub fn bring_up(pins: &PinDir, spec: &Spec, source: &Source) -> anyhow::Result<Attached> {
+    let (r, mut sides) = prepare(pins, spec, source)?;
     let d = spec.dataplane;
     let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
     let mut cfg = super::config(spec, &r, [sides[0].placement.encode(), sides[1].placement.encode()]);
@@ -136,7 +136,7 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, origin: &Origin) -> anyhow::Result<A
 
 /// The checks before anything is loaded (nothing up here, bpffs, the spec resolved here, no
 /// other programs on the interfaces), and where each side's ingress is to run.
-fn prepare<'a>(pins: &PinDir, spec: &'a Spec, origin: &Origin) -> anyhow::Result<(super::Resolved, [Side<'a>; 2])> {
+fn prepare<'a>(pins: &PinDir, spec: &'a Spec, source: &Source) -> anyhow::Result<(super::Resolved, [Side<'a>; 2])> {
     if pins.exists() {
         bail!(
             "hairpin is already up here (pins at {}): run `hairpin-ctl down` first, use `apply`, or another --pin-dir",
@@ -144,7 +144,7 @@ fn prepare<'a>(pins: &PinDir, spec: &'a Spec, origin: &Origin) -> anyhow::Result
         );
     }
     pins.check_bpffs()?;
-    let r = super::resolve(spec, origin)?;
+    let r = super::resolve(spec, source)?;
     let d = spec.dataplane;
     let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
     for (name, ifindex) in [(lan, r.lan_ifindex), (wan, r.wan_ifindex)] {
@@ -161,11 +161,11 @@ fn prepare<'a>(pins: &PinDir, spec: &'a Spec, origin: &Origin) -> anyhow::Result
 /// before anything is attached: the first packet meets all of them.
 fn fill(ebpf: &mut Ebpf, cfg: &Config, spec: &Spec, ifindexes: [u32; 2]) -> anyhow::Result<()> {
     write_config(ebpf, cfg)?;
-    let mut table: HashMap<_, MappingKey, Endpoint> =
-        HashMap::try_from(ebpf.map_mut(map_names::MAPPINGS).context("forward table missing")?)?;
+    let mut table: HashMap<_, MappingKey, ForwardEntry> =
+        HashMap::try_from(ebpf.map_mut(map_names::FORWARDS).context("forward table missing")?)?;
     for f in &spec.forwards {
-        let (key, target) = super::forwards::entry(f, cfg.public_addr);
-        table.insert(&key, &target, 0).with_context(|| format!("adding forward {f}"))?;
+        let f = super::forwards::Forward::declared(f, crate::output::ip(cfg.public_addr));
+        table.insert(&f.key(), &f.entry(), 0).with_context(|| format!("adding forward {}", f.spec()))?;
     }
     // XDP redirects go only to these two, and the dataplane sends into neither unless its
     // placement says the device takes XDP frames.

@@ -51,6 +51,11 @@ pub fn read(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
     } else {
         (Mode::Auto, XdpAttachMode::Auto)
     };
-    spec.forwards = super::forwards::list(maps, cfg.public_addr)?;
+    // The file's forwards only: runtime ones are not the file's to write (see `forwards`).
+    spec.forwards = super::forwards::list(maps)?
+        .into_iter()
+        .filter(|f| f.origin == super::forwards::Origin::File && *f.public.ip() == output::ip(cfg.public_addr))
+        .map(|f| f.spec())
+        .collect();
     Ok(spec)
 }

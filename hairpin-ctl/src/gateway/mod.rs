@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Where a spec came from, to point at the culprit of a problem: a flag, or a file's line.
-pub enum Origin {
+pub enum Source {
     /// Settings given as flags: `flag` names the flag that sets a spec key.
     Flags {
         flag: fn(&str) -> String,
@@ -37,23 +37,23 @@ pub enum Origin {
     Live,
 }
 
-impl Origin {
+impl Source {
     /// Reads and checks a file.
-    pub fn load(path: PathBuf) -> anyhow::Result<(Spec, Origin)> {
+    pub fn load(path: PathBuf) -> anyhow::Result<(Spec, Source)> {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let spec = Spec::parse(&text).map_err(|e| anyhow::anyhow!("{}{e}", path.display()))?;
-        Ok((spec, Origin::File { path, text }))
+        Ok((spec, Source::File { path, text }))
     }
 
     /// One line naming the flag or the file, line and key.
     pub fn explain(&self, p: &Problem) -> String {
         match self {
-            Origin::File { path, text } => match crate::spec::key_line(text, &p.key) {
+            Source::File { path, text } => match crate::spec::key_line(text, &p.key) {
                 Some(line) => format!("{}:{line}: {}: {}", path.display(), p.key, p.what),
                 None => format!("{}: {}: {}", path.display(), p.key, p.what),
             },
-            Origin::Flags { flag } => format!("{}: {}", flag(&p.key), p.what),
-            Origin::Live => format!("{}: {}", p.key, p.what),
+            Source::Flags { flag } => format!("{}: {}", flag(&p.key), p.what),
+            Source::Live => format!("{}: {}", p.key, p.what),
         }
     }
 
@@ -78,17 +78,17 @@ pub struct Resolved {
 
 /// Finds the interfaces and fills the addresses the spec leaves to them; then checks the
 /// addresses (see [`Spec::check_addresses`]).
-pub fn resolve(spec: &Spec, origin: &Origin) -> anyhow::Result<Resolved> {
-    origin.check(spec.check())?;
+pub fn resolve(spec: &Spec, source: &Source) -> anyhow::Result<Resolved> {
+    source.check(spec.check())?;
     let problem =
-        |key: &str, e: anyhow::Error| anyhow::anyhow!("{}", origin.explain(&Problem::new(key, format!("{e:#}"))));
+        |key: &str, e: anyhow::Error| anyhow::anyhow!("{}", source.explain(&Problem::new(key, format!("{e:#}"))));
     let lan = &spec.lan.interface;
     let wan = &spec.wan.interface;
     let lan_ifindex = netif::ifindex(lan).map_err(|e| problem("lan.interface", e))?;
     let wan_ifindex = netif::ifindex(wan).map_err(|e| problem("wan.interface", e))?;
     for (key, name) in [("lan.interface", lan), ("wan.interface", wan)] {
         if netif::is_loopback(name) {
-            bail!("{}", origin.explain(&Problem::new(key, "the loopback interface cannot be a gateway side")));
+            bail!("{}", source.explain(&Problem::new(key, "the loopback interface cannot be a gateway side")));
         }
     }
     let lan_ip = match spec.lan.address {
@@ -107,7 +107,7 @@ pub fn resolve(spec: &Spec, origin: &Origin) -> anyhow::Result<Resolved> {
         None => netif::primary_ipv4(wan).map_err(|e| problem("wan.public_address", e))?,
     };
     let addrs = Addresses { lan_ip, lan_prefix, public_ip };
-    origin.check(spec.check_addresses(&addrs))?;
+    source.check(spec.check_addresses(&addrs))?;
     let macs = [netif::link_facts(lan_ifindex)?.mac, netif::link_facts(wan_ifindex)?.mac];
     Ok(Resolved { lan_ifindex, wan_ifindex, macs, addrs })
 }

@@ -3,9 +3,12 @@
 
 use std::{collections::BTreeMap, fmt, net::SocketAddrV4};
 
-use hairpin_common::{CFG_F_CT_PRESSURE, Config, Endpoint, MappingKey, placement::Placement};
+use hairpin_common::{CFG_F_CT_PRESSURE, Config, placement::Placement};
 
-use super::{Resolved, forwards};
+use super::{
+    Resolved,
+    forwards::{self, Origin},
+};
 use crate::{
     dataplane::Maps,
     ifcaps::Caps,
@@ -28,6 +31,11 @@ pub enum Change {
         was: Forward,
         to: SocketAddrV4,
     },
+    /// The file declares a port a runtime forward (`map add`) had: the file's takes it.
+    ForwardTakenOver {
+        was: forwards::Forward,
+        to: SocketAddrV4,
+    },
     /// The flows and bindings made for the old addresses go.
     Readdressed,
 }
@@ -41,6 +49,13 @@ impl fmt::Display for Change {
             Change::ForwardRetargeted { was, to } => {
                 write!(f, "~ forward {} {}: {} -> {to}", was.proto.name(), was.port, was.to)
             }
+            Change::ForwardTakenOver { was, to } => write!(
+                f,
+                "~ forward {} {}: {} (map add) -> {to} (the file's now)",
+                was.proto.name(),
+                was.public.port(),
+                was.to
+            ),
             Change::Readdressed => {
                 write!(f, "  (the addresses changed: the flows and bindings made for the old ones are removed)")
             }
@@ -69,10 +84,10 @@ pub struct Plan {
     pub changes: Vec<Change>,
     pub refused: Vec<Refusal>,
     pub(super) config: Option<Config>,
-    pub(super) add: Vec<(MappingKey, Endpoint)>,
-    /// Forwards pointed elsewhere: key, new target, old target.
-    pub(super) retarget: Vec<(MappingKey, Endpoint, Endpoint)>,
-    pub(super) remove: Vec<MappingKey>,
+    pub(super) add: Vec<forwards::Forward>,
+    /// Forwards replaced in place (another target, or the file's now): new, old.
+    pub(super) replace: Vec<(forwards::Forward, forwards::Forward)>,
+    pub(super) remove: Vec<forwards::Forward>,
     /// The addresses changed: the flows and bindings made for the old ones go.
     pub(super) flush: bool,
     /// The configuration before the change.
@@ -81,7 +96,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.config.is_none() && self.add.is_empty() && self.remove.is_empty()
+        self.changes.is_empty()
+            && self.config.is_none()
+            && self.add.is_empty()
+            && self.replace.is_empty()
+            && self.remove.is_empty()
     }
 }
 
@@ -193,7 +212,9 @@ fn settings(have: &Spec, want: &Spec, r: &Resolved, cfg: &Config, next: &Config)
     out
 }
 
-/// Forwards, keyed by protocol and port, on the public address in use after the change.
+/// Forwards, keyed by protocol and port, on the public address in use after the change: the
+/// file's as `want` declares them; runtime ones stay, moved with the public address, unless the
+/// file declares their port (see [`forwards`]).
 fn plan_forwards(
     maps: &Maps,
     p: &mut Plan,
@@ -201,35 +222,62 @@ fn plan_forwards(
     want: &Spec,
     new_public: hairpin_common::Ipv4Be,
 ) -> anyhow::Result<()> {
-    let old_public = p.old.public_addr;
-    let moved = new_public != old_public;
+    let (old_ip, new_ip) = (output::ip(p.old.public_addr), output::ip(new_public));
+    let moved = old_ip != new_ip;
     let by_port = |s: &Spec| -> BTreeMap<_, Forward> { s.forwards.iter().map(|f| ((f.proto, f.port), *f)).collect() };
     let (have_fwd, want_fwd) = (by_port(have), by_port(want));
+    let runtime: BTreeMap<_, forwards::Forward> = forwards::list(maps)?
+        .into_iter()
+        .filter(|f| f.origin == Origin::Runtime && *f.public.ip() == old_ip)
+        .map(|f| ((f.proto, f.public.port()), f))
+        .collect();
     for (k, f) in &want_fwd {
-        let (key, target) = forwards::entry(f, new_public);
-        match have_fwd.get(k) {
-            None => p.changes.push(Change::ForwardAdded(*f)),
-            Some(old) if old.to != f.to => p.changes.push(Change::ForwardRetargeted { was: *old, to: f.to }),
-            Some(_) => {}
-        }
-        match have_fwd.get(k) {
-            Some(old) if !moved && old.to != f.to => p.retarget.push((key, target, forwards::entry(old, old_public).1)),
-            Some(_) if !moved => {}
-            _ => {
-                if let Some(holder) = forwards::holder(maps, &key) {
-                    let e = forwards::AddError::Held(key, holder);
-                    return Err(anyhow::Error::from(e).context(format!("forward {f}")));
+        let new = forwards::Forward::declared(f, new_ip);
+        let old = match (have_fwd.get(k), runtime.get(k)) {
+            (Some(old), _) => {
+                if old.to != f.to {
+                    p.changes.push(Change::ForwardRetargeted { was: *old, to: f.to });
                 }
-                p.add.push((key, target));
+                Some(forwards::Forward::declared(old, old_ip))
             }
+            (None, Some(rt)) => {
+                p.changes.push(Change::ForwardTakenOver { was: *rt, to: f.to });
+                Some(*rt)
+            }
+            (None, None) => {
+                p.changes.push(Change::ForwardAdded(*f));
+                None
+            }
+        };
+        match old {
+            Some(old) if !moved => {
+                if old != new {
+                    p.replace.push((new, old));
+                }
+            }
+            _ => p.add.push(new),
         }
     }
     for (k, f) in &have_fwd {
         if !want_fwd.contains_key(k) {
             p.changes.push(Change::ForwardRemoved(*f));
-            p.remove.push(forwards::entry(f, old_public).0);
-        } else if moved {
-            p.remove.push(forwards::entry(f, old_public).0);
+        }
+        if !want_fwd.contains_key(k) || moved {
+            p.remove.push(forwards::Forward::declared(f, old_ip));
+        }
+    }
+    if moved {
+        for (k, rt) in &runtime {
+            if !want_fwd.contains_key(k) {
+                p.add.push(rt.moved_to(new_ip));
+            }
+            p.remove.push(*rt);
+        }
+    }
+    for f in &p.add {
+        if let Some(holder) = forwards::holder(maps, &f.key()) {
+            let e = forwards::AddError::Held(f.key(), holder);
+            return Err(anyhow::Error::from(e).context(format!("forward {}", f.spec())));
         }
     }
     Ok(())

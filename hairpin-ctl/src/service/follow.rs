@@ -7,7 +7,11 @@ use hairpin_common::CFG_F_PUBLIC_FROM_WAN;
 
 use crate::{
     dataplane::{Maps, PinDir},
-    gateway::{self, Origin, apply::reconcile},
+    gateway::{
+        self, Source,
+        apply::reconcile,
+        forwards::{Forward, Origin},
+    },
     netif::{self, Change},
     output,
     spec::Spec,
@@ -15,8 +19,9 @@ use crate::{
 
 pub struct Follow {
     /// The gateway as it was last seen whole: what is attached again when a missing interface
-    /// returns.
+    /// returns, with the forwards added at runtime.
     spec: Spec,
+    runtime: Vec<Forward>,
     /// Interfaces gone, by name.
     missing: Vec<String>,
     /// The WAN interface was last seen without an address (said once).
@@ -35,8 +40,10 @@ pub enum Outcome {
 
 impl Follow {
     pub fn new(pins: &PinDir) -> anyhow::Result<Self> {
+        let maps = pins.open()?;
         Ok(Self {
-            spec: gateway::live::read(pins, &pins.open()?)?,
+            spec: gateway::live::read(pins, &maps)?,
+            runtime: runtime(&maps)?,
             missing: Vec::new(),
             wan_bare: false,
             took_down: false,
@@ -118,7 +125,7 @@ impl Follow {
                 say!("hairpin run: {name}'s MAC address is now {} (was {})", output::mac(now), output::mac(have));
                 let spec = gateway::live::read(pins, &maps)?;
                 drop(maps);
-                say_done(&reconcile(pins, &spec, &Origin::Live, false).context("following the MAC address")?);
+                say_done(&reconcile(pins, &spec, &Source::Live, false).context("following the MAC address")?);
                 return Ok(true);
             }
         }
@@ -136,7 +143,7 @@ impl Follow {
                 say!("hairpin run: {wan}'s address is now {ip} (was {old}): the public address follows");
                 let mut spec = gateway::live::read(pins, &pins.open()?)?;
                 spec.wan.public_address = None;
-                say_done(&reconcile(pins, &spec, &Origin::Live, false).context("following the WAN address")?);
+                say_done(&reconcile(pins, &spec, &Source::Live, false).context("following the WAN address")?);
             }
             Ok(_) => self.wan_bare = false,
             Err(_) if !self.wan_bare => {
@@ -166,6 +173,7 @@ impl Follow {
         let mut spec = gateway::live::read(pins, maps)?;
         (spec.lan.interface, spec.wan.interface) = (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
         self.spec = spec;
+        self.runtime = runtime(maps)?;
         let name = if ifindex == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
         if self.missing.contains(name) {
             return Ok(());
@@ -210,11 +218,23 @@ impl Follow {
         let missing = self.missing.join(" and ");
         gateway::teardown::teardown(pins)?;
         self.took_down = true;
-        gateway::attach::bring_up(pins, &self.spec, &Origin::Live).context("attaching the dataplane again")?;
+        let up = gateway::attach::bring_up(pins, &self.spec, &Source::Live).context("attaching the dataplane again")?;
         (self.took_down, self.missing) = (false, Vec::new());
+        // The runtime forwards too, on the public address as attached now.
+        let mut maps = pins.open()?;
+        for f in &self.runtime {
+            if let Err(e) = gateway::forwards::insert(&mut maps, &f.moved_to(up.addrs.public_ip)) {
+                warn!("forward {} {} -> {} (map add) could not be added again: {e}", f.proto.name(), f.public, f.to);
+            }
+        }
         say!("hairpin run: {missing} is back: the dataplane is attached again, as it was (its flows were lost)");
         Ok(())
     }
+}
+
+/// The forwards added at runtime (`map add`), which the spec does not hold.
+fn runtime(maps: &Maps) -> anyhow::Result<Vec<Forward>> {
+    Ok(gateway::forwards::list(maps)?.into_iter().filter(|f| f.origin == Origin::Runtime).collect())
 }
 
 /// What following a change applied, in `run`'s log.

@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     dataplane::{Maps, PinDir},
     events::{FlowEvent, Hub, Seen},
-    gateway::{self, Origin, apply::Reconciled},
+    gateway::{self, Source, apply::Reconciled},
     netif::{self, Change},
     spec::Overrides,
     sweep,
@@ -141,17 +141,17 @@ pub async fn run(pins: &PinDir, o: &Options) -> anyhow::Result<()> {
 /// lock that makes this `run` the pin directory's only one (taken before anything changes).
 fn start(pins: &PinDir, o: &Options) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     if !pins.exists() {
-        let (spec, origin) = match &o.config {
-            Some(path) => Origin::load(path.clone())?,
+        let (spec, source) = match &o.config {
+            Some(path) => Source::load(path.clone())?,
             None => {
                 let spec = o
                     .overrides
                     .spec()
                     .context("give --lan and --wan (the gateway's two interfaces), or --config FILE")?;
-                (spec, Origin::Flags { flag: o.flag })
+                (spec, Source::Flags { flag: o.flag })
             }
         };
-        for line in gateway::attach::bring_up(pins, &spec, &origin)?.summary() {
+        for line in gateway::attach::bring_up(pins, &spec, &source)?.summary() {
             say!("{line}");
         }
         return pins.lock();
@@ -159,14 +159,14 @@ fn start(pins: &PinDir, o: &Options) -> anyhow::Result<nix::fcntl::Flock<std::fs
     let lock = pins.lock()?;
     let done = match &o.config {
         Some(path) => {
-            let (spec, origin) = Origin::load(path.clone())?;
-            Some(gateway::apply::reconcile(pins, &spec, &origin, false)?)
+            let (spec, source) = Source::load(path.clone())?;
+            Some(gateway::apply::reconcile(pins, &spec, &source, false)?)
         }
         None => {
             let mut spec = gateway::live::read(pins, &pins.open()?)?;
             let given = !o.overrides.apply(&mut spec).is_empty();
-            let origin = Origin::Flags { flag: o.flag };
-            given.then(|| gateway::apply::reconcile(pins, &spec, &origin, false)).transpose()?
+            let source = Source::Flags { flag: o.flag };
+            given.then(|| gateway::apply::reconcile(pins, &spec, &source, false)).transpose()?
         }
     };
     if let Some(done) = done {
@@ -240,9 +240,18 @@ impl Service<'_> {
         Ok(None)
     }
 
-    /// Removes what expired, and tells the watchers (and the log, with `--log-flows`).
+    /// Removes what expired (forwards given a lifetime, then flows), and tells the watchers
+    /// (and the log, with `--log-flows`).
     fn sweep(&mut self) -> anyhow::Result<()> {
-        let mut s = sweep::sweep(&mut self.serving.maps, crate::conntrack::boot_ns())
+        let now = crate::conntrack::boot_ns();
+        let (due, flows) = gateway::forwards::expire(&mut self.serving.maps, now)?;
+        for f in &due {
+            say!("forward {} {} -> {} expired: removed, with its flows", f.proto.name(), f.public, f.to);
+        }
+        for f in &flows {
+            self.hub.send(&FlowEvent::ended("expired", &f.orig_key, &f.orig));
+        }
+        let mut s = sweep::sweep(&mut self.serving.maps, now)
             .with_context(|| format!("sweeping the flows pinned at {}", self.pins.root.display()))?;
         let swept: std::collections::HashSet<_> = s.ended.iter().map(|(k, _, _)| *k).collect();
         let mut ended: Vec<FlowEvent> = s.ended.iter().map(|(k, e, why)| FlowEvent::ended(why, k, e)).collect();
@@ -292,8 +301,8 @@ impl Service<'_> {
         };
         let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
         say!("hairpin run: SIGHUP: applying {}", path.display());
-        let done = Origin::load(path.clone())
-            .and_then(|(spec, origin)| gateway::apply::reconcile(self.pins, &spec, &origin, false));
+        let done = Source::load(path.clone())
+            .and_then(|(spec, source)| gateway::apply::reconcile(self.pins, &spec, &source, false));
         match done {
             Ok(r) => say_reconciled(&r),
             Err(e) => crate::output::error(format_args!("reload of {} failed, nothing changed: {e:#}", path.display())),

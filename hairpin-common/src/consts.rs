@@ -116,11 +116,11 @@ pub mod global_names {
 pub mod prog_names {
     pub const XDP_LAN: &str = "xdp_lan";
     pub const XDP_WAN: &str = "xdp_wan";
-    pub const TC_LAN: &str = "tc_egress_lan";
-    pub const TC_WAN: &str = "tc_egress_wan";
+    pub const TC_EGRESS_LAN: &str = "tc_egress_lan";
+    pub const TC_EGRESS_WAN: &str = "tc_egress_wan";
     /// Ingress as TC programs (veths, bridges, NICs without XDP, `--mode tc`): the same code.
-    pub const TC_IN_LAN: &str = "tc_ingress_lan";
-    pub const TC_IN_WAN: &str = "tc_ingress_wan";
+    pub const TC_INGRESS_LAN: &str = "tc_ingress_lan";
+    pub const TC_INGRESS_WAN: &str = "tc_ingress_wan";
     /// Tracepoint programs counting XDP frames the kernel refused, by the tracepoint
     /// (category `xdp`) each attaches to, which is also its name.
     pub const REFUSED: [&str; 3] = ["xdp_bulk_tx", "xdp_devmap_xmit", "xdp_redirect_err"];

@@ -358,8 +358,9 @@ pub struct Event {
     pub key: FlowKey,
     /// [`EVENT_NEW_FLOW`] or [`EVENT_REFUSED`].
     pub kind: u32,
-    /// A refused flow's [`crate::Reason`] index; a new flow's `CT_F_*` kind flags.
-    pub reason: u32,
+    /// What `kind` tells more of: a new flow's `CT_F_*` kind flags; a refused flow's
+    /// [`crate::Reason`] index.
+    pub detail: u32,
     /// A new flow's translated tuple (zero for a refused one).
     pub xlate: FlowKey,
 }

@@ -231,12 +231,12 @@ pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
     // Bounded: when the ring is full the event is lost (counters and conntrack stay exact).
     // Written in place in the ring, not built on this frame's stack.
     let event = match created {
-        Ok(xlate) => Event { key: *key, kind: EVENT_NEW_FLOW, reason: new.flags, xlate },
+        Ok(xlate) => Event { key: *key, kind: EVENT_NEW_FLOW, detail: new.flags, xlate },
         Err(reason) => {
             if let Some(counter) = Counter::exhausted(key.proto, reason) {
                 stats::bump(counter, 1);
             }
-            Event { key: *key, kind: EVENT_REFUSED, reason: reason as u32, xlate: FlowKey::default() }
+            Event { key: *key, kind: EVENT_REFUSED, detail: reason as u32, xlate: FlowKey::default() }
         }
     };
     if let Some(mut slot) = EVENTS.reserve::<Event>(0) {

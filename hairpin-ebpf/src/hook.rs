@@ -29,7 +29,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_SEQ_OFF: usize = 4;
 const TCP_ACK: u8 = 0x10;
 
-/// Ingress (XDP): restore or rewrite the destination of known flows, create flows for packets
+/// Ingress (XDP or TC, the same code): restore or rewrite the destination of known flows, create flows for packets
 /// that match a port-forward or that a LAN host sends to the internet. Sources are left for
 /// egress: writing the gateway's own address as a source here would make the kernel drop the
 /// packet as a martian.

@@ -26,7 +26,12 @@ pub fn detach_netlink_filters(ifindex: u32) -> anyhow::Result<usize> {
     use aya::programs::tc::{TcAttachType, qdisc_detach_program};
     let mut removed = 0;
     for at in [TcAttachType::Ingress, TcAttachType::Egress] {
-        for prog in [prog_names::TC_IN_LAN, prog_names::TC_IN_WAN, prog_names::TC_LAN, prog_names::TC_WAN] {
+        for prog in [
+            prog_names::TC_INGRESS_LAN,
+            prog_names::TC_INGRESS_WAN,
+            prog_names::TC_EGRESS_LAN,
+            prog_names::TC_EGRESS_WAN,
+        ] {
             match qdisc_detach_program(ifindex, at.into(), prog) {
                 Ok(()) => removed += 1,
                 Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -45,11 +50,11 @@ pub const fn program(hook: Hook, ingress: Ingress) -> &'static str {
     let xdp = !matches!(ingress, Ingress::Tc);
     match hook {
         Hook::LanIngress if xdp => prog_names::XDP_LAN,
-        Hook::LanIngress => prog_names::TC_IN_LAN,
+        Hook::LanIngress => prog_names::TC_INGRESS_LAN,
         Hook::WanIngress if xdp => prog_names::XDP_WAN,
-        Hook::WanIngress => prog_names::TC_IN_WAN,
-        Hook::LanEgress => prog_names::TC_LAN,
-        Hook::WanEgress => prog_names::TC_WAN,
+        Hook::WanIngress => prog_names::TC_INGRESS_WAN,
+        Hook::LanEgress => prog_names::TC_EGRESS_LAN,
+        Hook::WanEgress => prog_names::TC_EGRESS_WAN,
     }
 }
 
@@ -143,7 +148,7 @@ impl PinDir {
     /// Whether the TC programs are attached by TCX links (pinned by program name) rather than
     /// netlink filters (which have no pin).
     pub fn tcx_links(&self) -> bool {
-        self.link(prog_names::TC_LAN).exists()
+        self.link(prog_names::TC_EGRESS_LAN).exists()
     }
 
     /// Whether the dataplane's configuration is pinned here (`run` stops once it is not).

@@ -133,8 +133,8 @@ pub fn fixed_differences(have: &Spec, want: &Spec) -> Vec<Refusal> {
 /// [`super::live::read`]).
 pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Result<Plan> {
     let cfg = maps.config()?;
-    let mut p = Plan { refused: fixed_differences(have, want), old: cfg, ..Plan::default() };
-    p.refused.extend(moved_ingress(want, r, &cfg)?);
+    // The settings fixed while up were refused before `want` was resolved (see `reconcile`).
+    let mut p = Plan { refused: moved_ingress(want, r, &cfg)?, old: cfg, ..Plan::default() };
     // Placements stay as attached (a change that would move one was refused above).
     let mut next = super::config(want, r, [cfg.lan_placement, cfg.wan_placement]);
     next.flags |= cfg.flags & CFG_F_CT_PRESSURE;
@@ -266,15 +266,18 @@ fn plan_forwards(
             p.remove.push(forwards::Forward::declared(f, old_ip));
         }
     }
-    if moved {
-        for (k, rt) in &runtime {
-            if !want_fwd.contains_key(k) {
-                p.add.push(rt.moved_to(new_ip));
-            }
-            p.remove.push(*rt);
+    for (k, rt) in runtime.iter().filter(|_| moved) {
+        if !want_fwd.contains_key(k) {
+            p.add.push(rt.moved_to(new_ip));
         }
+        p.remove.push(*rt);
     }
-    for f in &p.add {
+    check_held(maps, &p.add)
+}
+
+/// Refuses forwards to be added on a public port a LAN host's binding holds.
+fn check_held(maps: &Maps, add: &[forwards::Forward]) -> anyhow::Result<()> {
+    for f in add {
         if let Some(holder) = forwards::holder(maps, &f.key()) {
             let e = forwards::AddError::Held(f.key(), holder);
             return Err(anyhow::Error::from(e).context(format!("forward {}", f.spec())));

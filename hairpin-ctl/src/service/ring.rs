@@ -38,15 +38,15 @@ pub fn take_events(ring: &mut RingBuf<MapData>, hub: &Hub, seen: &mut Seen, log_
             continue;
         };
         if e.kind == EVENT_NEW_FLOW {
-            let ev = FlowEvent::new("new", None, &e.key, &e.xlate, e.reason);
+            let ev = FlowEvent::new("new", None, &e.key, &e.xlate, e.detail);
             if log_flows {
                 say!("flow {ev}");
             }
             hub.send(&ev);
-            seen.add(e.key, e.xlate, e.reason);
+            seen.add(e.key, e.xlate, e.detail);
             continue;
         }
-        let want = match Reason::from_index(e.reason) {
+        let want = match Reason::from_index(e.detail) {
             Some(Reason::DropNoPort) => "free public port",
             _ => "table space",
         };

@@ -131,7 +131,7 @@ fn masquerade_ports_avoid_forwards_and_live_flows(mode: Mode) {
             let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.key)).collect();
             use hairpin_common::{EVENT_NEW_FLOW, EVENT_REFUSED};
             assert_eq!(kinds, [(EVENT_NEW_FLOW, keys[0]), (EVENT_REFUSED, keys[1]), (EVENT_NEW_FLOW, keys[2])]);
-            assert_eq!(events[1].reason, Reason::DropNoPort as u32);
+            assert_eq!(events[1].detail, Reason::DropNoPort as u32);
             assert_eq!(events[0].xlate.src_ep(), dp::ep("203.0.113.1:7000"), "the translated tuple");
             assert_eq!(dp.exhausted(17, Reason::DropNoPort), 1, "counted as UDP port exhaustion");
             assert_eq!(dp.exhausted(6, Reason::DropNoPort) + dp.exhausted(17, Reason::DropFlowInsert), 0);

@@ -16,7 +16,7 @@ use aya::{
 };
 use hairpin_common::{
     CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, ForwardEntry, Ipv4Be, MappingKey, PortBe,
-    consts::{DEFAULT_MAX_FLOWS, DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
+    consts::{DEFAULT_MAX_FLOWS, IPPROTO_UDP, map_names, prog_names},
 };
 use hairpin_lab::routed::RoutedGateway;
 
@@ -96,23 +96,15 @@ const XDP_BOTH: u16 = hairpin_common::placement::Placement {
 fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
     // The flow cache is per CPU: every run on one CPU, as a flow's packets are on a NIC queue.
     hairpin_lab::pin_thread_to_cpu(0)?;
+    let ip = Ipv4Be::from_octets;
     let cfg = |flags| Config {
-        lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
-        public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
-        port_min: DEFAULT_PORT_MIN,
-        port_max: DEFAULT_PORT_MAX,
         flags,
-        wan_ifindex: wan,
-        timeouts: Default::default(),
-        lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
-        lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
-        lan_ifindex: lan,
+        ifindex: [lan, wan],
         // Native XDP on both, sending into both: what the benchmark measures.
-        lan_placement: XDP_BOTH,
-        wan_placement: XDP_BOTH,
+        placement: [XDP_BOTH; 2],
         // The frames' destination (see below): the check runs as on a gateway.
-        lan_mac: [0x02, 0, 0, 0, 0x02, 0x01],
-        wan_mac: [0x02, 0, 0, 0, 0x02, 0x01],
+        mac: [[0x02, 0, 0, 0, 0x02, 0x01]; 2],
+        ..Config::new(ip([192, 168, 0, 1]), ip([192, 168, 0, 0]), ip([255, 255, 255, 0]), ip([203, 0, 113, 1]))
     };
     let set_cfg = |ebpf: &mut aya::Ebpf, flags| -> anyhow::Result<()> {
         Array::try_from(ebpf.map_mut(map_names::CONFIG).context("config")?)?.set(0, &cfg(flags), 0)?;

@@ -17,9 +17,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    CFG_F_HAIRPIN, CT_F_MASQ, CT_F_REPLY, CT_S_SEEN, Config, CtEntry, EgressEntry, Endpoint, FlowKey, Ipv4Be, PortBe,
-    Timeouts,
-    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, IPPROTO_UDP, map_names, prog_names},
+    CT_F_MASQ, CT_F_REPLY, CT_S_SEEN, Config, CtEntry, EgressEntry, Endpoint, FlowKey, Ipv4Be, PortBe, Timeouts,
+    consts::{IPPROTO_UDP, map_names, prog_names},
     nat::plan_flow,
 };
 use hairpin_ctl::{conntrack, dataplane, sweep as ctl_sweep};
@@ -85,22 +84,8 @@ fn nix_is_root() -> bool {
 }
 
 fn config(timeouts: Timeouts) -> Config {
-    Config {
-        lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
-        public_addr: Ipv4Be::from_octets(PUBLIC),
-        port_min: DEFAULT_PORT_MIN,
-        port_max: DEFAULT_PORT_MAX,
-        flags: CFG_F_HAIRPIN,
-        wan_ifindex: 0,
-        timeouts,
-        lan_net: Ipv4Be::from_octets([10, 0, 0, 0]),
-        lan_mask: Ipv4Be::from_octets([255, 0, 0, 0]),
-        lan_ifindex: 0,
-        lan_placement: 0,
-        wan_placement: 0,
-        lan_mac: [0; 6],
-        wan_mac: [0; 6],
-    }
+    let ip = Ipv4Be::from_octets;
+    Config { timeouts, ..Config::new(ip([192, 168, 0, 1]), ip([10, 0, 0, 0]), ip([255, 0, 0, 0]), ip(PUBLIC)) }
 }
 
 /// The `i`-th masqueraded UDP flow: LAN host 10.x.y.z:5000 to its own internet host

@@ -156,22 +156,8 @@ mod tests {
     const INET: [u8; 4] = [198, 51, 100, 7];
 
     fn cfg() -> Config {
-        Config {
-            lan_addr: Ipv4Be::from_octets(GW_LAN),
-            public_addr: Ipv4Be::from_octets(PUBLIC),
-            port_min: DEFAULT_PORT_MIN,
-            port_max: DEFAULT_PORT_MAX,
-            flags: CFG_F_HAIRPIN,
-            wan_ifindex: 2,
-            timeouts: Timeouts::default(),
-            lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
-            lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
-            lan_ifindex: 0,
-            lan_placement: 0,
-            wan_placement: 0,
-            lan_mac: [0; 6],
-            wan_mac: [0; 6],
-        }
+        let (net, mask) = (Ipv4Be::from_octets([192, 168, 0, 0]), Ipv4Be::from_octets([255, 255, 255, 0]));
+        Config { ifindex: [0, 2], ..Config::new(Ipv4Be::from_octets(GW_LAN), net, mask, Ipv4Be::from_octets(PUBLIC)) }
     }
 
     #[test]

@@ -395,6 +395,18 @@ pub enum Side {
     Wan,
 }
 
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Lan, Side::Wan];
+
+    /// Its index in [`Config`]'s per-side fields.
+    pub const fn index(self) -> usize {
+        match self {
+            Side::Lan => 0,
+            Side::Wan => 1,
+        }
+    }
+}
+
 /// The dataplane's settings, written by the controller into the slot of a two-slot array
 /// that `HP_CONFIG_SEL` does not name, then made live by moving the selector.
 #[repr(C)]
@@ -408,25 +420,22 @@ pub struct Config {
     pub port_min: u16,
     pub port_max: u16,
     pub flags: u32,
-    /// The WAN interface: LAN traffic the kernel would route out of it is masqueraded.
-    pub wan_ifindex: u32,
     /// Idle timeouts in seconds, applied by the controller (`hairpin-ctl run`).
     pub timeouts: Timeouts,
     /// The LAN prefix (network and mask, network byte order): LAN sources must be inside it,
     /// WAN packets must not claim or target it.
     pub lan_net: Ipv4Be,
     pub lan_mask: Ipv4Be,
-    /// The LAN interface: with `wan_ifindex`, the only interfaces the fast path sends to.
-    pub lan_ifindex: u32,
-    /// Where each interface's ingress runs ([`crate::placement::Placement::encode`]): the
-    /// dataplane reads only whether the XDP fast path may send into it.
-    pub lan_placement: u16,
-    pub wan_placement: u16,
-    /// The interfaces' Ethernet addresses: only frames sent to them are the gateway's to
+    /// Per side (indexed by [`Side::index`]), the interface: LAN traffic the kernel would route
+    /// out of the WAN one is masqueraded, and the fast path sends to these two only.
+    pub ifindex: [u32; 2],
+    /// Per side, where the interface's ingress runs ([`crate::placement::Placement::encode`]):
+    /// the dataplane reads only whether the fast path may send into it, and how.
+    pub placement: [u16; 2],
+    /// Per side, the interface's Ethernet address: only frames sent to it are the gateway's to
     /// translate and forward (the kernel forwards nothing else). All zero: not checked (a
     /// device without one).
-    pub lan_mac: [u8; 6],
-    pub wan_mac: [u8; 6],
+    pub mac: [[u8; 6]; 2],
 }
 
 /// How long a flow may stay idle, by protocol and TCP state, in seconds. (The `[timeouts]`
@@ -459,6 +468,10 @@ impl Config {
         fn pick<T: PartialEq + Copy>(base: T, new: T, cur: T) -> T {
             if new != base { new } else { cur }
         }
+        // Per side apart: `run` may move one side's placement while `apply` changes the other.
+        fn sides<T: PartialEq + Copy>(base: [T; 2], new: [T; 2], cur: [T; 2]) -> [T; 2] {
+            [pick(base[0], new[0], cur[0]), pick(base[1], new[1], cur[1])]
+        }
         let changed = base.flags ^ new.flags;
         Config {
             lan_addr: pick(base.lan_addr, new.lan_addr, cur.lan_addr),
@@ -466,16 +479,36 @@ impl Config {
             port_min: pick(base.port_min, new.port_min, cur.port_min),
             port_max: pick(base.port_max, new.port_max, cur.port_max),
             flags: (cur.flags & !changed) | (new.flags & changed),
-            wan_ifindex: pick(base.wan_ifindex, new.wan_ifindex, cur.wan_ifindex),
             timeouts: pick(base.timeouts, new.timeouts, cur.timeouts),
             lan_net: pick(base.lan_net, new.lan_net, cur.lan_net),
             lan_mask: pick(base.lan_mask, new.lan_mask, cur.lan_mask),
-            lan_ifindex: pick(base.lan_ifindex, new.lan_ifindex, cur.lan_ifindex),
-            lan_placement: pick(base.lan_placement, new.lan_placement, cur.lan_placement),
-            wan_placement: pick(base.wan_placement, new.wan_placement, cur.wan_placement),
-            lan_mac: pick(base.lan_mac, new.lan_mac, cur.lan_mac),
-            wan_mac: pick(base.wan_mac, new.wan_mac, cur.wan_mac),
+            ifindex: sides(base.ifindex, new.ifindex, cur.ifindex),
+            placement: sides(base.placement, new.placement, cur.placement),
+            mac: sides(base.mac, new.mac, cur.mac),
         }
+    }
+
+    /// A gateway at `lan_addr` in the LAN prefix `lan_net`/`lan_mask` whose public address is
+    /// `public`, with the defaults: the default port range, hairpin on, the default timeouts,
+    /// no interfaces yet (the controller's `gateway::config` fills the rest from a spec).
+    pub fn new(lan_addr: Ipv4Be, lan_net: Ipv4Be, lan_mask: Ipv4Be, public: Ipv4Be) -> Config {
+        Config {
+            lan_addr,
+            public_addr: public,
+            port_min: crate::consts::DEFAULT_PORT_MIN,
+            port_max: crate::consts::DEFAULT_PORT_MAX,
+            flags: CFG_F_HAIRPIN,
+            timeouts: Timeouts::default(),
+            lan_net,
+            lan_mask,
+            ..Config::default()
+        }
+    }
+
+    /// The interface of `side`.
+    #[inline(always)]
+    pub const fn ifindex_of(&self, side: Side) -> u32 {
+        self.ifindex[side.index()]
     }
 
     pub const fn hairpin(&self) -> bool {
@@ -521,10 +554,10 @@ impl Config {
     const fn placement_of(&self, ifindex: u32) -> Option<u16> {
         if ifindex == 0 {
             None
-        } else if ifindex == self.lan_ifindex {
-            Some(self.lan_placement)
-        } else if ifindex == self.wan_ifindex {
-            Some(self.wan_placement)
+        } else if ifindex == self.ifindex[0] {
+            Some(self.placement[0])
+        } else if ifindex == self.ifindex[1] {
+            Some(self.placement[1])
         } else {
             None
         }
@@ -535,10 +568,7 @@ impl Config {
     /// multicast frames are not: the kernel delivers them to its own stack only.
     #[inline(always)]
     pub fn addressed_to_us(&self, side: Side, dst: &[u8; 6]) -> bool {
-        let own = match side {
-            Side::Lan => &self.lan_mac,
-            Side::Wan => &self.wan_mac,
-        };
+        let own = &self.mac[side.index()];
         // As two words: an array comparison may become a `bcmp` call, which BPF has not.
         let words = |m: &[u8; 6]| (u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), u16::from_ne_bytes([m[4], m[5]]));
         words(own) == (0, 0) || words(own) == words(dst)
@@ -573,9 +603,9 @@ const _: () = {
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
     assert!(offset_of!(CtEntry, ack) == 36 && offset_of!(CtEntry, hop) == 40 && offset_of!(NextHop, ifindex) == 12);
-    assert!(offset_of!(Config, wan_ifindex) == 16 && offset_of!(Config, timeouts) == 20);
-    assert!(offset_of!(Config, lan_net) == 36 && offset_of!(Config, lan_mask) == 40);
-    assert!(offset_of!(Config, lan_ifindex) == 44 && offset_of!(Config, wan_placement) == 50);
+    assert!(offset_of!(Config, timeouts) == 16 && offset_of!(Config, lan_net) == 32);
+    assert!(offset_of!(Config, lan_mask) == 36 && offset_of!(Config, ifindex) == 40);
+    assert!(offset_of!(Config, placement) == 48 && offset_of!(Config, mac) == 52);
 };
 
 #[cfg(feature = "user")]
@@ -603,13 +633,13 @@ mod tests {
 
     #[test]
     fn a_writer_keeps_what_others_changed_since_it_read() {
-        let base = Config { port_min: 1024, flags: CFG_F_HAIRPIN, lan_placement: 1, ..Config::default() };
+        let base = Config { port_min: 1024, flags: CFG_F_HAIRPIN, placement: [1, 1], ..Config::default() };
         // `apply` read `base`, and changes the port range and turns hairpin off...
         let new = Config { port_min: 2000, flags: 0, ..base };
         // ...while `run` moved a placement and marked conntrack under pressure.
-        let cur = Config { lan_placement: 7, flags: CFG_F_HAIRPIN | CFG_F_CT_PRESSURE, ..base };
+        let cur = Config { placement: [7, 1], flags: CFG_F_HAIRPIN | CFG_F_CT_PRESSURE, ..base };
         let m = Config::merged(&base, &new, &cur);
-        assert_eq!((m.port_min, m.lan_placement), (2000, 7));
+        assert_eq!((m.port_min, m.placement), (2000, [7, 1]));
         assert_eq!(m.flags, CFG_F_CT_PRESSURE, "hairpin off (apply's), pressure on (run's)");
         assert_eq!(Config::merged(&base, &base, &cur), cur, "no change of its own: the live settings stand");
     }
@@ -617,7 +647,7 @@ mod tests {
     #[test]
     fn only_frames_to_the_sides_own_mac_are_the_gateways() {
         let (lan, wan) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        let cfg = Config { lan_mac: lan, wan_mac: wan, ..Config::default() };
+        let cfg = Config { mac: [lan, wan], ..Config::default() };
         assert!(cfg.addressed_to_us(Side::Lan, &lan));
         assert!(cfg.addressed_to_us(Side::Wan, &wan));
         assert!(!cfg.addressed_to_us(Side::Lan, &wan), "the other side's address");

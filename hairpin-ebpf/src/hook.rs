@@ -152,7 +152,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         && p.key.dst.is_unicast()
         && !cfg.in_lan(p.key.dst)
         && p.key.dst != cfg.public_addr
-        && fwd::route(pkt, &p.key) == Route::Out(cfg.wan_ifindex)
+        && fwd::route(pkt, &p.key) == Route::Out(cfg.ifindex_of(Side::Wan))
     {
         open(pkt, cfg, &p, &new_flow(p.key.dst_ep(), SourceNat::Public, CT_F_MASQ))?;
         return Ok(Reason::IngressMasquerade);

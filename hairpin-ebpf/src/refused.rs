@@ -62,8 +62,8 @@ fn count(ifindex: i32, frames: i32) {
     let Some(cfg) = maps::config() else { return };
     let side = match ifindex as u32 {
         i if i == 0 => return,
-        i if i == cfg.lan_ifindex => Side::Lan,
-        i if i == cfg.wan_ifindex => Side::Wan,
+        i if i == cfg.ifindex_of(Side::Lan) => Side::Lan,
+        i if i == cfg.ifindex_of(Side::Wan) => Side::Wan,
         _ => return,
     };
     stats::bump(Counter::xdp_refused(side), frames as u64);

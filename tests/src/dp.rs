@@ -9,8 +9,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    CFG_F_HAIRPIN, Config, CtEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, PortBe, Reason,
-    consts::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN, Hook, IPPROTO_TCP, IPPROTO_UDP, map_names},
+    Config, CtEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, PortBe, Reason,
+    consts::{Hook, IPPROTO_TCP, IPPROTO_UDP, map_names},
 };
 
 use crate::frame::L4;
@@ -41,22 +41,11 @@ pub fn proto(l4: L4) -> u8 {
 
 /// The lab's gateway configuration: LAN 192.168.0.1, public 203.0.113.1, hairpin on.
 pub fn lab_config() -> Config {
+    let ip = Ipv4Be::from_octets;
     Config {
-        lan_addr: Ipv4Be::from_octets([192, 168, 0, 1]),
-        public_addr: Ipv4Be::from_octets([203, 0, 113, 1]),
-        port_min: DEFAULT_PORT_MIN,
-        port_max: DEFAULT_PORT_MAX,
-        flags: CFG_F_HAIRPIN,
-        wan_ifindex: 0,
-        timeouts: Default::default(),
-        lan_net: Ipv4Be::from_octets([192, 168, 0, 0]),
-        lan_mask: Ipv4Be::from_octets([255, 255, 255, 0]),
-        lan_ifindex: 0,
-        lan_placement: 0,
-        wan_placement: 0,
         // What the test frames are sent to (`frame::Pkt`'s default).
-        lan_mac: crate::frame::MAC_B,
-        wan_mac: crate::frame::MAC_B,
+        mac: [crate::frame::MAC_B; 2],
+        ..Config::new(ip([192, 168, 0, 1]), ip([192, 168, 0, 0]), ip([255, 255, 255, 0]), ip([203, 0, 113, 1]))
     }
 }
 

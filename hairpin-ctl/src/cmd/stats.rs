@@ -194,7 +194,7 @@ fn interfaces(maps: &Maps, cfg: &Config) -> anyhow::Result<Vec<InterfaceRow>> {
     let fast_path = cfg.fast_path();
     let mut rows = Vec::new();
     for (side, refused, ifindex, code) in
-        [("lan", Side::Lan, cfg.lan_ifindex, cfg.lan_placement), ("wan", Side::Wan, cfg.wan_ifindex, cfg.wan_placement)]
+        [("lan", Side::Lan, cfg.ifindex[0], cfg.placement[0]), ("wan", Side::Wan, cfg.ifindex[1], cfg.placement[1])]
     {
         let Some(p) = Placement::decode(code) else { continue };
         let name = crate::netif::name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));

@@ -86,10 +86,10 @@ pub fn bring_up(pins: &PinDir, spec: &Spec, source: &Source) -> anyhow::Result<A
     let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
     let mut cfg = super::config(spec, &r, [sides[0].placement.encode(), sides[1].placement.encode()]);
     let mut ebpf = dataplane::load(d.max_flows, d.flow_cache)?;
-    fill(&mut ebpf, &cfg, spec, [r.lan_ifindex, r.wan_ifindex])?;
+    fill(&mut ebpf, &cfg, spec, [r.ifindex[0], r.ifindex[1]])?;
     let mut attaching = Attaching { links: Vec::new(), filters: Vec::new(), tc_mode: d.tc_attach, tc_why: None };
     attaching.ingress(&mut ebpf, &mut sides, d.xdp_mode == XdpAttachMode::Native)?;
-    (cfg.lan_placement, cfg.wan_placement) = (sides[0].placement.encode(), sides[1].placement.encode());
+    (cfg.placement[0], cfg.placement[1]) = (sides[0].placement.encode(), sides[1].placement.encode());
     write_config(&mut ebpf, &cfg)?;
     attaching.egress(&mut ebpf, &sides)?;
     // XDP frames the kernel refuses are counted for stats and run, if it lets us watch.
@@ -147,14 +147,14 @@ fn prepare<'a>(pins: &PinDir, spec: &'a Spec, source: &Source) -> anyhow::Result
     let r = super::resolve(spec, source)?;
     let d = spec.dataplane;
     let (lan, wan) = (spec.lan.interface.as_str(), spec.wan.interface.as_str());
-    for (name, ifindex) in [(lan, r.lan_ifindex), (wan, r.wan_ifindex)] {
+    for (name, ifindex) in [(lan, r.ifindex[0]), (wan, r.ifindex[1])] {
         crate::netif::refuse_attached(name, ifindex)?;
     }
     let side = |iface, ifindex| -> anyhow::Result<Side> {
         let caps = Caps::probe(iface, ifindex)?;
         Ok(Side { iface, ifindex, placement: placement::choose(&caps, d.mode, d.xdp_mode), caps })
     };
-    Ok((r, [side(lan, r.lan_ifindex)?, side(wan, r.wan_ifindex)?]))
+    Ok((r, [side(lan, r.ifindex[0])?, side(wan, r.ifindex[1])?]))
 }
 
 /// The configuration, the forwards and the devices the fast path may redirect to, written

@@ -18,7 +18,7 @@ use crate::{
 pub fn read(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
     let cfg = maps.config()?;
     let name = |ifindex| netif::name(ifindex).unwrap_or_else(|| format!("ifindex-{ifindex}"));
-    let mut spec = Spec::new(&name(cfg.lan_ifindex), &name(cfg.wan_ifindex));
+    let mut spec = Spec::new(&name(cfg.ifindex[0]), &name(cfg.ifindex[1]));
     let addrs = super::addresses(&cfg);
     spec.lan.address = Some(addrs.lan_ip);
     spec.lan.prefix = Some(addrs.lan_prefix);
@@ -37,7 +37,7 @@ pub fn read(pins: &PinDir, maps: &Maps) -> anyhow::Result<Spec> {
     d.flow_cache = maps.flow_cache_enabled()?;
     d.max_flows = maps.max_flows()?;
     d.tc_attach = if pins.tcx_links() { TcAttachMode::Tcx } else { TcAttachMode::Netlink };
-    let placements = [Placement::decode(cfg.lan_placement), Placement::decode(cfg.wan_placement)];
+    let placements = [Placement::decode(cfg.placement[0]), Placement::decode(cfg.placement[1])];
     let placed: Vec<Placement> = placements.into_iter().flatten().collect();
     let all = |f: &dyn Fn(&Placement) -> bool| !placed.is_empty() && placed.iter().all(f);
     let any = |f: &dyn Fn(&Placement) -> bool| placed.iter().any(f);

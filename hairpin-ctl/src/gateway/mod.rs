@@ -69,8 +69,8 @@ impl Source {
 /// A spec on this machine: its interfaces' indexes and the addresses it resolves to.
 #[derive(Debug, Clone, Copy)]
 pub struct Resolved {
-    pub lan_ifindex: u32,
-    pub wan_ifindex: u32,
+    /// Per side (`Side::index`), the interface's index.
+    pub ifindex: [u32; 2],
     /// The interfaces' Ethernet addresses (see `Config::addressed_to_us`).
     pub macs: [[u8; 6]; 2],
     pub addrs: Addresses,
@@ -109,7 +109,7 @@ pub fn resolve(spec: &Spec, source: &Source) -> anyhow::Result<Resolved> {
     let addrs = Addresses { lan_ip, lan_prefix, public_ip };
     source.check(spec.check_addresses(&addrs))?;
     let macs = [netif::link_facts(lan_ifindex)?.mac, netif::link_facts(wan_ifindex)?.mac];
-    Ok(Resolved { lan_ifindex, wan_ifindex, macs, addrs })
+    Ok(Resolved { ifindex: [lan_ifindex, wan_ifindex], macs, addrs })
 }
 
 /// The dataplane configuration for a spec resolved here with these placements (encoded, as
@@ -128,21 +128,16 @@ pub fn config(spec: &Spec, r: &Resolved, placements: [u16; 2]) -> Config {
             flags |= flag;
         }
     }
+    let be = |ip: std::net::Ipv4Addr| Ipv4Be::from_octets(ip.octets());
     Config {
-        lan_addr: Ipv4Be::from_octets(a.lan_ip.octets()),
-        public_addr: Ipv4Be::from_octets(a.public_ip.octets()),
         port_min: spec.nat.port_range.min,
         port_max: spec.nat.port_range.max,
         flags,
-        wan_ifindex: r.wan_ifindex,
         timeouts: spec.timeouts,
-        lan_net: Ipv4Be::from_octets(a.lan_prefix.network().octets()),
-        lan_mask: Ipv4Be::from_octets(a.lan_prefix.netmask().octets()),
-        lan_ifindex: r.lan_ifindex,
-        lan_placement: placements[0],
-        wan_placement: placements[1],
-        lan_mac: r.macs[0],
-        wan_mac: r.macs[1],
+        ifindex: r.ifindex,
+        placement: placements,
+        mac: r.macs,
+        ..Config::new(be(a.lan_ip), be(a.lan_prefix.network()), be(a.lan_prefix.netmask()), be(a.public_ip))
     }
 }
 

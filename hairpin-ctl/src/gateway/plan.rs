@@ -136,7 +136,7 @@ pub fn plan(maps: &Maps, have: &Spec, want: &Spec, r: &Resolved) -> anyhow::Resu
     // The settings fixed while up were refused before `want` was resolved (see `reconcile`).
     let mut p = Plan { refused: moved_ingress(want, r, &cfg)?, old: cfg, ..Plan::default() };
     // Placements stay as attached (a change that would move one was refused above).
-    let mut next = super::config(want, r, [cfg.lan_placement, cfg.wan_placement]);
+    let mut next = super::config(want, r, [cfg.placement[0], cfg.placement[1]]);
     next.flags |= cfg.flags & CFG_F_CT_PRESSURE;
     p.changes = settings(have, want, r, &cfg, &next);
     p.flush = next.public_addr != cfg.public_addr
@@ -157,8 +157,8 @@ fn moved_ingress(want: &Spec, r: &Resolved, cfg: &Config) -> anyhow::Result<Vec<
     let wd = want.dataplane;
     let mut out = Vec::new();
     for (key, name, ifindex, code) in [
-        ("lan", &want.lan.interface, r.lan_ifindex, cfg.lan_placement),
-        ("wan", &want.wan.interface, r.wan_ifindex, cfg.wan_placement),
+        ("lan", &want.lan.interface, r.ifindex[0], cfg.placement[0]),
+        ("wan", &want.wan.interface, r.ifindex[1], cfg.placement[1]),
     ] {
         let Some(live) = Placement::decode(code) else { continue };
         let caps = Caps::probe(name, ifindex)?;
@@ -203,7 +203,7 @@ fn settings(have: &Spec, want: &Spec, r: &Resolved, cfg: &Config, next: &Config)
         out.push(setting("wan.public_address", follows(have).into(), follows(want).into()));
     }
     for (name, from, to) in
-        [(&want.lan.interface, cfg.lan_mac, next.lan_mac), (&want.wan.interface, cfg.wan_mac, next.wan_mac)]
+        [(&want.lan.interface, cfg.mac[0], next.mac[0]), (&want.wan.interface, cfg.mac[1], next.mac[1])]
     {
         if from != to {
             out.push(setting(&format!("{name} MAC address"), output::mac(from), output::mac(to)));

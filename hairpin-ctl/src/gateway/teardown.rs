@@ -36,7 +36,7 @@ pub fn teardown(pins: &PinDir) -> anyhow::Result<Option<TornDown>> {
     let mut done = TornDown::default();
     let mut ifindexes = Vec::new();
     if let Ok(cfg) = pins.open().and_then(|m| m.config()) {
-        ifindexes.extend([cfg.lan_ifindex, cfg.wan_ifindex].into_iter().filter(|&i| netif::name(i).is_some()));
+        ifindexes.extend([cfg.ifindex[0], cfg.ifindex[1]].into_iter().filter(|&i| netif::name(i).is_some()));
         for &ifindex in &ifindexes {
             done.filters += dataplane::detach_netlink_filters(ifindex)?;
         }

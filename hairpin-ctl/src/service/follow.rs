@@ -59,7 +59,7 @@ impl Follow {
         let cfg = maps.config()?;
         for c in changes {
             if let Change::LinkGone(i) = c
-                && (*i == cfg.lan_ifindex || *i == cfg.wan_ifindex)
+                && (*i == cfg.ifindex[0] || *i == cfg.ifindex[1])
             {
                 self.gone(pins, &maps, &cfg, *i)?;
             }
@@ -84,9 +84,9 @@ impl Follow {
         for c in changes {
             if let Change::Link(i, name) = c
                 && !name.is_empty()
-                && (*i == cfg.lan_ifindex || *i == cfg.wan_ifindex)
+                && (*i == cfg.ifindex[0] || *i == cfg.ifindex[1])
             {
-                let (key, old) = if *i == cfg.lan_ifindex {
+                let (key, old) = if *i == cfg.ifindex[0] {
                     ("lan.interface", &mut self.spec.lan.interface)
                 } else {
                     ("wan.interface", &mut self.spec.wan.interface)
@@ -113,8 +113,8 @@ impl Follow {
         changes: &[Change],
     ) -> anyhow::Result<bool> {
         for (ifindex, name, have) in [
-            (cfg.lan_ifindex, &self.spec.lan.interface, cfg.lan_mac),
-            (cfg.wan_ifindex, &self.spec.wan.interface, cfg.wan_mac),
+            (cfg.ifindex[0], &self.spec.lan.interface, cfg.mac[0]),
+            (cfg.ifindex[1], &self.spec.wan.interface, cfg.mac[1]),
         ] {
             let announced = changes.iter().any(|c| matches!(c, Change::Link(i, _) if *i == ifindex));
             // Asked of the kernel only for an interface a link event named.
@@ -159,7 +159,7 @@ impl Follow {
     pub fn check_links(&mut self, pins: &PinDir) -> anyhow::Result<()> {
         let maps = pins.open()?;
         let cfg = maps.config()?;
-        for i in [cfg.lan_ifindex, cfg.wan_ifindex] {
+        for i in [cfg.ifindex[0], cfg.ifindex[1]] {
             if i != 0 && netif::name(i).is_none() && !self.waiting() {
                 self.gone(pins, &maps, &cfg, i)?;
             }
@@ -174,7 +174,7 @@ impl Follow {
         (spec.lan.interface, spec.wan.interface) = (self.spec.lan.interface.clone(), self.spec.wan.interface.clone());
         self.spec = spec;
         self.runtime = runtime(maps)?;
-        let name = if ifindex == cfg.lan_ifindex { &self.spec.lan.interface } else { &self.spec.wan.interface };
+        let name = if ifindex == cfg.ifindex[0] { &self.spec.lan.interface } else { &self.spec.wan.interface };
         if self.missing.contains(name) {
             return Ok(());
         }

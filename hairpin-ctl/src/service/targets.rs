@@ -8,7 +8,7 @@
 //! `up`.
 
 use anyhow::Context as _;
-use hairpin_common::{Config, Counter, Side, placement::Placement};
+use hairpin_common::{Counter, Side, placement::Placement};
 
 use crate::{dataplane::Maps, ifcaps::Caps, netif, placement};
 
@@ -18,8 +18,6 @@ pub struct Targets {
     refused: [u64; 2],
     refusing: [bool; 2],
 }
-
-const SIDES: [Side; 2] = [Side::Lan, Side::Wan];
 
 impl Targets {
     /// What was refused before this run started is history, not news.
@@ -31,10 +29,11 @@ impl Targets {
     }
 
     pub fn check(&mut self, maps: &mut Maps) -> anyhow::Result<()> {
-        for (i, side) in SIDES.into_iter().enumerate() {
-            let mut cfg = maps.config()?;
-            let (ifindex, code) = side_of(&mut cfg, side);
-            let Some(mut p) = Placement::decode(*code) else { continue };
+        for side in Side::BOTH {
+            let i = side.index();
+            let cfg = maps.config()?;
+            let (ifindex, code) = (cfg.ifindex[i], cfg.placement[i]);
+            let Some(mut p) = Placement::decode(code) else { continue };
             // An interface gone is `follow`'s to say and attach again; one that went between
             // the two lookups, the next sweep's.
             let Some(name) = netif::name(ifindex) else { continue };
@@ -58,7 +57,7 @@ impl Targets {
             (p.xdp_target, p.peer_target) = (want, peer);
             // This side's placement only, on the settings as they are by now.
             let code = p.encode();
-            maps.update_config(|cur| *side_of(cur, side).1 = code)
+            maps.update_config(|cur| cur.placement[i] = code)
                 .with_context(|| format!("updating {name}'s placement"))?;
             match (xdp_changed, want) {
                 (false, _) => {}
@@ -75,12 +74,5 @@ impl Targets {
             }
         }
         Ok(())
-    }
-}
-
-fn side_of(cfg: &mut Config, side: Side) -> (u32, &mut u16) {
-    match side {
-        Side::Lan => (cfg.lan_ifindex, &mut cfg.lan_placement),
-        Side::Wan => (cfg.wan_ifindex, &mut cfg.wan_placement),
     }
 }

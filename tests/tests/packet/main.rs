@@ -183,7 +183,7 @@ fn in_gateway_ns(cfg: Config, mode: Mode, max_flows: u32, test: impl FnOnce(&mut
             // Both interfaces native XDP, taking XDP frames: the fast path may send into either.
             let xdp =
                 Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
-            let cfg = Config { wan_ifindex: wan, lan_ifindex: lan, lan_placement: xdp, wan_placement: xdp, ..cfg };
+            let cfg = Config { ifindex: [lan, wan], placement: [xdp, xdp], ..cfg };
             let mut dp = Dataplane::load_sized(cfg, mode, max_flows);
             dp.ifindex = Some((lan, wan));
             dp.add_device(lan);

@@ -1,5 +1,7 @@
-//! Conntrack: finding a flow, and creating one with both directions (and their egress
-//! rewrites) inserted together or not at all.
+//! Conntrack: finding a flow, refreshing its state, inserting a planned flow's both directions
+//! (and their egress entries) together or not at all, and confirming it. What a new flow's
+//! source becomes (bindings, port choice) is `snat.rs`'s, as Cilium keeps NAT apart from
+//! conntrack.
 //!
 //! A flow is created in `CT_NEW` and moved to `CT` once the kernel has forwarded it both ways
 //! ([`confirm`]): each table is an LRU of its own, so that flows that never confirm (a flood
@@ -11,18 +13,18 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
 };
 use hairpin_common::{
-    Binding, CT_F_ACK_NUM, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, CT_S_FIN, CT_S_RST, Config,
-    Counter, CtEntry, EVENT_NEW_FLOW, EVENT_REFUSED, EgressEntry, Endpoint, Event, FlowKey, MappingKey, PortBe, Reason,
-    consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
-    nat::{FlowPlan, candidate_port, egress, leaving_ingress, plan_flow, rst_in_window},
+    CT_F_ACK_NUM, CT_F_CONFIRMED, CT_F_LEFT, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, CT_S_FIN, CT_S_RST, Counter, CtEntry,
+    EgressEntry, FlowKey,
+    nat::{FlowPlan, egress, leaving_ingress, rst_in_window},
 };
 
 use crate::{
-    maps::{BINDINGS, BOUND_PORTS, CLOCK, CT, CT_NEW, EGRESS, EGRESS_NEW, EGRESS_SCRATCH, EVENTS, FORWARDS, PLAN},
+    maps::{CLOCK, CT, CT_NEW, EGRESS, EGRESS_NEW, EGRESS_SCRATCH},
     stats,
 };
 
-const EEXIST: i32 = -17;
+/// `bpf_map_update_elem`'s error for an existing key under `BPF_NOEXIST`.
+pub const EEXIST: i32 = -17;
 
 /// `bpf_ktime_get_boot_ns`, read at most once a jiffy per CPU: reading the clock source
 /// (the TSC, slow in a VM) for every packet was a visible share of the fast path, and
@@ -48,7 +50,7 @@ pub fn now_ns() -> u64 {
 
 /// Last-seen times are written at most this often: a write per packet would bounce the
 /// entry's cache line between CPUs for a precision no timeout needs.
-const REFRESH_NS: u64 = 1_000_000_000;
+pub const REFRESH_NS: u64 = 1_000_000_000;
 
 /// A flow direction found by [`lookup_refresh`].
 pub struct Found {
@@ -186,214 +188,8 @@ pub fn lookup(key: &FlowKey) -> Option<CtEntry> {
     find(key).map(|e| unsafe { *e })
 }
 
-/// What a new flow's source becomes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum SourceNat {
-    /// Kept: a port-forward from the internet (the server sees the real client), or a flow from
-    /// the WAN to a binding.
-    Keep,
-    /// The gateway's LAN address and a port free for the flow's tuple: a flow hairpinned to a
-    /// port-forward, whose reply must come back through the gateway.
-    Lan,
-    /// The public address and the source's endpoint-independent binding (a LAN host reaching
-    /// the internet, or another LAN host's binding); an ICMP echo, which has no binding, takes
-    /// an id free for its tuple.
-    Public,
-}
-
-/// What a new flow becomes, beside its packet's tuple. One argument rather than five: a BPF
-/// function takes at most five, should the compiler ever not inline one.
-pub struct NewFlow {
-    /// The destination it is translated to.
-    pub dst: Endpoint,
-    pub snat: SourceNat,
-    /// `CT_F_*` kind flags for both entries.
-    pub flags: u32,
-    /// State bits of its first packet.
-    pub seen: u32,
-    pub now: u64,
-    /// Its first packet, counted in the original entry: segments and IPv4 total length.
-    pub packets: u32,
-    pub bytes: u16,
-}
-
-/// Creates the flow for `key` as `new` describes, and returns the tuple its packets leave
-/// ingress with ([`leaving_ingress`]).
-///
-/// A port free for the tuple is found by inserting the reply entry (whose key contains it)
-/// with `BPF_NOEXIST`, which checks and claims it atomically; a binding's port is claimed the
-/// same way in `BOUND_PORTS`. Neither ever takes a public port that a port-forward owns.
-#[inline(always)]
-pub fn create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
-    // Into `CT_NEW`, whose evictions take unconfirmed flows only, which no CPU holds copies of
-    // (the fast path serves confirmed flows): `confirm` moves it into `CT`.
-    let created = try_create(cfg, key, new);
-    // Bounded: when the ring is full the event is lost (counters and conntrack stay exact).
-    // Written in place in the ring, not built on this frame's stack.
-    let event = match created {
-        Ok(xlate) => Event { key: *key, kind: EVENT_NEW_FLOW, detail: new.flags, xlate },
-        Err(reason) => {
-            if let Some(counter) = Counter::exhausted(key.proto, reason) {
-                stats::bump(counter, 1);
-            }
-            Event { key: *key, kind: EVENT_REFUSED, detail: reason as u32, xlate: FlowKey::default() }
-        }
-    };
-    if let Some(mut slot) = EVENTS.reserve::<Event>(0) {
-        slot.write(event);
-        slot.submit(0);
-    }
-    // Whether ingress writes the source port is the last plan's choice (see `try_create`).
-    let sport_flag = PLAN.get(0).map_or(0, |p| p.orig.flags & CT_F_SPORT_AT_INGRESS);
-    created.map(|xlate| leaving_ingress(key, &xlate, sport_flag))
-}
-
-#[inline(always)]
-fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Reason> {
-    let &NewFlow { dst, snat, flags, seen, now, packets, bytes } = new;
-    // Planned in this CPU's scratch slot, not on the stack: two entries and their keys are
-    // more than the fast path's share of the 512 bytes leaves.
-    let slot = PLAN.get_ptr_mut(0).ok_or(Reason::DropFlowInsert)?;
-    // The plan is made whole once; each attempt gives it its source and flags only. (Made
-    // whole per attempt, its entries are zero-filled by a memset that 6.1's verifier walks
-    // byte by byte in every attempt, past its million instructions.)
-    // SAFETY: this CPU's slot, which nothing else uses while the program runs here.
-    unsafe {
-        *slot = plan_flow(key, dst, None, flags, now);
-        ((*slot).orig.packets, (*slot).orig.bytes) = (u64::from(packets), u64::from(bytes));
-    }
-    let plan = |src: Option<Endpoint>, extra| {
-        // SAFETY: as above.
-        let plan = unsafe { &mut *slot };
-        plan.orig.xlate = FlowKey::new(key.proto, src.unwrap_or(key.src_ep()), dst);
-        plan.reply_key = plan.orig.xlate.reversed();
-        plan.orig.flags = flags | extra | seen;
-        plan.reply.flags = flags | extra | CT_F_REPLY;
-        &*plan
-    };
-    let addr = match snat {
-        // The client's own port; if another flow has the reply tuple (two forwards to one
-        // service, used from one client port), another port, as netfilter's null binding
-        // finds one: the server then tells the two flows apart.
-        SourceNat::Keep => match insert(plan(None, 0)) {
-            Err(InsertError::TupleTaken | InsertError::EgressTaken) => key.src,
-            Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
-            Ok(xlate) => return Ok(xlate),
-        },
-        SourceNat::Public if key.proto != IPPROTO_ICMP => {
-            // A binding this packet created stays even if the flow fails: another CPU may
-            // already use it. The controller releases bindings no flow holds.
-            let port = binding(cfg, key, now)?;
-            let src = Endpoint::new(cfg.public_addr, port);
-            let planned = plan(Some(src), 0);
-            // A LAN host to its own binding: one entry (see `insert_own`). Only here: no other
-            // kind of flow can be its own reply.
-            let inserted = if planned.reply_key == planned.orig_key { insert_own(planned) } else { insert(planned) };
-            let xlate = inserted.map_err(|_| Reason::DropFlowInsert)?;
-            // The flow is in, then its binding checked again: `flows flush` releases bindings
-            // first and flows after, so a flow made meanwhile on a released port is undone
-            // here, and two LAN hosts never share a public port.
-            let internal = MappingKey::new(key.proto, key.src_ep());
-            if BINDINGS.get_ptr(&internal).is_none_or(|b| unsafe { (*b).port } != port) {
-                // SAFETY: this CPU's plan slot, as above.
-                remove_planned(unsafe { &*slot });
-                return Err(Reason::DropFlowInsert);
-            }
-            return Ok(xlate);
-        }
-        SourceNat::Public => cfg.public_addr,
-        SourceNat::Lan => cfg.lan_addr,
-    };
-    // A forward's flow that needs another port than its client's (attempt 0 found the tuple
-    // taken) leaves ingress with it, or it would leave like the flow that has the client's.
-    // A constant per kind, not a choice carried through the loop: the verifier walks every
-    // attempt, and 6.1's gives up at a million instructions. (A hairpinned flow whose packets
-    // would leave ingress like another's is refused, counted: two flows from one LAN client
-    // port to two forwards of one service.)
-    let extra = if snat == SourceNat::Keep { CT_F_SPORT_AT_INGRESS } else { 0 };
-    for attempt in 0..PORT_ALLOC_TRIES {
-        let Some(port) = candidate_port(cfg, key, attempt) else {
-            break;
-        };
-        let src = Endpoint::new(addr, PortBe::from_host(port));
-        if snat == SourceNat::Public && forwarded(key.proto, src) {
-            continue;
-        }
-        match insert(plan(Some(src), extra)) {
-            Err(InsertError::TupleTaken | InsertError::EgressTaken) => {}
-            Err(InsertError::Failed) => return Err(Reason::DropFlowInsert),
-            Ok(xlate) => return Ok(xlate),
-        }
-    }
-    Err(Reason::DropNoPort)
-}
-
-/// Whether a port-forward owns the public endpoint `ep`.
-#[inline(always)]
-fn forwarded(proto: u8, ep: Endpoint) -> bool {
-    FORWARDS.get_ptr(&MappingKey::new(proto, ep)).is_some()
-}
-
-/// The public port bound to the source of `key` (RFC 4787 REQ-1: the same for every
-/// destination), found or created.
-#[inline(always)]
-fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
-    let internal = MappingKey::new(key.proto, key.src_ep());
-    if let Some(b) = BINDINGS.get_ptr_mut(&internal) {
-        // SAFETY: pointer from a successful lookup; a torn write of a time is harmless.
-        unsafe {
-            if now.wrapping_sub((*b).last_used_ns) >= REFRESH_NS {
-                (*b).last_used_ns = now;
-            }
-            return Ok((*b).port);
-        }
-    }
-    for attempt in 0..PORT_ALLOC_TRIES {
-        let Some(port) = candidate_port(cfg, key, attempt) else {
-            break;
-        };
-        let public = Endpoint::new(cfg.public_addr, PortBe::from_host(port));
-        if forwarded(key.proto, public) {
-            continue;
-        }
-        let claim = MappingKey::new(key.proto, public);
-        match BOUND_PORTS.insert(&claim, &key.src_ep(), BPF_NOEXIST as u64) {
-            Err(EEXIST) => continue,
-            Err(_) => return Err(Reason::DropFlowInsert),
-            Ok(()) => {}
-        }
-        // Claimed, then checked again: `map add` inserts its forward, then checks the bound
-        // ports, so between the two of them one sees the other, and a port is never both.
-        if forwarded(key.proto, public) {
-            let _ = BOUND_PORTS.remove(&claim);
-            continue;
-        }
-        let b = Binding { port: public.port, _pad16: 0, _pad32: 0, last_used_ns: now };
-        return match BINDINGS.insert(&internal, &b, BPF_NOEXIST as u64) {
-            Ok(()) => Ok(public.port),
-            // Another CPU bound this endpoint meanwhile: use its port, give ours back.
-            Err(e) => {
-                let _ = BOUND_PORTS.remove(&claim);
-                // SAFETY: a plain copy out of the map value.
-                match unsafe { BINDINGS.get(&internal) } {
-                    Some(theirs) if e == EEXIST => Ok(theirs.port),
-                    _ => Err(Reason::DropFlowInsert),
-                }
-            }
-        };
-    }
-    Err(Reason::DropNoPort)
-}
-
-/// The LAN endpoint holding the public endpoint `ep` for `proto`, if a binding does.
-#[inline(always)]
-pub fn bound(proto: u8, ep: Endpoint) -> Option<Endpoint> {
-    // SAFETY: a plain copy out of the map value.
-    unsafe { BOUND_PORTS.get(&MappingKey::new(proto, ep)) }.copied()
-}
-
 /// Why a planned flow was not inserted.
-enum InsertError {
+pub enum InsertError {
     /// Its reply tuple belongs to another flow: another source port may do.
     TupleTaken,
     /// Its packets would leave ingress with another live flow's tuple: the source port
@@ -407,7 +203,7 @@ enum InsertError {
 /// tuple), original entry, egress rewrites. On failure, whatever this call inserted is removed
 /// again, and only that.
 #[inline(always)]
-fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+pub fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
     // A reply entry may already be there for this very flow: confirmed, left by its original
     // (evicted), which the flow makes again, unconfirmed; or made by a packet of it on another
     // CPU. Any other owner has the tuple.
@@ -477,7 +273,7 @@ fn insert(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
 /// come back to it from its public endpoint, and its tuple reversed is its own, so the flow is
 /// one entry that serves both directions (see `nat::is_own`), with its egress entry.
 #[inline(always)]
-fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
+pub fn insert_own(plan: &FlowPlan) -> Result<FlowKey, InsertError> {
     match CT_NEW.insert(&plan.orig_key, &plan.orig, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Made by a packet on another CPU: the same translation, or another flow's tuple.
@@ -536,7 +332,7 @@ fn insert_egress(key: &FlowKey, entry: &CtEntry) -> Result<(), InsertError> {
 
 /// Removes a flow `insert` made from `plan`: both entries and their egress entries.
 #[inline(always)]
-fn remove_planned(plan: &FlowPlan) {
+pub fn remove_planned(plan: &FlowPlan) {
     remove_egress(&plan.orig_key, &plan.orig.xlate, plan.orig.flags);
     remove_egress(&plan.reply_key, &plan.reply.xlate, plan.reply.flags);
     remove_entry(&plan.orig_key);

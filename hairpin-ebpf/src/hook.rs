@@ -12,8 +12,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    cache,
-    ct::{self, NewFlow, SourceNat},
+    cache, ct,
     ctx::{Packet, Tc, ptr_at},
     fast, frag,
     fwd::{self, Route},
@@ -21,6 +20,7 @@ use crate::{
     maps::{self, FORWARDS},
     parse::{Ip, L4, MAX_HDR_LEN, MAX_ICMP_ERROR_HDR_LEN, Parsed, eth_dst, parse_ip, parse_l4},
     rewrite::rewrite,
+    snat::{self, NewFlow, SourceNat},
     stats,
 };
 
@@ -125,7 +125,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
         return Ok(Reason::IngressNewFlow);
     }
     if p.key.dst == cfg.public_addr
-        && let Some(host) = ct::bound(p.key.proto, p.key.dst_ep())
+        && let Some(host) = snat::bound(p.key.proto, p.key.dst_ep())
     {
         // Another LAN host's binding: hairpin, with this host's own binding as the source the
         // receiver sees (RFC 4787 REQ-9). Filtering guards the WAN side only: LAN hosts can
@@ -170,7 +170,7 @@ fn open(pkt: &impl Packet, cfg: &Config, p: &Parsed, new: &NewFlow) -> Result<()
     if p.first_fragment != 0 {
         frag::remember(pkt, p, FRAG_INGRESS, new.dst.addr, new.now);
     }
-    let leaving = ct::create(cfg, &p.key, new)?;
+    let leaving = snat::create(cfg, &p.key, new)?;
     rewrite(pkt, p, &leaving, CsumDelta::ZERO)
 }
 

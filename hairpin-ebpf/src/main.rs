@@ -27,6 +27,7 @@ mod maps;
 mod parse;
 mod refused;
 mod rewrite;
+mod snat;
 mod stats;
 
 use aya_ebpf::{

@@ -109,7 +109,7 @@ pub static BOUND_PORTS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entrie
 #[map(name = "HP_DEVICES")]
 pub static DEVICES: DevMapHash = DevMapHash::with_max_entries(8, 0);
 
-/// Per CPU: the flow being created (`ct::create`), kept off the stack.
+/// Per CPU: the flow being created (`snat::create`), kept off the stack.
 #[map(name = "HP_PLAN")]
 pub static PLAN: PerCpuArray<nat::FlowPlan> = PerCpuArray::with_max_entries(1, 0);
 

@@ -44,8 +44,11 @@ pub fn devmap_xmit(ctx: &TracePointContext) {
     }
 }
 
-/// `xdp:xdp_redirect_err` (and `xdp_redirect_map_err`): one frame whose redirect into
-/// `to_ifindex` failed outright (the device takes no XDP frames).
+/// `xdp:xdp_redirect_err`: one frame whose redirect into `to_ifindex` failed outright (the
+/// device takes no XDP frames). A device map's redirect failures (the fast path redirects
+/// through `HP_DEVICES`) come here too: the kernel traces them with this event
+/// (`_trace_xdp_redirect_map_err` in include/trace/events/xdp.h); `xdp_redirect_map_err` was
+/// kept for old programs but never fired, and is gone from recent kernels (6.18 has none).
 #[inline(always)]
 pub fn redirect_err(ctx: &TracePointContext) {
     // SAFETY: as above.

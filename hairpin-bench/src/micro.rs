@@ -15,7 +15,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, ForwardEntry, Ipv4Be, MappingKey, PortBe,
+    CFG_F_FAST_PATH, CFG_F_HAIRPIN, Config, Endpoint, ForwardEntry, Ipv4Be, PortBe, ProtoEndpoint,
     consts::{DEFAULT_MAX_FLOWS, IPPROTO_UDP, map_names, prog_names},
 };
 use hairpin_lab::routed::RoutedGateway;
@@ -119,8 +119,12 @@ fn measure(lan: u32, wan: u32) -> anyhow::Result<Vec<Row>> {
         devices.insert(wan, wan, None, 0)?;
         let public = Endpoint::new(Ipv4Be::from_octets([203, 0, 113, 1]), PortBe::from_host(9));
         let server = Endpoint::new(Ipv4Be::from_octets([192, 168, 0, 2]), PortBe::from_host(9));
-        HashMap::<_, MappingKey, ForwardEntry>::try_from(ebpf.map_mut(map_names::FORWARDS).context("forwards")?)?
-            .insert(&MappingKey::new(IPPROTO_UDP, public), &ForwardEntry { target: server, ..Default::default() }, 0)?;
+        HashMap::<_, ProtoEndpoint, ForwardEntry>::try_from(ebpf.map_mut(map_names::FORWARDS).context("forwards")?)?
+            .insert(
+                &ProtoEndpoint::new(IPPROTO_UDP, public),
+                &ForwardEntry { target: server, ..Default::default() },
+                0,
+            )?;
         Ok(ebpf)
     };
 

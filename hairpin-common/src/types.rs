@@ -91,14 +91,14 @@ impl FlowKey {
 /// whose traffic has bound a public port, or such a bound public port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct MappingKey {
+pub struct ProtoEndpoint {
     pub addr: Ipv4Be,
     pub port: PortBe,
     pub proto: u8,
     pub _pad: u8,
 }
 
-impl MappingKey {
+impl ProtoEndpoint {
     pub const fn new(proto: u8, public: Endpoint) -> Self {
         Self { addr: public.addr, port: public.port, proto, _pad: 0 }
     }
@@ -131,8 +131,8 @@ pub const FWD_ORIGIN_RUNTIME: u32 = 1;
 pub const FWD_ORIGIN_MASK: u32 = 0xff;
 
 /// A LAN host's endpoint-independent binding (RFC 4787 REQ-1, RFC 5382 REQ-1): the public port
-/// its (protocol, address, port) has for every destination. Keyed by that [`MappingKey`]; the
-/// bound port's own entry (public [`MappingKey`] -> LAN [`Endpoint`]) claims it.
+/// its (protocol, address, port) has for every destination. Keyed by that [`ProtoEndpoint`]; the
+/// bound port's own entry (public [`ProtoEndpoint`] -> LAN [`Endpoint`]) claims it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Binding {
@@ -587,7 +587,7 @@ const _: () = assert!(size_of::<Ipv4Be>() == 4 && align_of::<Ipv4Be>() == 4);
 const _: () = assert!(size_of::<PortBe>() == 2 && align_of::<PortBe>() == 2);
 const _: () = assert!(size_of::<Endpoint>() == 8 && align_of::<Endpoint>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 4);
-const _: () = assert!(size_of::<MappingKey>() == 8 && align_of::<MappingKey>() == 4);
+const _: () = assert!(size_of::<ProtoEndpoint>() == 8 && align_of::<ProtoEndpoint>() == 4);
 const _: () = assert!(size_of::<CtEntry>() == 80 && align_of::<CtEntry>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 20 && align_of::<NextHop>() == 4);
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 4);
@@ -599,7 +599,7 @@ const _: () = assert!(size_of::<Timeouts>() == 16 && align_of::<Timeouts>() == 4
 const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(FlowKey, dst) == 4 && offset_of!(FlowKey, sport) == 8 && offset_of!(FlowKey, proto) == 12);
-    assert!(offset_of!(MappingKey, port) == 4 && offset_of!(MappingKey, proto) == 6);
+    assert!(offset_of!(ProtoEndpoint, port) == 4 && offset_of!(ProtoEndpoint, proto) == 6);
     assert!(offset_of!(CtEntry, created_ns) == 16 && offset_of!(CtEntry, last_seen_ns) == 24);
     assert!(offset_of!(CtEntry, flags) == 32 && offset_of!(Config, port_min) == 8 && offset_of!(Config, flags) == 12);
     assert!(offset_of!(CtEntry, ack) == 36 && offset_of!(CtEntry, hop) == 40 && offset_of!(NextHop, ifindex) == 12);
@@ -614,7 +614,7 @@ mod user {
     // SAFETY: all of these are #[repr(C)] Pod types with explicit padding and no pointers.
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for MappingKey {}
+    unsafe impl aya::Pod for ProtoEndpoint {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for EgressEntry {}

@@ -71,7 +71,7 @@ impl Flow {
 
     /// Whether the forward `key` made it: its original direction was addressed to the forward's
     /// public end (what a forward's flows are, for `map del`, `map list` and `apply`).
-    pub fn made_by(&self, key: &hairpin_common::MappingKey) -> bool {
+    pub fn made_by(&self, key: &hairpin_common::ProtoEndpoint) -> bool {
         self.orig_key.proto == key.proto && self.orig_key.dst_ep() == hairpin_common::Endpoint::new(key.addr, key.port)
     }
 

@@ -4,7 +4,7 @@
 //! `icmp`, `ct`, `rewrite`), which never call back up here.
 
 use hairpin_common::{
-    CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FRAG_EGRESS, FRAG_INGRESS, FlowKey, MappingKey, PortBe,
+    CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ, Config, Endpoint, FRAG_EGRESS, FRAG_INGRESS, FlowKey, PortBe, ProtoEndpoint,
     Reason, Side,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     csum::CsumDelta,
@@ -118,7 +118,7 @@ fn try_ingress<P: Packet>(pkt: &P, side: Side) -> Result<Reason, Reason> {
     }
     // A flow this packet opens: its state bits, time and size are the packet's.
     let new_flow = |dst, snat, flags| NewFlow { dst, snat, flags, seen, now, packets: pkt.segs(), bytes: p.tot_len };
-    if let Some(private) = unsafe { FORWARDS.get(&MappingKey::new(p.key.proto, p.key.dst_ep())) }.map(|f| f.target) {
+    if let Some(private) = unsafe { FORWARDS.get(&ProtoEndpoint::new(p.key.proto, p.key.dst_ep())) }.map(|f| f.target) {
         let (snat, flags) =
             if side == Side::Lan && cfg.hairpin() { (SourceNat::Lan, CT_F_HAIRPIN) } else { (SourceNat::Keep, 0) };
         open(pkt, cfg, &p, &new_flow(private, snat, flags))?;

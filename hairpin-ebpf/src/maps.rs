@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use hairpin_common::{
     Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, ForwardEntry, FragEntry, FragKey, HeldFragment,
-    HeldKey, MappingKey,
+    HeldKey, ProtoEndpoint,
     consts::{
         BINDINGS_CAPACITY, CT_CAPACITY, CT_NEW_CAPACITY, EGRESS_CAPACITY, EVENTS_BYTES, FRAGS_CAPACITY, HELD_CAPACITY,
         MAX_FORWARDS, STATS_LEN,
@@ -38,7 +38,7 @@ pub fn config() -> Option<&'static Config> {
 #[map(name = "HP_FORWARDS")]
 /// Room for twice the forwards a gateway may have: moving them to a new public address puts
 /// the new entries in before the old ones go.
-pub static FORWARDS: HashMap<MappingKey, ForwardEntry> = HashMap::with_max_entries(2 * MAX_FORWARDS, 0);
+pub static FORWARDS: HashMap<ProtoEndpoint, ForwardEntry> = HashMap::with_max_entries(2 * MAX_FORWARDS, 0);
 
 /// Conntrack of confirmed flows (the kernel has forwarded them both ways), keyed by the tuple
 /// as seen at ingress; two entries per flow. The only flows the fast path serves.
@@ -98,12 +98,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// Endpoint-independent bindings: a LAN host's (proto, address, port) -> its public port. Not
 /// LRU: a binding must not vanish under a live flow; the controller removes unused ones.
 #[map(name = "HP_BINDINGS")]
-pub static BINDINGS: HashMap<MappingKey, Binding> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
+pub static BINDINGS: HashMap<ProtoEndpoint, Binding> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
 
 /// The other side of each binding: (proto, public address, port) -> the LAN endpoint holding
 /// it. Inserting here with BPF_NOEXIST is what claims a public port.
 #[map(name = "HP_BOUND_PORTS")]
-pub static BOUND_PORTS: HashMap<MappingKey, Endpoint> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
+pub static BOUND_PORTS: HashMap<ProtoEndpoint, Endpoint> = HashMap::with_max_entries(BINDINGS_CAPACITY, 0);
 
 /// The interfaces the fast path may redirect to (LAN and WAN), keyed by ifindex.
 #[map(name = "HP_DEVICES")]

@@ -6,7 +6,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use hairpin_common::{
     Binding, CT_F_REPLY, CT_F_SPORT_AT_INGRESS, Config, Counter, EVENT_NEW_FLOW, EVENT_REFUSED, Endpoint, Event,
-    FlowKey, MappingKey, PortBe, Reason,
+    FlowKey, PortBe, ProtoEndpoint, Reason,
     consts::{IPPROTO_ICMP, PORT_ALLOC_TRIES},
     nat::{candidate_port, leaving_ingress, plan_flow},
 };
@@ -124,7 +124,7 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
             // The flow is in, then its binding checked again: `flows flush` releases bindings
             // first and flows after, so a flow made meanwhile on a released port is undone
             // here, and two LAN hosts never share a public port.
-            let internal = MappingKey::new(key.proto, key.src_ep());
+            let internal = ProtoEndpoint::new(key.proto, key.src_ep());
             if BINDINGS.get_ptr(&internal).is_none_or(|b| unsafe { (*b).port } != port) {
                 // SAFETY: this CPU's plan slot, as above.
                 remove_planned(unsafe { &*slot });
@@ -162,14 +162,14 @@ fn try_create(cfg: &Config, key: &FlowKey, new: &NewFlow) -> Result<FlowKey, Rea
 /// Whether a port-forward owns the public endpoint `ep`.
 #[inline(always)]
 fn forwarded(proto: u8, ep: Endpoint) -> bool {
-    FORWARDS.get_ptr(&MappingKey::new(proto, ep)).is_some()
+    FORWARDS.get_ptr(&ProtoEndpoint::new(proto, ep)).is_some()
 }
 
 /// The public port bound to the source of `key` (RFC 4787 REQ-1: the same for every
 /// destination), found or created.
 #[inline(always)]
 fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
-    let internal = MappingKey::new(key.proto, key.src_ep());
+    let internal = ProtoEndpoint::new(key.proto, key.src_ep());
     if let Some(b) = BINDINGS.get_ptr_mut(&internal) {
         // SAFETY: pointer from a successful lookup; a torn write of a time is harmless.
         unsafe {
@@ -187,7 +187,7 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
         if forwarded(key.proto, public) {
             continue;
         }
-        let claim = MappingKey::new(key.proto, public);
+        let claim = ProtoEndpoint::new(key.proto, public);
         match BOUND_PORTS.insert(&claim, &key.src_ep(), BPF_NOEXIST as u64) {
             Err(EEXIST) => continue,
             Err(_) => return Err(Reason::DropFlowInsert),
@@ -220,5 +220,5 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
 #[inline(always)]
 pub fn bound(proto: u8, ep: Endpoint) -> Option<Endpoint> {
     // SAFETY: a plain copy out of the map value.
-    unsafe { BOUND_PORTS.get(&MappingKey::new(proto, ep)) }.copied()
+    unsafe { BOUND_PORTS.get(&ProtoEndpoint::new(proto, ep)) }.copied()
 }

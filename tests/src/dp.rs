@@ -9,7 +9,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use hairpin_common::{
-    Config, CtEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, PortBe, Reason,
+    Config, CtEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, PortBe, ProtoEndpoint, Reason,
     consts::{Hook, IPPROTO_TCP, IPPROTO_UDP, map_names},
 };
 
@@ -213,10 +213,10 @@ impl Dataplane {
     }
 
     pub fn add_mapping(&mut self, l4: L4, public: &str, private: &str) {
-        let mut m: HashMap<_, MappingKey, ForwardEntry> =
+        let mut m: HashMap<_, ProtoEndpoint, ForwardEntry> =
             HashMap::try_from(self.ebpf_mut().map_mut(map_names::FORWARDS).unwrap()).unwrap();
         let entry = ForwardEntry { target: ep(private), ..ForwardEntry::default() };
-        m.insert(&MappingKey::new(proto(l4), ep(public)), &entry, 0).unwrap();
+        m.insert(&ProtoEndpoint::new(proto(l4), ep(public)), &entry, 0).unwrap();
     }
 
     /// Every conntrack entry, confirmed or not.

@@ -90,7 +90,7 @@ fn bad_mappings_are_refused_and_change_nothing() {
         (&["map", "add", "tcp", "203.0.113.1:81", "192.168.0.256:80"], "not an IPv4 ADDR:PORT"),
         (&["map", "add", "tcp", "198.51.100.1:81", "192.168.0.2:80"], "not this gateway's public address"),
         (&["map", "add", "tcp", "203.0.113.1:81", "192.168.0.1:80"], "gateway's own LAN address"),
-        (&["map", "del", "udp", "203.0.113.1:80"], "no mapping udp 203.0.113.1:80"),
+        (&["map", "del", "udp", "203.0.113.1:80"], "no forward udp 203.0.113.1:80"),
         (&["up", "--lan", "lan0", "--wan", "wan0"], "already up"),
     ] {
         let out = lab.ctl_output(args).unwrap();

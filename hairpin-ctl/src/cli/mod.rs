@@ -72,8 +72,8 @@ pub enum Command {
     /// Print the live configuration in the format `apply` reads (TOML), or as JSON: `show >
     /// FILE; apply -f FILE` changes nothing.
     Show(JsonArg),
-    /// Add, delete or list port-forward mappings.
-    #[command(subcommand)]
+    /// Add, delete or list forwards one at a time (also `forward`).
+    #[command(subcommand, visible_alias = "forward")]
     Map(map::MapCommand),
     /// Show the packet counters, the flow cache, refused flows, and how full the tables are.
     ///

@@ -1,7 +1,7 @@
 //! `hairpin-ctl map add|del|list`: forwards added, deleted and listed one at a time.
 
 use anyhow::bail;
-use hairpin_common::{CtEntry, MappingKey};
+use hairpin_common::{CtEntry, ProtoEndpoint};
 use serde::Serialize;
 
 use crate::{
@@ -25,7 +25,7 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
                 Ok(()) => say!("added {} {} -> {}", proto.name(), public.0, private.0),
                 Err(AddError::AlreadyExists(had)) => {
                     bail!(
-                        "mapping {} {} already exists (-> {}, {}): delete it first",
+                        "forward {} {} already exists (-> {}, {}): delete it first",
                         proto.name(),
                         public.0,
                         had.to,
@@ -36,9 +36,9 @@ pub fn run(pins: &PinDir, cmd: MapCommand) -> anyhow::Result<()> {
             }
         }
         MapCommand::Del { proto, public } => {
-            let key = MappingKey::new(proto.number(), forwards::endpoint(public.0));
+            let key = ProtoEndpoint::new(proto.number(), forwards::endpoint(public.0));
             if maps.forward(&key).is_none() {
-                bail!("no mapping {} {}", proto.name(), public.0);
+                bail!("no forward {} {}", proto.name(), public.0);
             }
             let gone = forwards::remove(&mut maps, &key)?;
             events::flushed(pins, gone.iter().map(|f| (&f.orig_key, &f.orig)));
@@ -75,7 +75,7 @@ fn list(maps: &Maps, a: &JsonArg) -> anyhow::Result<()> {
         return output::json(&rows);
     }
     if rows.is_empty() {
-        say!("no mappings");
+        say!("no forwards");
         return Ok(());
     }
     let mut table = output::table(["proto", "public", "", "private", "origin", "flows", "packets", "bytes"]);

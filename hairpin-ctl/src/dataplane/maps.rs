@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
 };
 use hairpin_common::{
-    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, MappingKey, Reason,
+    Binding, Config, Counter, CtEntry, EgressEntry, Endpoint, FlowKey, ForwardEntry, Ipv4Be, ProtoEndpoint, Reason,
     consts::{Hook, map_names},
     flow_cache,
 };
@@ -25,7 +25,7 @@ pub struct Maps {
     /// Two slots of settings, and which is live (see [`Maps::write_config`]).
     config: Array<MapData, Config>,
     config_sel: Array<MapData, u32>,
-    forwards: HashMap<MapData, MappingKey, ForwardEntry>,
+    forwards: HashMap<MapData, ProtoEndpoint, ForwardEntry>,
     /// Conntrack: confirmed flows, and flows the kernel has not forwarded both ways yet.
     ct: HashMap<MapData, FlowKey, CtEntry>,
     ct_new: HashMap<MapData, FlowKey, CtEntry>,
@@ -34,8 +34,8 @@ pub struct Maps {
     egress_new: HashMap<MapData, FlowKey, EgressEntry>,
     stats: PerCpuArray<MapData, u64>,
     /// LAN endpoint -> its public port, and public port -> LAN endpoint.
-    bindings: HashMap<MapData, MappingKey, Binding>,
-    bound_ports: HashMap<MapData, MappingKey, Endpoint>,
+    bindings: HashMap<MapData, ProtoEndpoint, Binding>,
+    bound_ports: HashMap<MapData, ProtoEndpoint, Endpoint>,
     /// The side counters (`Counter`), per CPU.
     counters: PerCpuArray<MapData, u64>,
     /// The flow table's generation (see [`flows_removed`]).
@@ -179,17 +179,17 @@ impl Maps {
     // --- Forwards (written by `gateway::forwards` only) ---
 
     /// Every forward: its key and its entry.
-    pub fn forwards(&self) -> anyhow::Result<Vec<(MappingKey, ForwardEntry)>> {
+    pub fn forwards(&self) -> anyhow::Result<Vec<(ProtoEndpoint, ForwardEntry)>> {
         self.forwards.iter().collect::<Result<_, _>>().context("reading the forwards")
     }
 
-    pub fn forward(&self, key: &MappingKey) -> Option<ForwardEntry> {
+    pub fn forward(&self, key: &ProtoEndpoint) -> Option<ForwardEntry> {
         self.forwards.get(key, 0).ok()
     }
 
     /// Inserts or replaces a forward; with `only_new`, the duplicate check and the insert are
     /// one atomic step.
-    pub fn insert_forward(&mut self, key: &MappingKey, e: &ForwardEntry, only_new: bool) -> Result<(), InsertError> {
+    pub fn insert_forward(&mut self, key: &ProtoEndpoint, e: &ForwardEntry, only_new: bool) -> Result<(), InsertError> {
         const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
         match self.forwards.insert(key, e, if only_new { BPF_NOEXIST } else { 0 }) {
             Ok(()) => Ok(()),
@@ -200,23 +200,23 @@ impl Maps {
         }
     }
 
-    pub fn remove_forward(&mut self, key: &MappingKey) {
+    pub fn remove_forward(&mut self, key: &ProtoEndpoint) {
         let _ = self.forwards.remove(key);
     }
 
     // --- Bindings ---
 
     /// Every LAN endpoint's binding (its public port).
-    pub fn bindings(&self) -> anyhow::Result<Vec<(MappingKey, Binding)>> {
+    pub fn bindings(&self) -> anyhow::Result<Vec<(ProtoEndpoint, Binding)>> {
         self.bindings.iter().collect::<Result<_, _>>().context("reading the bindings")
     }
 
-    pub fn binding(&self, internal: &MappingKey) -> Option<Binding> {
+    pub fn binding(&self, internal: &ProtoEndpoint) -> Option<Binding> {
         self.bindings.get(internal, 0).ok()
     }
 
     /// The LAN endpoint whose binding claims the public port of `key`, if one does.
-    pub fn port_holder(&self, key: &MappingKey) -> Option<Endpoint> {
+    pub fn port_holder(&self, key: &ProtoEndpoint) -> Option<Endpoint> {
         self.bound_ports.get(key, 0).ok()
     }
 
@@ -226,13 +226,13 @@ impl Maps {
     /// another LAN host's flow on the released port must not meet.
     pub fn unbind(
         &mut self,
-        bindings: impl IntoIterator<Item = (MappingKey, Binding)>,
+        bindings: impl IntoIterator<Item = (ProtoEndpoint, Binding)>,
         public: Ipv4Be,
     ) -> anyhow::Result<()> {
         let mut released = false;
         for (internal, b) in bindings {
             let _ = self.bindings.remove(&internal);
-            let _ = self.bound_ports.remove(&MappingKey::new(internal.proto, Endpoint::new(public, b.port)));
+            let _ = self.bound_ports.remove(&ProtoEndpoint::new(internal.proto, Endpoint::new(public, b.port)));
             released = true;
         }
         if released {
@@ -244,9 +244,9 @@ impl Maps {
     /// Releases the ports bound on the address `public` (a public address no longer in use),
     /// and the bindings that hold them; those on other addresses stay.
     pub fn unbind_address(&mut self, public: Ipv4Be) -> anyhow::Result<()> {
-        let bound: Vec<(MappingKey, Endpoint)> = self.bound_ports.iter().collect::<Result<_, _>>()?;
+        let bound: Vec<(ProtoEndpoint, Endpoint)> = self.bound_ports.iter().collect::<Result<_, _>>()?;
         for (claim, internal) in bound.into_iter().filter(|(k, _)| k.addr == public) {
-            let internal = MappingKey::new(claim.proto, internal);
+            let internal = ProtoEndpoint::new(claim.proto, internal);
             if self.binding(&internal).is_some_and(|b| b.port == claim.port) {
                 let _ = self.bindings.remove(&internal);
             }

@@ -14,7 +14,7 @@ use aya::{
 };
 use clap::ValueEnum as _;
 use hairpin_common::{
-    Config, ForwardEntry, MappingKey,
+    Config, ForwardEntry, ProtoEndpoint,
     consts::{Hook, map_names, prog_names},
     placement::{Ingress, Placement},
 };
@@ -161,7 +161,7 @@ fn prepare<'a>(pins: &PinDir, spec: &'a Spec, source: &Source) -> anyhow::Result
 /// before anything is attached: the first packet meets all of them.
 fn fill(ebpf: &mut Ebpf, cfg: &Config, spec: &Spec, ifindexes: [u32; 2]) -> anyhow::Result<()> {
     write_config(ebpf, cfg)?;
-    let mut table: HashMap<_, MappingKey, ForwardEntry> =
+    let mut table: HashMap<_, ProtoEndpoint, ForwardEntry> =
         HashMap::try_from(ebpf.map_mut(map_names::FORWARDS).context("forward table missing")?)?;
     for f in &spec.forwards {
         let f = super::forwards::Forward::declared(f, crate::output::ip(cfg.public_addr));

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, bail};
 use hairpin_common::{
-    Config, Endpoint, FWD_ORIGIN_FILE, FWD_ORIGIN_MASK, FWD_ORIGIN_RUNTIME, ForwardEntry, Ipv4Be, MappingKey, PortBe,
+    Config, Endpoint, FWD_ORIGIN_FILE, FWD_ORIGIN_MASK, FWD_ORIGIN_RUNTIME, ForwardEntry, Ipv4Be, PortBe, ProtoEndpoint,
 };
 
 use crate::{
@@ -69,8 +69,8 @@ impl Forward {
         spec::Forward { proto: self.proto, port: self.public.port(), to: self.to }
     }
 
-    pub fn key(&self) -> MappingKey {
-        MappingKey::new(self.proto.number(), endpoint(self.public))
+    pub fn key(&self) -> ProtoEndpoint {
+        ProtoEndpoint::new(self.proto.number(), endpoint(self.public))
     }
 
     pub fn entry(&self) -> ForwardEntry {
@@ -89,7 +89,7 @@ impl Forward {
     }
 
     /// The forward a table entry is, if its protocol is one a forward carries.
-    fn from_entry(k: &MappingKey, e: &ForwardEntry) -> Option<Self> {
+    fn from_entry(k: &ProtoEndpoint, e: &ForwardEntry) -> Option<Self> {
         Some(Self {
             proto: Proto::from_number(k.proto)?,
             public: output::endpoint(Endpoint::new(k.addr, k.port)),
@@ -112,7 +112,7 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<Forward>> {
 }
 
 /// The forward on `key`, if there is one.
-pub fn get(maps: &Maps, key: &MappingKey) -> Option<Forward> {
+pub fn get(maps: &Maps, key: &ProtoEndpoint) -> Option<Forward> {
     maps.forward(key).and_then(|e| Forward::from_entry(key, &e))
 }
 
@@ -133,7 +133,7 @@ pub fn check(cfg: &Config, public: SocketAddrV4, to: SocketAddrV4) -> anyhow::Re
 }
 
 /// The LAN endpoint whose masquerade binding holds the public port of `key`, if one does.
-pub fn holder(maps: &Maps, key: &MappingKey) -> Option<Endpoint> {
+pub fn holder(maps: &Maps, key: &ProtoEndpoint) -> Option<Endpoint> {
     maps.port_holder(key)
 }
 
@@ -143,7 +143,7 @@ pub enum AddError {
     /// The public endpoint is forwarded already, so.
     AlreadyExists(Forward),
     /// A LAN host's binding (this LAN endpoint's) holds the public port of the key.
-    Held(MappingKey, Endpoint),
+    Held(ProtoEndpoint, Endpoint),
     Map(anyhow::Error),
 }
 
@@ -198,12 +198,12 @@ pub fn replace(maps: &mut Maps, f: &Forward) -> anyhow::Result<()> {
 
 /// Removes a forward's entry only (its flows are removed by the caller, once, for all it
 /// removes: see [`remove`]).
-pub fn delete(maps: &mut Maps, key: &MappingKey) {
+pub fn delete(maps: &mut Maps, key: &ProtoEndpoint) {
     maps.remove_forward(key);
 }
 
 /// Removes a forward and the flows it made: they stop at once. Returns those flows.
-pub fn remove(maps: &mut Maps, key: &MappingKey) -> anyhow::Result<Vec<Flow>> {
+pub fn remove(maps: &mut Maps, key: &ProtoEndpoint) -> anyhow::Result<Vec<Flow>> {
     if maps.forward(key).is_none() {
         bail!("no forward {} {}", output::proto_name(key.proto), output::endpoint(Endpoint::new(key.addr, key.port)));
     }

@@ -5,7 +5,7 @@ use std::fs;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap},
+    maps::{Array, DevMapHash},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::FdLink,
@@ -14,7 +14,7 @@ use aya::{
 };
 use clap::ValueEnum as _;
 use hairpin_common::{
-    Config, ForwardEntry, ProtoEndpoint,
+    Config,
     consts::{Hook, map_names, prog_names},
     placement::{Ingress, Placement},
 };
@@ -161,12 +161,8 @@ fn prepare<'a>(pins: &PinDir, spec: &'a Spec, source: &Source) -> anyhow::Result
 /// before anything is attached: the first packet meets all of them.
 fn fill(ebpf: &mut Ebpf, cfg: &Config, spec: &Spec, ifindexes: [u32; 2]) -> anyhow::Result<()> {
     write_config(ebpf, cfg)?;
-    let mut table: HashMap<_, ProtoEndpoint, ForwardEntry> =
-        HashMap::try_from(ebpf.map_mut(map_names::FORWARDS).context("forward table missing")?)?;
-    for f in &spec.forwards {
-        let f = super::forwards::Forward::declared(f, crate::output::ip(cfg.public_addr));
-        table.insert(&f.key(), &f.entry(), 0).with_context(|| format!("adding forward {}", f.spec()))?;
-    }
+    let public = crate::output::ip(cfg.public_addr);
+    super::forwards::fill(ebpf.map_mut(map_names::FORWARDS).context("forward table missing")?, &spec.forwards, public)?;
     // XDP redirects go only to these two, and the dataplane sends into neither unless its
     // placement says the device takes XDP frames.
     let mut devices = DevMapHash::try_from(ebpf.map_mut(map_names::DEVICES).context("device map missing")?)?;

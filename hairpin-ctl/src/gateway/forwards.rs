@@ -166,6 +166,16 @@ impl std::fmt::Display for AddError {
 
 impl std::error::Error for AddError {}
 
+/// Fills the forward table of a freshly loaded object, before anything is attached, with a
+/// file's forwards on the public address `public`.
+pub fn fill(table: &mut aya::maps::Map, declared: &[spec::Forward], public: Ipv4Addr) -> anyhow::Result<()> {
+    let mut table: aya::maps::HashMap<_, ProtoEndpoint, ForwardEntry> = aya::maps::HashMap::try_from(table)?;
+    for f in declared.iter().map(|f| Forward::declared(f, public)) {
+        table.insert(&f.key(), &f.entry(), 0).with_context(|| format!("adding forward {}", f.spec()))?;
+    }
+    Ok(())
+}
+
 /// Inserts a new forward. Its public port is checked against the bindings before and again
 /// after the insert: the dataplane claims a bound port and then checks the forwards, so
 /// between the two one always sees the other (a binding made meanwhile keeps the port, and

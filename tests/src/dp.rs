@@ -229,6 +229,13 @@ impl Dataplane {
         all
     }
 
+    /// The LAN endpoints' bindings.
+    pub fn bindings(&self) -> Vec<(ProtoEndpoint, hairpin_common::Binding)> {
+        let m: HashMap<_, ProtoEndpoint, hairpin_common::Binding> =
+            HashMap::try_from(self.ebpf().map(map_names::BINDINGS).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
     /// The entries of unconfirmed flows.
     pub fn unconfirmed(&self) -> Vec<(FlowKey, CtEntry)> {
         let m: HashMap<_, FlowKey, CtEntry> =

@@ -221,6 +221,48 @@ fn icmp_header(ty: &Icmpv4Type, payload: &[u8]) -> Vec<u8> {
     h
 }
 
+/// The TCP, UDP or ICMP echo packet a frame carries, as a [`Pkt`] (payload, TCP flags and
+/// numbers, MACs kept), if it carries one.
+pub fn parse(frame: &[u8]) -> Option<Pkt> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { return None };
+    let h = ip.header();
+    let (src, dst) = (h.source_addr(), h.destination_addr());
+    let mut pkt = match p.transport? {
+        TransportSlice::Tcp(t) => {
+            let mut pkt =
+                Pkt::new(L4::Tcp, &format!("{src}:{}", t.source_port()), &format!("{dst}:{}", t.destination_port()));
+            pkt.tcp_flags = (u8::from(t.fin()) * TCP_FIN)
+                | (u8::from(t.syn()) * TCP_SYN)
+                | (u8::from(t.rst()) * TCP_RST)
+                | (u8::from(t.ack()) * TCP_ACK);
+            pkt.tcp_nums = (t.sequence_number(), t.acknowledgment_number());
+            pkt.payload = t.payload().to_vec();
+            pkt
+        }
+        TransportSlice::Udp(u) => {
+            let mut pkt =
+                Pkt::new(L4::Udp, &format!("{src}:{}", u.source_port()), &format!("{dst}:{}", u.destination_port()));
+            pkt.no_udp_csum = u.checksum() == 0;
+            pkt.payload = u.payload().to_vec();
+            pkt
+        }
+        TransportSlice::Icmpv4(i) if matches!(i.type_u8(), 0 | 8) => {
+            let b = i.bytes5to8();
+            let id = u16::from_be_bytes([b[0], b[1]]);
+            let reply = i.type_u8() == 0;
+            let (s, d) = if reply { (0, id) } else { (id, 0) };
+            let mut pkt = Pkt::new(L4::Echo { reply }, &format!("{src}:{s}"), &format!("{dst}:{d}"));
+            pkt.payload = i.payload().to_vec();
+            pkt
+        }
+        _ => return None,
+    };
+    pkt.ttl = h.ttl();
+    pkt.macs = (frame[0..6].try_into().ok()?, frame[6..12].try_into().ok()?);
+    Some(pkt)
+}
+
 /// An Ethernet header carrying `ether_type`.
 pub fn eth(ether_type: u16) -> Vec<u8> {
     let mut v = MAC_B.to_vec();

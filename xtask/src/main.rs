@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod lab;
 mod layers;
 mod setup;
@@ -50,6 +51,16 @@ enum Task {
         #[arg(long, value_name = "COMMAND")]
         run: Option<String>,
     },
+    /// The differential test run long (root): generated frame sequences through the real
+    /// programs and the reference model, in XDP and TC ingress, every step compared.
+    Fuzz {
+        /// Generated actions in all (half per ingress mode).
+        #[arg(long, default_value_t = 1_000_000)]
+        steps: u64,
+        /// The generator's seed [default: the fixed seed of `cargo xtask test`].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Benchmarks (root), printed as markdown. Without arguments: packets per second through
     /// the gateway for every path side by side, ns per packet and bulk TCP Gbit/s (report and
     /// chart in bench/results.md and .png), then the flow sweep over 1,000,000 entries. Or one
@@ -70,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Task::Layers => layers::run(),
         Task::Test { args } => test::run(&args),
         Task::Bench { args } => bench::run(&args),
+        Task::Fuzz { steps, seed } => fuzz::run(steps, seed),
         Task::Vmtest { kernels, run } => vmtest::run(&kernels, run.as_deref()),
     };
     match result {

@@ -283,7 +283,31 @@ fn a_host_hears_itself_through_its_own_binding(mode: Mode) {
         .run(mode);
 }
 
+/// A forward's target sending to its own forward from the forwarded port: both directions of
+/// the hairpinned flow would leave ingress as one tuple, which egress cannot tell apart, so it
+/// is refused and counted (a limitation the differential test found; from another port it is
+/// hairpinned).
+fn a_server_to_its_own_forward_from_its_port_is_refused(mode: Mode) {
+    let own_port = Pkt::udp("192.168.0.2:53", "203.0.113.1:5353");
+    let other_port = Pkt::udp("192.168.0.2:40000", "203.0.113.1:5353");
+    Case::new("server to its own forward", Env::Gateway)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(vec![
+            step("from the forwarded port: refused", Hook::LanIngress, &own_port, Reason::DropNoPort, None),
+            step(
+                "from another port: hairpinned",
+                Hook::LanIngress,
+                &other_port,
+                Reason::IngressNewFlow,
+                Some(&other_port.with("192.168.0.2:40000", "192.168.0.2:53")),
+            ),
+        ])
+        .leaves_flows(2)
+        .run(mode);
+}
+
 in_both_modes! {
+    a_server_to_its_own_forward_from_its_port_is_refused,
     a_host_hears_itself_through_its_own_binding,
     hairpin_tcp_rewrites_source_and_restores_both_ends,
     hairpin_and_wan_udp,

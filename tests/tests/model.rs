@@ -270,6 +270,41 @@ impl Choices for Read<'_> {
     }
 }
 
+// The steps of the current sequence as packet-test rows (`tests/packet/`), printed with a
+// disagreement so that it can be pasted as a case.
+thread_local! {
+    static CASE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One step as a packet-test row: `step(what, hook, &input, reason, output)`.
+fn as_step(at: At, f: &[u8], reason: Reason, out: Option<&[u8]>) -> String {
+    let pkt = |b: &[u8]| match frame::parse(b) {
+        Some(p) => format!("&{}", rust(&p)),
+        None => "/* not a TCP, UDP or echo frame */".to_string(),
+    };
+    let output = match out {
+        Some(o) if o != f => format!("Some({})", pkt(o)),
+        _ => "None".into(),
+    };
+    format!("step(\"{at:?}\", Hook::{:?}, {}, Reason::{reason:?}, {output}),", hook(at), pkt(f))
+}
+
+/// A [`Pkt`] as the builder call that makes it.
+fn rust(p: &Pkt) -> String {
+    let (s, d) = (p.src.to_string(), p.dst.to_string());
+    match p.l4 {
+        L4::Tcp => format!("Pkt::tcp(\"{s}\", \"{d}\").flags({:#x})", p.tcp_flags),
+        L4::Udp => format!("Pkt::udp(\"{s}\", \"{d}\")"),
+        L4::Echo { reply: false } => format!("Pkt::ping(\"{s}\", \"{d}\")"),
+        L4::Echo { reply: true } => format!("Pkt::pong(\"{s}\", \"{d}\")"),
+        L4::IcmpError(..) => "/* an ICMP error */".into(),
+    }
+}
+
+thread_local! {
+    static ACTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 // How often each reason was the model's (and the dataplane's) word, over the run; per test
 // (each runs its cases on a thread of its own).
 thread_local! {
@@ -294,6 +329,8 @@ fn step(
     let expect = m
         .step(gw, at, f, &Read(dp))
         .map_err(|v| format!("{at:?}: the dataplane counted {moved:?}, and its choice broke a rule: {}", v.0))?;
+    // The model's word, as the row a packet case would assert.
+    CASE.with(|c| c.borrow_mut().push(as_step(at, f, expect.reason, expect.output.as_deref())));
     if moved != [expect.reason] {
         return Err(format!("{at:?}: counted {moved:?}, the model says {:?}", expect.reason));
     }
@@ -386,6 +423,7 @@ fn sequence(mode: Mode, actions: &[Action], lan: u32, wan: u32) -> Result<(), St
         dp.add_mapping(l4, &sa(PUBLIC, port), &sa(addr, to));
     }
     let (mut m, mut h, mut log) = (Model::default(), History::default(), Vec::new());
+    CASE.with(|c| c.borrow_mut().clear());
     for (i, a) in actions.iter().enumerate() {
         let Some((at, f, what)) = make(a, &h, &m) else { continue };
         log.push(format!("{i}: {at:?} {what}"));
@@ -402,7 +440,11 @@ fn sequence(mode: Mode, actions: &[Action], lan: u32, wan: u32) -> Result<(), St
             if fingerprint(&m) != before || last { same_state(&dp, &m) } else { Ok(()) }
         });
         if let Err(e) = done {
-            return Err(format!("{e}\nsteps:\n{}", log.join("\n")));
+            let case = CASE.with(|c| c.borrow().join("\n    "));
+            return Err(format!(
+                "{e}\nsteps:\n{}\nas a packet case (the last row is where they part):\n    {case}",
+                log.join("\n")
+            ));
         }
     }
     Ok(())
@@ -418,16 +460,21 @@ fn differential(mode: Mode) {
     let result = gwns
         .ns
         .run(move || {
-            let cases = (steps / STEPS_PER_CASE).max(1) as u32;
+            let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
             let mut seed_bytes = [0u8; 32];
             seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
             let config = PtConfig { cases, failure_persistence: None, max_shrink_iters: 2000, ..PtConfig::default() };
             let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
-            let strategy = proptest::collection::vec(action(), STEPS_PER_CASE);
-            let r = runner.run(&strategy, |actions| sequence(mode, &actions, lan, wan).map_err(TestCaseError::fail));
+            // Of any length up to STEPS_PER_CASE, so that shrinking can drop the steps that do not
+            // matter.
+            let strategy = proptest::collection::vec(action(), 1..=STEPS_PER_CASE);
+            let r = runner.run(&strategy, |actions| {
+                ACTIONS.with(|n| n.set(n.get() + actions.len()));
+                sequence(mode, &actions, lan, wan).map_err(TestCaseError::fail)
+            });
             let seen = SEEN.with(|seen| seen.borrow().clone());
             match r {
-                Ok(()) => Ok((cases as usize * STEPS_PER_CASE, seen)),
+                Ok(()) => Ok((ACTIONS.with(std::cell::Cell::get), seen)),
                 Err(TestError::Fail(why, actions)) => Err(format!("{why}\nshrunk actions: {actions:?}")),
                 Err(e) => Err(e.to_string()),
             }

@@ -130,7 +130,7 @@ pub struct Model {
 pub struct Violation(pub String);
 
 impl Gateway {
-    fn in_lan(&self, a: [u8; 4]) -> bool {
+    pub fn in_lan(&self, a: [u8; 4]) -> bool {
         let mask = u32::MAX.checked_shl(32 - u32::from(self.lan_prefix_len)).unwrap_or(0);
         u32::from_be_bytes(a) & mask == u32::from_be_bytes(self.lan_net) & mask
     }

@@ -179,6 +179,20 @@ impl Dataplane {
         Self { ebpf: Some(ebpf), ifindex: None, mode, max_flows }
     }
 
+    /// As [`load_sized`](Self::load_sized), for a namespace that routes like the gateway
+    /// (`hairpin_lab::routed`, interfaces `lan` and `wan`): ingress runs as if on them, both
+    /// native XDP taking XDP frames, so that the fast path may send into either.
+    pub fn load_routed(cfg: Config, mode: Mode, max_flows: u32, (lan, wan): (u32, u32)) -> Self {
+        use hairpin_common::placement::{Placement, Why};
+        let xdp = Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
+        let cfg = Config { ifindex: [lan, wan], placement: [xdp, xdp], ..cfg };
+        let mut dp = Self::load_sized(cfg, mode, max_flows);
+        dp.ifindex = Some((lan, wan));
+        dp.add_device(lan);
+        dp.add_device(wan);
+        dp
+    }
+
     /// What the dataplane reported through its ring buffer since the last call, in order.
     pub fn events(&mut self) -> Vec<hairpin_common::Event> {
         let mut ring = aya::maps::RingBuf::try_from(self.ebpf_mut().map_mut(map_names::EVENTS).unwrap()).unwrap();
@@ -374,4 +388,16 @@ impl Dataplane {
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
+}
+
+/// Runs `body` in a namespace of its own that routes like the gateway
+/// (`hairpin_lab::routed::RoutedGateway`, named after `tag` and a sequence number), given its
+/// (LAN, WAN) interface indexes; the namespace is removed after, whatever `body` did.
+pub fn in_routed_ns<T: Send + 'static>(tag: &str, body: impl FnOnce((u32, u32)) -> T + Send + 'static) -> T {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    crate::require_root();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let gw = hairpin_lab::routed::RoutedGateway::new(&format!("hp{tag}{}-{seq}", std::process::id())).unwrap();
+    let sides = (gw.lan, gw.wan);
+    gw.ns.run(move || body(sides)).expect("test body (see the panic above)")
 }

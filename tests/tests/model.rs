@@ -23,7 +23,6 @@ use hairpin_common::{
     consts::{Hook, IPPROTO_TCP, IPPROTO_UDP},
     model::{At, Choices, Ep, Gateway, Model, Tuple},
 };
-use hairpin_lab::routed::RoutedGateway;
 use hairpin_tests::{
     dp::{self, Dataplane, Mode},
     frame::{self, L4, Pkt, TCP_ACK, TCP_SYN},
@@ -356,7 +355,7 @@ fn step(
         At::LanEgress | At::WanEgress => {
             let wan = at == At::WanEgress;
             if let Some(p) = frame::parse(&out) {
-                if wan && gw_in_lan(*p.src.ip()) {
+                if wan && gw.in_lan(p.src.ip().octets()) {
                     return Err(format!("a LAN source left on the WAN: {}", p.src));
                 }
                 return Ok(vec![(wan, p)]);
@@ -364,10 +363,6 @@ fn step(
             Ok(Vec::new())
         }
     }
-}
-
-fn gw_in_lan(a: Ipv4Addr) -> bool {
-    a.octets()[..3] == [192, 168, 0]
 }
 
 /// The flows, confirmation and bindings the model holds, against the maps'.
@@ -405,19 +400,10 @@ fn fingerprint(m: &Model) -> (usize, usize, usize) {
 }
 
 /// Runs one sequence on a fresh dataplane.
-fn sequence(mode: Mode, actions: &[Action], lan: u32, wan: u32) -> Result<(), String> {
+fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
     let gw = gateway();
-    let xdp = hairpin_common::placement::Placement {
-        ingress: hairpin_common::placement::Ingress::Xdp,
-        why: hairpin_common::placement::Why::Forced,
-        xdp_target: true,
-        peer_target: false,
-    }
-    .encode();
-    let cfg = hairpin_common::Config { ifindex: [lan, wan], placement: [xdp, xdp], ..dp::lab_config() };
     // Small tables: each case empties them anew (the flow cache is an array of slots).
-    let mut dp = Dataplane::load_sized(cfg, mode, 1024);
-    dp.ifindex = Some((lan, wan));
+    let mut dp = Dataplane::load_routed(dp::lab_config(), mode, 1024, sides);
     for (proto, port, addr, to) in FORWARDS {
         let l4 = if proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
         dp.add_mapping(l4, &sa(PUBLIC, port), &sa(addr, to));
@@ -452,34 +438,28 @@ fn sequence(mode: Mode, actions: &[Action], lan: u32, wan: u32) -> Result<(), St
 
 /// Runs the generated cases in `mode` inside a namespace that routes like the gateway.
 fn differential(mode: Mode) {
-    hairpin_tests::require_root();
     let steps: usize = std::env::var("HAIRPIN_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("HAIRPIN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6861_6972);
-    let gwns = RoutedGateway::new(&format!("hpm{}-{mode:?}", std::process::id())).unwrap();
-    let (lan, wan) = (gwns.lan, gwns.wan);
-    let result = gwns
-        .ns
-        .run(move || {
-            let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
-            let mut seed_bytes = [0u8; 32];
-            seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-            let config = PtConfig { cases, failure_persistence: None, max_shrink_iters: 2000, ..PtConfig::default() };
-            let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
-            // Of any length up to STEPS_PER_CASE, so that shrinking can drop the steps that do not
-            // matter.
-            let strategy = proptest::collection::vec(action(), 1..=STEPS_PER_CASE);
-            let r = runner.run(&strategy, |actions| {
-                ACTIONS.with(|n| n.set(n.get() + actions.len()));
-                sequence(mode, &actions, lan, wan).map_err(TestCaseError::fail)
-            });
-            let seen = SEEN.with(|seen| seen.borrow().clone());
-            match r {
-                Ok(()) => Ok((ACTIONS.with(std::cell::Cell::get), seen)),
-                Err(TestError::Fail(why, actions)) => Err(format!("{why}\nshrunk actions: {actions:?}")),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .expect("the differential run");
+    let result = dp::in_routed_ns(&format!("m{mode:?}"), move |sides| {
+        let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
+        let mut seed_bytes = [0u8; 32];
+        seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let config = PtConfig { cases, failure_persistence: None, max_shrink_iters: 2000, ..PtConfig::default() };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+        // Of any length up to STEPS_PER_CASE, so that shrinking can drop the steps that do not
+        // matter.
+        let strategy = proptest::collection::vec(action(), 1..=STEPS_PER_CASE);
+        let r = runner.run(&strategy, |actions| {
+            ACTIONS.with(|n| n.set(n.get() + actions.len()));
+            sequence(mode, &actions, sides).map_err(TestCaseError::fail)
+        });
+        let seen = SEEN.with(|seen| seen.borrow().clone());
+        match r {
+            Ok(()) => Ok((ACTIONS.with(std::cell::Cell::get), seen)),
+            Err(TestError::Fail(why, actions)) => Err(format!("{why}\nshrunk actions: {actions:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    });
     match result {
         Ok((n, seen)) => {
             let frames: u64 = seen.values().sum();

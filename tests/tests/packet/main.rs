@@ -7,12 +7,8 @@
 //! Every step asserts the verdict, the exact output bytes (built independently, checksums from
 //! scratch with etherparse), and that exactly the expected (hook, reason) counter moved.
 
-use hairpin_common::{
-    CT_F_REPLY, Config, CtEntry, FlowKey, Reason,
-    consts::Hook,
-    placement::{Ingress, Placement, Why},
-};
-use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, RoutedGateway, SERVER_MAC, WAN_MAC};
+use hairpin_common::{CT_F_REPLY, Config, CtEntry, FlowKey, Reason, consts::Hook};
+use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, SERVER_MAC, WAN_MAC};
 use hairpin_tests::{
     dp::{self, Dataplane, Mode, TC_NEXT, ep},
     frame::{self, L4, Pkt, diff, verify_checksums},
@@ -173,24 +169,7 @@ impl Case {
 /// Runs `test` on a dataplane with `cfg` in a namespace of its own that routes like the
 /// gateway (see [`Env::Gateway`]).
 fn in_gateway_ns(cfg: Config, mode: Mode, max_flows: u32, test: impl FnOnce(&mut Dataplane) + Send + 'static) {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    hairpin_tests::require_root();
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let gw = RoutedGateway::new(&format!("hpt{}-{seq}-{mode:?}", std::process::id())).unwrap();
-    let (lan, wan) = (gw.lan, gw.wan);
-    gw.ns
-        .run(move || {
-            // Both interfaces native XDP, taking XDP frames: the fast path may send into either.
-            let xdp =
-                Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
-            let cfg = Config { ifindex: [lan, wan], placement: [xdp, xdp], ..cfg };
-            let mut dp = Dataplane::load_sized(cfg, mode, max_flows);
-            dp.ifindex = Some((lan, wan));
-            dp.add_device(lan);
-            dp.add_device(wan);
-            test(&mut dp);
-        })
-        .expect("test body (see the panic above)");
+    dp::in_routed_ns(&format!("t{mode:?}"), move |sides| test(&mut Dataplane::load_routed(cfg, mode, max_flows, sides)))
 }
 
 // Every case runs with ingress as XDP programs and as TC programs: one shared code path, the

@@ -132,9 +132,10 @@ pub fn check(cfg: &Config, public: SocketAddrV4, to: SocketAddrV4) -> anyhow::Re
     Ok(())
 }
 
-/// The LAN endpoint whose masquerade binding holds the public port of `key`, if one does.
-pub fn holder(maps: &Maps, key: &ProtoEndpoint) -> Option<Endpoint> {
-    maps.port_holder(key)
+/// Refuses `f` if a LAN host's masquerade binding holds its public port.
+pub fn check_not_held(maps: &Maps, f: &Forward) -> Result<(), AddError> {
+    let key = f.key();
+    maps.port_holder(&key).map_or(Ok(()), |h| Err(AddError::Held(key, h)))
 }
 
 /// Why a forward could not be inserted.
@@ -182,19 +183,13 @@ pub fn fill(table: &mut aya::maps::Map, declared: &[spec::Forward], public: Ipv4
 /// the forward goes again).
 pub fn insert(maps: &mut Maps, f: &Forward) -> Result<(), AddError> {
     let key = f.key();
-    if let Some(h) = holder(maps, &key) {
-        return Err(AddError::Held(key, h));
-    }
+    check_not_held(maps, f)?;
     match maps.insert_forward(&key, &f.entry(), true) {
         Ok(()) => {}
         Err(InsertError::Exists) => return Err(AddError::AlreadyExists(get(maps, &key).unwrap_or(*f))),
         Err(InsertError::Map(e)) => return Err(AddError::Map(e)),
     }
-    if let Some(h) = holder(maps, &key) {
-        maps.remove_forward(&key);
-        return Err(AddError::Held(key, h));
-    }
-    Ok(())
+    check_not_held(maps, f).inspect_err(|_| maps.remove_forward(&key))
 }
 
 /// Replaces the forward on `f`'s public endpoint with `f` (another target or origin), in one

@@ -278,10 +278,8 @@ fn plan_forwards(
 /// Refuses forwards to be added on a public port a LAN host's binding holds.
 fn check_held(maps: &Maps, add: &[forwards::Forward]) -> anyhow::Result<()> {
     for f in add {
-        if let Some(holder) = forwards::holder(maps, &f.key()) {
-            let e = forwards::AddError::Held(f.key(), holder);
-            return Err(anyhow::Error::from(e).context(format!("forward {}", f.spec())));
-        }
+        forwards::check_not_held(maps, f)
+            .map_err(|e| anyhow::Error::from(e).context(format!("forward {}", f.spec())))?;
     }
     Ok(())
 }

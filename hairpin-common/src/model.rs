@@ -469,13 +469,12 @@ impl Model {
         if leaks(leaves.src.0) {
             return Expect { reason: Reason::DropLanSourceToWan, output: None };
         }
-        // A flow that is its own reply (a LAN host to its own binding) has one direction, and
-        // the dataplane confirms a direction once its twin has left before it: here the twin
-        // is itself, so it is confirmed when it leaves the second time (the fast path serves it
-        // from its third packet). Stated as the dataplane does it, a judged difference: once
-        // would do.
-        let dir = if flow.is_own() && flow.left[0] { 1 } else { usize::from(reply) };
-        flow.left[dir] = true;
+        // A flow that is its own reply (a LAN host to its own binding) has one direction:
+        // both have left when it has.
+        if flow.is_own() {
+            flow.left = [true, true];
+        }
+        flow.left[usize::from(reply)] = true;
         Expect { reason: Reason::EgressFlow, output: Some(rewritten(frame, p, &leaves)) }
     }
 

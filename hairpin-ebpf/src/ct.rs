@@ -388,6 +388,8 @@ pub fn egress_of(egress_key: &FlowKey) -> Option<EgressEntry> {
 /// Records that a packet of the flow direction `eg` describes has left through the kernel:
 /// `CT_F_LEFT` in its entry; once its twin has left too, the flow is confirmed
 /// (`CT_F_CONFIRMED` in both) and moved from `CT_NEW` to `CT`, where the fast path finds it.
+/// A flow that is its own reply (a LAN host to its own binding: one entry, its own twin) is
+/// confirmed when it first leaves.
 /// Nothing to do, one lookup (a miss), once the flow is confirmed. `pressure`: `CT` is near
 /// full (`CFG_F_CT_PRESSURE`), so the move may evict a confirmed flow that CPUs hold copies of.
 ///
@@ -407,7 +409,8 @@ pub fn confirm(egress_key: &FlowKey, eg: &EgressEntry, pressure: bool) {
             return;
         }
         // The twin is unconfirmed too, or (its original evicted and made again) confirmed.
-        let twin = find(&twin_key).filter(|t| (**t).xlate == back && (**t).flags & CT_F_LEFT != 0);
+        let own = twin_key == eg.ct_key;
+        let twin = find(&twin_key).filter(|t| (**t).xlate == back && ((**t).flags & CT_F_LEFT != 0 || own));
         let Some(twin) = twin else {
             if (*entry).flags & CT_F_LEFT == 0 {
                 (*entry).flags |= CT_F_LEFT;

@@ -267,11 +267,9 @@ fn a_host_hears_itself_through_its_own_binding(mode: Mode) {
         .steps(vec![
             step("binds udp 7000", Hook::LanIngress, &bind, Reason::IngressMasquerade, None),
             step("to its own binding: back to itself", Hook::LanIngress, &own, Reason::IngressBinding, Some(&routed)),
-            leaves("from its binding"),
-            step("again: the kernel's still", Hook::LanIngress, &own, Reason::IngressFlow, Some(&routed)),
-            leaves("from its binding, the flow confirmed"),
+            leaves("from its binding, the flow confirmed: its own twin has left"),
             step(
-                "and again: back out of the LAN on the fast path",
+                "again: back out of the LAN on the fast path",
                 Hook::LanIngress,
                 &own,
                 Reason::FastTx,

@@ -10,11 +10,14 @@
 //! (a free source port, an echo id), the model asks the implementation what it chose
 //! ([`Choices`]) and checks the choice against the rules instead.
 //!
-//! Covered so far: the slow path (fast path off), Ethernet frames to the gateway's MAC or
-//! another's, non-IPv4, IPv4 with TCP (without FIN or RST), UDP and ICMP echo, forwards,
-//! hairpin to forwards and to bindings, masquerade, the boundary checks of both sides, and
-//! egress with confirmation. Not yet: fragments, ICMP errors, TCP closing, VLAN tags, IP
-//! options, malformed headers, the fast path and its flow cache, timeouts.
+//! Covered so far: the slow path (fast path off); Ethernet frames to the gateway's MAC or
+//! another's, priority-tagged and VLAN frames, non-IPv4; IPv4 with options, malformed headers
+//! (truncated, bad IHL, total or UDP length, TCP data offset or flags) and checksums right or
+//! wrong (a wrong one must stay exactly as wrong); TCP (without FIN or RST), UDP, ICMP echo and
+//! ICMP errors (every type that quotes a packet, about flows both ways, forged, the gateway's
+//! own time exceeded); forwards, hairpin to forwards and to bindings, masquerade, the boundary
+//! checks of both sides, and egress with confirmation. Not yet: fragments, TCP closing, the
+//! fast path and its flow cache, timeouts, the controller's operations.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -79,6 +82,8 @@ pub struct Flow {
     /// Its source port is written at ingress, not egress: its packets would otherwise leave
     /// ingress like another flow's (two flows from one client port to one server).
     pub sport_at_ingress: bool,
+    /// From the LAN to the public address, hairpinned: it never crosses the WAN.
+    pub hairpin: bool,
 }
 
 impl Flow {
@@ -106,6 +111,13 @@ impl Flow {
 pub struct Expect {
     pub reason: Reason,
     pub output: Option<Vec<u8>>,
+}
+
+impl Expect {
+    /// A decision that leaves the frame as it is: passed unchanged, or dropped.
+    fn decided(reason: Reason, frame: &[u8]) -> Self {
+        Self { reason, output: (!reason.is_drop()).then(|| frame.to_vec()) }
+    }
 }
 
 /// The implementation's choices the model cannot predict: the source port (or echo id) of a
@@ -142,99 +154,284 @@ fn unicast(a: [u8; 4]) -> bool {
     a[0] != 0 && a[0] != 127 && a[0] < 224
 }
 
-/// A parsed frame: what the rules look at.
+/// An IPv4 frame's network layer: what the rules look at first.
 #[derive(Clone, Debug)]
-struct Parsed {
+struct Ip {
     dst_mac: [u8; 6],
     l3: usize,
     l4: usize,
+    /// Where the datagram ends (its total length): bytes after it are padding.
+    end: usize,
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    /// A fragment (first or later): its L4 header is not the whole datagram's.
+    fragment: bool,
+    /// A fragment after the first: it has no L4 header.
+    later_fragment: bool,
+}
+
+/// A TCP, UDP or ICMP echo packet's tuple (and ICMP type).
+#[derive(Clone, Debug)]
+struct Parsed {
     tuple: Tuple,
-    /// ICMP type (echo 8, reply 0); TCP flags.
+    /// ICMP type (echo 8, reply 0).
     icmp_type: u8,
 }
 
-enum Frame {
-    NotIpv4,
-    Ipv4(Parsed),
+/// The packet an ICMP error quotes: where its headers are, its tuple as quoted.
+#[derive(Clone, Debug)]
+struct Quoted {
+    l3: usize,
+    l4: usize,
+    p: Parsed,
 }
 
-fn parse(f: &[u8]) -> Result<Frame, Reason> {
-    if f.len() < 14 {
-        return Err(Reason::DropMalformed);
-    }
-    if f[12..14] != [0x08, 0x00] {
-        return Ok(Frame::NotIpv4);
-    }
-    let l3 = 14;
+/// What an IPv4 packet carries, as far as hairpin translates it.
+enum L4 {
+    Flow(Parsed),
+    Error(Quoted),
+}
+
+const ICMP_ERRORS: [u8; 5] = [3, 4, 5, 11, 12];
+
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// The IPv4 header at `l3`: its version must be 4 and its length at least 20 bytes, all there.
+fn ipv4_at(f: &[u8], l3: usize) -> Result<(usize, usize), Reason> {
     let ip = f.get(l3..l3 + 20).ok_or(Reason::DropMalformed)?;
-    let l4 = l3 + usize::from(ip[0] & 0x0f) * 4;
-    let (proto, src, dst) = (ip[9], [ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
-    if f.len() < l4 + 8 {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 {
         return Err(Reason::DropMalformed);
     }
-    let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
-    let mut dst_mac = [0; 6];
-    dst_mac.copy_from_slice(&f[0..6]);
-    let (tuple, icmp_type) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => (Tuple { proto, src: (src, port(l4)), dst: (dst, port(l4 + 2)) }, 0),
-        IPPROTO_ICMP => {
-            let (ty, id) = (f[l4], port(l4 + 4));
-            let t = match ty {
-                8 => Tuple { proto, src: (src, id), dst: (dst, 0) },
-                0 => Tuple { proto, src: (src, 0), dst: (dst, id) },
-                _ => Tuple { proto, src: (src, 0), dst: (dst, 0) },
-            };
-            (t, ty)
-        }
-        _ => (Tuple { proto, src: (src, 0), dst: (dst, 0) }, 0),
-    };
-    Ok(Frame::Ipv4(Parsed { dst_mac, l3, l4, tuple, icmp_type }))
+    Ok((ihl, usize::from(be16(ip, 2))))
 }
 
-/// The frame with its tuple made `to`, every checksum computed from scratch (a UDP checksum
-/// of 0, "none", stays 0).
-fn rewritten(f: &[u8], p: &Parsed, to: &Tuple) -> Vec<u8> {
-    let mut out = f.to_vec();
-    out[p.l3 + 12..p.l3 + 16].copy_from_slice(&to.src.0);
-    out[p.l3 + 16..p.l3 + 20].copy_from_slice(&to.dst.0);
-    out[p.l3 + 10..p.l3 + 12].copy_from_slice(&[0, 0]);
-    let ip_sum = csum::checksum(&out[p.l3..p.l4]);
-    out[p.l3 + 10..p.l3 + 12].copy_from_slice(&ip_sum.to_ne_bytes());
-    let tot = usize::from(u16::from_be_bytes([out[p.l3 + 2], out[p.l3 + 3]]));
-    let end = (p.l3 + tot).min(out.len());
-    let l4 = p.l4;
+/// Ethernet and IPv4. Not IPv4, or of a VLAN (a tag with an ID, two tags), is an `Err` to
+/// pass: the frame is another interface's. A priority tag (ID 0) is looked past: the kernel
+/// delivers its frame here. A bad IPv4 header is an `Err` to drop.
+fn parse_ip(f: &[u8]) -> Result<Ip, Reason> {
+    const TAGS: [[u8; 2]; 2] = [[0x81, 0x00], [0x88, 0xa8]];
+    let mut l3 = 14;
+    let mut ether_type = [f[12], f[13]];
+    if TAGS.contains(&ether_type) {
+        let tag = f.get(14..18).ok_or(Reason::DropMalformed)?;
+        let inner = [tag[2], tag[3]];
+        if be16(tag, 0) & 0x0fff != 0 || TAGS.contains(&inner) {
+            return Err(Reason::PassVlan);
+        }
+        (ether_type, l3) = (inner, 18);
+    }
+    if ether_type != [0x08, 0x00] {
+        return Err(Reason::PassNotIpv4);
+    }
+    let (ihl, tot_len) = ipv4_at(f, l3)?;
+    if tot_len < ihl {
+        return Err(Reason::DropMalformed);
+    }
+    let ip = &f[l3..l3 + 20];
+    let frags = be16(ip, 6);
+    Ok(Ip {
+        dst_mac: f[0..6].try_into().expect("6 bytes"),
+        l3,
+        l4: l3 + ihl,
+        end: l3 + tot_len,
+        proto: ip[9],
+        src: ip[12..16].try_into().expect("4 bytes"),
+        dst: ip[16..20].try_into().expect("4 bytes"),
+        fragment: frags & 0x3fff != 0,
+        later_fragment: frags & 0x1fff != 0,
+    })
+}
+
+/// The tuple of a TCP, UDP or echo header at `l4` (8 bytes there): an echo request's id is
+/// its source port, a reply's its destination port. Another ICMP type is `None`.
+fn tuple_at(f: &[u8], l4: usize, proto: u8, src: [u8; 4], dst: [u8; 4]) -> Option<Parsed> {
+    let ports = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (be16(f, l4), be16(f, l4 + 2)),
+        IPPROTO_ICMP if f[l4] == 8 => (be16(f, l4 + 4), 0),
+        IPPROTO_ICMP if f[l4] == 0 => (0, be16(f, l4 + 4)),
+        _ => return None,
+    };
+    let icmp_type = if proto == IPPROTO_ICMP { f[l4] } else { 0 };
+    Some(Parsed { tuple: Tuple { proto, src: (src, ports.0), dst: (dst, ports.1) }, icmp_type })
+}
+
+/// The L4 header after `ip`. Fragments after the first, and protocols and ICMP types hairpin
+/// does not translate, are an `Err` to pass, whatever their length; a header that is not all
+/// there (or not within the total length) one to drop as malformed; one that is there but
+/// inconsistent (TCP data offset or flags, UDP length) one to drop as invalid, as netfilter's
+/// conntrack would. An ICMP error quotes a packet: its IPv4 header and 8 bytes of its L4.
+fn parse_l4(f: &[u8], ip: &Ip) -> Result<L4, Reason> {
+    if ip.later_fragment {
+        return Err(Reason::PassFragment);
+    }
+    let min = match ip.proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP | IPPROTO_ICMP => 8,
+        _ => return Err(Reason::PassOtherProto),
+    };
+    if ip.end < ip.l4 + min || f.len() < ip.l4 + min {
+        return Err(Reason::DropMalformed);
+    }
+    let l4 = ip.l4;
+    let error = ip.proto == IPPROTO_ICMP && ICMP_ERRORS.contains(&f[l4]);
+    let parsed = tuple_at(f, l4, ip.proto, ip.src, ip.dst);
+    if parsed.is_none() && !error {
+        return Err(Reason::PassOtherProto);
+    }
+    if ip.end > f.len() {
+        return Err(Reason::DropMalformed);
+    }
+    let invalid = match ip.proto {
+        IPPROTO_TCP => {
+            let doff = usize::from(f[l4 + 12] >> 4) * 4;
+            doff < 20 || l4 + doff > ip.end || !crate::tcp_flags_valid(f[l4 + 13])
+        }
+        IPPROTO_UDP => {
+            let len = usize::from(be16(f, l4 + 4));
+            len < 8 || (!ip.fragment && l4 + len > ip.end)
+        }
+        _ => false,
+    };
+    if invalid {
+        return Err(Reason::DropInvalid);
+    }
+    match parsed {
+        Some(p) => Ok(L4::Flow(p)),
+        None if ip.fragment => Err(Reason::PassFragment),
+        None => {
+            let q3 = l4 + 8;
+            let (ihl, _) = ipv4_at(f, q3)?;
+            let q = &f[q3..q3 + 20];
+            if be16(q, 6) & 0x1fff != 0 {
+                return Err(Reason::PassFragment);
+            }
+            let q4 = q3 + ihl;
+            if f.len() < q4 + 8 {
+                return Err(Reason::DropMalformed);
+            }
+            let (src, dst) = (q[12..16].try_into().expect("4"), q[16..20].try_into().expect("4"));
+            let p = tuple_at(f, q4, q[9], src, dst).ok_or(Reason::PassOtherProto)?;
+            if q4 + 8 > ip.end {
+                return Err(Reason::DropMalformed);
+            }
+            Ok(L4::Error(Quoted { l3: q3, l4: q4, p }))
+        }
+    }
+}
+
+/// A checksum of a frame: where its field is and what it covers (`pseudo`: a TCP/UDP one, over
+/// the addresses of the IPv4 header at that offset too).
+struct Sum {
+    field: usize,
+    covers: std::ops::Range<usize>,
+    pseudo: Option<(usize, u8)>,
+    udp: bool,
+}
+
+impl Sum {
+    /// The one's complement sum of what it covers, its field taken as 0.
+    fn covered(&self, f: &[u8]) -> u32 {
+        let mut bytes = f[self.covers.clone()].to_vec();
+        let at = self.field - self.covers.start;
+        bytes[at..at + 2].copy_from_slice(&[0, 0]);
+        let mut pseudo = [0u8; 12];
+        if let Some((l3, proto)) = self.pseudo {
+            pseudo[0..8].copy_from_slice(&f[l3 + 12..l3 + 20]);
+            pseudo[9] = proto;
+            // Its length is the same before and after: any will do (a quote's is not there).
+            pseudo[10..12].copy_from_slice(&(self.covers.len() as u16).to_be_bytes());
+        }
+        csum::sum(&bytes, csum::sum(&pseudo, 0))
+    }
+}
+
+/// The frame `before` became `out` but for its checksums: each field made what keeps its
+/// covered bytes' sum what it was (RFC 1624): valid stays valid, a wrong one stays exactly as
+/// wrong (a NAT must not make a corrupted packet look whole), and a quoted L4 checksum, over a
+/// datagram only partly quoted, stays right. A UDP checksum of 0, "none", stays 0. Inner sums
+/// first: an outer one covers their fields.
+fn keep_sums(before: &[u8], out: &mut [u8], sums: &[Sum]) {
+    for s in sums {
+        let field = u16::from_ne_bytes([before[s.field], before[s.field + 1]]);
+        if s.udp && field == 0 {
+            continue;
+        }
+        let was = csum::fold(csum::add32(s.covered(before), u32::from(field)));
+        let mut new = !csum::fold(csum::add32(s.covered(out), u32::from(!was)));
+        if s.udp && new == 0 {
+            new = 0xffff;
+        }
+        out[s.field..s.field + 2].copy_from_slice(&new.to_ne_bytes());
+    }
+}
+
+/// The sums of a TCP, UDP or ICMP header at `l4` within the datagram ending at `end` (for a
+/// quote, what of it is there), whose IPv4 header is at `l3`.
+fn l4_sum(l3: usize, l4: usize, end: usize, proto: u8) -> Option<Sum> {
+    let (at, pseudo) = match proto {
+        IPPROTO_TCP => (16, Some((l3, proto))),
+        IPPROTO_UDP => (6, Some((l3, proto))),
+        _ => (2, None),
+    };
+    (l4 + at + 2 <= end).then_some(Sum { field: l4 + at, covers: l4..end, pseudo, udp: proto == IPPROTO_UDP })
+}
+
+fn ip_sum(l3: usize, l4: usize) -> Sum {
+    Sum { field: l3 + 10, covers: l3..l4, pseudo: None, udp: false }
+}
+
+/// Writes `to` as the addresses and ports (echo id) of the header pair at `l3`/`l4`.
+fn write_tuple(out: &mut [u8], l3: usize, l4: usize, p: &Parsed, to: &Tuple) {
+    out[l3 + 12..l3 + 16].copy_from_slice(&to.src.0);
+    out[l3 + 16..l3 + 20].copy_from_slice(&to.dst.0);
     match to.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             out[l4..l4 + 2].copy_from_slice(&to.src.1.to_be_bytes());
             out[l4 + 2..l4 + 4].copy_from_slice(&to.dst.1.to_be_bytes());
-            let at = if to.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
-            if to.proto == IPPROTO_UDP && out[at..at + 2] == [0, 0] {
-                return out;
-            }
-            out[at..at + 2].copy_from_slice(&[0, 0]);
-            let mut sum = csum::l4_checksum(to.src.0, to.dst.0, to.proto, &out[l4..end]);
-            if to.proto == IPPROTO_UDP && sum == 0 {
-                sum = 0xffff;
-            }
-            out[at..at + 2].copy_from_slice(&sum.to_ne_bytes());
         }
-        IPPROTO_ICMP => {
+        _ => {
             let id = if p.icmp_type == 8 { to.src.1 } else { to.dst.1 };
             out[l4 + 4..l4 + 6].copy_from_slice(&id.to_be_bytes());
-            out[l4 + 2..l4 + 4].copy_from_slice(&[0, 0]);
-            let sum = csum::checksum(&out[l4..end]);
-            out[l4 + 2..l4 + 4].copy_from_slice(&sum.to_ne_bytes());
         }
-        _ => {}
     }
+}
+
+/// The frame with its tuple made `to`, its checksums kept (see [`keep_sums`]).
+fn rewritten(f: &[u8], ip: &Ip, p: &Parsed, to: &Tuple) -> Vec<u8> {
+    let mut out = f.to_vec();
+    write_tuple(&mut out, ip.l3, ip.l4, p, to);
+    let sums: Vec<Sum> = l4_sum(ip.l3, ip.l4, ip.end, to.proto).into_iter().chain([ip_sum(ip.l3, ip.l4)]).collect();
+    keep_sums(f, &mut out, &sums);
+    out
+}
+
+/// An ICMP error with its quoted packet made `to`, and its own source or destination made
+/// `outer` where given; every checksum kept, the quoted ones first.
+fn rewritten_error(f: &[u8], ip: &Ip, q: &Quoted, to: &Tuple, outer: (Option<[u8; 4]>, Option<[u8; 4]>)) -> Vec<u8> {
+    let mut out = f.to_vec();
+    write_tuple(&mut out, q.l3, q.l4, &q.p, to);
+    if let Some(src) = outer.0 {
+        out[ip.l3 + 12..ip.l3 + 16].copy_from_slice(&src);
+    }
+    if let Some(dst) = outer.1 {
+        out[ip.l3 + 16..ip.l3 + 20].copy_from_slice(&dst);
+    }
+    let quoted_l4 = l4_sum(q.l3, q.l4, ip.end, to.proto);
+    let outer_icmp = l4_sum(ip.l3, ip.l4, ip.end, IPPROTO_ICMP);
+    let sums: Vec<Sum> =
+        quoted_l4.into_iter().chain([ip_sum(q.l3, q.l4)]).chain(outer_icmp).chain([ip_sum(ip.l3, ip.l4)]).collect();
+    keep_sums(f, &mut out, &sums);
     out
 }
 
 /// What the kernel does with a frame ingress let on: which egress it leaves by (`None`: it is
 /// for the gateway itself, or not forwarded at all).
 pub fn route(gw: &Gateway, frame: &[u8]) -> Option<At> {
-    let Ok(Frame::Ipv4(p)) = parse(frame) else { return None };
-    let dst = p.tuple.dst.0;
+    let dst = parse_ip(frame).ok()?.dst;
     if dst == gw.lan_addr || dst == gw.public || !unicast(dst) {
         None
     } else if gw.in_lan(dst) {
@@ -276,17 +473,13 @@ impl Model {
     /// One frame at `at`: what the dataplane must do, and the state after it. `choices` gives
     /// what the implementation chose for a new flow, checked here against the rules.
     pub fn step(&mut self, gw: &Gateway, at: At, frame: &[u8], choices: &dyn Choices) -> Result<Expect, Violation> {
-        let p = match parse(frame) {
-            Err(r) => return Ok(Expect { reason: r, output: None }),
-            Ok(Frame::NotIpv4) => {
-                let reason = Reason::PassNotIpv4;
-                return Ok(Expect { reason, output: Some(frame.to_vec()) });
-            }
-            Ok(Frame::Ipv4(p)) => p,
+        let ip = match parse_ip(frame) {
+            Err(r) => return Ok(Expect::decided(r, frame)),
+            Ok(ip) => ip,
         };
         match at {
-            At::LanIngress | At::WanIngress => self.ingress(gw, at == At::LanIngress, frame, &p, choices),
-            At::LanEgress | At::WanEgress => Ok(self.egress(gw, at == At::WanEgress, frame, &p)),
+            At::LanIngress | At::WanIngress => self.ingress(gw, at == At::LanIngress, frame, &ip, choices),
+            At::LanEgress | At::WanEgress => Ok(self.egress(gw, at == At::WanEgress, frame, &ip)),
         }
     }
 
@@ -295,51 +488,56 @@ impl Model {
         gw: &Gateway,
         lan: bool,
         frame: &[u8],
-        p: &Parsed,
+        ip: &Ip,
         choices: &dyn Choices,
     ) -> Result<Expect, Violation> {
         let pass = |reason| Ok(Expect { reason, output: Some(frame.to_vec()) });
         let drop = |reason| Ok(Expect { reason, output: None });
-        let t = p.tuple;
-        if p.dst_mac != gw.mac[usize::from(!lan)] {
+        if ip.dst_mac != gw.mac[usize::from(!lan)] {
             return pass(Reason::PassOtherHost);
         }
         // The boundary.
-        if !lan && gw.in_lan(t.src.0) {
+        if !lan && gw.in_lan(ip.src) {
             return drop(Reason::DropWanLanSource);
         }
-        if !lan && gw.in_lan(t.dst.0) {
+        if !lan && gw.in_lan(ip.dst) {
             return drop(Reason::DropWanToLan);
         }
-        if lan && t.src.0 != [0; 4] && !gw.in_lan(t.src.0) {
+        if lan && ip.src != [0; 4] && !gw.in_lan(ip.src) {
             // Forwarded (or hairpinned) it would be: dropped; for the gateway itself, passed.
-            let local = t.dst.0 == gw.lan_addr || !unicast(t.dst.0);
-            if t.dst.0 == gw.public || !local {
+            let local = ip.dst == gw.lan_addr || !unicast(ip.dst);
+            if ip.dst == gw.public || !local {
                 return drop(Reason::DropLanForeignSource);
             }
         }
-        if !unicast(t.src.0) {
+        if !unicast(ip.src) {
             return pass(Reason::PassSourceNotHost);
         }
-        match t.proto {
-            IPPROTO_TCP | IPPROTO_UDP => {}
-            IPPROTO_ICMP if matches!(p.icmp_type, 0 | 8) => {}
-            IPPROTO_ICMP if !lan && t.dst.0 != gw.public => return drop(Reason::DropWanIcmpType),
-            _ => return pass(Reason::PassOtherProto),
-        }
+        let p = match parse_l4(frame, ip) {
+            Ok(L4::Flow(p)) => p,
+            Ok(L4::Error(q)) => return Ok(self.ingress_error(gw, lan, frame, ip, &q)),
+            // ICMP hairpin does not translate may reach the gateway's stack, never past it.
+            Err(Reason::PassOtherProto) if !lan && ip.proto == IPPROTO_ICMP && ip.dst != gw.public => {
+                return drop(Reason::DropWanIcmpType);
+            }
+            Err(r) => return Ok(Expect::decided(r, frame)),
+        };
+        let t = p.tuple;
         if let Some((i, reply)) = self.find(&t) {
             let f = &self.flows[i];
             let out = f.leaving(f.directions()[usize::from(reply)]);
-            return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, p, &out)) });
+            return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, ip, &p, &out)) });
         }
-        let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, p) else {
+        let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, &p) else {
             return pass(Reason::PassNoMapping);
         };
         if kind == Kind::Filtered {
             return pass(Reason::PassFiltered);
         }
-        match self.open(gw, kind, &t, dst, choices)? {
-            Ok(out) => Ok(Expect { reason, output: Some(rewritten(frame, p, &out)) }),
+        // From the LAN to the public address, with hairpin: the flow never leaves the LAN.
+        let hairpin = lan && gw.hairpin && t.dst.0 == gw.public;
+        match self.open(gw, kind, &t, dst, hairpin, choices)? {
+            Ok(out) => Ok(Expect { reason, output: Some(rewritten(frame, ip, &p, &out)) }),
             Err(refused) => drop(refused),
         }
     }
@@ -389,6 +587,7 @@ impl Model {
         kind: Kind,
         t: &Tuple,
         dst: Ep,
+        hairpin: bool,
         choices: &dyn Choices,
     ) -> Result<Result<Tuple, Reason>, Violation> {
         let (src, sport_at_ingress) = match kind {
@@ -420,14 +619,14 @@ impl Model {
             }
             Kind::Lan | Kind::Filtered => unreachable!("hairpin is above; filtered packets open nothing"),
         };
-        let flow = self.planned(t, src, dst, sport_at_ingress);
+        let flow = Flow { hairpin, ..self.planned(t, src, dst, sport_at_ingress) };
         let out = flow.leaving(flow.directions()[0]);
         self.flows.push(flow);
         Ok(Ok(out))
     }
 
     fn planned(&self, t: &Tuple, src: Ep, dst: Ep, sport_at_ingress: bool) -> Flow {
-        Flow { orig: *t, xlate: Tuple { proto: t.proto, src, dst }, left: [false; 2], sport_at_ingress }
+        Flow { orig: *t, xlate: Tuple { proto: t.proto, src, dst }, left: [false; 2], sport_at_ingress, hairpin: false }
     }
 
     /// Whether a planned flow takes no other flow's tuples and its directions leave apart (a
@@ -455,9 +654,47 @@ impl Model {
         self.leaving(out).is_some()
     }
 
-    fn egress(&mut self, gw: &Gateway, wan: bool, frame: &[u8], p: &Parsed) -> Expect {
-        let t = p.tuple;
+    /// An ICMP error arriving (RFC 5508): one about a packet of a flow, sent to that packet's
+    /// sender, goes to the sender as it knows the flow: the quoted packet made what the sender
+    /// sent, the error sent to its address. From the WAN, an error quoting a LAN address or a
+    /// hairpinned flow (which never crossed the WAN) is aimed past the boundary.
+    fn ingress_error(&self, gw: &Gateway, lan: bool, frame: &[u8], ip: &Ip, q: &Quoted) -> Expect {
+        let quoted = q.p.tuple;
+        if !lan && (gw.in_lan(quoted.src.0) || gw.in_lan(quoted.dst.0)) {
+            return Expect { reason: Reason::DropWanToLan, output: None };
+        }
+        match self.error_about(ip, q) {
+            Some((_, true)) if !lan => Expect { reason: Reason::DropWanToLan, output: None },
+            Some((to, _)) => {
+                let output = rewritten_error(frame, ip, q, &to, (None, Some(to.src.0)));
+                Expect { reason: Reason::IcmpError, output: Some(output) }
+            }
+            None => Expect::decided(Reason::PassNoMapping, frame),
+        }
+    }
+
+    /// The flow an error is about, if it is sent to the quoted packet's sender: the quoted
+    /// packet as that sender knows it (the reverse of how its reply is translated), and whether
+    /// the flow is hairpinned.
+    fn error_about(&self, ip: &Ip, q: &Quoted) -> Option<(Tuple, bool)> {
+        let quoted = q.p.tuple;
+        if ip.dst != quoted.src.0 {
+            return None;
+        }
+        let (i, reply) = self.find(&quoted.reversed())?;
+        let f = &self.flows[i];
+        Some((f.directions()[usize::from(reply)].1.reversed(), f.hairpin))
+    }
+
+    fn egress(&mut self, gw: &Gateway, wan: bool, frame: &[u8], ip: &Ip) -> Expect {
         let leaks = |a: [u8; 4]| wan && gw.in_lan(a);
+        let p = match parse_l4(frame, ip) {
+            Ok(L4::Flow(p)) => p,
+            Ok(L4::Error(q)) => return self.egress_error(gw, leaks, frame, ip, &q),
+            Err(_) if leaks(ip.src) => return Expect { reason: Reason::DropLanSourceToWan, output: None },
+            Err(r) => return Expect::decided(r, frame),
+        };
+        let t = p.tuple;
         let Some((i, reply)) = self.leaving(&t) else {
             return match leaks(t.src.0) {
                 true => Expect { reason: Reason::DropLanSourceToWan, output: None },
@@ -475,7 +712,36 @@ impl Model {
             flow.left = [true, true];
         }
         flow.left[usize::from(reply)] = true;
-        Expect { reason: Reason::EgressFlow, output: Some(rewritten(frame, p, &leaves)) }
+        Expect { reason: Reason::EgressFlow, output: Some(rewritten(frame, ip, &p, &leaves)) }
+    }
+
+    /// An ICMP error leaving. One about a flow, to the quoted packet's sender, is translated as
+    /// at ingress; one the gateway's own stack sent about a packet ingress had translated
+    /// (its TTL ran out here) quotes it as ingress left it, and is restored to what its sender
+    /// sent. An error a LAN host sends about a flow it serves through the public address
+    /// comes from the public address. Then no LAN address may be left in it for the WAN.
+    fn egress_error(&self, gw: &Gateway, leaks: impl Fn([u8; 4]) -> bool, frame: &[u8], ip: &Ip, q: &Quoted) -> Expect {
+        let quoted = q.p.tuple;
+        let mut outer_dst = None;
+        let mut now = quoted;
+        if let Some((to, _)) = self.error_about(ip, q) {
+            (now, outer_dst) = (to, Some(to.src.0));
+        } else if ip.dst == quoted.src.0
+            && let Some((i, reply)) = self.leaving(&quoted)
+        {
+            now = self.flows[i].directions()[usize::from(reply)].0;
+        }
+        let serves = |(i, reply): (usize, bool)| self.flows[i].directions()[usize::from(reply)].1.dst.0 == ip.src;
+        let fixed = gw.in_lan(ip.src) && now.dst.0 == gw.public && self.find(&now).is_some_and(serves);
+        let src = if fixed { gw.public } else { ip.src };
+        if leaks(src) || leaks(now.src.0) || leaks(now.dst.0) {
+            return Expect { reason: Reason::DropLanSourceToWan, output: None };
+        }
+        if now == quoted && outer_dst.is_none() && !fixed {
+            return Expect::decided(Reason::PassEgressNoFlow, frame);
+        }
+        let output = rewritten_error(frame, ip, q, &now, (fixed.then_some(gw.public), outer_dst));
+        Expect { reason: Reason::IcmpError, output: Some(output) }
     }
 
     /// The source the implementation gave a new flow, checked: on `addr`, in the port range,

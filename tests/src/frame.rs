@@ -72,9 +72,14 @@ impl Pkt {
     /// of `about`'s IPv4 packet (all of it if longer).
     pub fn icmp_error(ty: u8, code: u8, src: &str, dst: &str, about: &Pkt, quote_len: usize) -> Self {
         let ip = about.build().split_off(14);
+        Self::icmp_error_quoting(ty, code, src, dst, &ip[..quote_len.min(ip.len())])
+    }
+    /// An ICMP error from `src` to `dst` (addresses only) quoting `quoted` (an IPv4 packet's
+    /// first bytes, as they are).
+    pub fn icmp_error_quoting(ty: u8, code: u8, src: &str, dst: &str, quoted: &[u8]) -> Self {
         let mut p = Self::new(L4::IcmpError(ty, code), &format!("{src}:0"), &format!("{dst}:0"));
         p.payload = Vec::new();
-        p.quoted = ip[..quote_len.min(ip.len())].to_vec();
+        p.quoted = quoted.to_vec();
         p
     }
     fn new(l4: L4, src: &str, dst: &str) -> Self {

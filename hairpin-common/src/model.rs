@@ -288,7 +288,7 @@ fn parse_l4(f: &[u8], ip: &Ip) -> Result<L4, Reason> {
     let invalid = match ip.proto {
         IPPROTO_TCP => {
             let doff = usize::from(f[l4 + 12] >> 4) * 4;
-            doff < 20 || l4 + doff > ip.end || !crate::tcp_flags_valid(f[l4 + 13])
+            doff < 20 || l4 + doff > ip.end || !tcp_flags_sent_by_stacks(f[l4 + 13])
         }
         IPPROTO_UDP => {
             let len = usize::from(be16(f, l4 + 4));
@@ -321,6 +321,14 @@ fn parse_l4(f: &[u8], ip: &Ip) -> Result<L4, Reason> {
             Ok(L4::Error(Quoted { l3: q3, l4: q4, p }))
         }
     }
+}
+
+/// TCP flags a stack sends (netfilter's `tcp_valid_flags`, stated here apart from the
+/// dataplane's): PSH, ECE and CWR aside, SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, and
+/// ACK, the last two with URG or not.
+fn tcp_flags_sent_by_stacks(flags: u8) -> bool {
+    const VALID: [u8; 9] = [0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30];
+    VALID.contains(&(flags & 0x37))
 }
 
 /// A checksum of a frame: where its field is and what it covers (`pseudo`: a TCP/UDP one, over

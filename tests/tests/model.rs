@@ -417,7 +417,11 @@ fn make(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)> {
                     p.macs.0 = [0x02, 0, 0, 0, 0, 0x77];
                     (At::LanIngress, p)
                 }
-                Odd::Unspecified => (At::LanIngress, udp([0, 0, 0, 0], PUBLIC)),
+                // To a public port: one forwarded, which must not hairpin it.
+                Odd::Unspecified => {
+                    let port = PORTS[i % PORTS.len()];
+                    (At::LanIngress, Pkt::udp(&sa([0; 4], 68), &sa(PUBLIC, port)))
+                }
                 Odd::SpoofedLanSource => (At::WanIngress, udp(host, PUBLIC)),
                 Odd::ForeignLanSource => (At::LanIngress, udp([10, 9, 9, 9], wan)),
             }
@@ -684,14 +688,23 @@ fn differential(mode: Mode) {
         // Of any length up to STEPS_PER_CASE, so that shrinking can drop the steps that do not
         // matter.
         let strategy = proptest::collection::vec(action(), 1..=STEPS_PER_CASE);
+        // The generated actions run until the first disagreement (shrinking runs more).
+        let first = std::cell::Cell::new(None);
         let r = runner.run(&strategy, |actions| {
             ACTIONS.with(|n| n.set(n.get() + actions.len()));
-            sequence(mode, &actions, sides).map_err(TestCaseError::fail)
+            let r = sequence(mode, &actions, sides);
+            if r.is_err() && first.get().is_none() {
+                first.set(Some(ACTIONS.with(std::cell::Cell::get)));
+            }
+            r.map_err(TestCaseError::fail)
         });
         let seen = SEEN.with(|seen| seen.borrow().clone());
         match r {
             Ok(()) => Ok((ACTIONS.with(std::cell::Cell::get), seen)),
-            Err(TestError::Fail(why, actions)) => Err(format!("{why}\nshrunk actions: {actions:?}")),
+            Err(TestError::Fail(why, actions)) => Err(format!(
+                "found after {} generated actions: {why}\nshrunk actions: {actions:?}",
+                first.get().unwrap_or_default()
+            )),
             Err(e) => Err(e.to_string()),
         }
     });

@@ -109,6 +109,21 @@ pub fn delete(maps: &mut Maps, flow: &Flow) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// Removes every binding, then every flow. Returns the flows and how many bindings went.
+///
+/// Bindings first: a flow the dataplane makes meanwhile on a released binding is undone by
+/// the dataplane itself (it checks the binding once the flow is in), so no public port ends
+/// up with two LAN hosts.
+pub fn flush(maps: &mut Maps) -> anyhow::Result<(Vec<Flow>, usize)> {
+    let public = maps.config()?.public_addr;
+    let bindings = maps.bindings()?;
+    let released = bindings.len();
+    maps.unbind(bindings, public)?;
+    let (flows, lone) = snapshot(maps)?;
+    maps.remove_entries(flows.iter().flat_map(Flow::entries).chain(lone))?;
+    Ok((flows, released))
+}
+
 /// The (protocol, public port) pairs a flow entry holds: a binding is in use while one does.
 pub(crate) fn public_ports(k: &FlowKey, e: &CtEntry, public: Ipv4Be) -> impl Iterator<Item = (u8, PortBe)> {
     let eps = [k.src_ep(), k.dst_ep(), e.xlate.src_ep(), e.xlate.dst_ep()];

@@ -65,16 +65,8 @@ pub fn run(pins: &PinDir, a: FlowsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Every binding, then every flow: a flow the dataplane makes meanwhile on a released binding
-/// is undone by the dataplane itself (it checks the binding once the flow is in), so no public
-/// port ends up with two LAN hosts.
 fn flush(pins: &PinDir, maps: &mut Maps) -> anyhow::Result<()> {
-    let public = maps.config()?.public_addr;
-    let bindings = maps.bindings()?;
-    let released = bindings.len();
-    maps.unbind(bindings, public)?;
-    let (flows, lone) = conntrack::snapshot(maps)?;
-    maps.remove_entries(flows.iter().flat_map(Flow::entries).chain(lone))?;
+    let (flows, released) = conntrack::flush(maps)?;
     events::flushed(pins, flows.iter().map(|f| (&f.orig_key, &f.orig)));
     say!("flushed {} flows and {released} bindings", flows.len());
     Ok(())

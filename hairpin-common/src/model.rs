@@ -16,8 +16,9 @@
 //! wrong (a wrong one must stay exactly as wrong); TCP (without FIN or RST), UDP, ICMP echo and
 //! ICMP errors (every type that quotes a packet, about flows both ways, forged, the gateway's
 //! own time exceeded); forwards, hairpin to forwards and to bindings, masquerade, the boundary
-//! checks of both sides, and egress with confirmation. Not yet: fragments, TCP closing, the
-//! fast path and its flow cache, timeouts, the controller's operations.
+//! checks of both sides, and egress with confirmation; and the controller's commands between
+//! packets (forwards added and removed, flows flushed or deleted, the sweep). Not yet:
+//! fragments, TCP closing, the fast path and its flow cache, timeouts as time passes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -799,6 +800,73 @@ impl Model {
         }
         self.bindings.insert(key, port);
         Ok(port)
+    }
+}
+
+/// Why the controller refused to add a forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The public port is forwarded already.
+    Exists,
+    /// A LAN host's binding holds the public port.
+    Held,
+}
+
+/// What the controller's commands do to the tables (`map add`, `map del`, `flows flush`,
+/// `flows del`, `run`'s sweep), stated over the model's flows and bindings.
+impl Model {
+    /// `map add`: a forward of `proto` on the public port `port` to `to`, unless the port is
+    /// forwarded already or a LAN host's binding holds it (the two would contend for it).
+    pub fn add_forward(&mut self, gw: &mut Gateway, proto: u8, port: u16, to: Ep) -> Result<(), Refused> {
+        if gw.forwards.contains_key(&(proto, port)) {
+            return Err(Refused::Exists);
+        }
+        if self.bindings.iter().any(|(&(p, _), &bound)| p == proto && bound == port) {
+            return Err(Refused::Held);
+        }
+        gw.forwards.insert((proto, port), to);
+        Ok(())
+    }
+
+    /// `map del`: the forward goes, and the flows it made (those sent to its public port) stop
+    /// with it. Whether there was one.
+    pub fn remove_forward(&mut self, gw: &mut Gateway, proto: u8, port: u16) -> bool {
+        if gw.forwards.remove(&(proto, port)).is_none() {
+            return false;
+        }
+        self.flows.retain(|f| !(f.orig.proto == proto && f.orig.dst == (gw.public, port)));
+        true
+    }
+
+    /// `flows flush`: every flow and every binding.
+    pub fn flush(&mut self) {
+        self.flows.clear();
+        self.bindings.clear();
+    }
+
+    /// `flows del`: the flow whose original direction is `orig`, and the bindings it alone
+    /// held (a binding lives while a flow uses its public port). Whether there was one.
+    pub fn delete_flow(&mut self, gw: &Gateway, orig: &Tuple) -> bool {
+        let Some(i) = self.flows.iter().position(|f| f.orig == *orig) else { return false };
+        let gone = self.flows.remove(i).public_ports(gw);
+        let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
+        self.bindings.retain(|&(proto, _), port| !gone.contains(&(proto, *port)) || used.contains(&(proto, *port)));
+        true
+    }
+
+    /// `run`'s sweep once every flow has idled past its timeout and every forward given a
+    /// lifetime has outlived it: those forwards, every flow, and so every binding, go.
+    pub fn expire_all(&mut self, gw: &mut Gateway, lifetimes: &BTreeSet<(u8, u16)>) {
+        gw.forwards.retain(|key, _| !lifetimes.contains(key));
+        self.flush();
+    }
+}
+
+impl Flow {
+    /// The public ports its tuples use: (protocol, port).
+    fn public_ports(&self, gw: &Gateway) -> BTreeSet<(u8, u16)> {
+        let (o, x) = (self.orig, self.xlate);
+        [o.src, o.dst, x.src, x.dst].into_iter().filter(|ep| ep.0 == gw.public).map(|ep| (o.proto, ep.1)).collect()
     }
 }
 

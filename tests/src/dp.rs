@@ -193,6 +193,23 @@ impl Dataplane {
         dp
     }
 
+    /// The controller's handles on this dataplane's maps, opened as `hairpin-ctl` opens them:
+    /// from pins (in a directory of their own under /sys/fs/bpf, removed with the handles).
+    pub fn controller(&self) -> Controller {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pins =
+            hairpin_ctl::dataplane::PinDir::new(format!("/sys/fs/bpf/hairpin-test-{}-{seq}", std::process::id()));
+        std::fs::create_dir_all(pins.maps()).expect("a pin directory on /sys/fs/bpf");
+        let mut guard = Controller { maps: None, pins };
+        for name in map_names::ALL {
+            let map = self.ebpf().map(name).unwrap_or_else(|| panic!("map {name}"));
+            map.pin(guard.pins.map(name)).unwrap_or_else(|e| panic!("pinning {name}: {e}"));
+        }
+        guard.maps = Some(guard.pins.open().expect("the controller opens the pinned maps"));
+        guard
+    }
+
     /// What the dataplane reported through its ring buffer since the last call, in order.
     pub fn events(&mut self) -> Vec<hairpin_common::Event> {
         let mut ring = aya::maps::RingBuf::try_from(self.ebpf_mut().map_mut(map_names::EVENTS).unwrap()).unwrap();
@@ -231,6 +248,13 @@ impl Dataplane {
             HashMap::try_from(self.ebpf_mut().map_mut(map_names::FORWARDS).unwrap()).unwrap();
         let entry = ForwardEntry { target: ep(private), ..ForwardEntry::default() };
         m.insert(&ProtoEndpoint::new(proto(l4), ep(public)), &entry, 0).unwrap();
+    }
+
+    /// Every forward.
+    pub fn forwards(&self) -> Vec<(ProtoEndpoint, ForwardEntry)> {
+        let m: HashMap<_, ProtoEndpoint, ForwardEntry> =
+            HashMap::try_from(self.ebpf().map(map_names::FORWARDS).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
     }
 
     /// Every conntrack entry, confirmed or not.
@@ -400,4 +424,26 @@ pub fn in_routed_ns<T: Send + 'static>(tag: &str, body: impl FnOnce((u32, u32)) 
     let gw = hairpin_lab::routed::RoutedGateway::new(&format!("hp{tag}{}-{seq}", std::process::id())).unwrap();
     let sides = (gw.lan, gw.wan);
     gw.ns.run(move || body(sides)).expect("test body (see the panic above)")
+}
+
+/// The controller's handles on a test's dataplane (see [`Dataplane::controller`]); its pins
+/// are removed when it goes (the maps stay, the object holding them).
+pub struct Controller {
+    maps: Option<hairpin_ctl::dataplane::Maps>,
+    pins: hairpin_ctl::dataplane::PinDir,
+}
+
+impl Controller {
+    pub fn maps(&mut self) -> &mut hairpin_ctl::dataplane::Maps {
+        self.maps.as_mut().expect("opened")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.maps = None;
+        if let Err(e) = self.pins.remove_all() {
+            eprintln!("removing the test's pins at {}: {e:#}", self.pins.root.display());
+        }
+    }
 }

@@ -25,7 +25,7 @@ use std::{
 use hairpin_common::{
     CT_F_CONFIRMED, Reason,
     consts::{Hook, IPPROTO_TCP, IPPROTO_UDP},
-    model::{At, Choices, Ep, Gateway, Model, Tuple},
+    model::{At, Choices, Ep, Gateway, Model, Refused, Tuple},
 };
 use hairpin_tests::{
     dp::{self, Dataplane, Mode},
@@ -42,9 +42,22 @@ const GW_LAN: [u8; 4] = [192, 168, 0, 1];
 const PUBLIC: [u8; 4] = [203, 0, 113, 1];
 /// Ports hosts use and send to: few, so that tuples meet.
 const PORTS: [u16; 6] = [53, 80, 1024, 5353, 40000, 40001];
-/// The forwards: (protocol, public port) -> LAN target.
-const FORWARDS: [(u8, u16, [u8; 4], u16); 2] =
-    [(IPPROTO_TCP, 80, [192, 168, 0, 2], 80), (IPPROTO_UDP, 5353, [192, 168, 0, 2], 53)];
+/// The forwards: (protocol, public port) -> LAN target; two to one service (a client may use
+/// both from one port).
+const FORWARDS: [(u8, u16, [u8; 4], u16); 3] = [
+    (IPPROTO_TCP, 80, [192, 168, 0, 2], 80),
+    (IPPROTO_UDP, 5353, [192, 168, 0, 2], 53),
+    (IPPROTO_UDP, 40001, [192, 168, 0, 2], 53),
+];
+/// Forwards `map add` may add (or, for the first three, finds already there), and `map del`
+/// remove: on public ports hosts send to, which a LAN host's binding may hold.
+const CANDIDATE_FORWARDS: [(u8, u16, [u8; 4], u16); 5] = [
+    FORWARDS[0],
+    FORWARDS[1],
+    FORWARDS[2],
+    (IPPROTO_UDP, 1024, [192, 168, 0, 3], 1024),
+    (IPPROTO_TCP, 40000, [192, 168, 0, 4], 80),
+];
 const STEPS_PER_CASE: usize = 60;
 
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +128,8 @@ enum Action {
         ty: usize,
         whole: bool,
     },
+    /// A command of the controller's, between packets.
+    Op(Op),
     /// A WAN host sends the public address an ICMP error about a frame seen anywhere: one that
     /// left on a wire (even numbers) or one sent (odd), as it is (forged, late, malformed).
     ForgedError {
@@ -122,6 +137,32 @@ enum Action {
         host: usize,
         ty: usize,
     },
+}
+
+/// What the controller does between packets, through its own operations on the maps.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// `map add` of one of `CANDIDATE_FORWARDS`, `--lifetime` or not.
+    AddForward { which: usize, lifetime: bool },
+    /// `map del`, its flows with it.
+    RemoveForward(usize),
+    /// `flows flush`.
+    Flush,
+    /// `flows del` of one flow (the model's, in order).
+    DeleteFlow(usize),
+    /// `run`'s sweep now (nothing has idled long enough), or once everything has.
+    Sweep { later: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = CANDIDATE_FORWARDS.len();
+    prop_oneof![
+        3 => (0..n, any::<bool>()).prop_map(|(which, lifetime)| Op::AddForward { which, lifetime }),
+        2 => (0..n).prop_map(Op::RemoveForward),
+        1 => Just(Op::Flush),
+        2 => any::<usize>().prop_map(Op::DeleteFlow),
+        2 => any::<bool>().prop_map(|later| Op::Sweep { later }),
+    ]
 }
 
 /// ICMP errors (type, code): port and fragmentation-needed unreachables, source quench,
@@ -292,6 +333,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (mangle(), any::<usize>()).prop_map(|(m, i)| Action::Mangled(m, i)),
         2 => (any::<usize>(), 0..ERRORS.len(), any::<bool>()).prop_map(|(about, ty, whole)| Action::Error { about, ty, whole }),
         1 => (any::<usize>(), 0..WAN_HOSTS.len(), 0..ERRORS.len()).prop_map(|(about, host, ty)| Action::ForgedError { about, host, ty }),
+        1 => op().prop_map(Action::Op),
     ]
 }
 
@@ -343,6 +385,8 @@ fn make(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)> {
     };
     let public = |port: usize, bound: bool| -> Option<u16> { if bound { bound_port(port) } else { Some(PORTS[port]) } };
     let (at, pkt) = match *a {
+        // Not a frame: see `command`.
+        Action::Op(_) => return None,
         Action::Lan { host, sport, proto, to } => {
             let src = (ip(LAN_HOSTS[host]), PORTS[sport]);
             let dst = match to {
@@ -495,10 +539,14 @@ thread_local! {
     static ACTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-// How often each reason was the model's (and the dataplane's) word, over the run; per test
-// (each runs its cases on a thread of its own).
+// How often each reason was the model's (and the dataplane's) word, and each command's
+// outcome, over the run; per test (each runs its cases on a thread of its own).
 thread_local! {
     static SEEN: std::cell::RefCell<BTreeMap<&'static str, u64>> = const { std::cell::RefCell::new(BTreeMap::new()) };
+}
+
+fn tally(what: &'static str) {
+    SEEN.with(|seen| *seen.borrow_mut().entry(what).or_default() += 1);
 }
 
 /// One frame at one hook through both; then, for a frame ingress lets on, egress where the
@@ -528,7 +576,7 @@ fn step(
         return Err(format!("{at:?}: verdict {verdict} for {:?}", expect.reason));
     }
     log.push(format!("    {at:?} -> {:?}", expect.reason));
-    SEEN.with(|seen| *seen.borrow_mut().entry(expect.reason.name()).or_default() += 1);
+    tally(expect.reason.name());
     let Some(want) = expect.output else { return Ok(Vec::new()) };
     if out != want {
         return Err(format!("{at:?} {:?}: frame differs: {}", expect.reason, frame::diff(&out, &want)));
@@ -538,10 +586,22 @@ fn step(
     }
     match at {
         At::LanIngress | At::WanIngress if !expect.reason.consumes() && expect.reason != Reason::PassOtherHost => {
-            match kernel(gw, at == At::LanIngress, &out) {
-                Some((next, sent)) => step(dp, m, gw, next, &sent, log),
-                None => Ok(Vec::new()),
+            let Some((next, sent)) = kernel(gw, at == At::LanIngress, &out) else { return Ok(Vec::new()) };
+            // The boundary, whatever the model says: nothing from the WAN reaches the LAN but
+            // what a flow (a forward's, a binding's) admits, and nothing from the LAN is routed
+            // on with a source not the LAN's.
+            let admitted = matches!(
+                expect.reason,
+                Reason::IngressFlow | Reason::IngressNewFlow | Reason::IngressBinding | Reason::IcmpError
+            );
+            if at == At::WanIngress && next == At::LanEgress && !admitted {
+                return Err(format!("a WAN frame went on to the LAN, passed as {:?}", expect.reason));
             }
+            let src = [out[26], out[27], out[28], out[29]];
+            if at == At::LanIngress && out[12..14] == [0x08, 0x00] && !gw.in_lan(src) && sent[26..30] == src {
+                return Err(format!("a LAN frame from {} was routed on", Ipv4Addr::from(src)));
+            }
+            step(dp, m, gw, next, &sent, log)
         }
         At::LanIngress | At::WanIngress => Ok(Vec::new()),
         At::LanEgress | At::WanEgress => {
@@ -599,8 +659,16 @@ fn lan_address(gw: &Gateway, f: &[u8]) -> Option<Ipv4Addr> {
     seen.into_iter().find(|a| gw.in_lan(a.octets()))
 }
 
-/// The flows, confirmation and bindings the model holds, against the maps'.
-fn same_state(dp: &Dataplane, m: &Model) -> Result<(), String> {
+/// The flows, confirmation, bindings and forwards the model holds, against the maps'.
+fn same_state(dp: &Dataplane, m: &Model, gw: &Gateway) -> Result<(), String> {
+    let got: BTreeMap<(u8, u16), Ep> = dp
+        .forwards()
+        .into_iter()
+        .map(|(k, e)| ((k.proto, k.port.host()), (e.target.addr.octets(), e.target.port.host())))
+        .collect();
+    if got != gw.forwards {
+        return Err(format!("forwards differ: maps {got:?}, model {:?}", gw.forwards));
+    }
     let mut want = BTreeSet::new();
     for f in &m.flows {
         want.insert((f.orig, f.xlate, f.confirmed()));
@@ -633,9 +701,98 @@ fn fingerprint(m: &Model) -> (usize, usize, usize) {
     (m.flows.len(), m.flows.iter().map(|f| f.left.iter().filter(|l| **l).count()).sum(), m.bindings.len())
 }
 
+/// Runs a controller command through the controller's own operations on the maps (opened from
+/// pins, as `hairpin-ctl` opens them) and through the model; their outcomes must agree.
+fn command(
+    dp: &Dataplane,
+    m: &mut Model,
+    gw: &mut Gateway,
+    lifetimes: &mut BTreeSet<(u8, u16)>,
+    op: Op,
+) -> Result<(), String> {
+    use hairpin_ctl::{
+        conntrack,
+        gateway::forwards::{self, AddError, Forward, Origin},
+        spec::Proto,
+        sweep,
+    };
+    let mut ctl = dp.controller();
+    let maps = ctl.maps();
+    let hour = 3_600_000_000_000;
+    let forward = |which: usize, lifetime: bool| {
+        let (proto, port, addr, to) = CANDIDATE_FORWARDS[which];
+        let proto = Proto::from_number(proto).expect("TCP or UDP");
+        let expires_ns = lifetime.then(|| conntrack::boot_ns() + hour);
+        let (public, to) = (SocketAddrV4::new(PUBLIC.into(), port), SocketAddrV4::new(addr.into(), to));
+        Forward { proto, public, to, origin: Origin::Runtime, expires_ns }
+    };
+    match op {
+        Op::AddForward { which, lifetime } => {
+            let (proto, port, addr, to) = CANDIDATE_FORWARDS[which];
+            let got = match forwards::insert(maps, &forward(which, lifetime)) {
+                Ok(()) => Ok(()),
+                Err(AddError::AlreadyExists(_)) => Err(Refused::Exists),
+                Err(AddError::Held(..)) => Err(Refused::Held),
+                Err(AddError::Map(e)) => return Err(format!("map add: {e:#}")),
+            };
+            let want = m.add_forward(gw, proto, port, (addr, to));
+            if got != want {
+                return Err(format!("map add: the controller says {got:?}, the model {want:?}"));
+            }
+            if got.is_ok() && lifetime {
+                lifetimes.insert((proto, port));
+            }
+            tally(match got {
+                Ok(()) => "op: map add",
+                Err(Refused::Exists) => "op: map add, forwarded already",
+                Err(Refused::Held) => "op: map add, held by a binding",
+            });
+        }
+        Op::RemoveForward(which) => {
+            let (proto, port, _, _) = CANDIDATE_FORWARDS[which];
+            let got = forwards::remove(maps, &forward(which, false).key()).is_ok();
+            let want = m.remove_forward(gw, proto, port);
+            if got != want {
+                return Err(format!("map del: the controller removed one: {got}, the model: {want}"));
+            }
+            lifetimes.remove(&(proto, port));
+            tally(if got { "op: map del" } else { "op: map del, none" });
+        }
+        Op::Flush => {
+            conntrack::flush(maps).map_err(|e| format!("flows flush: {e:#}"))?;
+            m.flush();
+            tally("op: flows flush");
+        }
+        Op::DeleteFlow(i) => {
+            let mut origs: Vec<Tuple> = m.flows.iter().map(|f| f.orig).collect();
+            origs.sort();
+            let Some(&orig) = origs.get(i % origs.len().max(1)) else { return Ok(()) };
+            let (flows, _) = conntrack::snapshot(maps).map_err(|e| format!("{e:#}"))?;
+            let flow =
+                flows.iter().find(|f| tuple(&f.orig_key) == orig).ok_or(format!("flows del: no flow {orig:?}"))?;
+            conntrack::delete(maps, flow).map_err(|e| format!("flows del: {e:#}"))?;
+            m.delete_flow(gw, &orig);
+            tally("op: flows del");
+        }
+        Op::Sweep { later } => {
+            let now = conntrack::boot_ns() + if later { 24 * hour } else { 0 };
+            forwards::expire(maps, now).map_err(|e| format!("the sweep's forwards: {e:#}"))?;
+            sweep::sweep(maps, now).map_err(|e| format!("the sweep: {e:#}"))?;
+            if later {
+                m.expire_all(gw, lifetimes);
+                lifetimes.clear();
+            }
+            tally(if later { "op: sweep, all expired" } else { "op: sweep" });
+        }
+    }
+    Ok(())
+}
+
 /// Runs one sequence on a fresh dataplane.
 fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
-    let gw = gateway();
+    let mut gw = gateway();
+    // Forwards added with a lifetime: the sweep "later" removes them.
+    let mut lifetimes = BTreeSet::new();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
     let mut dp = Dataplane::load_routed(dp::lab_config(), mode, 1024, sides);
     for (proto, port, addr, to) in FORWARDS {
@@ -645,6 +802,14 @@ fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), Str
     let (mut m, mut h, mut log) = (Model::default(), History::default(), Vec::new());
     CASE.with(|c| c.borrow_mut().clear());
     for (i, a) in actions.iter().enumerate() {
+        if let Action::Op(op) = *a {
+            log.push(format!("{i}: {op:?}"));
+            let done = command(&dp, &mut m, &mut gw, &mut lifetimes, op).and_then(|()| same_state(&dp, &m, &gw));
+            if let Err(e) = done {
+                return Err(format!("{e}\nsteps:\n{}", log.join("\n")));
+            }
+            continue;
+        }
         let Some((at, f, what)) = make(a, &h, &m) else { continue };
         // A test run of a TC program refuses an IPv4 frame shorter than its header (the
         // kernel's check on what it is given), which XDP's takes.
@@ -662,7 +827,7 @@ fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), Str
             // Read back where the model's state moved, and at the end: reading the tables
             // is most of a step's cost. State the dataplane changed where the model says
             // nothing did is found at the next reading; shrinking then ends the sequence there.
-            if fingerprint(&m) != before || last { same_state(&dp, &m) } else { Ok(()) }
+            if fingerprint(&m) != before || last { same_state(&dp, &m, &gw) } else { Ok(()) }
         });
         if let Err(e) = done {
             let case = CASE.with(|c| c.borrow().join("\n    "));
@@ -710,7 +875,7 @@ fn differential(mode: Mode) {
     });
     match result {
         Ok((n, seen)) => {
-            let frames: u64 = seen.values().sum();
+            let frames: u64 = seen.iter().filter(|(k, _)| !k.starts_with("op: ")).map(|(_, n)| n).sum();
             eprintln!(
                 "model {mode:?}: {n} generated actions, {frames} frames at a hook, all agree (seed {seed:#x}): {seen:?}"
             );

@@ -274,6 +274,13 @@ impl Dataplane {
         m.iter().map(Result::unwrap).collect()
     }
 
+    /// The public ports bindings claim: (protocol, public endpoint) -> LAN endpoint.
+    pub fn bound_ports(&self) -> Vec<(ProtoEndpoint, Endpoint)> {
+        let m: HashMap<_, ProtoEndpoint, Endpoint> =
+            HashMap::try_from(self.ebpf().map(map_names::BOUND_PORTS).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
     /// The entries of unconfirmed flows.
     pub fn unconfirmed(&self) -> Vec<(FlowKey, CtEntry)> {
         let m: HashMap<_, FlowKey, CtEntry> =

@@ -688,6 +688,16 @@ fn same_state(dp: &Dataplane, m: &Model, gw: &Gateway) -> Result<(), String> {
     if got != m.bindings {
         return Err(format!("bindings differ: maps {got:?}, model {:?}", m.bindings));
     }
+    // Each binding's public port claimed for it, and no other.
+    let claimed: BTreeSet<_> = dp
+        .bound_ports()
+        .iter()
+        .map(|(k, host)| ((k.proto, (host.addr.octets(), host.port.host())), k.port.host()))
+        .collect();
+    let bound: BTreeSet<_> = m.bindings.iter().map(|(k, p)| (*k, *p)).collect();
+    if claimed != bound {
+        return Err(format!("bound ports differ: maps {claimed:?}, model {:?}", m.bindings));
+    }
     let leaving: BTreeSet<Tuple> = m.flows.iter().flat_map(|f| f.directions().map(|d| f.leaving(d))).collect();
     let egress: BTreeSet<Tuple> = dp.egress().iter().map(|(k, _)| tuple(k)).collect();
     if egress != leaving {

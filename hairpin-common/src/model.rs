@@ -4,21 +4,23 @@
 //! exact frame it leaves, and the state after.
 //!
 //! It is a second statement of the README's and the RFCs' rules (RFC 4787 endpoint-independent
-//! mapping, address-and-port-dependent filtering by default, RFC 5382 for TCP, RFC 5508 echo
-//! by identifier, the gateway as a boundary), not a translation of the eBPF code: plain maps,
-//! no caches, no per-CPU state, checksums computed from scratch. Where the dataplane may choose
-//! (a free source port, an echo id), the model asks the implementation what it chose
-//! ([`Choices`]) and checks the choice against the rules instead.
+//! mapping, address-and-port-dependent filtering by default, RFC 5382 for TCP, RFC 5508 for
+//! echo by identifier and ICMP errors, the gateway as a boundary), not a translation of the
+//! eBPF code: plain maps, no caches, no per-CPU state, every checksum by one rule (see
+//! [`keep_sums`]). Where the dataplane may choose (a free source port, an echo id), the model
+//! asks the implementation what it chose ([`Choices`]) and checks the choice against the rules
+//! instead.
 //!
-//! Covered so far: the slow path (fast path off); Ethernet frames to the gateway's MAC or
-//! another's, priority-tagged and VLAN frames, non-IPv4; IPv4 with options, malformed headers
+//! Covered so far: Ethernet frames to the gateway's MAC or another's, priority-tagged and VLAN
+//! frames, non-IPv4; IPv4 with options, malformed headers
 //! (truncated, bad IHL, total or UDP length, TCP data offset or flags) and checksums right or
 //! wrong (a wrong one must stay exactly as wrong); TCP (without FIN or RST), UDP, ICMP echo and
 //! ICMP errors (every type that quotes a packet, about flows both ways, forged, the gateway's
 //! own time exceeded); forwards, hairpin to forwards and to bindings, masquerade, the boundary
-//! checks of both sides, and egress with confirmation; and the controller's commands between
-//! packets (forwards added and removed, flows flushed or deleted, the sweep). Not yet:
-//! fragments, TCP closing, the fast path and its flow cache, timeouts as time passes.
+//! checks of both sides, egress with confirmation, and the fast path (its flow cache is the
+//! implementation's, unseen here); and the controller's commands between packets (forwards
+//! added and removed, flows flushed or deleted, the sweep). Not yet: fragments, TCP closing,
+//! timeouts as time passes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +63,17 @@ pub struct Gateway {
     pub mac: [[u8; 6]; 2],
     /// (protocol, public port) -> LAN target.
     pub forwards: BTreeMap<(u8, u16), Ep>,
+    /// The fast path: packets of confirmed flows translated whole (the TTL counted down, the
+    /// next hop's MACs) and sent on by ingress itself, when the kernel would send them so.
+    pub fast_path: bool,
+    /// The gateway's interfaces' own MACs (LAN, WAN): what it sends from.
+    pub if_mac: [[u8; 6]; 2],
+    /// The LAN hosts whose MACs the gateway knows (the others' it must ask for first).
+    pub neighbours: BTreeMap<[u8; 4], [u8; 6]>,
+    /// The WAN's router: every internet host's next hop.
+    pub router: [u8; 6],
+    /// The WAN's MTU (the LAN's is more than any frame here).
+    pub wan_mtu: usize,
 }
 
 /// Where a frame is run, as `consts::Hook`.
@@ -411,8 +424,14 @@ fn write_tuple(out: &mut [u8], l3: usize, l4: usize, p: &Parsed, to: &Tuple) {
 
 /// The frame with its tuple made `to`, its checksums kept (see [`keep_sums`]).
 fn rewritten(f: &[u8], ip: &Ip, p: &Parsed, to: &Tuple) -> Vec<u8> {
+    rewritten_and(f, ip, p, to, |_| {})
+}
+
+/// As [`rewritten`], with `also` changed in the frame before the checksums are kept.
+fn rewritten_and(f: &[u8], ip: &Ip, p: &Parsed, to: &Tuple, also: impl FnOnce(&mut [u8])) -> Vec<u8> {
     let mut out = f.to_vec();
     write_tuple(&mut out, ip.l3, ip.l4, p, to);
+    also(&mut out);
     let sums: Vec<Sum> = l4_sum(ip.l3, ip.l4, ip.end, to.proto).into_iter().chain([ip_sum(ip.l3, ip.l4)]).collect();
     keep_sums(f, &mut out, &sums);
     out
@@ -435,6 +454,30 @@ fn rewritten_error(f: &[u8], ip: &Ip, q: &Quoted, to: &Tuple, outer: (Option<[u8
         quoted_l4.into_iter().chain([ip_sum(q.l3, q.l4)]).chain(outer_icmp).chain([ip_sum(ip.l3, ip.l4)]).collect();
     keep_sums(f, &mut out, &sums);
     out
+}
+
+/// A packet of a confirmed flow sent on by ingress, translated to `to` whole, as the kernel
+/// would forward it: the TTL counted down, the next hop's MAC and the interface's; back out
+/// of the interface it came in by (hairpin) or to the other. `None` where the kernel must
+/// do it: a TTL it answers with time exceeded, a header with options, or a wrong checksum
+/// (which the kernel drops: a router must not forward it), a LAN host whose MAC it must ask
+/// for, a packet too big for the WAN.
+fn fast(gw: &Gateway, lan: bool, frame: &[u8], ip: &Ip, p: &Parsed, to: &Tuple) -> Option<Expect> {
+    let ttl = frame[ip.l3 + 8];
+    if ttl <= 1 || ip.l4 != ip.l3 + 20 || csum::checksum(&frame[ip.l3..ip.l4]) != 0 {
+        return None;
+    }
+    let dst = to.dst.0;
+    let (out_lan, next) = match gw.in_lan(dst) {
+        true => (true, *gw.neighbours.get(&dst)?),
+        false if ip.end - ip.l3 > gw.wan_mtu => return None,
+        false => (false, gw.router),
+    };
+    let mut out = rewritten_and(frame, ip, p, to, |out| out[ip.l3 + 8] = ttl - 1);
+    out[0..6].copy_from_slice(&next);
+    out[6..12].copy_from_slice(&gw.if_mac[usize::from(!out_lan)]);
+    let reason = if out_lan == lan { Reason::FastTx } else { Reason::FastRedirect };
+    Some(Expect { reason, output: Some(out) })
 }
 
 /// What the kernel does with a frame ingress let on: which egress it leaves by (`None`: it is
@@ -534,7 +577,16 @@ impl Model {
         let t = p.tuple;
         if let Some((i, reply)) = self.find(&t) {
             let f = &self.flows[i];
-            let out = f.leaving(f.directions()[usize::from(reply)]);
+            let dir = f.directions()[usize::from(reply)];
+            // Until the kernel has forwarded a flow both ways, its packets go through it.
+            if gw.fast_path
+                && f.confirmed()
+                && !ip.fragment
+                && let Some(sent) = fast(gw, lan, frame, ip, &p, &dir.1)
+            {
+                return Ok(sent);
+            }
+            let out = f.leaving(dir);
             return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, ip, &p, &out)) });
         }
         let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, &p) else {

@@ -212,6 +212,10 @@ counters! {
     TcpRstOutOfWindow = 13, "tcp_rst_out_of_window";
     /// Held fragments (`held_fragment`) sent on, appended to the fragment before them.
     FragmentsReleased = 14, "fragments_released";
+    /// Known flow left to the kernel: its IPv4 header has options (as netfilter's flowtable
+    /// leaves them to the stack) or a wrong checksum (which the kernel drops, as RFC 1812 has
+    /// a router do).
+    SlowHeader = 15, "ip_header";
 }
 
 impl Counter {
@@ -250,10 +254,11 @@ pub enum Slow {
     FragNeeded,
     NoNeighbour,
     Route,
+    Header,
 }
 
 impl Slow {
-    pub const ALL: [Slow; 4] = [Slow::Ttl, Slow::FragNeeded, Slow::NoNeighbour, Slow::Route];
+    pub const ALL: [Slow; 5] = [Slow::Ttl, Slow::FragNeeded, Slow::NoNeighbour, Slow::Route, Slow::Header];
 
     #[inline(always)]
     pub const fn counter(self) -> Counter {
@@ -262,6 +267,7 @@ impl Slow {
             Slow::FragNeeded => Counter::SlowFragNeeded,
             Slow::NoNeighbour => Counter::SlowNoNeighbour,
             Slow::Route => Counter::SlowRoute,
+            Slow::Header => Counter::SlowHeader,
         }
     }
 

@@ -5,7 +5,10 @@
 //! with `bpf_redirect` (see `ctx::Packet::redirect`); the code is one. Whatever it cannot do
 //! exactly as the kernel would is left to the slow path, counted by [`Slow`].
 
-use hairpin_common::{Config, Counter, FlowKey, NextHop, Reason, Slow, csum::CsumDelta};
+use hairpin_common::{
+    Config, Counter, FlowKey, NextHop, Reason, Slow,
+    csum::{self, CsumDelta},
+};
 
 use crate::{
     cache,
@@ -19,6 +22,8 @@ use crate::{
 
 /// Offset of the TTL (and protocol, the other half of its checksum word) in the IPv4 header.
 const IP_TTL_OFF: usize = core::mem::offset_of!(network_types::ip::Ipv4Hdr, ttl);
+/// An IPv4 header without options.
+const IPV4_HDR_LEN: usize = network_types::ip::Ipv4Hdr::LEN;
 
 /// Forwards `p`, of the flow direction `found`, and copies what it was sent with into the
 /// flow cache; the verdict, or why the kernel must forward it.
@@ -95,7 +100,10 @@ pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::
     Ok(verdict)
 }
 
-/// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded).
+/// The packet's TTL, more than 1 (the kernel answers the others with time-exceeded), in a
+/// header the kernel would forward as the fast path does: without options (netfilter's
+/// flowtable leaves those to the stack too) and with a valid checksum, which the kernel checks
+/// first and drops the packet for (RFC 1812 5.2.2: a router must).
 struct Ttl {
     word: *mut [u8; 2],
     ttl: u8,
@@ -110,6 +118,16 @@ impl Ttl {
         let [ttl, proto] = unsafe { *word };
         if ttl <= 1 {
             return Err(Slow::Ttl);
+        }
+        if p.l4_off != p.l3_off + IPV4_HDR_LEN {
+            return Err(Slow::Header);
+        }
+        let header = ptr_at::<[u32; 5]>(pkt, p.l3_off).map_err(|_| Slow::Route)?;
+        // SAFETY: as above; raw words, as the checksum is summed (see `csum`).
+        let w = unsafe { header.read_unaligned() };
+        let sum = w[0] as u64 + w[1] as u64 + w[2] as u64 + w[3] as u64 + w[4] as u64;
+        if csum::fold(csum::fold64(sum)) != 0xffff {
+            return Err(Slow::Header);
         }
         Ok(Self { word, ttl, proto })
     }

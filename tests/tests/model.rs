@@ -337,8 +337,18 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn gateway() -> Gateway {
+/// The lab's configuration, the fast path on or off.
+fn config(fast: bool) -> hairpin_common::Config {
     let cfg = dp::lab_config();
+    if fast { hairpin_common::Config { flags: cfg.flags | hairpin_common::CFG_F_FAST_PATH, ..cfg } } else { cfg }
+}
+
+/// The model's view of the gateway `config` sets up in the routed namespace
+/// (`hairpin_lab::routed`): its interfaces' MACs, the neighbours it knows (the server and the
+/// client, not 192.168.0.4), the router behind every internet host, the WAN's MTU.
+fn gateway(fast: bool) -> Gateway {
+    use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, SERVER_MAC, WAN_MAC};
+    let cfg = config(fast);
     Gateway {
         lan_addr: GW_LAN,
         lan_net: [192, 168, 0, 0],
@@ -349,6 +359,11 @@ fn gateway() -> Gateway {
         udp_eif: cfg.udp_endpoint_independent_filtering(),
         mac: cfg.mac,
         forwards: FORWARDS.iter().map(|&(p, port, addr, to)| ((p, port), (addr, to))).collect(),
+        fast_path: cfg.fast_path(),
+        if_mac: [LAN_MAC, WAN_MAC],
+        neighbours: [(LAN_HOSTS[0], SERVER_MAC), (LAN_HOSTS[1], CLIENT_MAC)].into(),
+        router: ROUTER_MAC,
+        wan_mtu: 1400,
     }
 }
 
@@ -584,7 +599,13 @@ fn step(
     if frame::verify_checksums(f).is_ok() {
         frame::verify_checksums(&out).map_err(|e| format!("{at:?}: what left has a bad checksum: {e}"))?;
     }
+    let fast = matches!(expect.reason, Reason::FastTx | Reason::FastRedirect);
     match at {
+        // Sent on by ingress itself: on the wire.
+        At::LanIngress | At::WanIngress if fast => {
+            let l3 = l3_of(&out);
+            on_wire(gw, !gw.in_lan([out[l3 + 16], out[l3 + 17], out[l3 + 18], out[l3 + 19]]), &out)
+        }
         At::LanIngress | At::WanIngress if !expect.reason.consumes() && expect.reason != Reason::PassOtherHost => {
             let Some((next, sent)) = kernel(gw, at == At::LanIngress, &out) else { return Ok(Vec::new()) };
             // The boundary, whatever the model says: nothing from the WAN reaches the LAN but
@@ -604,14 +625,16 @@ fn step(
             step(dp, m, gw, next, &sent, log)
         }
         At::LanIngress | At::WanIngress => Ok(Vec::new()),
-        At::LanEgress | At::WanEgress => {
-            let wan = at == At::WanEgress;
-            if wan && let Some(a) = lan_address(gw, &out) {
-                return Err(format!("a LAN address left on the WAN: {a}"));
-            }
-            Ok(frame::parse(&out).map(|p| vec![(wan, p)]).unwrap_or_default())
-        }
+        At::LanEgress | At::WanEgress => on_wire(gw, at == At::WanEgress, &out),
     }
+}
+
+/// A frame that left on the LAN's wire or (`wan`) the WAN's, where no LAN address may be.
+fn on_wire(gw: &Gateway, wan: bool, out: &[u8]) -> Result<Vec<(bool, Pkt)>, String> {
+    if wan && let Some(a) = lan_address(gw, out) {
+        return Err(format!("a LAN address left on the WAN: {a}"));
+    }
+    Ok(frame::parse(out).map(|p| vec![(wan, p)]).unwrap_or_default())
 }
 
 /// What the kernel does with a frame ingress let on, as the gateway's router: the frame it
@@ -647,9 +670,14 @@ fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<u8>)> {
     Some((next, f))
 }
 
+/// Where an Ethernet frame's payload starts: after one 802.1Q tag, if it has one.
+fn l3_of(f: &[u8]) -> usize {
+    if f.get(12..14) == Some(&[0x81, 0x00][..]) { 18 } else { 14 }
+}
+
 /// A LAN address in a frame, as its source, or quoted by an ICMP error.
 fn lan_address(gw: &Gateway, f: &[u8]) -> Option<Ipv4Addr> {
-    let l3 = if f.get(12..14)? == [0x81, 0x00] { 18 } else { 14 };
+    let l3 = l3_of(f);
     let at = |i: usize| Some(Ipv4Addr::new(*f.get(i)?, *f.get(i + 1)?, *f.get(i + 2)?, *f.get(i + 3)?));
     let mut seen = vec![at(l3 + 12)?];
     let l4 = l3 + usize::from(f[l3] & 0x0f) * 4;
@@ -799,12 +827,13 @@ fn command(
 }
 
 /// Runs one sequence on a fresh dataplane.
-fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
-    let mut gw = gateway();
+fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
+    let mut gw = gateway(fast);
     // Forwards added with a lifetime: the sweep "later" removes them.
     let mut lifetimes = BTreeSet::new();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
-    let mut dp = Dataplane::load_routed(dp::lab_config(), mode, 1024, sides);
+    let mut dp = Dataplane::load_routed(config(fast), mode, 1024, sides);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for (proto, port, addr, to) in FORWARDS {
         let l4 = if proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
         dp.add_mapping(l4, &sa(PUBLIC, port), &sa(addr, to));
@@ -830,6 +859,10 @@ fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), Str
         if matches!(at, At::LanIngress | At::WanIngress) {
             h.sent.push((at, f.clone()));
         }
+        // Each CPU has its own copy of a flow in the flow cache: steps alternate between them.
+        if fast {
+            hairpin_lab::pin_thread_to_cpu(i % cpus).map_err(|e| format!("pinning to CPU {}: {e}", i % cpus))?;
+        }
         let before = fingerprint(&m);
         let last = i + 1 == actions.len();
         let done = step(&mut dp, &mut m, &gw, at, &f, &mut log).and_then(|wire| {
@@ -850,11 +883,13 @@ fn sequence(mode: Mode, actions: &[Action], sides: (u32, u32)) -> Result<(), Str
     Ok(())
 }
 
-/// Runs the generated cases in `mode` inside a namespace that routes like the gateway.
-fn differential(mode: Mode) {
+/// Runs the generated cases in `mode`, the fast path on or off, inside a namespace that
+/// routes like the gateway.
+fn differential(mode: Mode, fast: bool) {
+    let what = if fast { format!("{mode:?}, fast path") } else { format!("{mode:?}") };
     let steps: usize = std::env::var("HAIRPIN_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("HAIRPIN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6861_6972);
-    let result = dp::in_routed_ns(&format!("m{mode:?}"), move |sides| {
+    let result = dp::in_routed_ns(&format!("m{mode:?}{}", u8::from(fast)), move |sides| {
         let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -867,7 +902,7 @@ fn differential(mode: Mode) {
         let first = std::cell::Cell::new(None);
         let r = runner.run(&strategy, |actions| {
             ACTIONS.with(|n| n.set(n.get() + actions.len()));
-            let r = sequence(mode, &actions, sides);
+            let r = sequence(mode, fast, &actions, sides);
             if r.is_err() && first.get().is_none() {
                 first.set(Some(ACTIONS.with(std::cell::Cell::get)));
             }
@@ -887,19 +922,29 @@ fn differential(mode: Mode) {
         Ok((n, seen)) => {
             let frames: u64 = seen.iter().filter(|(k, _)| !k.starts_with("op: ")).map(|(_, n)| n).sum();
             eprintln!(
-                "model {mode:?}: {n} generated actions, {frames} frames at a hook, all agree (seed {seed:#x}): {seen:?}"
+                "model {what}: {n} generated actions, {frames} frames at a hook, all agree (seed {seed:#x}): {seen:?}"
             );
         }
-        Err(e) => panic!("the dataplane and the model disagree ({mode:?}, seed {seed:#x}):\n{e}"),
+        Err(e) => panic!("the dataplane and the model disagree ({what}, seed {seed:#x}):\n{e}"),
     }
 }
 
 #[test]
 fn xdp_ingress_agrees_with_the_model() {
-    differential(Mode::Xdp);
+    differential(Mode::Xdp, false);
 }
 
 #[test]
 fn tc_ingress_agrees_with_the_model() {
-    differential(Mode::Tc);
+    differential(Mode::Tc, false);
+}
+
+#[test]
+fn xdp_fast_path_agrees_with_the_model() {
+    differential(Mode::Xdp, true);
+}
+
+#[test]
+fn tc_fast_path_agrees_with_the_model() {
+    differential(Mode::Tc, true);
 }

@@ -98,6 +98,18 @@ pub struct Flow {
     pub sport_at_ingress: bool,
     /// From the LAN to the public address, hairpinned: it never crosses the WAN.
     pub hairpin: bool,
+    /// What each direction's TCP segments said (original first; a flow that is its own
+    /// reply has one direction, the first).
+    pub tcp: [TcpSeen; 2],
+}
+
+/// What a TCP flow direction's segments through conntrack said: a FIN, an RST that counted,
+/// the last acknowledgment number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSeen {
+    pub fin: bool,
+    pub rst: bool,
+    pub ack: Option<u32>,
 }
 
 impl Flow {
@@ -191,6 +203,15 @@ struct Parsed {
     tuple: Tuple,
     /// ICMP type (echo 8, reply 0).
     icmp_type: u8,
+    /// A TCP segment's flags, sequence and acknowledgment numbers.
+    tcp: Option<Segment>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    flags: u8,
+    seq: u32,
+    ack: u32,
 }
 
 /// The packet an ICMP error quotes: where its headers are, its tuple as quoted.
@@ -270,7 +291,7 @@ fn tuple_at(f: &[u8], l4: usize, proto: u8, src: [u8; 4], dst: [u8; 4]) -> Optio
         _ => return None,
     };
     let icmp_type = if proto == IPPROTO_ICMP { f[l4] } else { 0 };
-    Some(Parsed { tuple: Tuple { proto, src: (src, ports.0), dst: (dst, ports.1) }, icmp_type })
+    Some(Parsed { tuple: Tuple { proto, src: (src, ports.0), dst: (dst, ports.1) }, icmp_type, tcp: None })
 }
 
 /// The L4 header after `ip`. Fragments after the first, and protocols and ICMP types hairpin
@@ -313,7 +334,11 @@ fn parse_l4(f: &[u8], ip: &Ip) -> Result<L4, Reason> {
     if invalid {
         return Err(Reason::DropInvalid);
     }
+    let be32 = |at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
     match parsed {
+        Some(p) if ip.proto == IPPROTO_TCP => {
+            Ok(L4::Flow(Parsed { tcp: Some(Segment { flags: f[l4 + 13], seq: be32(l4 + 4), ack: be32(l4 + 8) }), ..p }))
+        }
         Some(p) => Ok(L4::Flow(p)),
         None if ip.fragment => Err(Reason::PassFragment),
         None => {
@@ -335,6 +360,19 @@ fn parse_l4(f: &[u8], ip: &Ip) -> Result<L4, Reason> {
             Ok(L4::Error(Quoted { l3: q3, l4: q4, p }))
         }
     }
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether an RST with sequence number `seq` is near `ack`, what its receiver last
+/// acknowledged: up to 8 MiB past it (a large scaled window) or 64 KiB before it (an answer to
+/// a segment acknowledged since), sequence numbers wrapping.
+fn rst_near(seq: u32, ack: u32) -> bool {
+    let past = seq.wrapping_sub(ack);
+    past < 8 << 20 || ack.wrapping_sub(seq) <= 64 << 10
 }
 
 /// TCP flags a stack sends (netfilter's `tcp_valid_flags`, stated here apart from the
@@ -575,7 +613,15 @@ impl Model {
             Err(r) => return Ok(Expect::decided(r, frame)),
         };
         let t = p.tuple;
-        if let Some((i, reply)) = self.find(&t) {
+        let mut found = self.find(&t);
+        if let (Some((i, reply)), Some(seg)) = (found, p.tcp)
+            && self.segment(i, usize::from(reply), seg)
+        {
+            // A SYN on a closed flow's tuple: the old flow goes, the SYN opens a new one.
+            self.flows.remove(i);
+            found = None;
+        }
+        if let Some((i, reply)) = found {
             let f = &self.flows[i];
             let dir = f.directions()[usize::from(reply)];
             // Until the kernel has forwarded a flow both ways, its packets go through it.
@@ -598,9 +644,37 @@ impl Model {
         // From the LAN to the public address, with hairpin: the flow never leaves the LAN.
         let hairpin = lan && gw.hairpin && t.dst.0 == gw.public;
         match self.open(gw, kind, &t, dst, hairpin, choices)? {
-            Ok(out) => Ok(Expect { reason, output: Some(rewritten(frame, ip, &p, &out)) }),
+            Ok(out) => {
+                // The segment that opens a flow leaves its FIN or RST, as it is, in its
+                // direction (its acknowledgment is not taken).
+                if let (Some(seg), Some(f)) = (p.tcp, self.flows.last_mut()) {
+                    f.tcp[0] = TcpSeen { fin: seg.flags & TCP_FIN != 0, rst: seg.flags & TCP_RST != 0, ack: None };
+                }
+                Ok(Expect { reason, output: Some(rewritten(frame, ip, &p, &out)) })
+            }
             Err(refused) => drop(refused),
         }
+    }
+
+    /// Records a TCP segment of flow `i`'s direction `d` (what netfilter's conntrack keeps of
+    /// RFC 793's state): a FIN; an RST that counts, near what its receiver last acknowledged
+    /// (an off-path spray does not, RFC 5961); the acknowledgment. Whether it is a SYN on a
+    /// closed flow (an RST, or a FIN each way), which re-opens the tuple as a new flow, as
+    /// netfilter re-opens one in TIME_WAIT or CLOSE.
+    fn segment(&mut self, i: usize, d: usize, seg: Segment) -> bool {
+        let f = &mut self.flows[i];
+        let twin = if f.is_own() { d } else { 1 - d };
+        if seg.flags & TCP_RST != 0 && f.tcp[twin].ack.is_none_or(|ack| rst_near(seg.seq, ack)) {
+            f.tcp[d].rst = true;
+        }
+        if seg.flags & TCP_ACK != 0 {
+            f.tcp[d].ack = Some(seg.ack);
+        }
+        if seg.flags & TCP_FIN != 0 {
+            f.tcp[d].fin = true;
+        }
+        let closed = f.tcp[0].rst || f.tcp[1].rst || (f.tcp[d].fin && f.tcp[twin].fin);
+        seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && closed
     }
 
     /// Whether a packet of no flow opens one, which kind, the reason counted and the
@@ -687,7 +761,14 @@ impl Model {
     }
 
     fn planned(&self, t: &Tuple, src: Ep, dst: Ep, sport_at_ingress: bool) -> Flow {
-        Flow { orig: *t, xlate: Tuple { proto: t.proto, src, dst }, left: [false; 2], sport_at_ingress, hairpin: false }
+        Flow {
+            orig: *t,
+            xlate: Tuple { proto: t.proto, src, dst },
+            left: [false; 2],
+            sport_at_ingress,
+            hairpin: false,
+            tcp: [TcpSeen::default(); 2],
+        }
     }
 
     /// Whether a planned flow takes no other flow's tuples and its directions leave apart (a

@@ -29,7 +29,7 @@ use hairpin_common::{
 };
 use hairpin_tests::{
     dp::{self, Dataplane, Mode},
-    frame::{self, L4, Pkt, TCP_ACK, TCP_SYN},
+    frame::{self, L4, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use proptest::{
     prelude::*,
@@ -65,6 +65,12 @@ enum Proto {
     Udp,
     TcpSyn,
     TcpAck,
+    TcpFin,
+    /// An RST near what its receiver acknowledged (every ACK here says 77), or far from it
+    /// (an off-path spray).
+    TcpRst {
+        far: bool,
+    },
     Ping,
 }
 
@@ -300,7 +306,14 @@ fn mangled(m: Mangle, base: &Pkt) -> Option<Vec<u8>> {
 }
 
 fn proto() -> impl Strategy<Value = Proto> {
-    prop_oneof![Just(Proto::Udp), Just(Proto::TcpSyn), Just(Proto::TcpAck), Just(Proto::Ping)]
+    prop_oneof![
+        4 => Just(Proto::Udp),
+        4 => Just(Proto::TcpSyn),
+        4 => Just(Proto::TcpAck),
+        1 => Just(Proto::TcpFin),
+        1 => any::<bool>().prop_map(|far| Proto::TcpRst { far }),
+        4 => Just(Proto::Ping),
+    ]
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -377,6 +390,8 @@ fn packet(proto: Proto, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
         Proto::Udp => Pkt::udp(&s, &d),
         Proto::TcpSyn => Pkt::tcp(&s, &d).flags(TCP_SYN),
         Proto::TcpAck => Pkt::tcp(&s, &d).flags(TCP_ACK),
+        Proto::TcpFin => Pkt::tcp(&s, &d).flags(TCP_FIN | TCP_ACK),
+        Proto::TcpRst { far } => Pkt::tcp(&s, &d).flags(TCP_RST).nums(if far { 77 + (16 << 20) } else { 1000 }, 0),
         // An echo request's id is its source port; the destination has none.
         Proto::Ping => Pkt::ping(&s, &sa(dst.0.octets(), 0)),
     }

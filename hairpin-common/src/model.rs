@@ -12,15 +12,15 @@
 //! instead.
 //!
 //! Covered so far: Ethernet frames to the gateway's MAC or another's, priority-tagged and VLAN
-//! frames, non-IPv4; IPv4 with options, malformed headers
-//! (truncated, bad IHL, total or UDP length, TCP data offset or flags) and checksums right or
-//! wrong (a wrong one must stay exactly as wrong); TCP (without FIN or RST), UDP, ICMP echo and
-//! ICMP errors (every type that quotes a packet, about flows both ways, forged, the gateway's
-//! own time exceeded); forwards, hairpin to forwards and to bindings, masquerade, the boundary
-//! checks of both sides, egress with confirmation, and the fast path (its flow cache is the
-//! implementation's, unseen here); and the controller's commands between packets (forwards
-//! added and removed, flows flushed or deleted, the sweep). Not yet: fragments, TCP closing,
-//! timeouts as time passes.
+//! frames, non-IPv4; IPv4 with options, malformed headers (truncated, bad IHL, total or UDP
+//! length, TCP data offset or flags) and checksums right or wrong (a wrong one must stay
+//! exactly as wrong); TCP (FINs, RSTs in and out of the window, a closed tuple re-opened by a
+//! SYN), UDP, ICMP echo and ICMP errors (every type that quotes a packet, about flows both
+//! ways, forged, the gateway's own time exceeded); forwards, hairpin to forwards and to
+//! bindings, masquerade, the boundary checks of both sides, egress with confirmation, and the
+//! fast path (its flow cache is the implementation's, unseen here); and the controller's
+//! commands between packets (forwards added and removed, flows flushed or deleted, the
+//! sweep). Not yet: fragments, timeouts as time passes, full tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -5,17 +5,18 @@
 //! must have valid checksums and no LAN source on the WAN.
 //!
 //! Each case is a sequence of actions on a fresh dataplane: a LAN or WAN host sends (UDP, a
-//! TCP SYN or ACK, an echo request) to a WAN host, a LAN host, the gateway, the public
-//! address's forwarded ports or its bound ones; a host answers a frame that left on its wire,
-//! or sends an ICMP error about it; a WAN host forges an error about any frame seen; a frame
-//! is sent again, or made wrong in one way (truncated, bad header fields or checksums, TTL
-//! 0 or 1, VLAN tags, IP options, padding, another protocol); odd frames (ARP, another host's
-//! MAC, a source 0.0.0.0). What ingress lets on goes through egress where the kernel would
-//! route it (a priority tag off, padding trimmed, the TTL counted down), or comes back as the
-//! kernel's time-exceeded error. Fixed seed; the number of steps from `HAIRPIN_MODEL_STEPS`
-//! (`cargo xtask fuzz` runs long ones, with `HAIRPIN_MODEL_SEED`). A disagreement is shrunk by
-//! proptest and printed as the steps that lead to it. What leaves must have valid checksums
-//! where what came in had.
+//! TCP SYN, ACK, FIN or RST, an echo request) to a WAN host, a LAN host, the gateway, the
+//! public address's forwarded ports or its bound ones; a host answers a frame that left on its
+//! wire, or sends an ICMP error about it; a WAN host forges an error about any frame seen; a
+//! frame is sent again, or made wrong in one way (truncated, bad header fields or checksums,
+//! TTL 0 or 1, VLAN tags, IP options, padding, another protocol); odd frames (ARP, another
+//! host's MAC, a source 0.0.0.0); the controller's commands. What ingress lets on goes through
+//! egress where the kernel would route it (a priority tag off, padding trimmed, the TTL
+//! counted down), or comes back as the kernel's time-exceeded error. Ingress runs as XDP and
+//! as TC, the fast path off and on (with its flow cache, steps alternating between CPUs).
+//! Fixed seed; the number of steps from `HAIRPIN_MODEL_STEPS` (`cargo xtask fuzz` runs long
+//! ones, with `HAIRPIN_MODEL_SEED`). A disagreement is shrunk by proptest and printed as the
+//! steps that lead to it. What leaves must have valid checksums where what came in had.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -52,7 +52,8 @@ enum Task {
         run: Option<String>,
     },
     /// The differential test run long (root): generated frame sequences through the real
-    /// programs and the reference model, in XDP and TC ingress, every step compared.
+    /// programs and the reference model, in XDP and TC ingress, the fast path off and on, every
+    /// step compared.
     Fuzz {
         /// Generated actions in all (half per ingress mode).
         #[arg(long, default_value_t = 1_000_000)]

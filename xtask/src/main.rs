@@ -55,7 +55,7 @@ enum Task {
     /// programs and the reference model, in XDP and TC ingress, the fast path off and on, every
     /// step compared.
     Fuzz {
-        /// Generated actions in all (half per ingress mode).
+        /// Generated actions in all (a quarter per run: XDP, TC, each with the fast path off and on).
         #[arg(long, default_value_t = 1_000_000)]
         steps: u64,
         /// The generator's seed [default: the fixed seed of `cargo xtask test`].

@@ -909,7 +909,10 @@ fn differential(mode: Mode, fast: bool) {
         let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        let config = PtConfig { cases, failure_persistence: None, max_shrink_iters: 2000, ..PtConfig::default() };
+        // Shrinking a case stops after this many tries (`HAIRPIN_MODEL_SHRINK`, default 2000):
+        // a run over many mutants wants fewer.
+        let max_shrink_iters = std::env::var("HAIRPIN_MODEL_SHRINK").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+        let config = PtConfig { cases, failure_persistence: None, max_shrink_iters, ..PtConfig::default() };
         let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
         // Of any length up to STEPS_PER_CASE, so that shrinking can drop the steps that do not
         // matter.

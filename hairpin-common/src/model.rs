@@ -161,6 +161,9 @@ pub trait Choices {
 pub struct Model {
     pub flows: Vec<Flow>,
     pub bindings: BTreeMap<(u8, Ep), u16>,
+    /// RSTs of known flows not taken for their state, far from what their receiver
+    /// acknowledged: counted, so that an operator sees a spray.
+    pub rsts_ignored: u64,
 }
 
 /// A disagreement with the rules found in an implementation's choice.
@@ -664,8 +667,11 @@ impl Model {
     fn segment(&mut self, i: usize, d: usize, seg: Segment) -> bool {
         let f = &mut self.flows[i];
         let twin = if f.is_own() { d } else { 1 - d };
-        if seg.flags & TCP_RST != 0 && f.tcp[twin].ack.is_none_or(|ack| rst_near(seg.seq, ack)) {
-            f.tcp[d].rst = true;
+        if seg.flags & TCP_RST != 0 {
+            match f.tcp[twin].ack.is_none_or(|ack| rst_near(seg.seq, ack)) {
+                true => f.tcp[d].rst = true,
+                false => self.rsts_ignored += 1,
+            }
         }
         if seg.flags & TCP_ACK != 0 {
             f.tcp[d].ack = Some(seg.ack);

@@ -201,8 +201,11 @@ enum Mangle {
     Vlan(u16),
     /// Two tags (QinQ), the outer one ID 0.
     QinQ,
-    /// IPv4 options (NOPs) of this many bytes.
-    Options(usize),
+    /// IPv4 options of `len` bytes: NOPs, or (`eol`) the end of the list and zeros.
+    Options {
+        len: usize,
+        eol: bool,
+    },
     /// Ethernet padding after the datagram.
     Padding,
     /// Another IP protocol (GRE).
@@ -226,7 +229,7 @@ fn mangle() -> impl Strategy<Value = Mangle> {
         (0..3u8).prop_map(Mangle::Ttl),
         prop_oneof![Just(0u16), Just(0x2000), Just(5)].prop_map(Mangle::Vlan),
         Just(Mangle::QinQ),
-        prop_oneof![Just(4usize), Just(8)].prop_map(Mangle::Options),
+        (prop_oneof![Just(4usize), Just(8)], any::<bool>()).prop_map(|(len, eol)| Mangle::Options { len, eol }),
         Just(Mangle::Padding),
         Just(Mangle::Gre),
         Just(Mangle::IcmpTimestamp),
@@ -247,7 +250,8 @@ fn mangled(m: Mangle, base: &Pkt) -> Option<Vec<u8>> {
     match m {
         Mangle::Ttl(ttl) => return Some(p.ttl(ttl).build()),
         Mangle::Vlan(tci) => return Some(p.vlan(tci).build()),
-        Mangle::Options(n) => return Some(p.options(&vec![1; n]).build()),
+        // NOPs, or the end of the list and zeros after it (which add nothing to the sum).
+        Mangle::Options { len, eol } => return Some(p.options(&vec![u8::from(!eol); len]).build()),
         Mangle::NoUdpChecksum if p.l4 == L4::Udp => return Some(p.without_udp_checksum().build()),
         _ => {}
     }
@@ -605,6 +609,10 @@ fn step(
     }
     if verdict != dp.verdict(h, expect.reason) {
         return Err(format!("{at:?}: verdict {verdict} for {:?}", expect.reason));
+    }
+    let ignored = dp.side_counter(hairpin_common::Counter::TcpRstOutOfWindow);
+    if ignored != m.rsts_ignored {
+        return Err(format!("{at:?}: {ignored} RSTs counted as out of the window, the model says {}", m.rsts_ignored));
     }
     log.push(format!("    {at:?} -> {:?}", expect.reason));
     tally(expect.reason.name());

@@ -430,7 +430,30 @@ fn fast_path_leaves_options_and_bad_header_checksums_to_the_kernel(mode: Mode) {
     );
 }
 
+/// Every RST goes to conntrack, to be judged against what its receiver acknowledged (and
+/// counted if far from it), even on a flow whose cached copy has recorded one. (The
+/// differential test found a far RST served by such a copy, judged and counted by no one.)
+fn rsts_are_judged_by_conntrack_even_once_a_copy_has_recorded_one(mode: Mode) {
+    use hairpin_common::Counter;
+    use hairpin_tests::frame::TCP_RST;
+    let client = "198.51.100.9:41000";
+    // The server has acknowledged 77 (`forward_confirmed`'s reply).
+    let rst = |seq| Pkt::tcp(client, PUBLIC_80).flags(TCP_RST).nums(seq, 0);
+    let (near, far) = (rst(1000), rst(77 + (16 << 20)));
+    let out = |p: &Pkt| p.with(client, SERVER_80).forwarded(SERVER_MAC, LAN_MAC);
+    let mut steps = forward_confirmed();
+    steps.extend([
+        step("an RST near it: recorded, sent on", Hook::WanIngress, &near, Reason::FastRedirect, Some(&out(&near))),
+        step("an RST 16 MiB past it: ignored, sent on", Hook::WanIngress, &far, Reason::FastRedirect, Some(&out(&far))),
+        step("again", Hook::WanIngress, &far, Reason::FastRedirect, Some(&out(&far))),
+    ]);
+    Case::new("rst judged", Env::Fast(0)).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).run_then(mode, |dp| {
+        assert_eq!(dp.side_counter(Counter::TcpRstOutOfWindow), 2, "both far RSTs judged and counted");
+    });
+}
+
 in_both_modes! {
+    rsts_are_judged_by_conntrack_even_once_a_copy_has_recorded_one,
     fast_path_leaves_options_and_bad_header_checksums_to_the_kernel,
     fast_path_serves_only_flows_the_kernel_forwarded_both_ways,
     fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel,

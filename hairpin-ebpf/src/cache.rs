@@ -8,7 +8,7 @@
 
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
-    CT_S_RST, CtEntry, FlowKey, NextHop, Timeouts,
+    CT_S_RST, CT_S_SYN, CtEntry, FlowKey, NextHop, Timeouts,
     flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, serves_at, set_of, slot_index, stamp},
 };
 
@@ -71,12 +71,12 @@ pub struct Hit {
 }
 
 /// The slot for `key` if it may serve this packet: current in `epoch`, with every state bit
-/// in `seen` recorded, and a next hop the packet fits (see `Packet::fits`). Never an RST:
-/// conntrack judges each against its window (and counts the ones it ignores), whatever the
-/// flow's state already is.
+/// in `seen` recorded, and a next hop the packet fits (see `Packet::fits`). Never an RST or a
+/// SYN, whatever the flow recorded before: conntrack judges an RST against its window (and
+/// counts the ones it ignores), and re-opens a closed flow's tuple for a SYN.
 #[inline(always)]
 pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_len: u16) -> Option<Hit> {
-    if seen & CT_S_RST != 0 {
+    if seen & (CT_S_RST | CT_S_SYN) != 0 {
         return None;
     }
     let base = set_base(key)?;

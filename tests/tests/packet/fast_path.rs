@@ -452,7 +452,54 @@ fn rsts_are_judged_by_conntrack_even_once_a_copy_has_recorded_one(mode: Mode) {
     });
 }
 
+/// A SYN on a flow closed by an RST re-opens the tuple as a new flow, even when a CPU's copy
+/// of the flow (which recorded its first SYN) could serve it. (The differential test found
+/// such a SYN served by the copy, the closed flow living on.)
+fn a_syn_reopens_a_closed_flow_a_copy_could_serve(mode: Mode) {
+    use hairpin_tests::frame::{TCP_ACK, TCP_RST, TCP_SYN};
+    let client = "198.51.100.9:41000";
+    let syn = Pkt::tcp(client, PUBLIC_80).flags(TCP_SYN);
+    let syn_in = syn.with(client, SERVER_80);
+    let synack = Pkt::tcp(SERVER_80, client).flags(TCP_SYN | TCP_ACK);
+    let ack = Pkt::tcp(client, PUBLIC_80).flags(TCP_ACK);
+    // Near what the client acknowledged (77).
+    let rst = Pkt::tcp(SERVER_80, client).flags(TCP_RST).nums(1000, 0);
+    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
+        ingress,
+        pkt: pkt.clone(),
+        routed: routed.clone(),
+        egress,
+        out: out.clone(),
+    };
+    let mut steps =
+        vec![step("the client's SYN: a new flow", Hook::WanIngress, &syn, Reason::IngressNewFlow, Some(&syn_in))];
+    steps.extend(confirm(
+        "the kernel forwards it both ways",
+        &dir(Hook::WanIngress, &syn, &syn_in, Hook::LanEgress, &syn_in),
+        &dir(Hook::LanIngress, &synack, &synack, Hook::WanEgress, &synack.with(PUBLIC_80, client)),
+    ));
+    steps.extend([
+        step(
+            "its ACK: fast, the flow copied (its SYN recorded)",
+            Hook::WanIngress,
+            &ack,
+            Reason::FastRedirect,
+            Some(&ack.with(client, SERVER_80).forwarded(SERVER_MAC, LAN_MAC)),
+        ),
+        step(
+            "the server's RST: the flow closed",
+            Hook::LanIngress,
+            &rst,
+            Reason::FastRedirect,
+            Some(&rst.with(PUBLIC_80, client).forwarded(ROUTER_MAC, WAN_MAC)),
+        ),
+        step("the client's SYN again: a new flow", Hook::WanIngress, &syn, Reason::IngressNewFlow, Some(&syn_in)),
+    ]);
+    Case::new("syn reopens", Env::Fast(0)).forward(L4::Tcp, PUBLIC_80, SERVER_80).steps(steps).run(mode);
+}
+
 in_both_modes! {
+    a_syn_reopens_a_closed_flow_a_copy_could_serve,
     rsts_are_judged_by_conntrack_even_once_a_copy_has_recorded_one,
     fast_path_leaves_options_and_bad_header_checksums_to_the_kernel,
     fast_path_serves_only_flows_the_kernel_forwarded_both_ways,

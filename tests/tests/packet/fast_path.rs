@@ -13,6 +13,12 @@ struct Dir {
     out: Pkt,
 }
 
+/// A direction's packet: arriving at `ingress` as `pkt`, routed by the kernel as `routed`,
+/// leaving `egress` as `out`.
+fn dir(ingress: Hook, pkt: &Pkt, routed: &Pkt, egress: Hook, out: &Pkt) -> Dir {
+    Dir { ingress, pkt: pkt.clone(), routed: routed.clone(), egress, out: out.clone() }
+}
+
 /// The steps that confirm a flow whose first packet (of `orig`) ingress has made it with: the
 /// kernel forwards that packet (egress sees it leave), then a reply, which leaves too. Each
 /// direction goes through the kernel until both have left.
@@ -28,13 +34,6 @@ fn forward_confirmed() -> Vec<Step> {
     let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80);
     let fwd_in = fwd.with("198.51.100.9:41000", SERVER_80);
     let reply = Pkt::tcp(SERVER_80, "198.51.100.9:41000");
-    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
-        ingress,
-        pkt: pkt.clone(),
-        routed: routed.clone(),
-        egress,
-        out: out.clone(),
-    };
     let mut steps = vec![step("new flow: slow path", Hook::WanIngress, &fwd, Reason::IngressNewFlow, Some(&fwd_in))];
     steps.extend(confirm(
         "the kernel forwards it both ways",
@@ -129,13 +128,6 @@ fn fast_path_forwards_known_flows_and_leaves_the_rest_to_the_kernel(mode: Mode) 
     let hp_in = hp.with("192.168.0.3:40000", SERVER_80);
     let hp_out = hp.with("192.168.0.1:40000", SERVER_80);
     let hp_reply_out = hp_reply.with(PUBLIC_80, "192.168.0.3:40000");
-    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
-        ingress,
-        pkt: pkt.clone(),
-        routed: routed.clone(),
-        egress,
-        out: out.clone(),
-    };
     let mut steps = forward_confirmed();
     steps.extend(vec![
         step(
@@ -464,13 +456,6 @@ fn a_syn_reopens_a_closed_flow_a_copy_could_serve(mode: Mode) {
     let ack = Pkt::tcp(client, PUBLIC_80).flags(TCP_ACK);
     // Near what the client acknowledged (77).
     let rst = Pkt::tcp(SERVER_80, client).flags(TCP_RST).nums(1000, 0);
-    let dir = |ingress, pkt: &Pkt, routed: &Pkt, egress, out: &Pkt| Dir {
-        ingress,
-        pkt: pkt.clone(),
-        routed: routed.clone(),
-        egress,
-        out: out.clone(),
-    };
     let mut steps =
         vec![step("the client's SYN: a new flow", Hook::WanIngress, &syn, Reason::IngressNewFlow, Some(&syn_in))];
     steps.extend(confirm(

@@ -250,42 +250,39 @@ impl Dataplane {
         m.insert(&ProtoEndpoint::new(proto(l4), ep(public)), &entry, 0).unwrap();
     }
 
-    /// Every forward.
-    pub fn forwards(&self) -> Vec<(ProtoEndpoint, ForwardEntry)> {
-        let m: HashMap<_, ProtoEndpoint, ForwardEntry> =
-            HashMap::try_from(self.ebpf().map(map_names::FORWARDS).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
-    }
-
-    /// Every conntrack entry, confirmed or not.
-    pub fn ct(&self) -> Vec<(FlowKey, CtEntry)> {
+    /// Every entry of the hash maps `tables`, in turn.
+    fn entries<K: aya::Pod, V: aya::Pod>(&self, tables: &[&str]) -> Vec<(K, V)> {
         let mut all = Vec::new();
-        for table in [map_names::CONNTRACK, map_names::UNCONFIRMED] {
-            let m: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(self.ebpf().map(table).unwrap()).unwrap();
+        for table in tables {
+            let m: HashMap<_, K, V> = HashMap::try_from(self.ebpf().map(table).unwrap()).unwrap();
             all.extend(m.iter().map(Result::unwrap));
         }
         all
     }
 
+    /// Every forward.
+    pub fn forwards(&self) -> Vec<(ProtoEndpoint, ForwardEntry)> {
+        self.entries(&[map_names::FORWARDS])
+    }
+
+    /// Every conntrack entry, confirmed or not.
+    pub fn ct(&self) -> Vec<(FlowKey, CtEntry)> {
+        self.entries(&[map_names::CONNTRACK, map_names::UNCONFIRMED])
+    }
+
     /// The LAN endpoints' bindings.
     pub fn bindings(&self) -> Vec<(ProtoEndpoint, hairpin_common::Binding)> {
-        let m: HashMap<_, ProtoEndpoint, hairpin_common::Binding> =
-            HashMap::try_from(self.ebpf().map(map_names::BINDINGS).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+        self.entries(&[map_names::BINDINGS])
     }
 
     /// The public ports bindings claim: (protocol, public endpoint) -> LAN endpoint.
     pub fn bound_ports(&self) -> Vec<(ProtoEndpoint, Endpoint)> {
-        let m: HashMap<_, ProtoEndpoint, Endpoint> =
-            HashMap::try_from(self.ebpf().map(map_names::BOUND_PORTS).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+        self.entries(&[map_names::BOUND_PORTS])
     }
 
     /// The entries of unconfirmed flows.
     pub fn unconfirmed(&self) -> Vec<(FlowKey, CtEntry)> {
-        let m: HashMap<_, FlowKey, CtEntry> =
-            HashMap::try_from(self.ebpf().map(map_names::UNCONFIRMED).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+        self.entries(&[map_names::UNCONFIRMED])
     }
 
     /// The packets and bytes conntrack has counted for the flow direction `key`.
@@ -350,13 +347,7 @@ impl Dataplane {
 
     /// The egress table: every flow direction, by the tuple it leaves ingress with.
     pub fn egress(&self) -> Vec<(FlowKey, hairpin_common::EgressEntry)> {
-        let mut all = Vec::new();
-        for table in [map_names::EGRESS, map_names::EGRESS_UNCONFIRMED] {
-            let m: HashMap<_, FlowKey, hairpin_common::EgressEntry> =
-                HashMap::try_from(self.ebpf().map(table).unwrap()).unwrap();
-            all.extend(m.iter().map(Result::unwrap));
-        }
-        all
+        self.entries(&[map_names::EGRESS, map_names::EGRESS_UNCONFIRMED])
     }
 
     /// The counter of `reason` at `hook`, summed over CPUs.

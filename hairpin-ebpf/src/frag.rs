@@ -167,8 +167,8 @@ pub fn note_arrival(pkt: &Tc) {
     }
 }
 
-/// After a TC ingress decided `reason` for a fragment it noted ([`note_arrival`]): holds a
-/// later fragment of a datagram not seen yet; remembers a first fragment that passed
+/// After a TC ingress decided `reason` for a fragment it noted ([`note_arrival`]), unless it
+/// dropped it or it is another host's: holds a later fragment of a datagram not seen yet; remembers a first fragment that passed
 /// untranslated as the kernel's; and appends to a fragment that passed the held ones that
 /// follow it. The reason for the verdict.
 #[inline(always)]
@@ -189,7 +189,9 @@ pub fn after_ingress(pkt: &Tc, reason: Reason, now: u64) -> Reason {
             return reason;
         }
         (*s).arrival.valid = 0;
-        if reason.is_drop() {
+        // Another host's frame is not the gateway's to keep or grow (a bridge forwards it
+        // as it came).
+        if reason.is_drop() || matches!(reason, Reason::PassOtherHost) {
             return reason;
         }
         let known = FRAGS.get_ptr(&a.key).is_some();

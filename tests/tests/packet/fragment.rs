@@ -76,6 +76,25 @@ fn fragments_of_unknown_datagrams_pass_but_never_leak(mode: Mode) {
         .run(mode);
 }
 
+/// Another host's fragments (a bridge port, a promiscuous interface) are not the gateway's:
+/// one that comes before its first passes as it came, never held, and its first one is not
+/// grown. A TC ingress held it (found by the differential test).
+fn another_hosts_fragments_are_never_held(mode: Mode) {
+    let mut datagram = Pkt::udp("198.51.100.7:40000", "203.0.113.1:5353").payload_len(3000);
+    datagram.macs.0 = frame::MAC_A;
+    let f = three(&datagram);
+    let pass = |what, input: &[u8]| raw(what, Hook::WanIngress, input.to_vec(), Reason::PassOtherHost);
+    Case::new("another host's fragments", Env::Bare)
+        .forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53")
+        .steps(vec![
+            pass("its last fragment first", &f[2]),
+            pass("its first, as it came", &f[0]),
+            pass("then the second", &f[1]),
+        ])
+        .leaves_flows(0)
+        .run_then(mode, |dp| assert_eq!(dp.side_counter(hairpin_common::Counter::FragmentsReleased), 0));
+}
+
 /// Fragments `a` and `b`, the one right after the other in their datagram, as one fragment:
 /// `a`'s header with their length and `b`'s more-fragments flag, and both payloads.
 fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -179,6 +198,7 @@ fn fragments_the_kernel_makes_at_egress_are_translated(mode: Mode) {
 }
 
 in_both_modes! {
+    another_hosts_fragments_are_never_held,
     fragmented_datagrams_are_translated_whole,
     fragments_before_their_first_are_held_and_given_back,
     fragments_of_unknown_datagrams_pass_but_never_leak,

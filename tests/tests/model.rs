@@ -9,7 +9,8 @@
 //! public address's forwarded ports or its bound ones; a host answers a frame that left on its
 //! wire, or sends an ICMP error about it; a WAN host forges an error about any frame seen; a
 //! frame is sent again, or made wrong in one way (truncated, bad header fields or checksums,
-//! TTL 0 or 1, VLAN tags, IP options, padding, another protocol); odd frames (ARP, another
+//! TTL 0 or 1, VLAN tags, IP options, padding, another protocol), or sent again as a datagram
+//! in fragments (two to five, in any order, one left out or none); odd frames (ARP, another
 //! host's MAC, a source 0.0.0.0); the controller's commands. What ingress lets on goes through
 //! egress where the kernel would route it (a priority tag off, padding trimmed, the TTL
 //! counted down), or comes back as the kernel's time-exceeded error. Ingress runs as XDP and
@@ -144,6 +145,47 @@ enum Action {
         host: usize,
         ty: usize,
     },
+    /// An earlier ingress frame's packet sent again as a datagram in fragments (see `Frag`).
+    Fragmented(Frag, usize),
+}
+
+/// How a datagram is sent in fragments: its size and its fragments' (one of `FRAG_SIZES`),
+/// its identification (few: datagrams' fragments meet), the order its fragments are sent in
+/// (the n-th permutation), and one of them left out or none.
+#[derive(Clone, Copy, Debug)]
+struct Frag {
+    size: usize,
+    id: u16,
+    order: usize,
+    skip: Option<usize>,
+}
+
+/// (payload bytes, fragment payload bytes): two, three and four fragments, and fragments of
+/// 8 bytes (a TCP header split among them: RFC 1858's tiny fragments).
+const FRAG_SIZES: [(usize, usize); 4] = [(100, 64), (300, 128), (1200, 400), (16, 8)];
+
+fn frag() -> impl Strategy<Value = Frag> {
+    (0..FRAG_SIZES.len(), 1..3u16, any::<usize>(), prop::option::weighted(0.25, 0..5usize))
+        .prop_map(|(size, id, order, skip)| Frag { size, id, order, skip })
+}
+
+/// The frames of `base` sent as `how` says.
+fn fragmented(how: Frag, mut base: Pkt) -> Vec<Vec<u8>> {
+    let (payload, chunk) = FRAG_SIZES[how.size];
+    base.vlan = None;
+    base.ip_options.clear();
+    let mut pieces = frame::fragments(&base.payload_len(payload).build(), chunk, how.id);
+    if let Some(skip) = how.skip {
+        pieces.remove(skip % pieces.len());
+    }
+    // The n-th permutation, one choice at a time.
+    let (mut n, mut sent) = (how.order, Vec::new());
+    while !pieces.is_empty() {
+        let k = pieces.len();
+        sent.push(pieces.remove(n % k));
+        n /= k;
+    }
+    sent
 }
 
 /// What the controller does between packets, through its own operations on the maps.
@@ -352,6 +394,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (any::<usize>(), 0..ERRORS.len(), any::<bool>()).prop_map(|(about, ty, whole)| Action::Error { about, ty, whole }),
         1 => (any::<usize>(), 0..WAN_HOSTS.len(), 0..ERRORS.len()).prop_map(|(about, host, ty)| Action::ForgedError { about, host, ty }),
         1 => op().prop_map(Action::Op),
+        1 => (frag(), any::<usize>()).prop_map(|(how, i)| Action::Fragmented(how, i)),
     ]
 }
 
@@ -364,7 +407,7 @@ fn config(fast: bool) -> hairpin_common::Config {
 /// The model's view of the gateway `config` sets up in the routed namespace
 /// (`hairpin_lab::routed`): its interfaces' MACs, the neighbours it knows (the server and the
 /// client, not 192.168.0.4), the router behind every internet host, the WAN's MTU.
-fn gateway(fast: bool) -> Gateway {
+fn gateway(mode: Mode, fast: bool) -> Gateway {
     use hairpin_lab::routed::{CLIENT_MAC, LAN_MAC, ROUTER_MAC, SERVER_MAC, WAN_MAC};
     let cfg = config(fast);
     Gateway {
@@ -382,6 +425,7 @@ fn gateway(fast: bool) -> Gateway {
         neighbours: [(LAN_HOSTS[0], SERVER_MAC), (LAN_HOSTS[1], CLIENT_MAC)].into(),
         router: ROUTER_MAC,
         wan_mtu: 1400,
+        ingress_holds: mode == Mode::Tc,
     }
 }
 
@@ -411,8 +455,35 @@ struct History {
     sent: Vec<(At, Vec<u8>)>,
 }
 
-/// The frame and hook an action makes, if it can be made now.
-fn make(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)> {
+/// The frames and hook an action makes, if it can be made now.
+fn make(a: &Action, h: &History, m: &Model) -> Option<Vec<(At, Vec<u8>, String)>> {
+    if let Action::Fragmented(how, i) = *a {
+        let (at, f) = h.sent.get(i % h.sent.len().max(1))?;
+        let frames = fragmented(how, frame::parse(f)?);
+        let piece = |f: &[u8]| {
+            let (word, end) = (u16::from_be_bytes([f[20], f[21]]), u16::from_be_bytes([f[16], f[17]]) - 20);
+            let (offset, more) =
+                (usize::from(word & 0x1fff) * 8, if word & 0x2000 != 0 { "more follow" } else { "last" });
+            format!(
+                "an earlier frame, bytes {offset}..{} of it in a fragment ({more}), {how:?}",
+                offset + usize::from(end)
+            )
+        };
+        return Some(
+            frames
+                .into_iter()
+                .map(|f| {
+                    let what = piece(&f);
+                    (*at, f, what)
+                })
+                .collect(),
+        );
+    }
+    make_one(a, h, m).map(|one| vec![one])
+}
+
+/// The frame and hook an action other than fragments makes, if it can be made now.
+fn make_one(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)> {
     let ip = Ipv4Addr::from;
     let bound_port = |p: usize| -> Option<u16> {
         let ports: Vec<u16> = m.bindings.values().copied().collect();
@@ -420,8 +491,8 @@ fn make(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)> {
     };
     let public = |port: usize, bound: bool| -> Option<u16> { if bound { bound_port(port) } else { Some(PORTS[port]) } };
     let (at, pkt) = match *a {
-        // Not a frame: see `command`.
-        Action::Op(_) => return None,
+        // Not a frame (see `command`), or several (see `make`).
+        Action::Op(_) | Action::Fragmented(..) => return None,
         Action::Lan { host, sport, proto, to } => {
             let src = (ip(LAN_HOSTS[host]), PORTS[sport]);
             let dst = match to {
@@ -614,6 +685,10 @@ fn step(
     if ignored != m.rsts_ignored {
         return Err(format!("{at:?}: {ignored} RSTs counted as out of the window, the model says {}", m.rsts_ignored));
     }
+    let released = dp.side_counter(hairpin_common::Counter::FragmentsReleased);
+    if released != m.frags.released {
+        return Err(format!("{at:?}: {released} held fragments given back, the model says {}", m.frags.released));
+    }
     log.push(format!("    {at:?} -> {:?}", expect.reason));
     tally(expect.reason.name());
     let Some(want) = expect.output else { return Ok(Vec::new()) };
@@ -637,7 +712,11 @@ fn step(
             // on with a source not the LAN's.
             let admitted = matches!(
                 expect.reason,
-                Reason::IngressFlow | Reason::IngressNewFlow | Reason::IngressBinding | Reason::IcmpError
+                Reason::IngressFlow
+                    | Reason::IngressNewFlow
+                    | Reason::IngressBinding
+                    | Reason::IngressFragment
+                    | Reason::IcmpError
             );
             if at == At::WanIngress && next == At::LanEgress && !admitted {
                 return Err(format!("a WAN frame went on to the LAN, passed as {:?}", expect.reason));
@@ -679,8 +758,10 @@ fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<u8>)> {
     f.truncate(14 + usize::from(u16::from_be_bytes([f[16], f[17]])));
     let (ttl, proto, src) = (f[22], f[23], Ipv4Addr::new(f[26], f[27], f[28], f[29]));
     if ttl <= 1 {
-        // Never an error about an error.
-        if proto == 1 && ERRORS.iter().any(|(ty, _)| f.get(14 + ihl) == Some(ty)) {
+        // Never an error about an error, nor about a fragment after the first (RFC 1122
+        // 3.2.2).
+        let later_fragment = u16::from_be_bytes([f[20], f[21]]) & 0x1fff != 0;
+        if later_fragment || proto == 1 && ERRORS.iter().any(|(ty, _)| f.get(14 + ihl) == Some(ty)) {
             return None;
         }
         let me = Ipv4Addr::from(if from_lan { GW_LAN } else { PUBLIC });
@@ -852,7 +933,7 @@ fn command(
 
 /// Runs one sequence on a fresh dataplane.
 fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
-    let mut gw = gateway(fast);
+    let mut gw = gateway(mode, fast);
     // Forwards added with a lifetime: the sweep "later" removes them.
     let mut lifetimes = BTreeSet::new();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
@@ -863,6 +944,7 @@ fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Re
         dp.add_mapping(l4, &sa(PUBLIC, port), &sa(addr, to));
     }
     let (mut m, mut h, mut log) = (Model::default(), History::default(), Vec::new());
+    let mut sent = 0usize;
     CASE.with(|c| c.borrow_mut().clear());
     for (i, a) in actions.iter().enumerate() {
         if let Action::Op(op) = *a {
@@ -873,35 +955,42 @@ fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Re
             }
             continue;
         }
-        let Some((at, f, what)) = make(a, &h, &m) else { continue };
-        // A test run of a TC program refuses an IPv4 frame shorter than its header (the
-        // kernel's check on what it is given), which XDP's takes.
-        if mode == Mode::Tc && f[12..14] == [0x08, 0x00] && f.len() < 34 {
-            continue;
-        }
-        log.push(format!("{i}: {at:?} {what}"));
-        if matches!(at, At::LanIngress | At::WanIngress) {
-            h.sent.push((at, f.clone()));
-        }
-        // Each CPU has its own copy of a flow in the flow cache: steps alternate between them.
-        if fast {
-            hairpin_lab::pin_thread_to_cpu(i % cpus).map_err(|e| format!("pinning to CPU {}: {e}", i % cpus))?;
-        }
-        let before = fingerprint(&m);
-        let last = i + 1 == actions.len();
-        let done = step(&mut dp, &mut m, &gw, at, &f, &mut log).and_then(|wire| {
-            h.wire.extend(wire);
-            // Read back where the model's state moved, and at the end: reading the tables
-            // is most of a step's cost. State the dataplane changed where the model says
-            // nothing did is found at the next reading; shrinking then ends the sequence there.
-            if fingerprint(&m) != before || last { same_state(&dp, &m, &gw) } else { Ok(()) }
-        });
-        if let Err(e) = done {
-            let case = CASE.with(|c| c.borrow().join("\n    "));
-            return Err(format!(
-                "{e}\nsteps:\n{}\nas a packet case (the last row is where they part):\n    {case}",
-                log.join("\n")
-            ));
+        let Some(frames) = make(a, &h, &m) else { continue };
+        let count = frames.len();
+        for (k, (at, f, what)) in frames.into_iter().enumerate() {
+            // A test run of a TC program refuses an IPv4 frame shorter than its header (the
+            // kernel's check on what it is given), which XDP's takes.
+            if mode == Mode::Tc && f[12..14] == [0x08, 0x00] && f.len() < 34 {
+                continue;
+            }
+            log.push(format!("{i}: {at:?} {what}"));
+            if matches!(at, At::LanIngress | At::WanIngress) {
+                h.sent.push((at, f.clone()));
+            }
+            // Each CPU has its own copy of a flow in the flow cache: frames alternate between
+            // them.
+            sent += 1;
+            if fast {
+                let cpu = sent % cpus;
+                hairpin_lab::pin_thread_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+            }
+            let before = fingerprint(&m);
+            let last = i + 1 == actions.len() && k + 1 == count;
+            let done = step(&mut dp, &mut m, &gw, at, &f, &mut log).and_then(|wire| {
+                h.wire.extend(wire);
+                // Read back where the model's state moved, and at the end: reading the tables
+                // is most of a step's cost. State the dataplane changed where the model says
+                // nothing did is found at the next reading; shrinking then ends the sequence
+                // there.
+                if fingerprint(&m) != before || last { same_state(&dp, &m, &gw) } else { Ok(()) }
+            });
+            if let Err(e) = done {
+                let case = CASE.with(|c| c.borrow().join("\n    "));
+                return Err(format!(
+                    "{e}\nsteps:\n{}\nas a packet case (the last row is where they part):\n    {case}",
+                    log.join("\n")
+                ));
+            }
         }
     }
     Ok(())

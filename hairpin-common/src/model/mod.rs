@@ -20,10 +20,14 @@
 //! bindings, masquerade, the boundary checks of both sides, egress with confirmation, and the
 //! fast path (its flow cache is the implementation's, unseen here); and the controller's
 //! commands between packets (forwards added and removed, flows flushed or deleted, the
-//! sweep). Not yet: fragments, timeouts as time passes, full tables.
+//! sweep); fragmented datagrams in and out of order (see [`frag`]). Not yet: timeouts as time
+//! passes, full tables.
+
+mod frag;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use self::frag::{Datagram, Frags};
 use crate::{
     Reason,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -74,6 +78,8 @@ pub struct Gateway {
     pub router: [u8; 6],
     /// The WAN's MTU (the LAN's is more than any frame here).
     pub wan_mtu: usize,
+    /// Ingress runs where it can hold a frame and grow one (TC, not XDP): see [`frag`].
+    pub ingress_holds: bool,
 }
 
 /// Where a frame is run, as `consts::Hook`.
@@ -164,6 +170,7 @@ pub struct Model {
     /// RSTs of known flows not taken for their state, far from what their receiver
     /// acknowledged: counted, so that an operator sees a spray.
     pub rsts_ignored: u64,
+    pub frags: Frags,
 }
 
 /// A disagreement with the rules found in an implementation's choice.
@@ -198,6 +205,11 @@ struct Ip {
     fragment: bool,
     /// A fragment after the first: it has no L4 header.
     later_fragment: bool,
+    /// The identification its fragments share, where its payload starts in the datagram
+    /// (bytes), and whether more fragments follow.
+    id: u16,
+    offset: usize,
+    more: bool,
 }
 
 /// A TCP, UDP or ICMP echo packet's tuple (and ICMP type).
@@ -281,6 +293,9 @@ fn parse_ip(f: &[u8]) -> Result<Ip, Reason> {
         dst: ip[16..20].try_into().expect("4 bytes"),
         fragment: frags & 0x3fff != 0,
         later_fragment: frags & 0x1fff != 0,
+        id: be16(ip, 4),
+        offset: usize::from(frags & 0x1fff) * 8,
+        more: frags & 0x2000 != 0,
     })
 }
 
@@ -571,7 +586,10 @@ impl Model {
             Ok(ip) => ip,
         };
         match at {
-            At::LanIngress | At::WanIngress => self.ingress(gw, at == At::LanIngress, frame, &ip, choices),
+            At::LanIngress | At::WanIngress => {
+                let e = self.ingress(gw, at == At::LanIngress, frame, &ip, choices)?;
+                Ok(if gw.ingress_holds && ip.fragment { self.frags.after_tc_ingress(&ip, frame, e) } else { e })
+            }
             At::LanEgress | At::WanEgress => Ok(self.egress(gw, at == At::WanEgress, frame, &ip)),
         }
     }
@@ -606,6 +624,9 @@ impl Model {
         if !unicast(ip.src) {
             return pass(Reason::PassSourceNotHost);
         }
+        if ip.later_fragment {
+            return Ok(self.frags.later_in(frame, ip));
+        }
         let p = match parse_l4(frame, ip) {
             Ok(L4::Flow(p)) => p,
             Ok(L4::Error(q)) => return Ok(self.ingress_error(gw, lan, frame, ip, &q)),
@@ -636,6 +657,7 @@ impl Model {
                 return Ok(sent);
             }
             let out = f.leaving(dir);
+            self.frags.first_in(ip, out.dst.0);
             return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, ip, &p, &out)) });
         }
         let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, &p) else {
@@ -646,6 +668,9 @@ impl Model {
         }
         // From the LAN to the public address, with hairpin: the flow never leaves the LAN.
         let hairpin = lan && gw.hairpin && t.dst.0 == gw.public;
+        // Remembered as the flow is chosen: should making it fail, the later fragments go
+        // where no first fragment came, to be dropped there with what they could not join.
+        self.frags.first_in(ip, dst.0);
         match self.open(gw, kind, &t, dst, hairpin, choices)? {
             Ok(out) => {
                 // The segment that opens a flow leaves its FIN or RST, as it is, in its
@@ -836,6 +861,9 @@ impl Model {
 
     fn egress(&mut self, gw: &Gateway, wan: bool, frame: &[u8], ip: &Ip) -> Expect {
         let leaks = |a: [u8; 4]| wan && gw.in_lan(a);
+        if ip.later_fragment {
+            return self.frags.later_out(frame, ip, leaks(ip.src));
+        }
         let p = match parse_l4(frame, ip) {
             Ok(L4::Flow(p)) => p,
             Ok(L4::Error(q)) => return self.egress_error(gw, leaks, frame, ip, &q),
@@ -860,6 +888,7 @@ impl Model {
             flow.left = [true, true];
         }
         flow.left[usize::from(reply)] = true;
+        self.frags.first_out(ip, leaves.src.0);
         Expect { reason: Reason::EgressFlow, output: Some(rewritten(frame, ip, &p, &leaves)) }
     }
 

@@ -10,10 +10,12 @@
 //! wire, or sends an ICMP error about it; a WAN host forges an error about any frame seen; a
 //! frame is sent again, or made wrong in one way (truncated, bad header fields or checksums,
 //! TTL 0 or 1, VLAN tags, IP options, padding, another protocol), or sent again as a datagram
-//! in fragments (two to five, in any order, one left out or none); odd frames (ARP, another
+//! in fragments (two to five, in any order, one left out or none) or too big for the WAN's
+//! MTU; odd frames (ARP, another
 //! host's MAC, a source 0.0.0.0); the controller's commands. What ingress lets on goes through
 //! egress where the kernel would route it (a priority tag off, padding trimmed, the TTL
-//! counted down), or comes back as the kernel's time-exceeded error. Ingress runs as XDP and
+//! counted down, fragmented for the WAN's MTU), or comes back as the kernel's time-exceeded
+//! or fragmentation-needed error. Ingress runs as XDP and
 //! as TC, the fast path off and on (with its flow cache, steps alternating between CPUs).
 //! Fixed seed; the number of steps from `HAIRPIN_MODEL_STEPS` (`cargo xtask fuzz` runs long
 //! ones, with `HAIRPIN_MODEL_SEED`). A disagreement is shrunk by proptest and printed as the
@@ -61,6 +63,8 @@ const CANDIDATE_FORWARDS: [(u8, u16, [u8; 4], u16); 5] = [
     (IPPROTO_TCP, 40000, [192, 168, 0, 4], 80),
 ];
 const STEPS_PER_CASE: usize = 60;
+/// A payload too big for the WAN's MTU (1400), not for the LAN's (1500).
+const LARGE: usize = 1450;
 
 #[derive(Clone, Copy, Debug)]
 enum Proto {
@@ -147,6 +151,12 @@ enum Action {
     },
     /// An earlier ingress frame's packet sent again as a datagram in fragments (see `Frag`).
     Fragmented(Frag, usize),
+    /// An earlier ingress frame's packet sent again too big for the WAN's MTU (not the LAN's),
+    /// DF set (the kernel answers "fragmentation needed") or clear (it fragments).
+    Large {
+        of: usize,
+        dont_fragment: bool,
+    },
 }
 
 /// How a datagram is sent in fragments: its size and its fragments' (one of `FRAG_SIZES`),
@@ -395,6 +405,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (any::<usize>(), 0..WAN_HOSTS.len(), 0..ERRORS.len()).prop_map(|(about, host, ty)| Action::ForgedError { about, host, ty }),
         1 => op().prop_map(Action::Op),
         1 => (frag(), any::<usize>()).prop_map(|(how, i)| Action::Fragmented(how, i)),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(of, dont_fragment)| Action::Large { of, dont_fragment }),
     ]
 }
 
@@ -524,6 +535,17 @@ fn make_one(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)>
                 _ => {}
             }
             (if wan { At::WanIngress } else { At::LanIngress }, r)
+        }
+        Action::Large { of, dont_fragment } => {
+            let (at, f) = h.sent.get(of % h.sent.len().max(1))?;
+            let mut p = frame::parse(f)?;
+            (p.vlan, p.ip_options) = (None, Vec::new());
+            let mut f = p.payload_len(LARGE).build();
+            if !dont_fragment {
+                f[20] &= !0x40;
+                fix_ip_checksum(&mut f);
+            }
+            return Some((*at, f, format!("an earlier frame, {LARGE} bytes of payload, DF {dont_fragment}")));
         }
         Action::Again(i) => {
             let (at, f) = h.sent.get(i % h.sent.len().max(1))?.clone();
@@ -722,10 +744,14 @@ fn step(
                 return Err(format!("a WAN frame went on to the LAN, passed as {:?}", expect.reason));
             }
             let src = [out[26], out[27], out[28], out[29]];
-            if at == At::LanIngress && out[12..14] == [0x08, 0x00] && !gw.in_lan(src) && sent[26..30] == src {
+            if at == At::LanIngress && out[12..14] == [0x08, 0x00] && !gw.in_lan(src) && sent[0][26..30] == src {
                 return Err(format!("a LAN frame from {} was routed on", Ipv4Addr::from(src)));
             }
-            step(dp, m, gw, next, &sent, log)
+            let mut wire = Vec::new();
+            for f in sent {
+                wire.extend(step(dp, m, gw, next, &f, log)?);
+            }
+            Ok(wire)
         }
         At::LanIngress | At::WanIngress => Ok(Vec::new()),
         At::LanEgress | At::WanEgress => on_wire(gw, at == At::WanEgress, &out),
@@ -740,12 +766,13 @@ fn on_wire(gw: &Gateway, wan: bool, out: &[u8]) -> Result<Vec<(bool, Pkt)>, Stri
     Ok(frame::parse(out).map(|p| vec![(wan, p)]).unwrap_or_default())
 }
 
-/// What the kernel does with a frame ingress let on, as the gateway's router: the frame it
-/// sends on and by which egress; or, its TTL run out, the time-exceeded error it sends back
-/// (from its address on that side, quoting the packet as it has it); or nothing (the frame
-/// is for the gateway, another interface's, or dropped: a bad IPv4 header checksum). A
-/// priority tag is taken off, padding trimmed, the TTL counted down.
-fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<u8>)> {
+/// What the kernel does with a frame ingress let on, as the gateway's router: the frames it
+/// sends on and by which egress (one, or its fragments for the WAN's MTU); or, its TTL run
+/// out or too big for the WAN with DF set, the ICMP error it sends back (from its address on
+/// that side, quoting the packet as it has it); or nothing (the frame is for the gateway,
+/// another interface's, or dropped: a bad IPv4 header checksum). A priority tag is taken
+/// off, padding trimmed, the TTL counted down.
+fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<Vec<u8>>)> {
     let next = hairpin_common::model::route(gw, f)?;
     let mut f = f.to_vec();
     if f[12..14] == [0x81, 0x00] {
@@ -757,7 +784,9 @@ fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<u8>)> {
     }
     f.truncate(14 + usize::from(u16::from_be_bytes([f[16], f[17]])));
     let (ttl, proto, src) = (f[22], f[23], Ipv4Addr::new(f[26], f[27], f[28], f[29]));
-    if ttl <= 1 {
+    let too_big = next == At::WanEgress && f.len() - 14 > gw.wan_mtu;
+    let dont_fragment = f[20] & 0x40 != 0;
+    if ttl <= 1 || too_big && dont_fragment {
         // Never an error about an error, nor about a fragment after the first (RFC 1122
         // 3.2.2).
         let later_fragment = u16::from_be_bytes([f[20], f[21]]) & 0x1fff != 0;
@@ -766,13 +795,35 @@ fn kernel(gw: &Gateway, from_lan: bool, f: &[u8]) -> Option<(At, Vec<u8>)> {
         }
         let me = Ipv4Addr::from(if from_lan { GW_LAN } else { PUBLIC });
         let quote = &f[14..f.len().min(14 + 548)];
-        let e = Pkt::icmp_error_quoting(11, 0, &me.to_string(), &src.to_string(), quote).build();
+        // Time exceeded, or fragmentation needed with the next hop's MTU (RFC 1191).
+        let (ty, code, mtu) = if ttl <= 1 { (11, 0, 0) } else { (3, 4, gw.wan_mtu as u16) };
+        let mut e = Pkt::icmp_error_quoting(ty, code, &me.to_string(), &src.to_string(), quote).build();
+        e[40..42].copy_from_slice(&mtu.to_be_bytes());
+        e[36..38].copy_from_slice(&[0, 0]);
+        let sum = hairpin_common::csum::checksum(&e[34..]);
+        e[36..38].copy_from_slice(&sum.to_ne_bytes());
         let back = if gw.in_lan(src.octets()) { At::LanEgress } else { At::WanEgress };
-        return Some((back, e));
+        tally(if ttl <= 1 { "kernel: time exceeded" } else { "kernel: fragmentation needed" });
+        return Some((back, vec![e]));
     }
     f[22] = ttl - 1;
     fix_ip_checksum(&mut f);
-    Some((next, f))
+    if too_big {
+        // Fragmented for the WAN (DF clear): pieces of the MTU's payload, a multiple of 8.
+        // A fragment's pieces keep its place in the datagram, the last one its MF flag.
+        let (id, word) = (u16::from_be_bytes([f[18], f[19]]), u16::from_be_bytes([f[20], f[21]]));
+        let mut pieces = frame::fragments(&f, (gw.wan_mtu - ihl) & !7, id);
+        let last = pieces.len() - 1;
+        for (i, p) in pieces.iter_mut().enumerate() {
+            let mine = u16::from_be_bytes([p[20], p[21]]);
+            let more = if i == last { word & 0x2000 } else { 0x2000 };
+            p[20..22].copy_from_slice(&(more | ((mine & 0x1fff) + (word & 0x1fff))).to_be_bytes());
+            fix_ip_checksum(p);
+        }
+        tally("kernel: fragmented for the WAN");
+        return Some((next, pieces));
+    }
+    Some((next, vec![f]))
 }
 
 /// Where an Ethernet frame's payload starts: after one 802.1Q tag, if it has one.
@@ -1036,7 +1087,7 @@ fn differential(mode: Mode, fast: bool) {
     });
     match result {
         Ok((n, seen)) => {
-            let frames: u64 = seen.iter().filter(|(k, _)| !k.starts_with("op: ")).map(|(_, n)| n).sum();
+            let frames: u64 = seen.iter().filter(|(k, _)| !k.contains(": ")).map(|(_, n)| n).sum();
             eprintln!(
                 "model {what}: {n} generated actions, {frames} frames at a hook, all agree (seed {seed:#x}): {seen:?}"
             );

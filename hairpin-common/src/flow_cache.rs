@@ -85,7 +85,19 @@ pub struct Slot {
 pub struct Counts {
     pub packets: u64,
     pub bytes: u64,
+    /// TCP: the acknowledgment number the flow direction's conntrack entry is known to have
+    /// at least (read at the fill, or reported since: see [`ACK_REPORT`]).
+    pub ack: u32,
+    pub _pad: u32,
 }
+
+/// How far a TCP flow direction's acknowledgment may advance on a slot before the slot writes
+/// it into the conntrack entry, where the other direction's RSTs are judged against it
+/// (`nat::rst_in_window`): a conntrack lookup per MiB acknowledged, where one per advance
+/// would be one per packet. Without it the entry's acknowledgment would be up to
+/// [`fresh_ns`] old: at 2 MiB/s (16 Mbit/s) past the RST window, so that a genuine RST from
+/// a bulk sender was ignored and the flow kept for its established timeout.
+pub const ACK_REPORT: u32 = 1 << 20;
 
 /// A time (`bpf_ktime_get_boot_ns`) as a slot keeps it, in units of 1,024 ns: 32 bits wrap
 /// after 73 minutes, far beyond the seconds a slot serves, which [`serves_at`] allows for.
@@ -142,7 +154,7 @@ const _: () = assert!(
     crate::CT_S_ALL >> STATE_SHIFT <= 0xff && (crate::CT_S_ALL >> STATE_SHIFT) << STATE_SHIFT == crate::CT_S_ALL
 );
 const _: () = assert!(size_of::<Slot>() == 64 && align_of::<Slot>() == 4);
-const _: () = assert!(size_of::<Counts>() == 16 && align_of::<Counts>() == 8);
+const _: () = assert!(size_of::<Counts>() == 24 && align_of::<Counts>() == 8);
 
 /// The set of `key` among `sets` (a power of two): a multiplicative (Fibonacci) hash of the
 /// tuple, its high half folded onto the low one so that the mask keeps well-mixed bits.

@@ -35,11 +35,31 @@ pub fn egress(key: &FlowKey, entry: &CtEntry) -> (FlowKey, EgressEntry) {
 
 /// How far past the acknowledgment number its receiver last sent an RST may fall and still
 /// close a flow: 8 MiB, a large scaled window (netfilter allows the largest window it has seen).
-/// The acknowledgment read is that of the receiver's latest packet through conntrack's path, up
-/// to a flow-cache period old (`flow_cache::fresh_ns`) on a busy flow, exact on an idle one.
+/// The acknowledgment read is the highest the receiver has sent, at most
+/// [`crate::flow_cache::ACK_REPORT`] behind on a flow the flow cache serves.
 pub const RST_WINDOW: u32 = 1 << 23;
 /// How far before it: an RST may answer a segment the receiver has acknowledged since.
 pub const RST_BEHIND: u32 = 1 << 16;
+
+/// Whether the acknowledgment number `ack` advances on `had` (sequence arithmetic, modulo
+/// 2^32): what a receiver has acknowledged only grows (RFC 793's SND.UNA), so an older one,
+/// late or sent again, takes nothing back.
+#[inline(always)]
+pub const fn ack_advances(ack: u32, had: u32) -> bool {
+    (ack.wrapping_sub(had) as i32) > 0
+}
+
+impl CtEntry {
+    /// Records the acknowledgment number `ack` of a segment of this direction, if it advances
+    /// on the one recorded (or none was).
+    #[inline(always)]
+    pub fn record_ack(&mut self, ack: u32) {
+        if self.flags & CT_F_ACK_NUM == 0 || ack_advances(ack, self.ack) {
+            self.ack = ack;
+            self.flags |= CT_F_ACK_NUM;
+        }
+    }
+}
 
 /// Whether a TCP RST with sequence number `seq` counts for its flow's state, its receiver
 /// having last acknowledged `peer_ack`: within [`RST_BEHIND`] before it or [`RST_WINDOW`] after
@@ -143,6 +163,20 @@ mod tests {
             assert!(!rst_in_window(ack.wrapping_sub(RST_BEHIND + 1), ack), "far behind");
             assert!(!rst_in_window(ack.wrapping_add(1 << 31), ack), "the other half of the space");
         }
+    }
+
+    #[test]
+    fn the_acknowledgment_recorded_only_advances() {
+        let mut e = CtEntry::default();
+        e.record_ack(u32::MAX - 10);
+        assert_eq!((e.ack, e.flags & CT_F_ACK_NUM != 0), (u32::MAX - 10, true), "the first one, whatever it is");
+        e.record_ack(5);
+        assert_eq!(e.ack, 5, "advancing across the wrap");
+        e.record_ack(u32::MAX - 10);
+        assert_eq!(e.ack, 5, "an older one takes nothing back");
+        e.record_ack(5 + (1 << 31) - 1);
+        assert_eq!(e.ack, 5 + (1 << 31) - 1, "as far as half the space ahead");
+        assert!(!ack_advances(7, 7), "the same one");
     }
 
     fn ep(a: [u8; 4], p: u16) -> Endpoint {

@@ -241,9 +241,11 @@ pub struct CtEntry {
     /// `bpf_ktime_get_boot_ns` of the last packet seen in this direction.
     pub last_seen_ns: u64,
     pub flags: u32,
-    /// TCP: the acknowledgment number of this direction's latest segment through conntrack's
-    /// path (`CT_F_ACK_NUM`): where the other direction's RSTs must fall (see
-    /// [`crate::nat::rst_in_window`]). Written by this direction's packets only.
+    /// TCP: the highest acknowledgment number this direction's segments have carried
+    /// (`CT_F_ACK_NUM`; see [`crate::nat::ack_advances`]): where the other direction's RSTs
+    /// must fall (see [`crate::nat::rst_in_window`]). Written by this direction's packets
+    /// only: through conntrack's path, and by the flow cache's slots as it advances (see
+    /// [`crate::flow_cache::ACK_REPORT`]).
     pub ack: u32,
     /// The fast path's cached next hop for this direction (interface 0: none yet). Resolved
     /// again whenever `last_seen_ns` is refreshed, i.e. at most a second old.

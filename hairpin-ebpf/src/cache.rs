@@ -9,7 +9,10 @@
 use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
 use hairpin_common::{
     CT_S_RST, CT_S_SYN, CtEntry, FlowKey, NextHop, Timeouts,
-    flow_cache::{GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, serves_at, set_of, slot_index, stamp},
+    flow_cache::{
+        ACK_REPORT, GEN_DATAPLANE, Slot, WAYS, fresh_ns, generation as combine, serves_at, set_of, slot_index, stamp,
+    },
+    nat::ack_advances,
 };
 
 use crate::{
@@ -109,6 +112,26 @@ pub fn count(index: u32, packets: u32, bytes: u16) {
     }
 }
 
+/// Notes the acknowledgment number `ack` of a TCP segment the slot at `index` served for flow
+/// direction `key`: once it has advanced [`ACK_REPORT`] past what the conntrack entry is known
+/// to have, it is written there (where RSTs are judged against it).
+#[inline(always)]
+pub fn acked(index: u32, key: &FlowKey, ack: u32) {
+    let Some(c) = FLOW_COUNTS.get_ptr_mut(index) else { return };
+    // SAFETY: pointer from a successful lookup; only this CPU writes this slot's counts. The
+    // conntrack entry comes from a successful lookup (a racing delete can only make the write
+    // land in a recycled element, which its own next segment corrects).
+    unsafe {
+        if !ack_advances(ack, (*c).ack) || ack.wrapping_sub((*c).ack) < ACK_REPORT {
+            return;
+        }
+        (*c).ack = ack;
+        if let Some(e) = CT.get_ptr_mut(key) {
+            (*e).record_ack(ack);
+        }
+    }
+}
+
 /// Copies what conntrack just forwarded a packet of flow direction `key` with (`xlate`,
 /// `hop`; `flags`: the entry's `CT_S_*` bits once this packet's were recorded) into the
 /// flow's set: over its own slot, else an empty one or one no longer current. Current slots
@@ -139,9 +162,8 @@ pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &NextHop, flags: u32, epoch: &E
     // lookup, as does the other flow's (a racing delete can only make the add land in a
     // recycled element).
     unsafe {
-        if let Some(c) = FLOW_COUNTS.get_ptr_mut(index)
-            && (*c).packets != 0
-        {
+        let Some(c) = FLOW_COUNTS.get_ptr_mut(index) else { return };
+        if (*c).packets != 0 {
             let owner = if (*slot).key == *key {
                 Some(entry)
             } else if (*slot).key.proto != 0 {
@@ -156,6 +178,8 @@ pub fn fill(key: &FlowKey, xlate: &FlowKey, hop: &NextHop, flags: u32, epoch: &E
             (*c).packets = 0;
             (*c).bytes = 0;
         }
+        // What the entry has now: acknowledgments the slot serves are reported past it.
+        (*c).ack = (*entry).ack;
     }
     // SAFETY: `slot` as above. Field by field: a whole `Slot` value would be built on the
     // stack first, and the program's stack is near the verifier's 512-byte limit.

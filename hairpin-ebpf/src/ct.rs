@@ -88,7 +88,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
 /// (`ct_state_bits`) recorded. For a TCP segment (`tcp`), its acknowledgment number is kept
-/// (`CtEntry::ack`), and an RST outside the window its receiver last acknowledged counts for
+/// if it advances (`CtEntry::ack`), and an RST outside the window its receiver last acknowledged counts for
 /// nothing but the packet it is (`TcpRstOutOfWindow`): forwarded, but the flow stays as it was,
 /// as netfilter ignores one.
 ///
@@ -131,9 +131,8 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, tcp: Option<Tcp>, pack
                 seen &= !CT_S_RST;
                 stats::bump(Counter::TcpRstOutOfWindow, 1);
             }
-            if flags & TCP_ACK != 0 && ((*entry).ack != ack || (*entry).flags & CT_F_ACK_NUM == 0) {
-                (*entry).ack = ack;
-                (*entry).flags |= CT_F_ACK_NUM;
+            if flags & TCP_ACK != 0 {
+                (*entry).record_ack(ack);
             }
         }
         // Bits only ever get set, and rarely: test first to keep the line shared. Only this

@@ -7,6 +7,7 @@
 
 use hairpin_common::{
     Config, Counter, FlowKey, NextHop, Reason, Slow,
+    consts::IPPROTO_TCP,
     csum::{self, CsumDelta},
 };
 
@@ -24,6 +25,9 @@ use crate::{
 const IP_TTL_OFF: usize = core::mem::offset_of!(network_types::ip::Ipv4Hdr, ttl);
 /// An IPv4 header without options.
 const IPV4_HDR_LEN: usize = network_types::ip::Ipv4Hdr::LEN;
+/// The TCP ACK flag, and the acknowledgment number's offset in the TCP header.
+const TCP_ACK: u8 = 0x10;
+const TCP_ACK_OFF: usize = 8;
 
 /// Forwards `p`, of the flow direction `found`, and copies what it was sent with into the
 /// flow cache; the verdict, or why the kernel must forward it.
@@ -88,7 +92,7 @@ pub fn forward(
 }
 
 /// Forwards `p` as the flow cache's slot says (see `cache::lookup` for when it may), and
-/// counts it there.
+/// counts it there (a TCP segment's acknowledgment too: see `cache::acked`).
 #[inline(always)]
 pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::Hit) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
@@ -97,6 +101,13 @@ pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::
     let s = unsafe { &*hit.slot };
     let verdict = send(pkt, cfg, p, ttl, &s.xlate, &s.hop)?;
     cache::count(hit.index, pkt.segs(), p.tot_len);
+    if p.key.proto == IPPROTO_TCP
+        && p.tcp_flags & TCP_ACK != 0
+        && let Ok(ack) = ptr_at::<[u8; 4]>(pkt, p.l4_off + TCP_ACK_OFF)
+    {
+        // SAFETY: bounds checked by ptr_at.
+        cache::acked(hit.index, &p.key, u32::from_be_bytes(unsafe { *ack }));
+    }
     Ok(verdict)
 }
 

@@ -63,6 +63,10 @@ const CANDIDATE_FORWARDS: [(u8, u16, [u8; 4], u16); 5] = [
     (IPPROTO_TCP, 40000, [192, 168, 0, 4], 80),
 ];
 const STEPS_PER_CASE: usize = 60;
+/// Acknowledgment numbers a flow's ACKs carry: 3 MiB apart, as a bulk flow's move (an RST
+/// near one is 3 or 6 MiB past the one before and after it: within what the receiver may not
+/// have acknowledged yet, or behind what it has). The first is every other segment's.
+const ACK_LEVELS: [u32; 4] = [77, 77 + (3 << 20), 77 + (6 << 20), 77 + (9 << 20)];
 /// A payload too big for the WAN's MTU (1400), not for the LAN's (1500).
 const LARGE: usize = 1450;
 
@@ -70,12 +74,15 @@ const LARGE: usize = 1450;
 enum Proto {
     Udp,
     TcpSyn,
-    TcpAck,
+    /// An ACK of data up to one of `ACK_LEVELS` (a bulk flow's acknowledgments move).
+    TcpAck {
+        level: usize,
+    },
     TcpFin,
-    /// An RST near what its receiver acknowledged (every ACK here says 77), or far from it
-    /// (an off-path spray).
+    /// An RST near one of `ACK_LEVELS` (what its receiver may have acknowledged), or far
+    /// from any (`None`: an off-path spray).
     TcpRst {
-        far: bool,
+        level: Option<usize>,
     },
     Ping,
 }
@@ -366,9 +373,9 @@ fn proto() -> impl Strategy<Value = Proto> {
     prop_oneof![
         4 => Just(Proto::Udp),
         4 => Just(Proto::TcpSyn),
-        4 => Just(Proto::TcpAck),
+        4 => (0..ACK_LEVELS.len()).prop_map(|level| Proto::TcpAck { level }),
         1 => Just(Proto::TcpFin),
-        1 => any::<bool>().prop_map(|far| Proto::TcpRst { far }),
+        1 => prop::option::weighted(0.6, 0..ACK_LEVELS.len()).prop_map(|level| Proto::TcpRst { level }),
         4 => Just(Proto::Ping),
     ]
 }
@@ -449,9 +456,12 @@ fn packet(proto: Proto, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
     match proto {
         Proto::Udp => Pkt::udp(&s, &d),
         Proto::TcpSyn => Pkt::tcp(&s, &d).flags(TCP_SYN),
-        Proto::TcpAck => Pkt::tcp(&s, &d).flags(TCP_ACK),
+        Proto::TcpAck { level } => Pkt::tcp(&s, &d).flags(TCP_ACK).nums(1000, ACK_LEVELS[level]),
         Proto::TcpFin => Pkt::tcp(&s, &d).flags(TCP_FIN | TCP_ACK),
-        Proto::TcpRst { far } => Pkt::tcp(&s, &d).flags(TCP_RST).nums(if far { 77 + (16 << 20) } else { 1000 }, 0),
+        Proto::TcpRst { level } => {
+            let seq = level.map_or(77 + (1 << 31), |l| ACK_LEVELS[l].wrapping_add(1000));
+            Pkt::tcp(&s, &d).flags(TCP_RST).nums(seq, 0)
+        }
         // An echo request's id is its source port; the destination has none.
         Proto::Ping => Pkt::ping(&s, &sa(dst.0.octets(), 0)),
     }

@@ -109,8 +109,8 @@ pub struct Flow {
     pub tcp: [TcpSeen; 2],
 }
 
-/// What a TCP flow direction's segments through conntrack said: a FIN, an RST that counted,
-/// the last acknowledgment number.
+/// What a TCP flow direction's segments said: a FIN, an RST that counted, the highest
+/// acknowledgment number (the fast path's segments too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpSeen {
     pub fin: bool,
@@ -685,8 +685,8 @@ impl Model {
     }
 
     /// Records a TCP segment of flow `i`'s direction `d` (what netfilter's conntrack keeps of
-    /// RFC 793's state): a FIN; an RST that counts, near what its receiver last acknowledged
-    /// (an off-path spray does not, RFC 5961); the acknowledgment. Whether it is a SYN on a
+    /// RFC 793's state): a FIN; an RST that counts, near what its receiver has acknowledged
+    /// (an off-path spray does not, RFC 5961); the acknowledgment, if it advances. Whether it is a SYN on a
     /// closed flow (an RST, or a FIN each way), which re-opens the tuple as a new flow, as
     /// netfilter re-opens one in TIME_WAIT or CLOSE.
     fn segment(&mut self, i: usize, d: usize, seg: Segment) -> bool {
@@ -698,7 +698,9 @@ impl Model {
                 false => self.rsts_ignored += 1,
             }
         }
-        if seg.flags & TCP_ACK != 0 {
+        // Acknowledgments only advance (RFC 793's SND.UNA): an older one, late or sent again,
+        // takes nothing back.
+        if seg.flags & TCP_ACK != 0 && f.tcp[d].ack.is_none_or(|had| (seg.ack.wrapping_sub(had) as i32) > 0) {
             f.tcp[d].ack = Some(seg.ack);
         }
         if seg.flags & TCP_FIN != 0 {

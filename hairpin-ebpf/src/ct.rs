@@ -23,13 +23,21 @@ use crate::{
     stats,
 };
 
+/// How long before `now` the time `then` was, both from [`now_ns`]: none for a time another
+/// CPU stamped within the jiffy, ahead of this one's clock (not a wrapped, huge age).
+#[inline(always)]
+pub fn age_ns(now: u64, then: u64) -> u64 {
+    now.saturating_sub(then)
+}
+
 /// `bpf_map_update_elem`'s error for an existing key under `BPF_NOEXIST`.
 pub const EEXIST: i32 = -17;
 
 /// `bpf_ktime_get_boot_ns`, read at most once a jiffy per CPU: reading the clock source
 /// (the TSC, slow in a VM) for every packet was a visible share of the fast path, and
 /// timeouts in seconds need no better than a jiffy. Boot time keeps counting across suspend,
-/// so idle timeouts stay honest.
+/// so idle timeouts stay honest. A time another CPU stamped may be up to a jiffy ahead of it:
+/// ages are taken with [`age_ns`].
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helpers without preconditions; the per-CPU slot has no other writer while the
@@ -112,7 +120,7 @@ pub fn lookup_refresh(key: &FlowKey, now: u64, seen: u32, tcp: Option<Tcp>, pack
     // SAFETY: the pointer comes from a successful lookup; a racing delete can only make us
     // write into a recycled element, which the next packet rewrites anyway.
     unsafe {
-        let stale = now.wrapping_sub((*entry).last_seen_ns) >= REFRESH_NS;
+        let stale = age_ns(now, (*entry).last_seen_ns) >= REFRESH_NS;
         if stale {
             if (*entry).flags & CT_F_REPLY == 0 && !twin_of(key, &(*entry).xlate) {
                 let (xlate, flags) = ((*entry).xlate, (*entry).flags);

@@ -24,6 +24,7 @@ use hairpin_common::{
 };
 
 use crate::{
+    ct,
     ctx::{Packet, Tc, ptr_at},
     maps::{FRAG_SCRATCH, FRAGS, HELD, HELD_SCRATCH},
     parse::{Ip, Parsed, parse_ip},
@@ -110,7 +111,7 @@ pub fn translate_later(pkt: &impl Packet, ip: &Ip, hook: u8, now: u64) -> Result
     // another datagram's, whose time or address then decides).
     let (addr, first_ns) = unsafe { ((*e).addr, (*e).first_ns) };
     // Address 0: the kernel's datagram, which passes untranslated.
-    if now.wrapping_sub(first_ns) > FRAG_TIMEOUT_NS || addr.0 == 0 {
+    if ct::age_ns(now, first_ns) > FRAG_TIMEOUT_NS || addr.0 == 0 {
         return Ok(false);
     }
     match hook {
@@ -260,7 +261,7 @@ fn release(pkt: &Tc, a: &Arrival, now: u64) {
         // SAFETY: reads through a pointer from a successful lookup; the bytes are copied out
         // by the helper (a recycled entry is another datagram's, which its key then was not).
         let (len, empty, more, held_ns) = unsafe { (helper_len(&(*h).len), (*h).len == 0, (*h).more, (*h).held_ns) };
-        if now.wrapping_sub(held_ns) > FRAG_TIMEOUT_NS || empty {
+        if ct::age_ns(now, held_ns) > FRAG_TIMEOUT_NS || empty {
             let _ = HELD.remove(&key);
             return;
         }

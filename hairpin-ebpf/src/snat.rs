@@ -12,7 +12,7 @@ use hairpin_common::{
 };
 
 use crate::{
-    ct::{EEXIST, InsertError, REFRESH_NS, insert, insert_own, remove_planned},
+    ct::{EEXIST, InsertError, REFRESH_NS, age_ns, insert, insert_own, remove_planned},
     maps::{BINDINGS, BOUND_PORTS, EVENTS, FORWARDS, PLAN},
     stats,
 };
@@ -173,7 +173,7 @@ fn binding(cfg: &Config, key: &FlowKey, now: u64) -> Result<PortBe, Reason> {
     if let Some(b) = BINDINGS.get_ptr_mut(&internal) {
         // SAFETY: pointer from a successful lookup; a torn write of a time is harmless.
         unsafe {
-            if now.wrapping_sub((*b).last_used_ns) >= REFRESH_NS {
+            if age_ns(now, (*b).last_used_ns) >= REFRESH_NS {
                 (*b).last_used_ns = now;
             }
             return Ok((*b).port);

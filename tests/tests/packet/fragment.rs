@@ -197,6 +197,44 @@ fn fragments_the_kernel_makes_at_egress_are_translated(mode: Mode) {
         .run(mode);
 }
 
+/// A fragment held on one CPU is given back with its first fragment on another: each CPU
+/// reads the clock once a jiffy, so the time the holding CPU stamped may be ahead of the other
+/// one's now, which is no age (it was taken for one past the reassembly timeout, the held
+/// fragment dropped; found by the differential test with the fast path's alternating CPUs).
+/// Repeated: the clocks part only within one jiffy. A TC ingress only (XDP holds nothing).
+fn held_fragments_are_given_back_on_another_cpu() {
+    Case::new("held across CPUs", Env::Bare).steps(Vec::new()).run_then(Mode::Tc, |dp| {
+        const TIMES: u16 = 50;
+        let datagram = |id| {
+            frame::fragments(&Pkt::udp("198.51.100.7:40000", "203.0.113.1:9999").payload_len(3000).build(), 1480, id)
+        };
+        let on = |cpu| hairpin_lab::pin_thread_to_cpu(cpu).expect("pinning to CPUs 0 and 1 (two are needed)");
+        for id in 0..TIMES {
+            let (f, other) = (datagram(id), datagram(id + 1000));
+            // CPU 0 reads its clock (a fragment held for a datagram that never comes), then
+            // CPU 1 holds the second fragment, then the first comes on CPU 0.
+            on(0);
+            dp.run(Hook::WanIngress, &other[2]);
+            on(1);
+            dp.run(Hook::WanIngress, &f[1]);
+            on(0);
+            let (_, out) = dp.run(Hook::WanIngress, &f[0]);
+            assert!(out == joined(&f[0], &f[1]), "datagram {id}: {}", frame::diff(&out, &joined(&f[0], &f[1])));
+        }
+        assert_eq!(dp.side_counter(hairpin_common::Counter::FragmentsReleased), u64::from(TIMES));
+    });
+}
+
+/// TC alone, as `tc::` (the filter the 6.12 guest runs).
+mod cpus {
+    mod tc {
+        #[test]
+        fn held_fragments_are_given_back_on_another_cpu() {
+            super::super::held_fragments_are_given_back_on_another_cpu()
+        }
+    }
+}
+
 in_both_modes! {
     another_hosts_fragments_are_never_held,
     fragmented_datagrams_are_translated_whole,

@@ -1,7 +1,8 @@
 //! The flow sweep: removes flows whose idle timeout has passed, both directions and their
-//! egress entries together, entries whose twin has gone (LRU eviction, a crash), egress
-//! entries whose conntrack entry has gone, and bindings no flow uses; and marks conntrack's
-//! pressure for the flow cache.
+//! egress entries together, entries whose twin has gone (LRU eviction, a crash), flows whose
+//! egress entry has gone (the unconfirmed flows' egress LRU evicts apart from conntrack's),
+//! egress entries whose conntrack entry has gone, and bindings no flow uses; and marks
+//! conntrack's pressure for the flow cache.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,10 +10,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use hairpin_common::{CtEntry, FlowKey, Ipv4Be, PortBe};
+use hairpin_common::{CtEntry, EgressEntry, Endpoint, FlowKey, Ipv4Be, PortBe};
 
 use crate::{
-    conntrack::{ORPHAN_GRACE_NS, public_ports, snapshot},
+    conntrack::{Flow, ORPHAN_GRACE_NS, public_ports, snapshot},
     dataplane::Maps,
 };
 
@@ -39,6 +40,7 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let cfg = maps.config()?;
     let (timeouts, public) = (cfg.timeouts, cfg.public_addr);
     let (flows, lone_replies) = snapshot(maps)?;
+    let egress = EgressRead::of(maps)?;
     // The confirmed table's fill: it is where a move evicts flows CPUs hold copies of.
     let confirmed = flows
         .iter()
@@ -51,8 +53,9 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
     let mut in_use = HashSet::new();
     let mut dead = Vec::new();
     for f in &flows {
-        if f.remaining_ns(&timeouts, now) == 0 {
-            if f.reply.is_none() {
+        let lost_egress = egress.lost(maps, f, now);
+        if f.remaining_ns(&timeouts, now) == 0 || lost_egress {
+            if f.reply.is_none() || lost_egress {
                 s.orphans += 1;
                 s.ended.push((f.orig_key, f.orig, "evicted"));
             } else {
@@ -84,22 +87,56 @@ pub fn sweep(maps: &mut Maps, now: u64) -> anyhow::Result<Sweep> {
         .map(|(k, e)| (k, e.xlate))
         .collect();
     maps.remove_entries(dead)?;
-    s.stray_egress = remove_stray_egress(maps, &live)?;
+    s.stray_egress = remove_stray_egress(maps, &live, &egress.tables)?;
     s.unbound = release_bindings(maps, &in_use, public, now)?;
     s.elapsed = start.elapsed();
     Ok(s)
 }
 
 /// Removes the egress entries whose conntrack entry is gone or another flow's now (the
-/// conntrack LRU evicts entries without a word). `live` holds the snapshot's surviving entries
-/// and their translations; an entry not there is looked up again before it goes, as a flow
-/// may have been made since the snapshot (its conntrack entries go in before its egress ones).
-fn remove_stray_egress(maps: &mut Maps, live: &HashMap<FlowKey, FlowKey>) -> anyhow::Result<usize> {
+/// conntrack LRU evicts entries without a word), of the `egress` tables as read after the
+/// snapshot. `live` holds the snapshot's surviving entries and their translations; an entry
+/// not there is looked up again before it goes, as a flow may have been made since the
+/// snapshot (its conntrack entries go in before its egress ones).
+fn remove_stray_egress(
+    maps: &mut Maps,
+    live: &HashMap<FlowKey, FlowKey>,
+    egress: &[Vec<(FlowKey, EgressEntry)>; 2],
+) -> anyhow::Result<usize> {
     let mut n = 0;
-    for unconfirmed in [false, true] {
-        n += remove_stray_egress_in(maps, live, unconfirmed)?;
+    for (unconfirmed, read) in [false, true].into_iter().zip(egress) {
+        n += remove_stray_egress_in(maps, live, unconfirmed, read)?;
     }
     Ok(n)
+}
+
+/// The egress tables (confirmed, unconfirmed), read once after the snapshot: a flow's
+/// conntrack entries go in before its egress ones.
+struct EgressRead {
+    tables: [Vec<(FlowKey, EgressEntry)>; 2],
+    present: HashSet<(FlowKey, FlowKey, Endpoint)>,
+}
+
+impl EgressRead {
+    fn of(maps: &Maps) -> anyhow::Result<Self> {
+        let tables = [maps.egress_entries(false)?, maps.egress_entries(true)?];
+        let present = tables.iter().flatten().map(|(k, v)| (*k, v.ct_key, v.src)).collect();
+        Ok(Self { tables, present })
+    }
+
+    /// Whether the flow `f`, past the orphans' grace, has lost a direction's egress entry
+    /// (the unconfirmed flows' egress LRU evicts apart from conntrack's): its packets would
+    /// leave untranslated (or be dropped as a LAN source on the WAN) and it could not be
+    /// confirmed, so it goes whole, as an orphan, and its next packet makes it anew. One not
+    /// read is looked up again: a flow confirmed meanwhile has moved its entries.
+    fn lost(&self, maps: &Maps, f: &Flow, now: u64) -> bool {
+        f.reply.is_some()
+            && now.saturating_sub(f.orig.created_ns) >= ORPHAN_GRACE_NS
+            && f.entries().any(|(k, e)| {
+                let (key, value) = hairpin_common::nat::egress(&k, &e);
+                !self.present.contains(&(key, value.ct_key, value.src)) && !maps.has_egress_entry(&key, &value)
+            })
+    }
 }
 
 /// As [`remove_stray_egress`], in the egress table of unconfirmed flows or of confirmed ones.
@@ -107,9 +144,10 @@ fn remove_stray_egress_in(
     maps: &mut Maps,
     live: &HashMap<FlowKey, FlowKey>,
     unconfirmed: bool,
+    read: &[(FlowKey, EgressEntry)],
 ) -> anyhow::Result<usize> {
     let mut n = 0;
-    for (k, v) in maps.egress_entries(unconfirmed)? {
+    for &(k, v) in read {
         let (ct_key, xlate) = (v.ct_key, v.xlate(&k));
         if live.get(&ct_key) == Some(&xlate) || maps.has_ct_entry(&ct_key, &xlate) {
             continue;

@@ -20,6 +20,7 @@ struct Dataplane {
     ct: HashMap<MapData, FlowKey, CtEntry>,
     ct_new: HashMap<MapData, FlowKey, CtEntry>,
     egress: HashMap<MapData, FlowKey, EgressEntry>,
+    egress_new: HashMap<MapData, FlowKey, EgressEntry>,
     ct_gen: Array<MapData, u32>,
 }
 
@@ -32,6 +33,7 @@ fn loaded(cfg: &Config) -> (Dataplane, dataplane::Maps) {
         ct: raw(map_names::CONNTRACK).try_into().unwrap(),
         ct_new: raw(map_names::UNCONFIRMED).try_into().unwrap(),
         egress: raw(map_names::EGRESS).try_into().unwrap(),
+        egress_new: raw(map_names::EGRESS_UNCONFIRMED).try_into().unwrap(),
         ct_gen: raw(map_names::CT_GEN).try_into().unwrap(),
     };
     (dp, dataplane::Maps::take(&mut ebpf).expect("the dataplane's maps"))
@@ -137,4 +139,42 @@ fn sweep_pairs_entries_by_translation_and_removes_stray_egress_entries() {
     let egress: Vec<FlowKey> = dp.egress.keys().map(Result::unwrap).collect();
     assert_eq!(egress.len(), 2, "a's two egress entries only: {egress:?}");
     assert!(!egress.contains(&gone_key));
+}
+
+/// A flow whose egress entry the unconfirmed flows' egress LRU evicted (apart from conntrack's
+/// LRU) goes whole once past the grace period: its packets would leave untranslated and it
+/// could never be confirmed. A whole flow stays, as does one just made (its egress entries
+/// may be going in). (The differential test's full tables found such flows kept.)
+#[test]
+fn sweep_removes_flows_whose_egress_entry_was_evicted() {
+    hairpin_tests::require_root();
+    let cfg = Config { timeouts: Default::default(), ..hairpin_tests::dp::lab_config() };
+    let (mut dp, mut maps) = loaded(&cfg);
+    let now = conntrack::boot_ns();
+    let ep = |a: [u8; 4], p: u16| Endpoint::new(Ipv4Be::from_octets(a), PortBe::from_host(p));
+    let flow = |client: u16, created_ns| {
+        let key = FlowKey::new(IPPROTO_UDP, ep([198, 51, 100, 7], client), ep([203, 0, 113, 1], 5353));
+        let f = plan_flow(&key, ep([192, 168, 0, 2], 53), None, 0, now);
+        let with = |e: CtEntry| CtEntry { created_ns, ..e };
+        [(f.orig_key, with(f.orig)), (f.reply_key, with(f.reply))]
+    };
+    let old = now - 2_000_000_000;
+    let (lost, whole, young) = (flow(1, old), flow(2, old), flow(3, now));
+    for (i, entries) in [&lost, &whole, &young].into_iter().enumerate() {
+        for (n, (k, e)) in entries.iter().enumerate() {
+            dp.ct_new.insert(k, e, 0).unwrap();
+            // The lost and the young flow's reply egress entries are missing.
+            if i == 1 || n == 0 {
+                let (egress_key, value) = hairpin_common::nat::egress(k, e);
+                dp.egress_new.insert(&egress_key, &value, 0).unwrap();
+            }
+        }
+    }
+    let s = sweep::sweep(&mut maps, now).unwrap();
+    assert_eq!((s.orphans, s.expired), (1, 0), "the flow whose egress entry went, alone");
+    let left: Vec<FlowKey> = dp.ct_new.keys().map(Result::unwrap).collect();
+    assert_eq!(left.len(), 4, "the whole and the young flow's entries: {left:?}");
+    assert!(!left.contains(&lost[0].0) && !left.contains(&lost[1].0), "{left:?}");
+    let egress = dp.egress_new.keys().count();
+    assert_eq!(egress, 3, "the whole flow's two egress entries and the young one's");
 }

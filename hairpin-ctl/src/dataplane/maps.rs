@@ -268,6 +268,11 @@ impl Maps {
         [&self.ct, &self.ct_new].iter().any(|t| t.get(key, 0).is_ok_and(|e| e.xlate == *xlate))
     }
 
+    /// Whether the egress entry `key` is `value`, in either egress table.
+    pub fn has_egress_entry(&self, key: &FlowKey, value: &EgressEntry) -> bool {
+        [&self.egress, &self.egress_new].iter().any(|t| t.get(key, 0).is_ok_and(|v| v == *value))
+    }
+
     /// The egress entries of confirmed flows, or of unconfirmed ones.
     pub fn egress_entries(&self, unconfirmed: bool) -> anyhow::Result<Vec<(FlowKey, EgressEntry)>> {
         let t = if unconfirmed { &self.egress_new } else { &self.egress };

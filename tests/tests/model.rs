@@ -16,7 +16,10 @@
 //! egress where the kernel would route it (a priority tag off, padding trimmed, the TTL
 //! counted down, fragmented for the WAN's MTU), or comes back as the kernel's time-exceeded
 //! or fragmentation-needed error. Ingress runs as XDP and
-//! as TC, the fast path off and on (with its flow cache, steps alternating between CPUs).
+//! as TC, the fast path off and on (with its flow cache, steps alternating between CPUs), and
+//! with tables for four flows, whose LRUs evict: which flows they take is the kernel's choice,
+//! checked against when it may take them, and the sweep must then leave every flow whole or
+//! gone.
 //! Fixed seed; the number of steps from `HAIRPIN_MODEL_STEPS` (`cargo xtask fuzz` runs long
 //! ones, with `HAIRPIN_MODEL_SEED`). A disagreement is shrunk by proptest and printed as the
 //! steps that lead to it. What leaves must have valid checksums where what came in had.
@@ -895,7 +898,9 @@ fn same_state(dp: &Dataplane, m: &Model, gw: &Gateway) -> Result<(), String> {
     let leaving: BTreeSet<Tuple> = m.flows.iter().flat_map(|f| f.directions().map(|d| f.leaving(d))).collect();
     let egress: BTreeSet<Tuple> = dp.egress().iter().map(|(k, _)| tuple(k)).collect();
     if egress != leaving {
-        return Err(format!("egress entries differ: maps {egress:?}, model {leaving:?}"));
+        let extra: Vec<_> = egress.difference(&leaving).collect();
+        let missing: Vec<_> = leaving.difference(&egress).collect();
+        return Err(format!("egress entries differ: the maps also have {extra:?}; the model also has {missing:?}"));
     }
     Ok(())
 }
@@ -992,13 +997,81 @@ fn command(
     Ok(())
 }
 
+/// How a differential run runs the dataplane.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    mode: Mode,
+    /// The fast path on, its flow cache with it.
+    fast: bool,
+    /// Tables for `FULL_TABLES_FLOWS` flows, which a sequence fills: their LRUs evict.
+    full: bool,
+}
+
+/// `--max-flows` of the runs with full tables: 4 confirmed flows, 8 unconfirmed ones.
+const FULL_TABLES_FLOWS: u32 = 4;
+
+/// New flows the dataplane refused at ingress so far (for want of a port, or of room): each
+/// tried to insert entries first.
+fn refused(dp: &Dataplane) -> u64 {
+    [Hook::LanIngress, Hook::WanIngress]
+        .iter()
+        .map(|h| dp.counter(*h, Reason::DropNoPort) + dp.counter(*h, Reason::DropFlowInsert))
+        .sum()
+}
+
+/// With full tables, after a step: the flows the kernel's LRUs took some of (a conntrack or an
+/// egress entry), if any (which ones is the kernel's choice, not the model's). A flow may lose
+/// entries only to a step that made a flow, `tried` to (refused), or confirmed one, and a
+/// confirmed flow only to one that confirmed one (new flows evict only new flows). Then `run`'s sweep, once the orphans' grace has passed, must
+/// leave each of them whole or gone, and release the bindings no flow uses: the model takes
+/// them out, and the states must agree again.
+fn evicted(
+    dp: &Dataplane,
+    m: &mut Model,
+    gw: &Gateway,
+    before: &[hairpin_common::model::Flow],
+    tried: bool,
+    log: &mut Vec<String>,
+) -> Result<(), String> {
+    use hairpin_ctl::{conntrack, sweep};
+    let entries: BTreeSet<(Tuple, Tuple)> = dp.ct().iter().map(|(k, e)| (tuple(k), tuple(&e.xlate))).collect();
+    let egress: BTreeSet<Tuple> = dp.egress().iter().map(|(k, _)| tuple(k)).collect();
+    // Both conntrack entries and both egress entries.
+    let whole = |f: &hairpin_common::model::Flow| {
+        entries.contains(&(f.orig, f.xlate))
+            && (f.is_own() || entries.contains(&(f.xlate.reversed(), f.orig.reversed())))
+            && f.directions().iter().all(|d| egress.contains(&f.leaving(*d)))
+    };
+    let gone: Vec<Tuple> = m.flows.iter().filter(|f| !whole(f)).map(|f| f.orig).collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let was = |f: &hairpin_common::model::Flow| before.iter().find(|b| b.orig == f.orig);
+    let made = tried || m.flows.iter().any(|f| was(f).is_none());
+    let confirmed = m.flows.iter().any(|f| f.confirmed() && was(f).is_none_or(|b| !b.confirmed()));
+    for f in m.flows.iter().filter(|f| gone.contains(&f.orig)) {
+        if !(made || confirmed) || (f.confirmed() && !confirmed) {
+            return Err(format!("flow {:?} lost entries to a step that made no flow and confirmed none", f.orig));
+        }
+    }
+    log.push(format!("    the LRUs took from {gone:?}; the sweep after the orphans' grace"));
+    tally("kernel: flows evicted");
+    let mut ctl = dp.controller();
+    sweep::sweep(ctl.maps(), conntrack::boot_ns() + 2 * conntrack::ORPHAN_GRACE_NS)
+        .map_err(|e| format!("the sweep: {e:#}"))?;
+    m.evict(gw, &gone);
+    Ok(())
+}
+
 /// Runs one sequence on a fresh dataplane.
-fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
+fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
+    let Run { mode, fast, full } = run;
     let mut gw = gateway(mode, fast);
     // Forwards added with a lifetime: the sweep "later" removes them.
     let mut lifetimes = BTreeSet::new();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
-    let mut dp = Dataplane::load_routed(config(fast), mode, 1024, sides);
+    let max_flows = if full { FULL_TABLES_FLOWS } else { 1024 };
+    let mut dp = Dataplane::load_routed(config(fast), mode, max_flows, sides);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for (proto, port, addr, to) in FORWARDS {
         let l4 = if proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
@@ -1036,14 +1109,19 @@ fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Re
                 hairpin_lab::pin_thread_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
             }
             let before = fingerprint(&m);
+            let (flows_before, refused_before) = (m.flows.clone(), refused(&dp));
             let last = i + 1 == actions.len() && k + 1 == count;
             let done = step(&mut dp, &mut m, &gw, at, &f, &mut log).and_then(|wire| {
                 h.wire.extend(wire);
+                if full {
+                    let tried = refused(&dp) != refused_before;
+                    evicted(&dp, &mut m, &gw, &flows_before, tried, &mut log)?;
+                }
                 // Read back where the model's state moved, and at the end: reading the tables
                 // is most of a step's cost. State the dataplane changed where the model says
                 // nothing did is found at the next reading; shrinking then ends the sequence
                 // there.
-                if fingerprint(&m) != before || last { same_state(&dp, &m, &gw) } else { Ok(()) }
+                if fingerprint(&m) != before || last || full { same_state(&dp, &m, &gw) } else { Ok(()) }
             });
             if let Err(e) = done {
                 let case = CASE.with(|c| c.borrow().join("\n    "));
@@ -1057,13 +1135,13 @@ fn sequence(mode: Mode, fast: bool, actions: &[Action], sides: (u32, u32)) -> Re
     Ok(())
 }
 
-/// Runs the generated cases in `mode`, the fast path on or off, inside a namespace that
-/// routes like the gateway.
-fn differential(mode: Mode, fast: bool) {
-    let what = if fast { format!("{mode:?}, fast path") } else { format!("{mode:?}") };
+/// Runs the generated cases as `run` says, inside a namespace that routes like the gateway.
+fn differential(run: Run) {
+    let Run { mode, fast, full } = run;
+    let what = format!("{mode:?}{}{}", if fast { ", fast path" } else { "" }, if full { ", full tables" } else { "" });
     let steps: usize = std::env::var("HAIRPIN_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("HAIRPIN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6861_6972);
-    let result = dp::in_routed_ns(&format!("m{mode:?}{}", u8::from(fast)), move |sides| {
+    let result = dp::in_routed_ns(&format!("m{mode:?}{}{}", u8::from(fast), u8::from(full)), move |sides| {
         let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -1079,7 +1157,7 @@ fn differential(mode: Mode, fast: bool) {
         let first = std::cell::Cell::new(None);
         let r = runner.run(&strategy, |actions| {
             ACTIONS.with(|n| n.set(n.get() + actions.len()));
-            let r = sequence(mode, fast, &actions, sides);
+            let r = sequence(run, &actions, sides);
             if r.is_err() && first.get().is_none() {
                 first.set(Some(ACTIONS.with(std::cell::Cell::get)));
             }
@@ -1108,20 +1186,30 @@ fn differential(mode: Mode, fast: bool) {
 
 #[test]
 fn xdp_ingress_agrees_with_the_model() {
-    differential(Mode::Xdp, false);
+    differential(Run { mode: Mode::Xdp, fast: false, full: false });
 }
 
 #[test]
 fn tc_ingress_agrees_with_the_model() {
-    differential(Mode::Tc, false);
+    differential(Run { mode: Mode::Tc, fast: false, full: false });
 }
 
 #[test]
 fn xdp_fast_path_agrees_with_the_model() {
-    differential(Mode::Xdp, true);
+    differential(Run { mode: Mode::Xdp, fast: true, full: false });
 }
 
 #[test]
 fn tc_fast_path_agrees_with_the_model() {
-    differential(Mode::Tc, true);
+    differential(Run { mode: Mode::Tc, fast: true, full: false });
+}
+
+#[test]
+fn xdp_fast_path_with_full_tables_agrees_with_the_model() {
+    differential(Run { mode: Mode::Xdp, fast: true, full: true });
+}
+
+#[test]
+fn tc_with_full_tables_agrees_with_the_model() {
+    differential(Run { mode: Mode::Tc, fast: false, full: true });
 }

@@ -20,8 +20,9 @@
 //! bindings, masquerade, the boundary checks of both sides, egress with confirmation, and the
 //! fast path (its flow cache is the implementation's, unseen here); and the controller's
 //! commands between packets (forwards added and removed, flows flushed or deleted, the
-//! sweep); fragmented datagrams in and out of order (see [`frag`]). Not yet: timeouts as time
-//! passes, full tables.
+//! sweep); fragmented datagrams in and out of order (see [`frag`]); full tables, whose LRUs
+//! take what the kernel chooses and the sweep completes ([`Model::evict`]). Not yet: timeouts
+//! as time passes.
 
 mod frag;
 
@@ -1022,6 +1023,14 @@ impl Model {
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         self.bindings.retain(|&(proto, _), port| !gone.contains(&(proto, *port)) || used.contains(&(proto, *port)));
         true
+    }
+
+    /// `run`'s sweep after the kernel's LRUs took entries of the flows `gone` (its choice):
+    /// those flows go wholly, and the bindings no flow uses.
+    pub fn evict(&mut self, gw: &Gateway, gone: &[Tuple]) {
+        self.flows.retain(|f| !gone.contains(&f.orig));
+        let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
+        self.bindings.retain(|&(proto, _), port| used.contains(&(proto, *port)));
     }
 
     /// `run`'s sweep once every flow has idled past its timeout and every forward given a

@@ -1,10 +1,13 @@
 //! `cargo xtask fuzz [--steps N] [--seed S]`: the differential test (the dataplane against the
 //! reference model, `tests/tests/model.rs`) run long: XDP and TC ingress, the fast path off
-//! and on. `cargo xtask test`
+//! and on, and two runs with full tables. `cargo xtask test`
 //! runs it with a fixed seed and a count that fits the CI budget; this is for a change of the
 //! dataplane.
 
 use crate::util;
+
+/// The differential test's runs (its test functions), which share the steps.
+const RUNS: u64 = 6;
 
 pub fn run(steps: u64, seed: Option<u64>) -> anyhow::Result<()> {
     util::require_root("the differential test")?;
@@ -21,8 +24,7 @@ pub fn run(steps: u64, seed: Option<u64>) -> anyhow::Result<()> {
         "--test-threads",
         "1",
     ]);
-    // A quarter of the steps in each of the four runs.
-    cmd.env("HAIRPIN_MODEL_STEPS", (steps / 4).max(1).to_string());
+    cmd.env("HAIRPIN_MODEL_STEPS", (steps / RUNS).max(1).to_string());
     if let Some(seed) = seed {
         cmd.env("HAIRPIN_MODEL_SEED", seed.to_string());
     }

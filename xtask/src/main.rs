@@ -52,10 +52,11 @@ enum Task {
         run: Option<String>,
     },
     /// The differential test run long (root): generated frame sequences through the real
-    /// programs and the reference model, in XDP and TC ingress, the fast path off and on, every
-    /// step compared.
+    /// programs and the reference model, in XDP and TC ingress, the fast path off and on, and
+    /// with full tables, every step compared.
     Fuzz {
-        /// Generated actions in all (a quarter per run: XDP, TC, each with the fast path off and on).
+        /// Generated actions in all (a sixth per run: XDP, TC, each with the fast path off and
+        /// on; XDP with the fast path and TC without it, each with full tables).
         #[arg(long, default_value_t = 1_000_000)]
         steps: u64,
         /// The generator's seed [default: the fixed seed of `cargo xtask test`].

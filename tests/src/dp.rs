@@ -49,8 +49,16 @@ pub fn lab_config() -> Config {
     }
 }
 
-/// Loaded objects no test is using, by their tables' size (see [`Dataplane::load_sized`]).
-static POOL: std::sync::Mutex<Vec<(u32, Ebpf)>> = std::sync::Mutex::new(Vec::new());
+/// Loaded objects no test is using, by their tables (see [`Dataplane::load_sized`]).
+static POOL: std::sync::Mutex<Vec<(Tables, Ebpf)>> = std::sync::Mutex::new(Vec::new());
+
+/// The tables an object is loaded with: for `max_flows` flows (`up --max-flows`), with the
+/// fast path's flow cache or not (`up --no-flow-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub max_flows: u32,
+    pub flow_cache: bool,
+}
 
 /// Empties every map of `ebpf` (hash maps of their entries, arrays to zeros, the ring buffer
 /// read out), as a freshly loaded object has them; the selector picks configuration slot 0.
@@ -123,8 +131,8 @@ fn bpf_map_op(cmd: libc::c_long, fd: i32, key: &[u8], value: u64) -> std::io::Re
 pub struct Dataplane {
     /// Always `Some` but while being dropped (into the pool).
     ebpf: Option<Ebpf>,
-    /// Its tables' size, for the pool.
-    max_flows: u32,
+    /// Its tables, for the pool.
+    tables: Tables,
     /// Interfaces (LAN, WAN) the XDP test runs pretend to arrive on, by hook (in the calling
     /// thread's netns); `None` is the kernel's default, loopback. Routing decisions
     /// (masquerade, the fast path) depend on it.
@@ -137,7 +145,7 @@ impl Drop for Dataplane {
     /// Back into the pool, for the next test's [`Dataplane::load_sized`].
     fn drop(&mut self) {
         if let Some(ebpf) = self.ebpf.take() {
-            POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((self.max_flows, ebpf));
+            POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((self.tables, ebpf));
         }
     }
 }
@@ -163,30 +171,41 @@ impl Dataplane {
     /// emptied, rather than loaded anew: the kernel's verifier takes seconds over each load (far
     /// longer in the emulated VMs), and each kernel has verified every program by the first.
     pub fn load_sized(cfg: Config, mode: Mode, max_flows: u32) -> Self {
+        Self::load_tables(cfg, mode, Tables { max_flows, flow_cache: true })
+    }
+
+    /// As [`load_sized`](Self::load_sized), with `tables`.
+    pub fn load_tables(cfg: Config, mode: Mode, tables: Tables) -> Self {
         crate::require_root();
         let pooled = {
             let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            pool.iter().position(|(n, _)| *n == max_flows).map(|i| pool.swap_remove(i).1)
+            pool.iter().position(|(t, _)| *t == tables).map(|i| pool.swap_remove(i).1)
         };
         let mut ebpf = match pooled {
             Some(mut ebpf) => {
                 empty_maps(&mut ebpf);
                 ebpf
             }
-            None => hairpin_ctl::dataplane::load(max_flows, true).expect("load and verify the eBPF object"),
+            None => hairpin_ctl::dataplane::load(tables.max_flows, tables.flow_cache)
+                .expect("load and verify the eBPF object"),
         };
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, &cfg, 0).unwrap();
-        Self { ebpf: Some(ebpf), ifindex: None, mode, max_flows }
+        Self { ebpf: Some(ebpf), ifindex: None, mode, tables }
     }
 
     /// As [`load_sized`](Self::load_sized), for a namespace that routes like the gateway
     /// (`hairpin_lab::routed`, interfaces `lan` and `wan`): ingress runs as if on them, both
     /// native XDP taking XDP frames, so that the fast path may send into either.
-    pub fn load_routed(cfg: Config, mode: Mode, max_flows: u32, (lan, wan): (u32, u32)) -> Self {
+    pub fn load_routed(cfg: Config, mode: Mode, max_flows: u32, sides: (u32, u32)) -> Self {
+        Self::load_routed_tables(cfg, mode, Tables { max_flows, flow_cache: true }, sides)
+    }
+
+    /// As [`load_routed`](Self::load_routed), with `tables`.
+    pub fn load_routed_tables(cfg: Config, mode: Mode, tables: Tables, (lan, wan): (u32, u32)) -> Self {
         use hairpin_common::placement::{Placement, Why};
         let xdp = Placement { ingress: Ingress::Xdp, why: Why::Forced, xdp_target: true, peer_target: false }.encode();
         let cfg = Config { ifindex: [lan, wan], placement: [xdp, xdp], ..cfg };
-        let mut dp = Self::load_sized(cfg, mode, max_flows);
+        let mut dp = Self::load_tables(cfg, mode, tables);
         dp.ifindex = Some((lan, wan));
         dp.add_device(lan);
         dp.add_device(wan);

@@ -1001,8 +1001,10 @@ fn command(
 #[derive(Clone, Copy, Debug)]
 struct Run {
     mode: Mode,
-    /// The fast path on, its flow cache with it.
+    /// The fast path on.
     fast: bool,
+    /// Its flow cache loaded (`up --no-flow-cache` leaves it out).
+    cache: bool,
     /// Tables for `FULL_TABLES_FLOWS` flows, which a sequence fills: their LRUs evict.
     full: bool,
 }
@@ -1065,13 +1067,14 @@ fn evicted(
 
 /// Runs one sequence on a fresh dataplane.
 fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
-    let Run { mode, fast, full } = run;
+    let Run { mode, fast, cache, full } = run;
     let mut gw = gateway(mode, fast);
     // Forwards added with a lifetime: the sweep "later" removes them.
     let mut lifetimes = BTreeSet::new();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
     let max_flows = if full { FULL_TABLES_FLOWS } else { 1024 };
-    let mut dp = Dataplane::load_routed(config(fast), mode, max_flows, sides);
+    let tables = dp::Tables { max_flows, flow_cache: cache };
+    let mut dp = Dataplane::load_routed_tables(config(fast), mode, tables, sides);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for (proto, port, addr, to) in FORWARDS {
         let l4 = if proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
@@ -1137,11 +1140,17 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
 
 /// Runs the generated cases as `run` says, inside a namespace that routes like the gateway.
 fn differential(run: Run) {
-    let Run { mode, fast, full } = run;
-    let what = format!("{mode:?}{}{}", if fast { ", fast path" } else { "" }, if full { ", full tables" } else { "" });
+    let Run { mode, fast, cache, full } = run;
+    let what = format!(
+        "{mode:?}{}{}{}",
+        if fast { ", fast path" } else { "" },
+        if fast && !cache { " without its flow cache" } else { "" },
+        if full { ", full tables" } else { "" }
+    );
     let steps: usize = std::env::var("HAIRPIN_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("HAIRPIN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6861_6972);
-    let result = dp::in_routed_ns(&format!("m{mode:?}{}{}", u8::from(fast), u8::from(full)), move |sides| {
+    let tag = format!("m{mode:?}{}{}{}", u8::from(fast), u8::from(cache), u8::from(full));
+    let result = dp::in_routed_ns(&tag, move |sides| {
         let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -1186,30 +1195,35 @@ fn differential(run: Run) {
 
 #[test]
 fn xdp_ingress_agrees_with_the_model() {
-    differential(Run { mode: Mode::Xdp, fast: false, full: false });
+    differential(Run { mode: Mode::Xdp, fast: false, cache: true, full: false });
 }
 
 #[test]
 fn tc_ingress_agrees_with_the_model() {
-    differential(Run { mode: Mode::Tc, fast: false, full: false });
+    differential(Run { mode: Mode::Tc, fast: false, cache: true, full: false });
 }
 
 #[test]
 fn xdp_fast_path_agrees_with_the_model() {
-    differential(Run { mode: Mode::Xdp, fast: true, full: false });
+    differential(Run { mode: Mode::Xdp, fast: true, cache: true, full: false });
 }
 
 #[test]
 fn tc_fast_path_agrees_with_the_model() {
-    differential(Run { mode: Mode::Tc, fast: true, full: false });
+    differential(Run { mode: Mode::Tc, fast: true, cache: true, full: false });
+}
+
+#[test]
+fn tc_fast_path_without_flow_cache_agrees_with_the_model() {
+    differential(Run { mode: Mode::Tc, fast: true, cache: false, full: false });
 }
 
 #[test]
 fn xdp_fast_path_with_full_tables_agrees_with_the_model() {
-    differential(Run { mode: Mode::Xdp, fast: true, full: true });
+    differential(Run { mode: Mode::Xdp, fast: true, cache: true, full: true });
 }
 
 #[test]
 fn tc_with_full_tables_agrees_with_the_model() {
-    differential(Run { mode: Mode::Tc, fast: false, full: true });
+    differential(Run { mode: Mode::Tc, fast: false, cache: true, full: true });
 }

@@ -1,13 +1,13 @@
 //! `cargo xtask fuzz [--steps N] [--seed S]`: the differential test (the dataplane against the
 //! reference model, `tests/tests/model.rs`) run long: XDP and TC ingress, the fast path off
-//! and on, and two runs with full tables. `cargo xtask test`
+//! and on (TC's also without its flow cache), and two runs with full tables. `cargo xtask test`
 //! runs it with a fixed seed and a count that fits the CI budget; this is for a change of the
 //! dataplane.
 
 use crate::util;
 
 /// The differential test's runs (its test functions), which share the steps.
-const RUNS: u64 = 6;
+const RUNS: u64 = 7;
 
 pub fn run(steps: u64, seed: Option<u64>) -> anyhow::Result<()> {
     util::require_root("the differential test")?;

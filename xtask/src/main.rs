@@ -55,8 +55,9 @@ enum Task {
     /// programs and the reference model, in XDP and TC ingress, the fast path off and on, and
     /// with full tables, every step compared.
     Fuzz {
-        /// Generated actions in all (a sixth per run: XDP, TC, each with the fast path off and
-        /// on; XDP with the fast path and TC without it, each with full tables).
+        /// Generated actions in all (a seventh per run: XDP, TC, each with the fast path off
+        /// and on; TC with the fast path without its flow cache; XDP with the fast path and TC
+        /// without it, each with full tables).
         #[arg(long, default_value_t = 1_000_000)]
         steps: u64,
         /// The generator's seed [default: the fixed seed of `cargo xtask test`].

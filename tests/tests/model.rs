@@ -66,10 +66,10 @@ const CANDIDATE_FORWARDS: [(u8, u16, [u8; 4], u16); 5] = [
     (IPPROTO_TCP, 40000, [192, 168, 0, 4], 80),
 ];
 const STEPS_PER_CASE: usize = 60;
-/// Acknowledgment numbers a flow's ACKs carry: 3 MiB apart, as a bulk flow's move (an RST
-/// near one is 3 or 6 MiB past the one before and after it: within what the receiver may not
-/// have acknowledged yet, or behind what it has). The first is every other segment's.
-const ACK_LEVELS: [u32; 4] = [77, 77 + (3 << 20), 77 + (6 << 20), 77 + (9 << 20)];
+/// Acknowledgment numbers a flow's ACKs carry: 9 MiB apart, as a bulk flow's move between
+/// two looks (an RST near one is past the window of the one before it, and behind the one
+/// after). The first is every other segment's.
+const ACK_LEVELS: [u32; 4] = [77, 77 + (9 << 20), 77 + (18 << 20), 77 + (27 << 20)];
 /// A payload too big for the WAN's MTU (1400), not for the LAN's (1500).
 const LARGE: usize = 1450;
 
@@ -82,12 +82,27 @@ enum Proto {
         level: usize,
     },
     TcpFin,
-    /// An RST near one of `ACK_LEVELS` (what its receiver may have acknowledged), or far
-    /// from any (`None`: an off-path spray).
-    TcpRst {
-        level: Option<usize>,
-    },
+    TcpRst(RstAt),
     Ping,
+}
+
+/// How a TCP segment is answered: acknowledging up to one of `ACK_LEVELS` (a SYN with
+/// SYN+ACK), or with an RST near what the segment's sender has acknowledged.
+#[derive(Clone, Copy, Debug)]
+enum TcpAnswer {
+    Ack(usize),
+    Rst,
+}
+
+/// Where an RST's sequence number falls.
+#[derive(Clone, Copy, Debug)]
+enum RstAt {
+    /// Near one of `ACK_LEVELS` (what its receiver may have acknowledged).
+    Level(usize),
+    /// Near what its receiver has acknowledged, as the model has it (a genuine endpoint's).
+    Acked,
+    /// Far from any (an off-path spray).
+    Far,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -136,8 +151,11 @@ enum Action {
         proto: Proto,
         to: WanDst,
     },
-    /// The receiver of a frame that left on a wire answers it.
-    Reply(usize),
+    /// The receiver of a frame that left on a wire answers it (how, if it is TCP).
+    Reply {
+        about: usize,
+        tcp: TcpAnswer,
+    },
     /// An earlier ingress frame, sent again.
     Again(usize),
     Odd(Odd, usize),
@@ -378,7 +396,12 @@ fn proto() -> impl Strategy<Value = Proto> {
         4 => Just(Proto::TcpSyn),
         4 => (0..ACK_LEVELS.len()).prop_map(|level| Proto::TcpAck { level }),
         1 => Just(Proto::TcpFin),
-        1 => prop::option::weighted(0.6, 0..ACK_LEVELS.len()).prop_map(|level| Proto::TcpRst { level }),
+        1 => prop_oneof![
+            (0..ACK_LEVELS.len()).prop_map(RstAt::Level),
+            Just(RstAt::Acked),
+            Just(RstAt::Far),
+        ]
+        .prop_map(Proto::TcpRst),
         4 => Just(Proto::Ping),
     ]
 }
@@ -407,7 +430,8 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         5 => (0..LAN_HOSTS.len(), 0..n, proto(), lan_dst).prop_map(|(host, sport, proto, to)| Action::Lan { host, sport, proto, to }),
         3 => (0..WAN_HOSTS.len(), 0..n, proto(), wan_dst).prop_map(|(host, sport, proto, to)| Action::Wan { host, sport, proto, to }),
-        5 => any::<usize>().prop_map(Action::Reply),
+        5 => (any::<usize>(), prop_oneof![4 => (0..ACK_LEVELS.len()).prop_map(TcpAnswer::Ack), 1 => Just(TcpAnswer::Rst)])
+            .prop_map(|(about, tcp)| Action::Reply { about, tcp }),
         1 => any::<usize>().prop_map(Action::Again),
         1 => (odd, any::<usize>()).prop_map(|(o, i)| Action::Odd(o, i)),
         2 => (mangle(), any::<usize>()).prop_map(|(m, i)| Action::Mangled(m, i)),
@@ -454,16 +478,21 @@ fn sa(addr: [u8; 4], port: u16) -> String {
     SocketAddrV4::new(Ipv4Addr::from(addr), port).to_string()
 }
 
-fn packet(proto: Proto, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Pkt {
+fn packet(proto: Proto, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), m: &Model) -> Pkt {
     let (s, d) = (sa(src.0.octets(), src.1), sa(dst.0.octets(), dst.1));
     match proto {
         Proto::Udp => Pkt::udp(&s, &d),
         Proto::TcpSyn => Pkt::tcp(&s, &d).flags(TCP_SYN),
         Proto::TcpAck { level } => Pkt::tcp(&s, &d).flags(TCP_ACK).nums(1000, ACK_LEVELS[level]),
         Proto::TcpFin => Pkt::tcp(&s, &d).flags(TCP_FIN | TCP_ACK),
-        Proto::TcpRst { level } => {
-            let seq = level.map_or(77 + (1 << 31), |l| ACK_LEVELS[l].wrapping_add(1000));
-            Pkt::tcp(&s, &d).flags(TCP_RST).nums(seq, 0)
+        Proto::TcpRst(at) => {
+            let t = Tuple { proto: IPPROTO_TCP, src: (src.0.octets(), src.1), dst: (dst.0.octets(), dst.1) };
+            let seq = match at {
+                RstAt::Level(l) => ACK_LEVELS[l],
+                RstAt::Acked => m.peer_ack(&t).unwrap_or(ACK_LEVELS[0]),
+                RstAt::Far => 77 + (1 << 31),
+            };
+            Pkt::tcp(&s, &d).flags(TCP_RST).nums(seq.wrapping_add(1000), 0)
         }
         // An echo request's id is its source port; the destination has none.
         Proto::Ping => Pkt::ping(&s, &sa(dst.0.octets(), 0)),
@@ -525,7 +554,7 @@ fn make_one(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)>
                 LanDst::Lan(h, p) => (ip(LAN_HOSTS[h]), PORTS[p]),
                 LanDst::Gateway(p) => (ip(GW_LAN), PORTS[p]),
             };
-            (At::LanIngress, packet(proto, src, dst))
+            (At::LanIngress, packet(proto, src, dst, m))
         }
         Action::Wan { host, sport, proto, to } => {
             let src = (ip(WAN_HOSTS[host]), PORTS[sport]);
@@ -534,17 +563,31 @@ fn make_one(a: &Action, h: &History, m: &Model) -> Option<(At, Vec<u8>, String)>
                 WanDst::Lan(h, p) => (ip(LAN_HOSTS[h]), PORTS[p]),
                 WanDst::Wan(h, p) => (ip(WAN_HOSTS[h]), PORTS[p]),
             };
-            (At::WanIngress, packet(proto, src, dst))
+            (At::WanIngress, packet(proto, src, dst, m))
         }
-        Action::Reply(i) => {
-            let (wan, out) = h.wire.get(i % h.wire.len().max(1))?.clone();
+        Action::Reply { about, tcp } => {
+            let (wan, out) = h.wire.get(about % h.wire.len().max(1))?.clone();
             let mut r = out.reply_to();
             r.macs = (frame::MAC_B, frame::MAC_A);
             r.ttl = 64;
             match out.l4 {
                 L4::Echo { reply: false } => r.l4 = L4::Echo { reply: true },
                 L4::Echo { reply: true } => return None,
-                L4::Tcp => r.tcp_flags = if out.tcp_flags == TCP_SYN { TCP_SYN | TCP_ACK } else { TCP_ACK },
+                L4::Tcp => match tcp {
+                    TcpAnswer::Ack(level) => {
+                        r.tcp_flags = if out.tcp_flags == TCP_SYN { TCP_SYN | TCP_ACK } else { TCP_ACK };
+                        r.tcp_nums = (1000, ACK_LEVELS[level]);
+                    }
+                    TcpAnswer::Rst => {
+                        let t = Tuple {
+                            proto: IPPROTO_TCP,
+                            src: (r.src.ip().octets(), r.src.port()),
+                            dst: (r.dst.ip().octets(), r.dst.port()),
+                        };
+                        let seq = m.peer_ack(&t).unwrap_or(ACK_LEVELS[0]).wrapping_add(1000);
+                        (r.tcp_flags, r.tcp_nums) = (TCP_RST, (seq, 0));
+                    }
+                },
                 _ => {}
             }
             (if wan { At::WanIngress } else { At::LanIngress }, r)
@@ -695,7 +738,7 @@ fn tally(what: &'static str) {
 fn step(
     dp: &mut Dataplane,
     m: &mut Model,
-    gw: &Gateway,
+    (gw, full): (&Gateway, bool),
     at: At,
     f: &[u8],
     log: &mut Vec<String>,
@@ -705,9 +748,15 @@ fn step(
     let (verdict, out) = dp.run(h, f);
     let moved: Vec<Reason> =
         Reason::ALL.iter().zip(&before).filter(|(r, b)| dp.counter(h, **r) != **b).map(|(r, _)| *r).collect();
+    // With full tables (`Run::full`), what the LRUs took as the frame ran.
+    let swept = if full { evicted(dp, m, at, f, &moved, log)? } else { None };
     let expect = m
         .step(gw, at, f, &Read(dp))
         .map_err(|v| format!("{at:?}: the dataplane counted {moved:?}, and its choice broke a rule: {}", v.0))?;
+    if let Some(later) = swept {
+        m.evict(&later);
+        m.release_unused(gw);
+    }
     // The model's word, as the row a packet case would assert.
     CASE.with(|c| c.borrow_mut().push(as_step(at, f, expect.reason, expect.output.as_deref())));
     if moved != [expect.reason] {
@@ -762,7 +811,7 @@ fn step(
             }
             let mut wire = Vec::new();
             for f in sent {
-                wire.extend(step(dp, m, gw, next, &f, log)?);
+                wire.extend(step(dp, m, (gw, full), next, &f, log)?);
             }
             Ok(wire)
         }
@@ -1012,57 +1061,60 @@ struct Run {
 /// `--max-flows` of the runs with full tables: 4 confirmed flows, 8 unconfirmed ones.
 const FULL_TABLES_FLOWS: u32 = 4;
 
-/// New flows the dataplane refused at ingress so far (for want of a port, or of room): each
-/// tried to insert entries first.
-fn refused(dp: &Dataplane) -> u64 {
-    [Hook::LanIngress, Hook::WanIngress]
-        .iter()
-        .map(|h| dp.counter(*h, Reason::DropNoPort) + dp.counter(*h, Reason::DropFlowInsert))
-        .sum()
-}
-
-/// With full tables, after a step: the flows the kernel's LRUs took some of (a conntrack or an
-/// egress entry), if any (which ones is the kernel's choice, not the model's). A flow may lose
-/// entries only to a step that made a flow, `tried` to (refused), or confirmed one, and a
-/// confirmed flow only to one that confirmed one (new flows evict only new flows). Then `run`'s sweep, once the orphans' grace has passed, must
-/// leave each of them whole or gone, and release the bindings no flow uses: the model takes
-/// them out, and the states must agree again.
+/// With full tables, after a frame ran at `at` (counting `moved`) and before the model takes
+/// it: the flows the kernel's LRUs took some of (a conntrack or an egress entry), if any
+/// (which ones is the kernel's choice, not the model's), but the one the frame belongs to (a
+/// SYN re-opening it replaces it). A flow may lose entries only to an ingress that made a
+/// flow (or tried to) or an egress that confirmed one, and a confirmed flow only to the
+/// latter (new flows evict only new flows). Then `run`'s sweep, once the orphans' grace has
+/// passed, must leave each of them whole or gone: the model takes them out, and the states
+/// must agree again. If it swept, what to take out once the model has taken the frame: its
+/// own flow, if confirming it cost it entries (and then the bindings no flow uses).
 fn evicted(
     dp: &Dataplane,
     m: &mut Model,
-    gw: &Gateway,
-    before: &[hairpin_common::model::Flow],
-    tried: bool,
+    at: At,
+    f: &[u8],
+    moved: &[Reason],
     log: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<Option<Vec<Tuple>>, String> {
     use hairpin_ctl::{conntrack, sweep};
+    const MADE: [Reason; 5] = [
+        Reason::IngressNewFlow,
+        Reason::IngressMasquerade,
+        Reason::IngressBinding,
+        Reason::DropNoPort,
+        Reason::DropFlowInsert,
+    ];
     let entries: BTreeSet<(Tuple, Tuple)> = dp.ct().iter().map(|(k, e)| (tuple(k), tuple(&e.xlate))).collect();
-    let egress: BTreeSet<Tuple> = dp.egress().iter().map(|(k, _)| tuple(k)).collect();
-    // Both conntrack entries and both egress entries.
+    let egress: BTreeSet<(Tuple, Tuple)> = dp.egress().iter().map(|(k, e)| (tuple(k), tuple(&e.ct_key))).collect();
+    // Both conntrack entries and both egress entries, each still this flow's.
     let whole = |f: &hairpin_common::model::Flow| {
         entries.contains(&(f.orig, f.xlate))
             && (f.is_own() || entries.contains(&(f.xlate.reversed(), f.orig.reversed())))
-            && f.directions().iter().all(|d| egress.contains(&f.leaving(*d)))
+            && f.directions().iter().all(|d| egress.contains(&(f.leaving(*d), d.0)))
     };
-    let gone: Vec<Tuple> = m.flows.iter().filter(|f| !whole(f)).map(|f| f.orig).collect();
+    let ingress = matches!(at, At::LanIngress | At::WanIngress);
+    // At ingress the frame's flow is the model's to replace (a SYN re-opening it).
+    let own = m.flow_of(at, f);
+    let gone: Vec<&hairpin_common::model::Flow> =
+        m.flows.iter().filter(|f| !whole(f) && !(ingress && Some(f.orig) == own)).collect();
     if gone.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let was = |f: &hairpin_common::model::Flow| before.iter().find(|b| b.orig == f.orig);
-    let made = tried || m.flows.iter().any(|f| was(f).is_none());
-    let confirmed = m.flows.iter().any(|f| f.confirmed() && was(f).is_none_or(|b| !b.confirmed()));
-    for f in m.flows.iter().filter(|f| gone.contains(&f.orig)) {
-        if !(made || confirmed) || (f.confirmed() && !confirmed) {
-            return Err(format!("flow {:?} lost entries to a step that made no flow and confirmed none", f.orig));
-        }
+    let made = ingress && moved.iter().any(|r| MADE.contains(r));
+    let confirming = !ingress && moved == [Reason::EgressFlow];
+    if let Some(f) = gone.iter().find(|f| !(made || confirming) || (f.confirmed() && !confirming)) {
+        return Err(format!("{at:?}: flow {:?} lost entries to a frame that made no flow and confirmed none", f.orig));
     }
-    log.push(format!("    the LRUs took from {gone:?}; the sweep after the orphans' grace"));
+    let (later, now): (Vec<Tuple>, Vec<Tuple>) = gone.iter().map(|f| f.orig).partition(|o| Some(*o) == own);
+    log.push(format!("    the LRUs took from {now:?} {later:?}; the sweep after the orphans' grace"));
     tally("kernel: flows evicted");
     let mut ctl = dp.controller();
     sweep::sweep(ctl.maps(), conntrack::boot_ns() + 2 * conntrack::ORPHAN_GRACE_NS)
         .map_err(|e| format!("the sweep: {e:#}"))?;
-    m.evict(gw, &gone);
-    Ok(())
+    m.evict(&now);
+    Ok(Some(later))
 }
 
 /// Runs one sequence on a fresh dataplane.
@@ -1112,14 +1164,9 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
                 hairpin_lab::pin_thread_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
             }
             let before = fingerprint(&m);
-            let (flows_before, refused_before) = (m.flows.clone(), refused(&dp));
             let last = i + 1 == actions.len() && k + 1 == count;
-            let done = step(&mut dp, &mut m, &gw, at, &f, &mut log).and_then(|wire| {
+            let done = step(&mut dp, &mut m, (&gw, full), at, &f, &mut log).and_then(|wire| {
                 h.wire.extend(wire);
-                if full {
-                    let tried = refused(&dp) != refused_before;
-                    evicted(&dp, &mut m, &gw, &flows_before, tried, &mut log)?;
-                }
                 // Read back where the model's state moved, and at the end: reading the tables
                 // is most of a step's cost. State the dataplane changed where the model says
                 // nothing did is found at the next reading; shrinking then ends the sequence

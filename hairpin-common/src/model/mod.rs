@@ -565,6 +565,25 @@ impl Model {
         })
     }
 
+    /// The original direction of the flow a frame at `at` belongs to, if any (a TCP, UDP or
+    /// echo packet of one): for the harness, which must tell it from flows the kernel evicts.
+    pub fn flow_of(&self, at: At, frame: &[u8]) -> Option<Tuple> {
+        let Ok(L4::Flow(p)) = parse_ip(frame).and_then(|ip| parse_l4(frame, &ip)) else { return None };
+        let (i, _) = match at {
+            At::LanIngress | At::WanIngress => self.find(&p.tuple),
+            At::LanEgress | At::WanEgress => self.leaving(&p.tuple),
+        }?;
+        Some(self.flows[i].orig)
+    }
+
+    /// What the receiver of a TCP segment arriving as `t` has acknowledged, as far as its
+    /// flow knows: where a genuine endpoint's RST falls.
+    pub fn peer_ack(&self, t: &Tuple) -> Option<u32> {
+        let (i, reply) = self.find(t)?;
+        let (f, d) = (&self.flows[i], usize::from(reply));
+        f.tcp[if f.is_own() { d } else { 1 - d }].ack
+    }
+
     /// The flow direction whose packets leave ingress as `t`: (flow index, reply?), for egress.
     fn leaving(&self, t: &Tuple) -> Option<(usize, bool)> {
         self.flows.iter().enumerate().find_map(|(i, f)| {
@@ -1026,9 +1045,13 @@ impl Model {
     }
 
     /// `run`'s sweep after the kernel's LRUs took entries of the flows `gone` (its choice):
-    /// those flows go wholly, and the bindings no flow uses.
-    pub fn evict(&mut self, gw: &Gateway, gone: &[Tuple]) {
+    /// those flows go wholly, and then ([`Model::release_unused`]) the bindings no flow uses.
+    pub fn evict(&mut self, gone: &[Tuple]) {
         self.flows.retain(|f| !gone.contains(&f.orig));
+    }
+
+    /// The bindings no flow uses, released (by a sweep past their grace).
+    pub fn release_unused(&mut self, gw: &Gateway) {
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         self.bindings.retain(|&(proto, _), port| used.contains(&(proto, *port)));
     }

@@ -172,6 +172,9 @@ pub struct Model {
     /// acknowledged: counted, so that an operator sees a spray.
     pub rsts_ignored: u64,
     pub frags: Frags,
+    /// Flows the implementation's full tables evicted as the frame being taken ran (see
+    /// [`Model::evict`]): a new flow's source may have been chosen while they were there.
+    pub evicted_now: Vec<Flow>,
 }
 
 /// A disagreement with the rules found in an implementation's choice.
@@ -778,13 +781,23 @@ impl Model {
         hairpin: bool,
         choices: &dyn Choices,
     ) -> Result<Result<Tuple, Reason>, Violation> {
+        // Where the implementation's full tables evicted flows as this frame ran, its checks may
+        // have seen them: a choice the flows before that explain stands too.
+        let before = (!self.evicted_now.is_empty())
+            .then(|| Model { flows: [self.flows.clone(), self.evicted_now.clone()].concat(), ..Model::default() });
+        let (made, kept) = (choices.source_of(t).is_some(), choices.source_of(t) == Some(t.src));
         let (src, sport_at_ingress) = match kind {
             // The client's own source, unless its tuples are another flow's: then another
             // port, written at ingress.
-            Kind::Keep if self.fits(&self.planned(t, t.src, dst, false)) => (t.src, false),
+            Kind::Keep
+                if self.fits(&self.planned(t, t.src, dst, false))
+                    && (kept || before.as_ref().is_none_or(|b| b.fits(&self.planned(t, t.src, dst, false)))) =>
+            {
+                (t.src, false)
+            }
             Kind::Keep => {
                 let with = |src| self.planned(t, src, dst, true);
-                if !self.fits_any_port(&with(t.src)) {
+                if !holds(self, before.as_ref(), made, |m| m.fits_any_port(&with(t.src))) {
                     return Ok(Err(Reason::DropNoPort));
                 }
                 let src = self.chosen(gw, t, choices, t.src.0, "the client's address", with)?;
@@ -793,14 +806,14 @@ impl Model {
             Kind::Lan | Kind::Public if kind == Kind::Lan || t.proto == IPPROTO_ICMP => {
                 let addr = if kind == Kind::Lan { gw.lan_addr } else { gw.public };
                 let with = |src| self.planned(t, src, dst, false);
-                if !self.fits_any_port(&with((addr, 0))) {
+                if !holds(self, before.as_ref(), made, |m| m.fits_any_port(&with((addr, 0)))) {
                     return Ok(Err(Reason::DropNoPort));
                 }
                 (self.chosen(gw, t, choices, addr, "the gateway's address", with)?, false)
             }
             Kind::Public => {
                 let src = (gw.public, self.bind(gw, t, choices)?);
-                if !self.fits(&self.planned(t, src, dst, false)) {
+                if !holds(self, before.as_ref(), made, |m| m.fits(&m.planned(t, src, dst, false))) {
                     return Ok(Err(Reason::DropFlowInsert));
                 }
                 (src, false)
@@ -993,6 +1006,13 @@ impl Model {
     }
 }
 
+/// Whether `fits` holds of the flows `now`, and, where the implementation's full tables
+/// evicted flows as the frame ran and it `made` no flow, of those `before` too (its checks may
+/// have seen them: a refusal they explain stands).
+fn holds(now: &Model, before: Option<&Model>, made: bool, fits: impl Fn(&Model) -> bool) -> bool {
+    fits(now) && before.is_none_or(|b| made || fits(b))
+}
+
 /// Why the controller refused to add a forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -1047,11 +1067,15 @@ impl Model {
     /// `run`'s sweep after the kernel's LRUs took entries of the flows `gone` (its choice):
     /// those flows go wholly, and then ([`Model::release_unused`]) the bindings no flow uses.
     pub fn evict(&mut self, gone: &[Tuple]) {
-        self.flows.retain(|f| !gone.contains(&f.orig));
+        let (out, kept) = std::mem::take(&mut self.flows).into_iter().partition(|f| gone.contains(&f.orig));
+        self.flows = kept;
+        self.evicted_now.extend::<Vec<Flow>>(out);
     }
 
-    /// The bindings no flow uses, released (by a sweep past their grace).
+    /// The bindings no flow uses, released (by a sweep past their grace), once the frame
+    /// that evicted flows has been taken.
     pub fn release_unused(&mut self, gw: &Gateway) {
+        self.evicted_now.clear();
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         self.bindings.retain(|&(proto, _), port| used.contains(&(proto, *port)));
     }

@@ -96,9 +96,9 @@ const TCP_ACK: u8 = 0x10;
 
 /// The flow `key` belongs to, with its last-seen time refreshed and the packet's state bits
 /// (`ct_state_bits`) recorded. For a TCP segment (`tcp`), its acknowledgment number is kept
-/// if it advances (`CtEntry::ack`), and an RST outside the window its receiver last acknowledged counts for
-/// nothing but the packet it is (`TcpRstOutOfWindow`): forwarded, but the flow stays as it was,
-/// as netfilter ignores one.
+/// if it advances (`CtEntry::ack`), and an RST outside the window of what its receiver has
+/// acknowledged counts for nothing but the packet it is (`TcpRstOutOfWindow`): forwarded, but
+/// the flow stays as it was, as netfilter ignores one.
 ///
 /// An original-direction entry whose reply entry has gone (LRU eviction) is removed instead of
 /// used: the reply entry was the claim on the flow's public tuple, and a newer flow may hold it

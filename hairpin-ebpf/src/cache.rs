@@ -100,28 +100,20 @@ pub fn lookup(pkt: &impl Packet, key: &FlowKey, epoch: &Epoch, seen: u32, tot_le
     None
 }
 
-/// Counts a packet (`packets` segments, `bytes` long) the slot at `index` served.
+/// Counts a packet (`packets` segments, `bytes` long) the slot at `index` served for flow
+/// direction `key`, and notes a TCP segment's acknowledgment number `ack`: once that has
+/// advanced [`ACK_REPORT`] past what the conntrack entry is known to have, it is written there
+/// (where RSTs are judged against it). One lookup of the slot's counts for both.
 #[inline(always)]
-pub fn count(index: u32, packets: u32, bytes: u16) {
-    if let Some(c) = FLOW_COUNTS.get_ptr_mut(index) {
-        // SAFETY: pointer from a successful lookup; only this CPU writes this slot's counts.
-        unsafe {
-            (*c).packets += u64::from(packets);
-            (*c).bytes += u64::from(bytes);
-        }
-    }
-}
-
-/// Notes the acknowledgment number `ack` of a TCP segment the slot at `index` served for flow
-/// direction `key`: once it has advanced [`ACK_REPORT`] past what the conntrack entry is known
-/// to have, it is written there (where RSTs are judged against it).
-#[inline(always)]
-pub fn acked(index: u32, key: &FlowKey, ack: u32) {
+pub fn count(index: u32, key: &FlowKey, packets: u32, bytes: u16, ack: Option<u32>) {
     let Some(c) = FLOW_COUNTS.get_ptr_mut(index) else { return };
     // SAFETY: pointer from a successful lookup; only this CPU writes this slot's counts. The
     // conntrack entry comes from a successful lookup (a racing delete can only make the write
     // land in a recycled element, which its own next segment corrects).
     unsafe {
+        (*c).packets += u64::from(packets);
+        (*c).bytes += u64::from(bytes);
+        let Some(ack) = ack else { return };
         if !ack_advances(ack, (*c).ack) || ack.wrapping_sub((*c).ack) < ACK_REPORT {
             return;
         }

@@ -92,7 +92,7 @@ pub fn forward(
 }
 
 /// Forwards `p` as the flow cache's slot says (see `cache::lookup` for when it may), and
-/// counts it there (a TCP segment's acknowledgment too: see `cache::acked`).
+/// counts it there (a TCP segment's acknowledgment too: see `cache::count`).
 #[inline(always)]
 pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::Hit) -> Result<Reason, Slow> {
     let ttl = Ttl::check(pkt, p)?;
@@ -100,14 +100,13 @@ pub fn forward_cached(pkt: &impl Packet, cfg: &Config, p: &Parsed, hit: &cache::
     // stack is near its limit), only this CPU writes it.
     let s = unsafe { &*hit.slot };
     let verdict = send(pkt, cfg, p, ttl, &s.xlate, &s.hop)?;
-    cache::count(hit.index, pkt.segs(), p.tot_len);
-    if p.key.proto == IPPROTO_TCP
-        && p.tcp_flags & TCP_ACK != 0
-        && let Ok(ack) = ptr_at::<[u8; 4]>(pkt, p.l4_off + TCP_ACK_OFF)
-    {
-        // SAFETY: bounds checked by ptr_at.
-        cache::acked(hit.index, &p.key, u32::from_be_bytes(unsafe { *ack }));
-    }
+    let tcp_ack = p.key.proto == IPPROTO_TCP && p.tcp_flags & TCP_ACK != 0;
+    // SAFETY: bounds checked by ptr_at.
+    let ack = tcp_ack
+        .then(|| ptr_at::<[u8; 4]>(pkt, p.l4_off + TCP_ACK_OFF).ok())
+        .flatten()
+        .map(|a| u32::from_be_bytes(unsafe { *a }));
+    cache::count(hit.index, &p.key, pkt.segs(), p.tot_len, ack);
     Ok(verdict)
 }
 

@@ -10,6 +10,7 @@ use hairpin_common::{
 };
 use hairpin_ctl::{conntrack, dataplane, sweep};
 use hairpin_lab::raw;
+use hairpin_tests::dp::ep;
 
 /// Flows the table is sized for: 2,048 conntrack entries.
 const MAX_FLOWS: u32 = 1024;
@@ -151,10 +152,9 @@ fn sweep_removes_flows_whose_egress_entry_was_evicted() {
     let cfg = Config { timeouts: Default::default(), ..hairpin_tests::dp::lab_config() };
     let (mut dp, mut maps) = loaded(&cfg);
     let now = conntrack::boot_ns();
-    let ep = |a: [u8; 4], p: u16| Endpoint::new(Ipv4Be::from_octets(a), PortBe::from_host(p));
     let flow = |client: u16, created_ns| {
-        let key = FlowKey::new(IPPROTO_UDP, ep([198, 51, 100, 7], client), ep([203, 0, 113, 1], 5353));
-        let f = plan_flow(&key, ep([192, 168, 0, 2], 53), None, 0, now);
+        let key = FlowKey::new(IPPROTO_UDP, ep(&format!("198.51.100.7:{client}")), ep("203.0.113.1:5353"));
+        let f = plan_flow(&key, ep("192.168.0.2:53"), None, 0, now);
         let with = |e: CtEntry| CtEntry { created_ns, ..e };
         [(f.orig_key, with(f.orig)), (f.reply_key, with(f.reply))]
     };

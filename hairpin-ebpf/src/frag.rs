@@ -169,9 +169,10 @@ pub fn note_arrival(pkt: &Tc) {
 }
 
 /// After a TC ingress decided `reason` for a fragment it noted ([`note_arrival`]), unless it
-/// dropped it or it is another host's: holds a later fragment of a datagram not seen yet; remembers a first fragment that passed
-/// untranslated as the kernel's; and appends to a fragment that passed the held ones that
-/// follow it. The reason for the verdict.
+/// dropped it or it is another host's: holds a later fragment of a datagram not seen (within
+/// the reassembly timeout); remembers a first fragment that passed untranslated as the
+/// kernel's; and appends to a fragment that passed the held ones that follow it. The reason
+/// for the verdict.
 #[inline(always)]
 pub fn after_ingress(pkt: &Tc, reason: Reason, now: u64) -> Reason {
     let Some(s) = FRAG_SCRATCH.get_ptr_mut(0) else { return reason };
@@ -195,7 +196,9 @@ pub fn after_ingress(pkt: &Tc, reason: Reason, now: u64) -> Reason {
         if reason.is_drop() || matches!(reason, Reason::PassOtherHost) {
             return reason;
         }
-        let known = FRAGS.get_ptr(&a.key).is_some();
+        // An entry older than the reassembly timeout is another datagram's by now (its
+        // identification used again): not this one's first fragment.
+        let known = FRAGS.get_ptr(&a.key).is_some_and(|e| ct::age_ns(now, (*e).first_ns) <= FRAG_TIMEOUT_NS);
         if a.offset != 0 && !known {
             return if hold(pkt, a, now) { Reason::HeldFragment } else { reason };
         }

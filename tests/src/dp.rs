@@ -104,6 +104,7 @@ fn empty_maps(ebpf: &mut Ebpf) {
     }
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -362,6 +363,82 @@ impl Dataplane {
     /// Fast-path packets the flow cache could not serve, summed over CPUs.
     pub fn cache_misses(&self) -> u64 {
         self.side_counter(hairpin_common::Counter::CacheMiss)
+    }
+
+    /// Moves the dataplane's clock `ns` on, as far as its tables can tell: every time they
+    /// hold (conntrack's, the bindings', the forwards' ends, the fragments', the flow cache's
+    /// deadlines) moved back by it, as the programs' clock itself cannot be moved. For tables
+    /// far from full only: an LRU table's update takes a free element before it lets the old
+    /// one go, and a full table would evict another flow for it. The times must stay after
+    /// boot: `ns` well below the machine's uptime.
+    pub fn pass_time(&mut self, ns: u64) {
+        use std::mem::offset_of;
+
+        use hairpin_common::{Binding, CtEntry, FragEntry, HeldFragment, flow_cache::Slot};
+        let back = |t: u64| if t == 0 { 0 } else { t.checked_sub(ns).filter(|t| *t > 0).expect("a time before boot") };
+        let tables: [(&str, &[usize]); 6] = [
+            (map_names::CONNTRACK, &[offset_of!(CtEntry, created_ns), offset_of!(CtEntry, last_seen_ns)]),
+            (map_names::UNCONFIRMED, &[offset_of!(CtEntry, created_ns), offset_of!(CtEntry, last_seen_ns)]),
+            (map_names::BINDINGS, &[offset_of!(Binding, last_used_ns)]),
+            (map_names::FORWARDS, &[offset_of!(ForwardEntry, expires_ns)]),
+            (map_names::FRAGS, &[offset_of!(FragEntry, first_ns)]),
+            ("HP_FRAG_HELD", &[offset_of!(HeldFragment, held_ns)]),
+        ];
+        for (table, fields) in tables {
+            self.rewrite_values(table, |v| {
+                for &at in fields {
+                    let t = u64::from_ne_bytes(v[at..at + 8].try_into().unwrap());
+                    v[at..at + 8].copy_from_slice(&back(t).to_ne_bytes());
+                }
+            });
+        }
+        let at = offset_of!(Slot, fresh_until);
+        self.rewrite_values(map_names::FLOW_CACHE, |v| {
+            let until = u32::from_ne_bytes(v[at..at + 4].try_into().unwrap());
+            let moved = until.wrapping_sub(hairpin_common::flow_cache::stamp(ns));
+            v[at..at + 4].copy_from_slice(&moved.to_ne_bytes());
+        });
+    }
+
+    /// Rewrites every value of the hash map or array `table` (all of them read first: an
+    /// update moves a hash map's element, and a walk by next key would meet it again).
+    fn rewrite_values(&mut self, table: &str, mut edit: impl FnMut(&mut [u8])) {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let map = self.ebpf_mut().map_mut(table).unwrap_or_else(|| panic!("no map {table}"));
+        let array = matches!(map, aya::maps::Map::Array(_));
+        let data = match map {
+            aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => d,
+            _ => panic!("map {table}: not a hash map or an array"),
+        };
+        let info = data.info().unwrap();
+        let fd = data.fd().as_fd().as_raw_fd();
+        let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+        let mut keys = Vec::new();
+        if array {
+            keys.extend((0..info.max_entries()).map(|i| i.to_ne_bytes().to_vec()));
+        } else {
+            let mut key = vec![0u8; key_size];
+            let mut prev: Vec<u8> = Vec::new();
+            while bpf_map_op(BPF_MAP_GET_NEXT_KEY, fd, &prev, key.as_mut_ptr() as u64).is_ok() {
+                keys.push(key.clone());
+                prev = key.clone();
+            }
+        }
+        let read: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .into_iter()
+            .filter_map(|k| {
+                let mut value = vec![0u8; value_size];
+                bpf_map_op(BPF_MAP_LOOKUP_ELEM, fd, &k, value.as_mut_ptr() as u64).ok().map(|()| (k, value))
+            })
+            .collect();
+        for (k, mut v) in read {
+            // An array's empty elements (a flow cache slot never filled) are left as they are.
+            if array && v.iter().all(|b| *b == 0) {
+                continue;
+            }
+            edit(&mut v);
+            bpf_map_op(BPF_MAP_UPDATE_ELEM, fd, &k, v.as_ptr() as u64).unwrap();
+        }
     }
 
     /// The egress table: every flow direction, by the tuple it leaves ingress with.

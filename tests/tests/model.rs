@@ -237,9 +237,26 @@ enum Op {
     Flush,
     /// `flows del` of one flow (the model's, in order).
     DeleteFlow(usize),
-    /// `run`'s sweep now (nothing has idled long enough), or once everything has.
-    Sweep { later: bool },
+    /// `run`'s sweep.
+    Sweep,
+    /// Time passes: one of `WAITS` (seconds), unless the case has had `MAX_WAITED` already.
+    Wait(usize),
 }
+
+/// The idle timeouts of the differential runs (seconds): short enough that a case's waits
+/// reach past each of them (the dataplane's times can only be moved back as far as the
+/// machine's uptime), apart enough that waits fall between them.
+const TIMEOUTS: hairpin_common::Timeouts =
+    hairpin_common::Timeouts { tcp_established: 400, tcp_transitory: 100, udp: 150, icmp: 60 };
+/// How long time passes in one step (seconds): each longer than a fragment is remembered (30
+/// s), so that no age lands on that edge; sums of them fall on both sides of each timeout.
+const WAITS: [u64; 6] = [35, 45, 70, 130, 190, 450];
+/// How much time a case may pass in all (seconds): its tables' times move back as far, so
+/// the machine must have been up longer (see `up_long_enough`).
+const MAX_WAITED: u64 = 600;
+const SECOND: u64 = 1_000_000_000;
+/// `map add --lifetime`, in seconds.
+const LIFETIME: u64 = 300;
 
 fn op() -> impl Strategy<Value = Op> {
     let n = CANDIDATE_FORWARDS.len();
@@ -248,7 +265,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..n).prop_map(Op::RemoveForward),
         1 => Just(Op::Flush),
         2 => any::<usize>().prop_map(Op::DeleteFlow),
-        2 => any::<bool>().prop_map(|later| Op::Sweep { later }),
+        4 => Just(Op::Sweep),
+        3 => (0..WAITS.len()).prop_map(Op::Wait),
     ]
 }
 
@@ -437,7 +455,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (mangle(), any::<usize>()).prop_map(|(m, i)| Action::Mangled(m, i)),
         2 => (any::<usize>(), 0..ERRORS.len(), any::<bool>()).prop_map(|(about, ty, whole)| Action::Error { about, ty, whole }),
         1 => (any::<usize>(), 0..WAN_HOSTS.len(), 0..ERRORS.len()).prop_map(|(about, host, ty)| Action::ForgedError { about, host, ty }),
-        1 => op().prop_map(Action::Op),
+        2 => op().prop_map(Action::Op),
         1 => (frag(), any::<usize>()).prop_map(|(how, i)| Action::Fragmented(how, i)),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(of, dont_fragment)| Action::Large { of, dont_fragment }),
     ]
@@ -445,7 +463,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 /// The lab's configuration, the fast path on or off.
 fn config(fast: bool) -> hairpin_common::Config {
-    let cfg = dp::lab_config();
+    let cfg = hairpin_common::Config { timeouts: TIMEOUTS, ..dp::lab_config() };
     if fast { hairpin_common::Config { flags: cfg.flags | hairpin_common::CFG_F_FAST_PATH, ..cfg } } else { cfg }
 }
 
@@ -471,6 +489,7 @@ fn gateway(mode: Mode, fast: bool) -> Gateway {
         router: ROUTER_MAC,
         wan_mtu: 1400,
         ingress_holds: mode == Mode::Tc,
+        timeouts: cfg.timeouts,
     }
 }
 
@@ -959,13 +978,41 @@ fn fingerprint(m: &Model) -> (usize, usize, usize) {
     (m.flows.len(), m.flows.iter().map(|f| f.left.iter().filter(|l| **l).count()).sum(), m.bindings.len())
 }
 
+/// The harness's clock: CLOCK_BOOTTIME, which the dataplane reads, moved on by the case's
+/// waits so far (`Dataplane::pass_time` moved the tables' times back by as much).
+#[derive(Default)]
+struct Clock {
+    waited: u64,
+}
+
+impl Clock {
+    /// Now: (as the dataplane's tables count it, as the model does).
+    fn read(&self) -> (u64, u64) {
+        let t = hairpin_ctl::conntrack::boot_ns();
+        (t, t + self.waited)
+    }
+}
+
+/// What the dataplane's sweep left, for the model's edge cases.
+struct Left<'a>(&'a Dataplane);
+
+impl hairpin_common::model::Kept for Left<'_> {
+    fn flow(&self, orig: &Tuple) -> bool {
+        self.0.ct().iter().any(|(k, _)| tuple(k) == *orig)
+    }
+    fn binding(&self, proto: u8, ep: Ep) -> bool {
+        self.0.bindings().iter().any(|(k, _)| k.proto == proto && (k.addr.octets(), k.port.host()) == ep)
+    }
+}
+
 /// Runs a controller command through the controller's own operations on the maps (opened from
-/// pins, as `hairpin-ctl` opens them) and through the model; their outcomes must agree.
+/// pins, as `hairpin-ctl` opens them) and through the model; their outcomes must agree. Time
+/// passes only with tables far from full (see `Dataplane::pass_time`).
 fn command(
-    dp: &Dataplane,
+    dp: &mut Dataplane,
     m: &mut Model,
     gw: &mut Gateway,
-    lifetimes: &mut BTreeSet<(u8, u16)>,
+    (clock, full): (&mut Clock, bool),
     op: Op,
 ) -> Result<(), String> {
     use hairpin_ctl::{
@@ -974,13 +1021,23 @@ fn command(
         spec::Proto,
         sweep,
     };
+    let (real, now) = clock.read();
+    m.now = now;
+    if let Op::Wait(w) = op {
+        if full || clock.waited + WAITS[w] * SECOND > MAX_WAITED * SECOND {
+            return Ok(());
+        }
+        dp.pass_time(WAITS[w] * SECOND);
+        clock.waited += WAITS[w] * SECOND;
+        tally("op: time passes");
+        return Ok(());
+    }
     let mut ctl = dp.controller();
     let maps = ctl.maps();
-    let hour = 3_600_000_000_000;
     let forward = |which: usize, lifetime: bool| {
         let (proto, port, addr, to) = CANDIDATE_FORWARDS[which];
         let proto = Proto::from_number(proto).expect("TCP or UDP");
-        let expires_ns = lifetime.then(|| conntrack::boot_ns() + hour);
+        let expires_ns = lifetime.then_some(real + LIFETIME * SECOND);
         let (public, to) = (SocketAddrV4::new(PUBLIC.into(), port), SocketAddrV4::new(addr.into(), to));
         Forward { proto, public, to, origin: Origin::Runtime, expires_ns }
     };
@@ -993,12 +1050,9 @@ fn command(
                 Err(AddError::Held(..)) => Err(Refused::Held),
                 Err(AddError::Map(e)) => return Err(format!("map add: {e:#}")),
             };
-            let want = m.add_forward(gw, proto, port, (addr, to));
+            let want = m.add_forward(gw, (proto, port), (addr, to), lifetime.then_some(now + LIFETIME * SECOND));
             if got != want {
                 return Err(format!("map add: the controller says {got:?}, the model {want:?}"));
-            }
-            if got.is_ok() && lifetime {
-                lifetimes.insert((proto, port));
             }
             tally(match got {
                 Ok(()) => "op: map add",
@@ -1013,7 +1067,6 @@ fn command(
             if got != want {
                 return Err(format!("map del: the controller removed one: {got}, the model: {want}"));
             }
-            lifetimes.remove(&(proto, port));
             tally(if got { "op: map del" } else { "op: map del, none" });
         }
         Op::Flush => {
@@ -1032,16 +1085,16 @@ fn command(
             m.delete_flow(gw, &orig);
             tally("op: flows del");
         }
-        Op::Sweep { later } => {
-            let now = conntrack::boot_ns() + if later { 24 * hour } else { 0 };
-            forwards::expire(maps, now).map_err(|e| format!("the sweep's forwards: {e:#}"))?;
-            sweep::sweep(maps, now).map_err(|e| format!("the sweep: {e:#}"))?;
-            if later {
-                m.expire_all(gw, lifetimes);
-                lifetimes.clear();
-            }
-            tally(if later { "op: sweep, all expired" } else { "op: sweep" });
+        Op::Sweep => {
+            forwards::expire(maps, real).map_err(|e| format!("the sweep's forwards: {e:#}"))?;
+            sweep::sweep(maps, real).map_err(|e| format!("the sweep: {e:#}"))?;
+            drop(ctl);
+            let before = (m.flows.len(), m.bindings.len(), gw.forwards.len());
+            m.sweep(gw, &Left(dp));
+            let after = (m.flows.len(), m.bindings.len(), gw.forwards.len());
+            tally(if before == after { "op: sweep" } else { "op: sweep, expired" });
         }
+        Op::Wait(_) => unreachable!("above"),
     }
     Ok(())
 }
@@ -1121,8 +1174,7 @@ fn evicted(
 fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
     let Run { mode, fast, cache, full } = run;
     let mut gw = gateway(mode, fast);
-    // Forwards added with a lifetime: the sweep "later" removes them.
-    let mut lifetimes = BTreeSet::new();
+    let mut clock = Clock::default();
     // Small tables: each case empties them anew (the flow cache is an array of slots).
     let max_flows = if full { FULL_TABLES_FLOWS } else { 1024 };
     let tables = dp::Tables { max_flows, flow_cache: cache };
@@ -1138,7 +1190,8 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
     for (i, a) in actions.iter().enumerate() {
         if let Action::Op(op) = *a {
             log.push(format!("{i}: {op:?}"));
-            let done = command(&dp, &mut m, &mut gw, &mut lifetimes, op).and_then(|()| same_state(&dp, &m, &gw));
+            let done =
+                command(&mut dp, &mut m, &mut gw, (&mut clock, full), op).and_then(|()| same_state(&dp, &m, &gw));
             if let Err(e) = done {
                 return Err(format!("{e}\nsteps:\n{}", log.join("\n")));
             }
@@ -1164,6 +1217,7 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
                 hairpin_lab::pin_thread_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
             }
             let before = fingerprint(&m);
+            m.now = clock.read().1;
             let last = i + 1 == actions.len() && k + 1 == count;
             let done = step(&mut dp, &mut m, (&gw, full), at, &f, &mut log).and_then(|wire| {
                 h.wire.extend(wire);
@@ -1185,8 +1239,27 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
     Ok(())
 }
 
+/// Waits, if need be, until the machine has been up longer than a case's waits move its
+/// tables' times back (a fresh CI machine may not have been): times before boot there are
+/// none. Checked once a second, for at most `MAX_WAITED`.
+fn up_long_enough() {
+    let need = MAX_WAITED * SECOND + 60 * SECOND;
+    let up = hairpin_ctl::conntrack::boot_ns();
+    if up < need {
+        eprintln!(
+            "the machine has been up {} s: waiting until {} s, as the model's waits need",
+            up / SECOND,
+            need / SECOND
+        );
+    }
+    while hairpin_ctl::conntrack::boot_ns() < need {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Runs the generated cases as `run` says, inside a namespace that routes like the gateway.
 fn differential(run: Run) {
+    up_long_enough();
     let Run { mode, fast, cache, full } = run;
     let what = format!(
         "{mode:?}{}{}{}",

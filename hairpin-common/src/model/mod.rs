@@ -21,14 +21,18 @@
 //! fast path (its flow cache is the implementation's, unseen here); and the controller's
 //! commands between packets (forwards added and removed, flows flushed or deleted, the
 //! sweep); fragmented datagrams in and out of order (see [`frag`]); full tables, whose LRUs
-//! take what the kernel chooses and the sweep completes ([`Model::evict`]). Not yet: timeouts
-//! as time passes.
+//! take what the kernel chooses and the sweep completes ([`Model::evict`]); time passing: idle
+//! timeouts, the sweep, forwards' lifetimes, fragments' reassembly timeout (see [`time`]).
 
 mod frag;
+mod time;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use self::frag::{Datagram, Frags};
+pub use self::{
+    frag::{Datagram, Frags},
+    time::{Kept, Times},
+};
 use crate::{
     Reason,
     consts::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -81,6 +85,8 @@ pub struct Gateway {
     pub wan_mtu: usize,
     /// Ingress runs where it can hold a frame and grow one (TC, not XDP): see [`frag`].
     pub ingress_holds: bool,
+    /// The flows' idle timeouts.
+    pub timeouts: crate::Timeouts,
 }
 
 /// Where a frame is run, as `consts::Hook`.
@@ -108,6 +114,8 @@ pub struct Flow {
     /// What each direction's TCP segments said (original first; a flow that is its own
     /// reply has one direction, the first).
     pub tcp: [TcpSeen; 2],
+    /// When its packets came, and which of them keep it (see [`time`]).
+    pub times: Times,
 }
 
 /// What a TCP flow direction's segments said: a FIN, an RST that counted, the highest
@@ -117,6 +125,8 @@ pub struct TcpSeen {
     pub fin: bool,
     pub rst: bool,
     pub ack: Option<u32>,
+    /// A segment without SYN (the handshake's last, and every one after).
+    pub past_syn: bool,
 }
 
 impl Flow {
@@ -175,6 +185,13 @@ pub struct Model {
     /// Flows the implementation's full tables evicted as the frame being taken ran (see
     /// [`Model::evict`]): a new flow's source may have been chosen while they were there.
     pub evicted_now: Vec<Flow>,
+    /// The time (ns) of the frame or command being taken: the caller's clock, which the
+    /// implementation's must follow.
+    pub now: u64,
+    /// When each binding was last used by a flow starting (the sweep's grace counts from it).
+    pub bound_at: BTreeMap<(u8, Ep), u64>,
+    /// The forwards added with a lifetime: when it ends.
+    pub lifetimes: BTreeMap<(u8, u16), u64>,
 }
 
 /// A disagreement with the rules found in an implementation's choice.
@@ -611,7 +628,10 @@ impl Model {
         match at {
             At::LanIngress | At::WanIngress => {
                 let e = self.ingress(gw, at == At::LanIngress, frame, &ip, choices)?;
-                Ok(if gw.ingress_holds && ip.fragment { self.frags.after_tc_ingress(&ip, frame, e) } else { e })
+                Ok(match gw.ingress_holds && ip.fragment {
+                    true => self.frags.after_tc_ingress(&ip, frame, e, self.now),
+                    false => e,
+                })
             }
             At::LanEgress | At::WanEgress => Ok(self.egress(gw, at == At::WanEgress, frame, &ip)),
         }
@@ -648,7 +668,7 @@ impl Model {
             return pass(Reason::PassSourceNotHost);
         }
         if ip.later_fragment {
-            return Ok(self.frags.later_in(frame, ip));
+            return Ok(self.frags.later_in(frame, ip, self.now));
         }
         let p = match parse_l4(frame, ip) {
             Ok(L4::Flow(p)) => p,
@@ -669,6 +689,7 @@ impl Model {
             found = None;
         }
         if let Some((i, reply)) = found {
+            self.flows[i].times.heard(usize::from(reply), self.now);
             let f = &self.flows[i];
             let dir = f.directions()[usize::from(reply)];
             // Until the kernel has forwarded a flow both ways, its packets go through it.
@@ -680,7 +701,7 @@ impl Model {
                 return Ok(sent);
             }
             let out = f.leaving(dir);
-            self.frags.first_in(ip, out.dst.0);
+            self.frags.first_in(ip, out.dst.0, self.now);
             return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, ip, &p, &out)) });
         }
         let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, &p) else {
@@ -693,13 +714,24 @@ impl Model {
         let hairpin = lan && gw.hairpin && t.dst.0 == gw.public;
         // Remembered as the flow is chosen: should making it fail, the later fragments go
         // where no first fragment came, to be dropped there with what they could not join.
-        self.frags.first_in(ip, dst.0);
+        self.frags.first_in(ip, dst.0, self.now);
         match self.open(gw, kind, &t, dst, hairpin, choices)? {
             Ok(out) => {
+                let f = self.flows.last_mut().expect("made");
+                // A masqueraded UDP flow is kept by its outbound direction alone: the LAN
+                // host's, whichever side opened it (RFC 4787 REQ-6).
+                let outbound =
+                    (t.proto == IPPROTO_UDP && reason != Reason::IngressNewFlow).then_some(usize::from(!lan));
+                f.times = Times { last: [self.now; 2], answered: false, outbound };
                 // The segment that opens a flow leaves its FIN or RST, as it is, in its
                 // direction (its acknowledgment is not taken).
-                if let (Some(seg), Some(f)) = (p.tcp, self.flows.last_mut()) {
-                    f.tcp[0] = TcpSeen { fin: seg.flags & TCP_FIN != 0, rst: seg.flags & TCP_RST != 0, ack: None };
+                if let Some(seg) = p.tcp {
+                    f.tcp[0] = TcpSeen {
+                        fin: seg.flags & TCP_FIN != 0,
+                        rst: seg.flags & TCP_RST != 0,
+                        ack: None,
+                        past_syn: seg.flags & TCP_SYN == 0,
+                    };
                 }
                 Ok(Expect { reason, output: Some(rewritten(frame, ip, &p, &out)) })
             }
@@ -728,6 +760,9 @@ impl Model {
         }
         if seg.flags & TCP_FIN != 0 {
             f.tcp[d].fin = true;
+        }
+        if seg.flags & TCP_SYN == 0 {
+            f.tcp[d].past_syn = true;
         }
         let closed = f.tcp[0].rst || f.tcp[1].rst || (f.tcp[d].fin && f.tcp[twin].fin);
         seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && closed
@@ -834,6 +869,7 @@ impl Model {
             sport_at_ingress,
             hairpin: false,
             tcp: [TcpSeen::default(); 2],
+            times: Times::default(),
         }
     }
 
@@ -897,7 +933,7 @@ impl Model {
     fn egress(&mut self, gw: &Gateway, wan: bool, frame: &[u8], ip: &Ip) -> Expect {
         let leaks = |a: [u8; 4]| wan && gw.in_lan(a);
         if ip.later_fragment {
-            return self.frags.later_out(frame, ip, leaks(ip.src));
+            return self.frags.later_out(frame, ip, leaks(ip.src), self.now);
         }
         let p = match parse_l4(frame, ip) {
             Ok(L4::Flow(p)) => p,
@@ -923,7 +959,7 @@ impl Model {
             flow.left = [true, true];
         }
         flow.left[usize::from(reply)] = true;
-        self.frags.first_out(ip, leaves.src.0);
+        self.frags.first_out(ip, leaves.src.0, self.now);
         Expect { reason: Reason::EgressFlow, output: Some(rewritten(frame, ip, &p, &leaves)) }
     }
 
@@ -981,9 +1017,10 @@ impl Model {
     }
 
     /// The LAN source's endpoint-independent binding (RFC 4787 REQ-1), made if it has none:
-    /// a public port no forward owns and no other LAN endpoint holds.
+    /// a public port no forward owns and no other LAN endpoint holds. Used now, either way.
     fn bind(&mut self, gw: &Gateway, t: &Tuple, choices: &dyn Choices) -> Result<u16, Violation> {
         let key = (t.proto, t.src);
+        self.bound_at.insert(key, self.now);
         let port = choices.binding_of(t.proto, t.src).ok_or_else(|| Violation(format!("{t:?}: no binding made")))?;
         if let Some(&had) = self.bindings.get(&key) {
             if port != had {
@@ -1025,9 +1062,16 @@ pub enum Refused {
 /// What the controller's commands do to the tables (`map add`, `map del`, `flows flush`,
 /// `flows del`, `run`'s sweep), stated over the model's flows and bindings.
 impl Model {
-    /// `map add`: a forward of `proto` on the public port `port` to `to`, unless the port is
-    /// forwarded already or a LAN host's binding holds it (the two would contend for it).
-    pub fn add_forward(&mut self, gw: &mut Gateway, proto: u8, port: u16, to: Ep) -> Result<(), Refused> {
+    /// `map add`: a forward of `proto` on the public port `port` to `to`, until `ends` if
+    /// given, unless the port is forwarded already or a LAN host's binding holds it (the two
+    /// would contend for it).
+    pub fn add_forward(
+        &mut self,
+        gw: &mut Gateway,
+        (proto, port): (u8, u16),
+        to: Ep,
+        ends: Option<u64>,
+    ) -> Result<(), Refused> {
         if gw.forwards.contains_key(&(proto, port)) {
             return Err(Refused::Exists);
         }
@@ -1035,6 +1079,9 @@ impl Model {
             return Err(Refused::Held);
         }
         gw.forwards.insert((proto, port), to);
+        if let Some(t) = ends {
+            self.lifetimes.insert((proto, port), t);
+        }
         Ok(())
     }
 
@@ -1044,6 +1091,7 @@ impl Model {
         if gw.forwards.remove(&(proto, port)).is_none() {
             return false;
         }
+        self.lifetimes.remove(&(proto, port));
         self.flows.retain(|f| !(f.orig.proto == proto && f.orig.dst == (gw.public, port)));
         true
     }
@@ -1078,13 +1126,6 @@ impl Model {
         self.evicted_now.clear();
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         self.bindings.retain(|&(proto, _), port| used.contains(&(proto, *port)));
-    }
-
-    /// `run`'s sweep once every flow has idled past its timeout and every forward given a
-    /// lifetime has outlived it: those forwards, every flow, and so every binding, go.
-    pub fn expire_all(&mut self, gw: &mut Gateway, lifetimes: &BTreeSet<(u8, u16)>) {
-        gw.forwards.retain(|key, _| !lifetimes.contains(key));
-        self.flush();
     }
 }
 

@@ -99,18 +99,25 @@ pub struct Counts {
 /// a bulk sender was ignored and the flow kept for its established timeout.
 pub const ACK_REPORT: u32 = 1 << 20;
 
-/// A time (`bpf_ktime_get_boot_ns`) as a slot keeps it, in units of 1,024 ns: 32 bits wrap
-/// after 73 minutes, far beyond the seconds a slot serves, which [`serves_at`] allows for.
+/// A time (`bpf_ktime_get_boot_ns`) as a slot keeps it, in units of 2^20 ns (about a
+/// millisecond): 32 bits wrap after 52 days.
 #[inline(always)]
 pub const fn stamp(now_ns: u64) -> u32 {
-    (now_ns >> 10) as u32
+    (now_ns >> 20) as u32
 }
 
-/// Whether a slot with deadline `until` may still serve at `now` (both [`stamp`]s), across a
-/// wrap of the stamps.
+/// Whether a slot with deadline `until` may still serve at `now` (both [`stamp`]s): the
+/// deadline is ahead, by no more than a slot is ever given ([`MAX_FRESH_NS`]), across a wrap
+/// of the stamps. A slot left unused (its flow idle, or served on other CPUs) is past its
+/// deadline however long ago that was, but for one [`MAX_FRESH_NS`] in every wrap. Judged by
+/// the difference's sign alone (and in 1,024 ns units, wrapping after 73 minutes), a slot
+/// unused for 37 to 73 minutes served again without conntrack for up to 36 minutes: a next
+/// hop that long out of date, a flow's last-seen time unrefreshed.
 #[inline(always)]
 pub const fn serves_at(now: u32, until: u32) -> bool {
-    (until.wrapping_sub(now) as i32) > 0
+    let ahead = until.wrapping_sub(now);
+    // A fill's deadline is `stamp(now + fresh)`: up to one unit more than `stamp(fresh)` ahead.
+    ahead != 0 && ahead <= stamp(MAX_FRESH_NS) + 1
 }
 
 /// `CT_S_*` bits sit at bits 8-12 of the conntrack flags; a slot keeps them in a byte.
@@ -209,9 +216,14 @@ mod tests {
         for now_ns in [0u64, 5_000_000_000, (1u64 << 42) - 1_000_000_000, (1 << 42) + 17, (3 << 42) - 1] {
             let until = stamp(now_ns + fresh);
             assert!(serves_at(stamp(now_ns), until), "at {now_ns}");
-            assert!(serves_at(stamp(now_ns + fresh - 2048), until), "just before, at {now_ns}");
+            assert!(serves_at(stamp(now_ns + fresh - (2 << 20)), until), "just before, at {now_ns}");
             assert!(!serves_at(stamp(now_ns + fresh), until), "at the deadline, from {now_ns}");
             assert!(!serves_at(stamp(now_ns + fresh + 60_000_000_000), until), "a minute on, from {now_ns}");
+            // Unused that long (its flow idle, or served on another CPU): never fresh again.
+            for minutes in [40u64, 73, 74, 110, 30 * 24 * 60, 51 * 24 * 60] {
+                let later = now_ns + minutes * 60_000_000_000;
+                assert!(!serves_at(stamp(later), until), "{minutes} minutes on, from {now_ns}");
+            }
         }
     }
 

@@ -374,7 +374,7 @@ impl Dataplane {
     pub fn pass_time(&mut self, ns: u64) {
         use std::mem::offset_of;
 
-        use hairpin_common::{Binding, CtEntry, FragEntry, HeldFragment, flow_cache::Slot};
+        use hairpin_common::{Binding, CtEntry, FragEntry, HeldFragment};
         let back = |t: u64| if t == 0 { 0 } else { t.checked_sub(ns).filter(|t| *t > 0).expect("a time before boot") };
         let tables: [(&str, &[usize]); 6] = [
             (map_names::CONNTRACK, &[offset_of!(CtEntry, created_ns), offset_of!(CtEntry, last_seen_ns)]),
@@ -392,7 +392,13 @@ impl Dataplane {
                 }
             });
         }
-        let at = offset_of!(Slot, fresh_until);
+        self.age_flow_cache(ns);
+    }
+
+    /// Moves the flow cache's deadlines back by `ns`, as if its slots had been filled that much
+    /// earlier (any `ns`: a deadline is a stamp that wraps).
+    pub fn age_flow_cache(&mut self, ns: u64) {
+        let at = std::mem::offset_of!(hairpin_common::flow_cache::Slot, fresh_until);
         self.rewrite_values(map_names::FLOW_CACHE, |v| {
             let until = u32::from_ne_bytes(v[at..at + 4].try_into().unwrap());
             let moved = until.wrapping_sub(hairpin_common::flow_cache::stamp(ns));

@@ -293,6 +293,28 @@ fn flow_cache_serves_known_flows_and_yields_to_conntrack(mode: Mode) {
     });
 }
 
+/// A flow's copy left unused for 40 minutes (the flow idle, or served on another CPU) goes
+/// back to conntrack: its deadline, long past, read as ahead once the stamps had wrapped
+/// halfway (after 37 minutes), and the copy served again without conntrack for up to 36
+/// minutes (a next hop that old, the flow's last-seen time unrefreshed).
+fn a_copy_unused_for_long_does_not_serve(mode: Mode) {
+    use hairpin_tests::frame::TCP_ACK;
+    Case::new("fcache idle", Env::Fast(0)).forward(L4::Tcp, PUBLIC_80, SERVER_80).run_then(mode, |dp| {
+        let fwd = Pkt::tcp("198.51.100.9:41000", PUBLIC_80).flags(TCP_ACK).build();
+        dp.run(Hook::WanIngress, &fwd);
+        dp.confirm_all();
+        for _ in 0..3 {
+            dp.run(Hook::WanIngress, &fwd);
+        }
+        assert_eq!(dp.cache_misses(), 1, "copied once, then served from the copy");
+        for (minutes, misses) in [(40, 2), (70, 3), (1, 4)] {
+            dp.age_flow_cache(minutes * 60_000_000_000);
+            dp.run(Hook::WanIngress, &fwd);
+            assert_eq!(dp.cache_misses(), misses, "{minutes} minutes on: flow cache misses");
+        }
+    });
+}
+
 /// While the controller marks the confirmed table under pressure (its LRU may be evicting live
 /// flows), every flow confirmed (moved into it) moves the dataplane's generation: no cached
 /// copy survives it, whichever CPU holds it. Without the mark, copies are left alone; and new
@@ -526,6 +548,7 @@ fn a_bulk_senders_rst_counts_though_the_cache_served_the_acknowledgments(mode: M
 }
 
 in_both_modes! {
+    a_copy_unused_for_long_does_not_serve,
     a_bulk_senders_rst_counts_though_the_cache_served_the_acknowledgments,
     a_syn_reopens_a_closed_flow_a_copy_could_serve,
     rsts_are_judged_by_conntrack_even_once_a_copy_has_recorded_one,

@@ -129,6 +129,24 @@ fn bpf_map_op(cmd: libc::c_long, fd: i32, key: &[u8], value: u64) -> std::io::Re
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Waits, if need be, until the machine has been up `ns` (checked every 100 ms): a test that
+/// will move its tables' times back by up to as much ([`Dataplane::pass_time`]) calls it
+/// before it makes them, as there are no times before boot (a VM just booted, a fresh CI
+/// machine).
+pub fn up_for(ns: u64) {
+    let up = hairpin_ctl::conntrack::boot_ns();
+    if up < ns {
+        eprintln!(
+            "the machine has been up {} ms: waiting until {} ms, for times to move back",
+            up / 1_000_000,
+            ns / 1_000_000
+        );
+    }
+    while hairpin_ctl::conntrack::boot_ns() < ns {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub struct Dataplane {
     /// Always `Some` but while being dropped (into the pool).
     ebpf: Option<Ebpf>,
@@ -370,7 +388,7 @@ impl Dataplane {
     /// deadlines) moved back by it, as the programs' clock itself cannot be moved. For tables
     /// far from full only: an LRU table's update takes a free element before it lets the old
     /// one go, and a full table would evict another flow for it. The times must stay after
-    /// boot: `ns` well below the machine's uptime.
+    /// boot: made after [`up_for`] more than `ns`.
     pub fn pass_time(&mut self, ns: u64) {
         use std::mem::offset_of;
 

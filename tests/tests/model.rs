@@ -252,7 +252,7 @@ const TIMEOUTS: hairpin_common::Timeouts =
 /// s), so that no age lands on that edge; sums of them fall on both sides of each timeout.
 const WAITS: [u64; 6] = [35, 45, 70, 130, 190, 450];
 /// How much time a case may pass in all (seconds): its tables' times move back as far, so
-/// the machine must have been up longer (see `up_long_enough`).
+/// the machine must have been up longer (`dp::up_for`).
 const MAX_WAITED: u64 = 600;
 const SECOND: u64 = 1_000_000_000;
 /// `map add --lifetime`, in seconds.
@@ -1239,27 +1239,10 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
     Ok(())
 }
 
-/// Waits, if need be, until the machine has been up longer than a case's waits move its
-/// tables' times back (a fresh CI machine may not have been): times before boot there are
-/// none. Checked once a second, for at most `MAX_WAITED`.
-fn up_long_enough() {
-    let need = MAX_WAITED * SECOND + 60 * SECOND;
-    let up = hairpin_ctl::conntrack::boot_ns();
-    if up < need {
-        eprintln!(
-            "the machine has been up {} s: waiting until {} s, as the model's waits need",
-            up / SECOND,
-            need / SECOND
-        );
-    }
-    while hairpin_ctl::conntrack::boot_ns() < need {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
-}
-
 /// Runs the generated cases as `run` says, inside a namespace that routes like the gateway.
 fn differential(run: Run) {
-    up_long_enough();
+    // A case moves its tables' times back by up to `MAX_WAITED`.
+    dp::up_for((MAX_WAITED + 60) * SECOND);
     let Run { mode, fast, cache, full } = run;
     let what = format!(
         "{mode:?}{}{}{}",

@@ -232,6 +232,9 @@ fn held_fragments_are_given_back_on_another_cpu() {
 fn a_datagram_seen_past_the_reassembly_timeout_is_a_new_one() {
     let query = Pkt::udp("198.51.100.7:40000", "203.0.113.1:5353").payload_len(3000);
     let (q, r) = (three(&query), three(&query.with("198.51.100.7:40000", "192.168.0.2:53")));
+    // Its tables' times move back by `wait`: there are none before boot.
+    let wait = hairpin_common::consts::FRAG_TIMEOUT_NS + 1_000_000_000;
+    dp::up_for(wait + 1_000_000_000);
     let case =
         Case::new("an identification used again", Env::Bare).forward(L4::Udp, "203.0.113.1:5353", "192.168.0.2:53");
     case.steps(Vec::new()).run_then(Mode::Tc, move |dp| {
@@ -240,7 +243,7 @@ fn a_datagram_seen_past_the_reassembly_timeout_is_a_new_one() {
             dp.run(Hook::WanIngress, f);
         }
         assert_eq!(counted(dp, Reason::IngressFragment), 2, "the first datagram, in order");
-        dp.pass_time(hairpin_common::consts::FRAG_TIMEOUT_NS + 1_000_000_000);
+        dp.pass_time(wait);
         // The next datagram of that identification, its second fragment first.
         dp.run(Hook::WanIngress, &q[1]);
         assert_eq!(counted(dp, Reason::HeldFragment), 1, "the second fragment, before its first, held");

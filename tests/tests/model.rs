@@ -692,7 +692,8 @@ fn tuple(k: &hairpin_common::FlowKey) -> Tuple {
 }
 
 /// The implementation's choices, read back from its maps after the step.
-struct Read<'a>(&'a Dataplane);
+/// The dataplane's maps, and whether it counted a fast-path verdict for the frame.
+struct Read<'a>(&'a Dataplane, bool);
 
 impl Choices for Read<'_> {
     fn source_of(&self, key: &Tuple) -> Option<Ep> {
@@ -704,6 +705,9 @@ impl Choices for Read<'_> {
             .into_iter()
             .find(|(k, _)| k.proto == proto && (k.addr.octets(), k.port.host()) == ep)
             .map(|(_, b)| b.port.host())
+    }
+    fn sent_fast(&self) -> bool {
+        self.1
     }
 }
 
@@ -770,7 +774,7 @@ fn step(
     // With full tables (`Run::full`), what the LRUs took as the frame ran.
     let swept = if full { evicted(dp, m, at, f, &moved, log)? } else { None };
     let expect = m
-        .step(gw, at, f, &Read(dp))
+        .step(gw, at, f, &Read(dp, moved.iter().any(|r| matches!(r, Reason::FastTx | Reason::FastRedirect))))
         .map_err(|v| format!("{at:?}: the dataplane counted {moved:?}, and its choice broke a rule: {}", v.0))?;
     if let Some(later) = swept {
         m.evict(&later);
@@ -802,6 +806,9 @@ fn step(
         frame::verify_checksums(&out).map_err(|e| format!("{at:?}: what left has a bad checksum: {e}"))?;
     }
     let fast = matches!(expect.reason, Reason::FastTx | Reason::FastRedirect);
+    if fast && m.flow_of(at, f).is_none() {
+        tally("fast path: a copy of an evicted flow");
+    }
     match at {
         // Sent on by ingress itself: on the wire.
         At::LanIngress | At::WanIngress if fast => {
@@ -998,9 +1005,11 @@ struct Left<'a>(&'a Dataplane);
 
 impl hairpin_common::model::Kept for Left<'_> {
     fn flow(&self, orig: &Tuple) -> bool {
+        tally("sweep: a flow at its timeout's edge");
         self.0.ct().iter().any(|(k, _)| tuple(k) == *orig)
     }
     fn binding(&self, proto: u8, ep: Ep) -> bool {
+        tally("sweep: a binding at its grace's edge");
         self.0.bindings().iter().any(|(k, _)| k.proto == proto && (k.addr.octets(), k.port.host()) == ep)
     }
 }

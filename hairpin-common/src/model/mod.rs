@@ -170,6 +170,9 @@ pub trait Choices {
     fn source_of(&self, key: &Tuple) -> Option<Ep>;
     /// The public port of the binding of the LAN endpoint `ep` for `proto`, if it has one.
     fn binding_of(&self, proto: u8, ep: Ep) -> Option<u16>;
+    /// Whether the implementation sent the frame on by its fast path (for a copy of a flow
+    /// its tables evicted, which may or may not be on the frame's CPU: see [`Model::ghosts`]).
+    fn sent_fast(&self) -> bool;
 }
 
 /// The model's state: the flows, and the LAN endpoints' bindings (protocol, LAN endpoint) ->
@@ -188,6 +191,12 @@ pub struct Model {
     /// The time (ns) of the frame or command being taken: the caller's clock, which the
     /// implementation's must follow.
     pub now: u64,
+    /// Confirmed flows the implementation's full tables evicted whole, and when: a CPU's flow
+    /// cache may still hold a copy of one, which serves its packets until the copy's deadline
+    /// (at most `flow_cache::MAX_FRESH_NS` after it was made) unless flows are removed
+    /// meanwhile (the generation moves): the bound the flow cache gives to what it does not
+    /// see (an LRU's eviction, as a route's change).
+    pub ghosts: Vec<(Flow, u64)>,
     /// When each binding was last used by a flow starting (the sweep's grace counts from it).
     pub bound_at: BTreeMap<(u8, Ep), u64>,
     /// The forwards added with a lifetime: when it ends.
@@ -704,6 +713,9 @@ impl Model {
             self.frags.first_in(ip, out.dst.0, self.now);
             return Ok(Expect { reason: Reason::IngressFlow, output: Some(rewritten(frame, ip, &p, &out)) });
         }
+        if let Some(sent) = self.ghost(gw, (lan, frame, ip, &p), choices) {
+            return Ok(sent);
+        }
         let Some((kind, reason, dst)) = self.new_flow_kind(gw, lan, &p) else {
             return pass(Reason::PassNoMapping);
         };
@@ -737,6 +749,28 @@ impl Model {
             }
             Err(refused) => drop(refused),
         }
+    }
+
+    /// A packet of no flow that a CPU's copy of an evicted flow may have served, as the
+    /// implementation did (see [`Model::ghosts`]): one the copy's state bits cover (no SYN,
+    /// FIN or RST), sent on as the fast path sends that flow's packets.
+    fn ghost(
+        &self,
+        gw: &Gateway,
+        (lan, frame, ip, p): (bool, &[u8], &Ip, &Parsed),
+        choices: &dyn Choices,
+    ) -> Option<Expect> {
+        let plain = p.tcp.is_none_or(|seg| seg.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0);
+        if !gw.fast_path || ip.fragment || !plain || !choices.sent_fast() {
+            return None;
+        }
+        let fresh = |at: u64| self.now.saturating_sub(at) <= crate::flow_cache::MAX_FRESH_NS;
+        let dir = self
+            .ghosts
+            .iter()
+            .filter(|(_, at)| fresh(*at))
+            .find_map(|(f, _)| f.directions().into_iter().find(|d| d.0 == p.tuple))?;
+        fast(gw, lan, frame, ip, p, &dir.1)
     }
 
     /// Records a TCP segment of flow `i`'s direction `d` (what netfilter's conntrack keeps of
@@ -1092,13 +1126,17 @@ impl Model {
             return false;
         }
         self.lifetimes.remove(&(proto, port));
+        let had = self.flows.len();
         self.flows.retain(|f| !(f.orig.proto == proto && f.orig.dst == (gw.public, port)));
+        self.removed(had);
         true
     }
 
     /// `flows flush`: every flow and every binding.
     pub fn flush(&mut self) {
+        let had = self.flows.len();
         self.flows.clear();
+        self.removed(had);
         self.bindings.clear();
     }
 
@@ -1107,6 +1145,7 @@ impl Model {
     pub fn delete_flow(&mut self, gw: &Gateway, orig: &Tuple) -> bool {
         let Some(i) = self.flows.iter().position(|f| f.orig == *orig) else { return false };
         let gone = self.flows.remove(i).public_ports(gw);
+        self.ghosts.clear();
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         self.bindings.retain(|&(proto, _), port| !gone.contains(&(proto, *port)) || used.contains(&(proto, *port)));
         true
@@ -1115,9 +1154,19 @@ impl Model {
     /// `run`'s sweep after the kernel's LRUs took entries of the flows `gone` (its choice):
     /// those flows go wholly, and then ([`Model::release_unused`]) the bindings no flow uses.
     pub fn evict(&mut self, gone: &[Tuple]) {
-        let (out, kept) = std::mem::take(&mut self.flows).into_iter().partition(|f| gone.contains(&f.orig));
+        let (out, kept): (Vec<Flow>, _) =
+            std::mem::take(&mut self.flows).into_iter().partition(|f| gone.contains(&f.orig));
         self.flows = kept;
-        self.evicted_now.extend::<Vec<Flow>>(out);
+        self.ghosts.extend(out.iter().filter(|f| f.confirmed()).map(|f| (f.clone(), self.now)));
+        self.evicted_now.extend(out);
+    }
+
+    /// After a command that found `had` flows, if it removed some: the implementation moves
+    /// its generation, and no copy of a flow serves any more.
+    fn removed(&mut self, had: usize) {
+        if self.flows.len() < had {
+            self.ghosts.clear();
+        }
     }
 
     /// The bindings no flow uses, released (by a sweep past their grace), once the frame

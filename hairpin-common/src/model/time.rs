@@ -116,11 +116,13 @@ impl Model {
         for (proto, port) in ended {
             self.remove_forward(gw, proto, port);
         }
+        let had = self.flows.len();
         self.flows.retain(|f| match f.fate(gw, now) {
             Fate::Goes => false,
             Fate::Stays => true,
             Fate::Either => kept.flow(&f.orig),
         });
+        self.removed(had);
         let used: BTreeSet<(u8, u16)> = self.flows.iter().flat_map(|f| f.public_ports(gw)).collect();
         let bound_at = &self.bound_at;
         self.bindings.retain(|&(proto, ep), port| {

@@ -265,8 +265,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..n).prop_map(Op::RemoveForward),
         1 => Just(Op::Flush),
         2 => any::<usize>().prop_map(Op::DeleteFlow),
-        4 => Just(Op::Sweep),
-        3 => (0..WAITS.len()).prop_map(Op::Wait),
+        5 => Just(Op::Sweep),
+        6 => (0..WAITS.len()).prop_map(Op::Wait),
     ]
 }
 
@@ -455,7 +455,8 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (mangle(), any::<usize>()).prop_map(|(m, i)| Action::Mangled(m, i)),
         2 => (any::<usize>(), 0..ERRORS.len(), any::<bool>()).prop_map(|(about, ty, whole)| Action::Error { about, ty, whole }),
         1 => (any::<usize>(), 0..WAN_HOSTS.len(), 0..ERRORS.len()).prop_map(|(about, host, ty)| Action::ForgedError { about, host, ty }),
-        2 => op().prop_map(Action::Op),
+        // About three waits and two sweeps a case, in any order.
+        5 => op().prop_map(Action::Op),
         1 => (frag(), any::<usize>()).prop_map(|(how, i)| Action::Fragmented(how, i)),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(of, dont_fragment)| Action::Large { of, dont_fragment }),
     ]

@@ -1181,7 +1181,7 @@ fn evicted(
 }
 
 /// Runs one sequence on a fresh dataplane.
-fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), String> {
+fn sequence(run: Run, actions: &[Action], sides: (u32, u32), cpus: &[usize]) -> Result<(), String> {
     let Run { mode, fast, cache, full } = run;
     let mut gw = gateway(mode, fast);
     let mut clock = Clock::default();
@@ -1189,7 +1189,6 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
     let max_flows = if full { FULL_TABLES_FLOWS } else { 1024 };
     let tables = dp::Tables { max_flows, flow_cache: cache };
     let mut dp = Dataplane::load_routed_tables(config(fast), mode, tables, sides);
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for (proto, port, addr, to) in FORWARDS {
         let l4 = if proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
         dp.add_mapping(l4, &sa(PUBLIC, port), &sa(addr, to));
@@ -1222,8 +1221,8 @@ fn sequence(run: Run, actions: &[Action], sides: (u32, u32)) -> Result<(), Strin
             // Each CPU has its own copy of a flow in the flow cache: frames alternate between
             // them.
             sent += 1;
+            let cpu = cpus[sent % cpus.len()];
             if fast {
-                let cpu = sent % cpus;
                 hairpin_lab::pin_thread_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
             }
             let before = fingerprint(&m);
@@ -1263,6 +1262,15 @@ fn differential(run: Run) {
     let steps: usize = std::env::var("HAIRPIN_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("HAIRPIN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6861_6972);
     let tag = format!("m{mode:?}{}{}{}", u8::from(fast), u8::from(cache), u8::from(full));
+    // The CPUs the frames alternate between, read before any case pins the thread to one (a
+    // pinned thread's affinity is that CPU alone: reading it per case made every case after
+    // the first run on one CPU).
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&c| cpus.is_set(c).unwrap_or(false)).collect();
+    assert!(
+        !fast || cpus.len() >= 2,
+        "the fast path's runs need two CPUs, for two flow caches; this thread has {cpus:?}"
+    );
     let result = dp::in_routed_ns(&tag, move |sides| {
         let cases = (2 * steps / STEPS_PER_CASE).max(1) as u32;
         let mut seed_bytes = [0u8; 32];
@@ -1279,7 +1287,7 @@ fn differential(run: Run) {
         let first = std::cell::Cell::new(None);
         let r = runner.run(&strategy, |actions| {
             ACTIONS.with(|n| n.set(n.get() + actions.len()));
-            let r = sequence(run, &actions, sides);
+            let r = sequence(run, &actions, sides, &cpus);
             if r.is_err() && first.get().is_none() {
                 first.set(Some(ACTIONS.with(std::cell::Cell::get)));
             }

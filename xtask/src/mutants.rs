@@ -111,8 +111,9 @@ fn test(root: &Path, log: &Path) -> anyhow::Result<Outcome> {
     if !build.status.success() {
         return Ok(Outcome::NoBuild);
     }
-    // cargo names the test binary: "Executable tests/tests/model.rs (target/release/deps/model-…)".
-    let Some(binary) = said.lines().find_map(|l| l.trim().strip_prefix("Executable tests/tests/model.rs (")) else {
+    // cargo names the test binary: "Executable tests/model.rs (target/release/deps/model-…)".
+    let named = said.lines().filter_map(|l| l.trim().strip_prefix("Executable ")?.split_once(" ("));
+    let Some((_, binary)) = named.into_iter().find(|(source, _)| source.ends_with("model.rs")) else {
         bail!("cargo did not name the model test's binary (see {})", log.display());
     };
     let binary = root.join(binary.trim_end_matches(')'));

@@ -23,6 +23,9 @@ const TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// many mutants keeps short.
 const SHRINK: &str = "20";
 
+/// What the test's loader panics with when the kernel refuses the object.
+const LOAD_FAILED: &str = "load and verify the eBPF object";
+
 enum Outcome {
     Caught {
         after: u64,
@@ -32,6 +35,8 @@ enum Outcome {
     /// The patch no longer applies: the code it mutates has changed.
     Stale,
     NoBuild,
+    /// The kernel's verifier refuses a mutated program: every case would fail to load.
+    NoLoad(String),
     /// The test failed without a disagreement (a program the verifier refuses, a timeout).
     Broken(String),
 }
@@ -133,18 +138,26 @@ fn test(root: &Path, log: &Path) -> anyhow::Result<Outcome> {
         if let Some(status) = child.try_wait()? {
             break Some(status);
         }
-        if start.elapsed() > TIMEOUT {
-            // Our own child, by the handle that started it.
+        // A program the verifier refuses fails every case, and shrinking tries again and
+        // again: stop at the first refusal. Our own child, by the handle that started it.
+        let refused = std::fs::read_to_string(log)?.contains(LOAD_FAILED);
+        if refused || start.elapsed() > TIMEOUT {
             child.kill()?;
             child.wait()?;
             break None;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_secs(1));
     };
     let said = std::fs::read_to_string(log)?;
+    if let Some(at) = said.find(LOAD_FAILED) {
+        let why = said[at..].lines().take(6).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>();
+        return Ok(Outcome::NoLoad(why.join(" ")));
+    }
+    // A case that panicked has no count of actions ("found after 0").
     let found: Vec<u64> = said
         .match_indices("found after ")
         .filter_map(|(at, m)| said[at + m.len()..].split(' ').next()?.parse().ok())
+        .filter(|n| *n > 0)
         .collect();
     Ok(match (status, found.iter().min()) {
         (Some(s), _) if s.success() => Outcome::Survived,
@@ -162,6 +175,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Survived => "SURVIVED".into(),
         Outcome::Stale => "does not apply (the code changed: write it again)".into(),
         Outcome::NoBuild => "does not build".into(),
+        Outcome::NoLoad(why) => format!("does not load: {why}"),
         Outcome::Broken(why) => format!("broken: {why}"),
     }
 }

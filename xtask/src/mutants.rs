@@ -37,7 +37,7 @@ enum Outcome {
     NoBuild,
     /// The kernel's verifier refuses a mutated program: every case would fail to load.
     NoLoad(String),
-    /// The test failed without a disagreement (a program the verifier refuses, a timeout).
+    /// The test failed without a disagreement (a panic in the harness, a timeout).
     Broken(String),
 }
 

@@ -7,7 +7,7 @@
 use crate::util;
 
 /// The differential test's runs (its test functions), which share the steps.
-const RUNS: u64 = 7;
+pub const RUNS: u64 = 7;
 
 pub fn run(steps: u64, seed: Option<u64>) -> anyhow::Result<()> {
     util::require_root("the differential test")?;

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util;
+use crate::{fuzz, util};
 
 /// A mutant's runs take about a minute; one that runs far longer is stuck.
 const TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -117,8 +117,8 @@ fn test(root: &Path, log: &Path) -> anyhow::Result<Outcome> {
         return Ok(Outcome::NoBuild);
     }
     // cargo names the test binary: "Executable tests/model.rs (target/release/deps/model-…)".
-    let named = said.lines().filter_map(|l| l.trim().strip_prefix("Executable ")?.split_once(" ("));
-    let Some((_, binary)) = named.into_iter().find(|(source, _)| source.ends_with("model.rs")) else {
+    let mut named = said.lines().filter_map(|l| l.trim().strip_prefix("Executable ")?.split_once(" ("));
+    let Some((_, binary)) = named.find(|(source, _)| source.ends_with("model.rs")) else {
         bail!("cargo did not name the model test's binary (see {})", log.display());
     };
     let binary = root.join(binary.trim_end_matches(')'));
@@ -171,7 +171,9 @@ fn test(root: &Path, log: &Path) -> anyhow::Result<Outcome> {
 
 fn describe(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Caught { after, runs } => format!("caught after {after} actions ({runs} of 7 runs disagree)"),
+        Outcome::Caught { after, runs } => {
+            format!("caught after {after} actions ({runs} of {} runs disagree)", fuzz::RUNS)
+        }
         Outcome::Survived => "SURVIVED".into(),
         Outcome::Stale => "does not apply (the code changed: write it again)".into(),
         Outcome::NoBuild => "does not build".into(),
